@@ -1,0 +1,21 @@
+"""dynaspec-hf: routed-shortlist speculative-decoding assistants for 🤗 Transformers (DynaSpec)."""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .candidate_generator import DynaSpecCandidateGenerator
+from .clusters import TokenClusters
+from .configuration_dynaspec import DynaSpecConfig
+from .modeling_dynaspec import DynaSpecAssistant
+from .router import ClusterRouter
+
+AutoConfig.register("dynaspec", DynaSpecConfig, exist_ok=True)
+AutoModelForCausalLM.register(DynaSpecConfig, DynaSpecAssistant, exist_ok=True)
+
+__version__ = "0.1.0"
+__all__ = [
+    "ClusterRouter",
+    "DynaSpecAssistant",
+    "DynaSpecCandidateGenerator",
+    "DynaSpecConfig",
+    "TokenClusters",
+]

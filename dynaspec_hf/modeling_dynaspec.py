@@ -1,0 +1,353 @@
+"""`DynaSpecAssistant`: a drafter whose output head only computes a routed shortlist of the vocabulary.
+
+It drops into `target.generate(input_ids, assistant_model=assistant)`: transformers' assisted-generation loop
+calls `assistant.generate(...)` for a block of draft tokens and verifies them with the target over the full
+vocabulary, so greedy output is the target's own and sampling keeps the target's distribution.
+
+One draft step (see `draft`):
+
+    router([h_prev; embed(x)]) -> top-k clusters ─┐
+    drafter body(x) -> h ─────────────────────────┴─> head over (core prefix + chosen clusters) -> next token
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
+from transformers.generation import GenerateDecoderOnlyOutput
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .clusters import TokenClusters
+from .configuration_dynaspec import DynaSpecConfig
+from .router import ClusterRouter
+from .shortlist_head import ShortlistHead
+
+# Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
+_IGNORED_GENERATE_KWARGS = {"position_ids", "logits_to_keep", "use_cache", "token_type_ids", "cache_position"}
+
+
+class DynaSpecPreTrainedModel(PreTrainedModel):
+    config_class = DynaSpecConfig
+    base_model_prefix = "drafter"
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
+    """Drafter body + router + routed-shortlist head. Build one with `from_drafter` or `from_pretrained`."""
+
+    def __init__(self, config: DynaSpecConfig):
+        super().__init__(config)
+        config.validate_schedule()
+        drafter_config = config.drafter_config
+        self.drafter = AutoModel.from_config(drafter_config)
+        hidden = drafter_config.hidden_size
+        self.router = ClusterRouter(hidden, hidden, config.num_clusters, config.router_hidden_size)
+        self.lm_head = ShortlistHead(hidden, config.vocab_size, config.num_clusters, config.cluster_size, config.core_size)
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # construction, schedule, loading
+
+    @classmethod
+    def from_drafter(
+        cls,
+        drafter: PreTrainedModel,
+        clusters: TokenClusters,
+        router: ClusterRouter | None = None,
+        *,
+        router_hidden_size: int = 256,
+        k_by_position: list[int] | None = None,
+        core_by_position: list[int] | None = None,
+    ) -> "DynaSpecAssistant":
+        """Wrap a causal LM (`AutoModelForCausalLM`) as a DynaSpec assistant.
+
+        The drafter's output head is copied into the cluster-contiguous layout of `clusters`. Without `router`, a
+        freshly initialized one is created (train it with `dynaspec_hf.calibrate`).
+        """
+        head = drafter.get_output_embeddings()
+        if head is None:
+            raise ValueError(f"{type(drafter).__name__} has no output head; pass a causal LM (AutoModelForCausalLM).")
+        vocab_size = head.weight.shape[0]
+        if clusters.vocab_size != vocab_size:
+            raise ValueError(
+                f"The clusters cover {clusters.vocab_size} tokens but the drafter's head has {vocab_size} rows."
+            )
+        if router is not None:
+            router_hidden_size = router.net[0].out_features if isinstance(router.net, nn.Sequential) else 0
+        config = DynaSpecConfig(
+            drafter_config=copy.deepcopy(drafter.config),
+            num_clusters=clusters.num_clusters,
+            cluster_size=clusters.cluster_size,
+            core_size=clusters.core_size,
+            router_hidden_size=router_hidden_size,
+            k_by_position=k_by_position,
+            core_by_position=core_by_position,
+        )
+        config.drafter_config.vocab_size = vocab_size
+        config.vocab_size = vocab_size
+        model = cls(config)
+        model.drafter.load_state_dict(drafter.base_model.state_dict())
+        model.lm_head.load_full_head(head.weight, clusters)
+        if router is not None:
+            model.router.load_state_dict(router.state_dict())
+        return model.to(device=head.weight.device, dtype=head.weight.dtype).eval()
+
+    def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None):
+        """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self."""
+        config = copy.deepcopy(self.config)
+        if k_by_position is not None:
+            config.k_by_position = list(k_by_position)
+        if core_by_position is not None:
+            config.core_by_position = list(core_by_position)
+        config.validate_schedule()
+        self.config = config
+        return self
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing checkpoints that would draft from missing or damaged parts."""
+        return_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except Exception as error:  # safetensors and torch raise several types for a damaged file
+            if "deserializ" in str(error) or "safetensor" in type(error).__module__.lower():
+                raise OSError(
+                    f"Could not read the weights of {pretrained_model_name_or_path!r}: the safetensors file is "
+                    f"corrupted or truncated ({error})."
+                ) from error
+            raise
+        missing = sorted(info["missing_keys"])
+        router_missing = [key for key in missing if key.startswith("router.")]
+        if router_missing and model.config.needs_router:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} has no router weights ({', '.join(router_missing)}), but its schedule "
+                f"k_by_position={model.config.k_by_position} routes clusters. Train a router (dynaspec_hf.calibrate) "
+                f"or use a schedule without routing."
+            )
+        other_missing = [key for key in missing if not key.startswith("router.")]
+        if other_missing:
+            raise ValueError(f"{pretrained_model_name_or_path!r} lacks weights for: {', '.join(other_missing)}.")
+        model.lm_head.check_layout()
+        return (model, info) if return_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) from the template in `hub_cards/`."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        from .model_card import write_model_card
+
+        write_model_card(self, save_directory)
+
+    def get_input_embeddings(self):
+        return self.drafter.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.drafter.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return None  # the head is a routed shortlist layer, not a [vocab, hidden] linear layer
+
+    def set_output_embeddings(self, new_embeddings):
+        raise NotImplementedError(
+            "DynaSpecAssistant's head is a cluster-ordered shortlist layer and cannot be replaced or pruned; "
+            "universal speculative decoding across tokenizers with do_sample=True is not supported."
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # forward (full vocabulary, for evaluation) and drafting
+
+    def full_vocabulary_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`[..., hidden]` -> logits over the whole vocabulary in token-id order (evaluation, calibration)."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        rows, token_ids = self.lm_head(flat, None, 0)
+        valid = token_ids[0] >= 0
+        logits = rows.new_empty(flat.shape[0], self.config.vocab_size)
+        logits[:, token_ids[0, valid]] = rows[:, valid]
+        return logits.view(*hidden.shape[:-1], -1)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.drafter(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else outputs.last_hidden_state
+        return CausalLMOutputWithPast(logits=self.full_vocabulary_logits(hidden), past_key_values=outputs.past_key_values)
+
+    def _spread(self, row_logits: torch.Tensor, row_tokens: torch.Tensor) -> torch.Tensor:
+        """Shortlist logits -> float32 `[B, vocab]` with `-inf` elsewhere (rows with token id -1 are dropped)."""
+        vocab_size = self.config.vocab_size
+        logits = row_logits.new_full((row_logits.shape[0], vocab_size + 1), float("-inf"), dtype=torch.float32)
+        logits.scatter_(1, row_tokens.masked_fill(row_tokens < 0, vocab_size), row_logits.float())
+        return logits[:, :vocab_size]
+
+    def route(self, previous_hidden: torch.Tensor, token_ids: torch.Tensor, k: int) -> torch.Tensor | None:
+        """Top-`k` cluster ids `[B, k]` for the next position (None means every cluster)."""
+        if k >= self.config.num_clusters:
+            return None
+        if k == 0:
+            return token_ids.new_empty(token_ids.shape[0], 0)
+        scores = self.router(previous_hidden, self.get_input_embeddings()(token_ids))
+        return scores.topk(k, dim=-1).indices
+
+    @torch.no_grad()
+    def draft(
+        self,
+        input_ids: torch.LongTensor,
+        max_new_tokens: int,
+        *,
+        past_key_values=None,
+        attention_mask: torch.Tensor | None = None,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        logits_processor: LogitsProcessorList | None = None,
+        eos_token_id: list[int] | None = None,
+        confidence_threshold: float | None = None,
+    ) -> GenerateDecoderOnlyOutput:
+        """Draft up to `max_new_tokens` tokens after `input_ids` with the routed shortlist head.
+
+        The returned `scores` are the (processed) logits each token was chosen from, spread over the full
+        vocabulary with `-inf` outside the shortlist: exactly the q that speculative sampling needs. The cache is
+        reused when given; it is cropped so the body re-reads at least the last two tokens, which yields the
+        previous hidden state the router needs without keeping extra state between calls.
+        """
+        batch, length = input_ids.shape
+        if input_ids.numel() and int(input_ids.max()) >= self.config.vocab_size:
+            raise ValueError(
+                f"Token id {int(input_ids.max())} is outside the assistant's vocabulary of {self.config.vocab_size} "
+                f"tokens: the assistant and the target must share one tokenizer."
+            )
+        processors = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
+        eos = torch.tensor(eos_token_id or [], dtype=torch.long, device=input_ids.device)
+
+        start = max(length - 2, 0)
+        cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if cached > start:
+            past_key_values.crop(start - cached)  # negative: number of tokens to drop
+        start = min(start, cached)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: let the model derive positions from the cache
+        positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+        out = self.drafter(
+            input_ids=input_ids[:, start:],
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            position_ids=None if positions is None else positions[:, start:],
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        hidden = out.last_hidden_state[:, -1]
+        previous = out.last_hidden_state[:, -2] if out.last_hidden_state.shape[1] > 1 else torch.zeros_like(hidden)
+        core_rank = self.lm_head.core_rank() if self.config.core_size else None
+
+        sequences, scores = input_ids, []
+        for position in range(max_new_tokens):
+            num_core, k = self.config.shortlist_at(position)
+            cluster_ids = self.route(previous, sequences[:, -1], k)
+            row_logits, row_tokens = self.lm_head(hidden, cluster_ids, num_core, core_rank)
+            logits = self._spread(row_logits, row_tokens)
+            if len(processors):
+                logits = processors(sequences, logits)
+            probs = logits.softmax(dim=-1)
+            token = torch.multinomial(probs, 1) if do_sample else logits.argmax(dim=-1, keepdim=True)
+            sequences = torch.cat([sequences, token], dim=-1)
+            scores.append(logits)
+
+            done = position + 1 >= max_new_tokens
+            if position + 1 >= min_new_tokens and not done:
+                done = bool(torch.isin(token, eos).all()) or (
+                    bool(confidence_threshold) and float(probs.gather(1, token).min()) < confidence_threshold
+                )
+            if done:
+                break
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+                positions = positions[:, -1:] + 1
+            out = self.drafter(
+                input_ids=token,
+                past_key_values=cache,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=True,
+            )
+            previous, hidden = hidden, out.last_hidden_state[:, -1]
+        return GenerateDecoderOnlyOutput(sequences=sequences, scores=tuple(scores), past_key_values=cache)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        past_key_values=None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """Shortlist drafting with the `generate` interface transformers' assisted loop calls.
+
+        Called by `target.generate(..., assistant_model=self)` it drafts one block. Called directly, it decodes
+        with the shortlist head (greedy or sampled with temperature / top-k / top-p).
+        """
+        generation_config = copy.deepcopy(generation_config or self.generation_config)
+        unused = generation_config.update(**kwargs)
+        unsupported = set(unused) - _IGNORED_GENERATE_KWARGS
+        if unsupported:
+            raise TypeError(f"DynaSpecAssistant.generate got unsupported arguments: {sorted(unsupported)}.")
+        if (generation_config.num_beams or 1) > 1:
+            raise ValueError("DynaSpecAssistant drafts without beam search; num_beams must be 1.")
+        max_new_tokens = generation_config.max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens = (generation_config.max_length or 20) - input_ids.shape[1]
+        do_sample = bool(generation_config.do_sample)
+        if logits_processor is None and do_sample:  # direct call; the assisted loop passes the target's processors
+            logits_processor = _sampling_processors(generation_config)
+        eos = generation_config.eos_token_id
+        threshold = generation_config.assistant_confidence_threshold if generation_config.is_assistant else None
+        output = self.draft(
+            input_ids,
+            max(int(max_new_tokens), 0),
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            min_new_tokens=generation_config.min_new_tokens or 0,
+            do_sample=do_sample,
+            logits_processor=logits_processor,
+            eos_token_id=[eos] if isinstance(eos, int) else eos,
+            confidence_threshold=threshold,
+        )
+        return output if generation_config.return_dict_in_generate else output.sequences
+
+
+def _sampling_processors(generation_config: GenerationConfig) -> LogitsProcessorList:
+    processors = LogitsProcessorList()
+    if generation_config.temperature is not None and generation_config.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(generation_config.temperature))
+    if generation_config.top_k:
+        processors.append(TopKLogitsWarper(generation_config.top_k))
+    if generation_config.top_p is not None and generation_config.top_p < 1.0:
+        processors.append(TopPLogitsWarper(generation_config.top_p))
+    return processors
+
+
+DynaSpecConfig.register_for_auto_class()
+DynaSpecAssistant.register_for_auto_class("AutoModelForCausalLM")

@@ -1,0 +1,1 @@
+"""Model-card templates (and, later, Hub `custom_generate` folders) shipped with dynaspec-hf."""

@@ -1,0 +1,71 @@
+"""Greedy output with the assistant must equal the target's own greedy output, token for token."""
+
+import pytest
+import torch
+
+from dynaspec_hf.measure import count_forward_calls
+from conftest import SETTINGS, VOCAB, make_assistant, tiny_pair
+
+PROMPTS = 50
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_greedy_equals_target(family, setting):
+    target, drafter = tiny_pair(family)
+    assistant = make_assistant(drafter, setting)
+    generator = torch.Generator().manual_seed(1)
+    mismatches, accepted_any = [], False
+    for i in range(PROMPTS):
+        length = int(torch.randint(1, 30, (1,), generator=generator))
+        new_tokens = int(torch.randint(1, 25, (1,), generator=generator))
+        ids = torch.randint(0, VOCAB, (1, length), generator=generator)
+        expected = target.generate(ids, do_sample=False, max_new_tokens=new_tokens)
+        with count_forward_calls(target) as calls:
+            got = target.generate(ids, assistant_model=assistant, do_sample=False, max_new_tokens=new_tokens)
+        if not torch.equal(expected, got):
+            mismatches.append((i, length, new_tokens))
+        accepted_any |= calls[0] < new_tokens
+    assert not mismatches, f"{len(mismatches)}/{PROMPTS} prompts differ: {mismatches[:5]}"
+    assert accepted_any, "no draft token was ever accepted: the test would not exercise the accept path"
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_greedy_stops_at_eos_like_target(setting):
+    target, drafter = tiny_pair("llama", seed=3)
+    assistant = make_assistant(drafter, setting)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(10):
+        ids = torch.randint(0, VOCAB, (1, 8), generator=generator)
+        free = target.generate(ids, do_sample=False, max_new_tokens=20)
+        eos = int(free[0, ids.shape[1] + int(torch.randint(0, 20, (1,), generator=generator))])
+        expected = target.generate(ids, do_sample=False, max_new_tokens=20, eos_token_id=eos, pad_token_id=eos)
+        got = target.generate(
+            ids, assistant_model=assistant, do_sample=False, max_new_tokens=20, eos_token_id=eos, pad_token_id=eos
+        )
+        assert torch.equal(expected, got)
+        assert got[0, -1] == eos
+
+
+@pytest.mark.parametrize("new_tokens", [1, 2, 3, 5])
+def test_greedy_at_max_length_edges(new_tokens):
+    target, drafter = tiny_pair("qwen2", seed=4)
+    assistant = make_assistant(drafter, "routed")
+    ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(new_tokens))
+    expected = target.generate(ids, do_sample=False, max_length=6 + new_tokens)
+    got = target.generate(ids, assistant_model=assistant, do_sample=False, max_length=6 + new_tokens)
+    assert torch.equal(expected, got) and got.shape[1] == 6 + new_tokens
+
+
+def test_perfect_drafter_is_fully_accepted():
+    """With the target's own weights as drafter over the full vocabulary, every draft block must be accepted.
+
+    This fails if drafting mishandles its cache or positions (drafts would then be wrong and rejected).
+    """
+    target, _ = tiny_pair("llama", seed=5)
+    assistant = make_assistant(target, "full")
+    ids = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(0))
+    block = assistant.generation_config.num_assistant_tokens
+    with count_forward_calls(target) as calls:
+        got = target.generate(ids, assistant_model=assistant, do_sample=False, max_new_tokens=30)
+    assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=30))
+    assert calls[0] == -(-30 // (block + 1)), f"{calls[0]} target passes for 30 tokens in blocks of {block}"
