@@ -33,8 +33,6 @@ class DynaSpecConfig(PretrainedConfig):
             Router-chosen clusters per draft position. Defaults to `[num_clusters]`: the full vocabulary.
         core_by_position (`list[int]`, *optional*, defaults to `[0]`):
             Frequency-core tokens per draft position (a prefix of the core, so each is itself a frequency shortlist).
-        num_assistant_tokens (`int`, *optional*, defaults to 6):
-            Draft block length used by `target.generate(assistant_model=...)`.
     """
 
     model_type = "dynaspec"
@@ -49,7 +47,6 @@ class DynaSpecConfig(PretrainedConfig):
         router_hidden_size: int = 256,
         k_by_position: list[int] | None = None,
         core_by_position: list[int] | None = None,
-        num_assistant_tokens: int = 6,
         **kwargs,
     ):
         if isinstance(drafter_config, dict):
@@ -65,7 +62,6 @@ class DynaSpecConfig(PretrainedConfig):
         self.router_hidden_size = router_hidden_size
         self.k_by_position = list(k_by_position) if k_by_position is not None else [num_clusters]
         self.core_by_position = list(core_by_position) if core_by_position is not None else [0]
-        self.num_assistant_tokens = num_assistant_tokens
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 

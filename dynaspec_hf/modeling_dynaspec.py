@@ -27,6 +27,7 @@ from .router import ClusterRouter
 from .shortlist_head import ShortlistHead
 
 # Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
+DEFAULT_DRAFT_TOKENS = 6
 _IGNORED_GENERATE_KWARGS = {"position_ids", "logits_to_keep", "use_cache", "token_type_ids", "cache_position"}
 
 
@@ -51,6 +52,9 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         self.router = ClusterRouter(hidden, hidden, config.num_clusters, config.router_hidden_size)
         self.lm_head = ShortlistHead(hidden, config.vocab_size, config.num_clusters, config.cluster_size, config.core_size)
         self.post_init()
+        # Draft block length for `target.generate(assistant_model=...)`; saved in generation_config.json.
+        self.generation_config.num_assistant_tokens = DEFAULT_DRAFT_TOKENS
+        self.generation_config.num_assistant_tokens_schedule = "constant"
 
     # ----------------------------------------------------------------------------------------------------------
     # construction, schedule, loading
@@ -121,6 +125,15 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
                 raise OSError(
                     f"Could not read the weights of {pretrained_model_name_or_path!r}: the safetensors file is "
                     f"corrupted or truncated ({error})."
+                ) from error
+            if "ignore_mismatched_sizes" in str(error):
+                config = DynaSpecConfig.from_pretrained(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
+                raise ValueError(
+                    f"The tensors of {pretrained_model_name_or_path!r} do not have the shapes its config implies "
+                    f"(vocab_size={config.vocab_size}, num_clusters={config.num_clusters}, "
+                    f"cluster_size={config.cluster_size}, core_size={config.core_size}, "
+                    f"router_hidden_size={config.router_hidden_size}): config.json and the weights disagree. "
+                    f"The load report above names each tensor."
                 ) from error
             raise
         missing = sorted(info["missing_keys"])
@@ -336,6 +349,11 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             confidence_threshold=threshold,
         )
         return output if generation_config.return_dict_in_generate else output.sequences
+
+
+def _hub_kwargs(kwargs: dict) -> dict:
+    keys = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
+    return {key: kwargs[key] for key in keys if key in kwargs}
 
 
 def _sampling_processors(generation_config: GenerationConfig) -> LogitsProcessorList:

@@ -66,7 +66,7 @@ def test_sampling_keeps_target_distribution(pair, setting):
 def test_broken_acceptance_rule_is_detected(pair, monkeypatch):
     """Accepting every draft (ignoring p/q) makes the first token follow the drafter: the test must see it."""
 
-    def accept_everything(candidate_input_ids, candidate_logits, candidate_length, new_logits, **kwargs):
+    def accept_everything(candidate_input_ids, candidate_logits, candidate_length, new_logits, *args, **kwargs):
         bonus = torch.multinomial(new_logits[0, candidate_length].softmax(-1), 1)[None]
         return torch.cat([candidate_input_ids[:, -candidate_length:], bonus], dim=-1), candidate_length
 
