@@ -1,0 +1,279 @@
+"""Calibration: build clusters, train the router and choose the shortlist schedule for a target/drafter pair.
+
+Training pairs come from the drafter run teacher-forced over texts (and, optionally, over the target's own greedy
+continuations of them, which is what verification accepts). At each position t the router sees what drafting
+will have at that point, `(h_{t-1}, embed(x_t))`, and learns the cluster of the *target's* next token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .clusters import TokenClusters, _frequency_order
+from .modeling_dynaspec import DynaSpecAssistant
+from .router import ClusterRouter
+
+
+@dataclass
+class RouterFeatures:
+    """One row per (context, next position): what the router and head see, and what the target said."""
+
+    previous_hidden: torch.Tensor  # [N, d] drafter hidden state at t-1
+    token_embedding: torch.Tensor  # [N, d] drafter embedding of x_t
+    hidden: torch.Tensor  # [N, d] drafter hidden state at t (what the head scores)
+    target_next: torch.Tensor  # [N] the target's greedy next token
+    domain: torch.Tensor  # [N] index into `domains`
+    domains: list[str] = field(default_factory=list)
+
+    def __len__(self):
+        return self.target_next.numel()
+
+    def select(self, rows: torch.Tensor) -> "RouterFeatures":
+        return RouterFeatures(
+            self.previous_hidden[rows], self.token_embedding[rows], self.hidden[rows], self.target_next[rows],
+            self.domain[rows], self.domains,
+        )
+
+
+@torch.no_grad()
+def collect_features(
+    target,
+    drafter,
+    sequences: list[torch.Tensor],
+    domains: list[str] | None = None,
+    *,
+    continuation_tokens: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> RouterFeatures:
+    """Run the drafter (teacher-forced) and the target over token sequences; keep every position t >= 1.
+
+    With `continuation_tokens > 0`, each sequence's first half is extended by the target's greedy continuation,
+    so the pairs also cover the target's own text.
+    """
+    if not sequences:
+        raise ValueError("No token sequences to calibrate on.")
+    domains = domains or ["all"] * len(sequences)
+    names = sorted(set(domains))
+    device = next(drafter.parameters()).device
+    rows = {key: [] for key in ("previous_hidden", "token_embedding", "hidden", "target_next", "domain")}
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # batch similar lengths together
+    for start in tqdm(range(0, len(order), batch_size), desc="collecting router features", disable=not progress):
+        chosen = order[start : start + batch_size]
+        batch = [_with_continuation(target, sequences[i], continuation_tokens) for i in chosen]
+        length = max(len(s) for s in batch)
+        ids = torch.zeros(len(batch), length, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, sequence in enumerate(batch):
+            ids[row, : len(sequence)] = sequence.to(device)
+            mask[row, : len(sequence)] = 1
+        hidden = drafter.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        target_next = target(input_ids=ids.to(target.device), attention_mask=mask.to(target.device)).logits.argmax(-1)
+        keep = mask.bool()
+        keep[:, 0] = False  # position 0 has no previous hidden state
+        rows["previous_hidden"].append(hidden[:, :-1][keep[:, 1:]].half().cpu())
+        rows["token_embedding"].append(drafter.get_input_embeddings()(ids)[keep].half().cpu())
+        rows["hidden"].append(hidden[keep].half().cpu())
+        rows["target_next"].append(target_next.to(device)[keep].cpu())
+        domain_ids = torch.tensor([names.index(domains[i]) for i in chosen], device=device)
+        rows["domain"].append(domain_ids[:, None].expand_as(ids)[keep].cpu())
+    return RouterFeatures(**{key: torch.cat(value) for key, value in rows.items()}, domains=names)
+
+
+def _with_continuation(target, sequence: torch.Tensor, tokens: int) -> torch.Tensor:
+    if tokens <= 0 or len(sequence) < 4:
+        return sequence
+    prompt = sequence[: len(sequence) // 2][None].to(target.device)
+    return target.generate(prompt, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens)[0].cpu()
+
+
+def train_router(
+    features: RouterFeatures,
+    token_cluster: torch.Tensor,
+    num_clusters: int,
+    router_hidden_size: int = 256,
+    *,
+    epochs: int = 4,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+) -> ClusterRouter:
+    """AdamW on cross-entropy between router scores and the cluster of the target's next token."""
+    if len(features) == 0:
+        raise ValueError("No router training pairs: the texts are too short (each needs at least 2 tokens).")
+    torch.manual_seed(seed)
+    hidden_size, embed_size = features.previous_hidden.shape[1], features.token_embedding.shape[1]
+    router = ClusterRouter(hidden_size, embed_size, num_clusters, router_hidden_size).to(device)
+    optimizer = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=0.01)
+    labels = token_cluster[features.target_next]
+    steps = epochs * math.ceil(len(features) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    with tqdm(total=steps, desc="training router", disable=not progress) as bar:
+        for _ in range(epochs):
+            for rows in torch.randperm(len(features), generator=generator).split(batch_size):
+                scores = router(
+                    features.previous_hidden[rows].to(device).float(), features.token_embedding[rows].to(device).float()
+                )
+                loss = F.cross_entropy(scores, labels[rows].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    return router.eval()
+
+
+@torch.no_grad()
+def shortlist_curves(
+    assistant: DynaSpecAssistant,
+    features: RouterFeatures,
+    static_order: torch.Tensor,
+    ks: list[int],
+    chunk: int = 256,
+) -> dict:
+    """Held-out recall and greedy acceptance of routed vs. static shortlists of equal size, per domain.
+
+    recall: the target's next token is in the shortlist. acceptance: the drafter's best shortlist token *is* the
+    target's next token (what greedy verification accepts at one position).
+    """
+    config, device = assistant.config, assistant.device
+    static_rank = torch.empty_like(static_order)
+    static_rank[static_order] = torch.arange(static_order.numel())
+    static_rank = static_rank.to(device)
+    cluster_of = _token_cluster(assistant.lm_head.cluster_token_ids.cpu(), config.vocab_size).to(device)
+    rows = {"routed": {k: [] for k in ks}, "static": {k: [] for k in ks}}
+    full_accept = []
+    for start in range(0, len(features), chunk):
+        part = features.select(torch.arange(start, min(start + chunk, len(features))))
+        target = part.target_next.to(device)
+        scores = assistant.router(
+            part.previous_hidden.to(device, assistant.dtype), part.token_embedding.to(device, assistant.dtype)
+        )
+        cluster_rank = scores.argsort(dim=-1, descending=True).argsort(dim=-1)  # [n, C] rank of each cluster
+        token_rank = cluster_rank.gather(1, cluster_of[None].expand(len(part), -1))  # [n, V]
+        logits = assistant.full_vocabulary_logits(part.hidden.to(device, assistant.dtype)).float()
+        full_accept.append((logits.argmax(-1) == target).float().cpu())
+        for k in ks:
+            allowed_by = {"routed": token_rank < k, "static": (static_rank < k * config.cluster_size)[None]}
+            for name, allowed in allowed_by.items():
+                allowed = allowed.expand(len(part), -1)
+                hit = allowed.gather(1, target[:, None])[:, 0]
+                best = logits.masked_fill(~allowed, float("-inf")).argmax(-1)
+                rows[name][k].append(torch.stack([hit.float(), (best == target).float()], 1).cpu())
+    full_accept = torch.cat(full_accept)
+    curves = {"cluster_size": config.cluster_size, "vocab_size": config.vocab_size, "ks": ks, "domains": {}}
+    for d, name in [(None, "all")] + list(enumerate(features.domains)):
+        in_domain = torch.ones(len(features), dtype=torch.bool) if d is None else features.domain == d
+        if not in_domain.any():
+            continue
+        entry = {"pairs": int(in_domain.sum()), "full_acceptance": float(full_accept[in_domain].mean())}
+        for method in ("routed", "static"):
+            stats = {k: torch.cat(rows[method][k])[in_domain] for k in ks}
+            entry[method] = {
+                "recall": [float(stats[k][:, 0].mean()) for k in ks],
+                "acceptance": [float(stats[k][:, 1].mean()) for k in ks],
+            }
+        curves["domains"][name] = entry
+    return curves
+
+
+def choose_schedule(acceptance: list[float], full_acceptance: float, ks: list[int], positions: int,
+                    target_retention: float = 0.98) -> list[int]:
+    """Position-aware shortlist sizes: the smallest k at each draft position that keeps the expected loss small.
+
+    Position i is only reached when the i earlier drafts were accepted (probability about `full_acceptance ** i`),
+    so a shortfall there costs less: k_i is the smallest k with
+    `full_acceptance ** i * (full_acceptance - acceptance(k)) <= (1 - target_retention) * full_acceptance`.
+    """
+    schedule = []
+    for position in range(positions):
+        reach = full_acceptance**position
+        allowed = (1 - target_retention) * full_acceptance
+        fits = [k for k, a in zip(ks, acceptance) if reach * (full_acceptance - a) <= allowed]
+        schedule.append(min(fits) if fits else max(ks))
+    return schedule
+
+
+def _token_cluster(cluster_token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[vocab] cluster index of every token."""
+    cluster_of = torch.empty(vocab_size, dtype=torch.long)
+    valid = cluster_token_ids >= 0
+    cluster_of[cluster_token_ids[valid]] = torch.arange(cluster_token_ids.shape[0])[:, None].expand_as(
+        cluster_token_ids)[valid]
+    return cluster_of
+
+
+def calibrate(
+    target,
+    drafter,
+    sequences: list[torch.Tensor],
+    *,
+    num_clusters: int,
+    domains: list[str] | None = None,
+    frequency_counts: torch.Tensor | None = None,
+    core_size: int = 0,
+    router_hidden_size: int = 256,
+    continuation_tokens: int = 0,
+    heldout_fraction: float = 0.1,
+    positions: int = 6,
+    target_retention: float = 0.98,
+    epochs: int = 4,
+    seed: int = 0,
+    features: RouterFeatures | None = None,
+    progress: bool = True,
+) -> tuple[DynaSpecAssistant, dict]:
+    """Turn a target, a drafter and token sequences into a calibrated `DynaSpecAssistant` and a report.
+
+    `frequency_counts` (token counts of a corpus, FR-Spec's source) ranks the static baseline and the optional
+    frequency core; it defaults to the counts of `sequences`. Held-out sequences (a seeded split) are only used
+    for the report and the schedule.
+    """
+    vocab_size = drafter.get_output_embeddings().weight.shape[0]
+    target_vocab = target.config.get_text_config().vocab_size
+    if target_vocab != vocab_size:
+        raise ValueError(f"The target's vocabulary has {target_vocab} tokens but the drafter's has {vocab_size}.")
+    domains = domains or ["all"] * len(sequences)
+    generator = torch.Generator().manual_seed(seed)
+    permutation = torch.randperm(len(sequences), generator=generator).tolist()
+    heldout_count = max(1, int(round(heldout_fraction * len(sequences)))) if len(sequences) > 1 else 0
+    heldout, train = permutation[:heldout_count], permutation[heldout_count:]
+    if features is None:
+        features = collect_features(
+            target, drafter, [sequences[i] for i in train], [domains[i] for i in train],
+            continuation_tokens=continuation_tokens, progress=progress,
+        )
+    if frequency_counts is None:
+        frequency_counts = torch.bincount(torch.cat([sequences[i] for i in train]).long(), minlength=vocab_size)
+    clusters = TokenClusters.from_embeddings(drafter.get_output_embeddings().weight, num_clusters, seed=seed)
+    clusters = clusters.with_core(frequency_counts, core_size)
+    token_cluster = _token_cluster(clusters.cluster_token_ids, vocab_size)
+    router = train_router(
+        features, token_cluster, num_clusters, router_hidden_size, epochs=epochs, seed=seed,
+        device=next(drafter.parameters()).device, progress=progress,
+    )
+    assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router.to(next(drafter.parameters()).dtype))
+    report = {"train_pairs": len(features)}
+    if heldout:
+        heldout_features = collect_features(
+            target, drafter, [sequences[i] for i in heldout], [domains[i] for i in heldout],
+            continuation_tokens=continuation_tokens, progress=progress,
+        )
+        ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < num_clusters} | {num_clusters})
+        static_order = _frequency_order(torch.as_tensor(frequency_counts).double())
+        curves = shortlist_curves(assistant, heldout_features, static_order, ks)
+        overall = curves["domains"]["all"]
+        schedule = choose_schedule(overall["routed"]["acceptance"], overall["full_acceptance"], ks, positions,
+                                   target_retention)
+        assistant.set_schedule(k_by_position=schedule, core_by_position=[0])
+        report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=schedule)
+    return assistant, report
+

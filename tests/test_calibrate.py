@@ -1,0 +1,67 @@
+"""Calibration: the trained router must beat a static frequency shortlist on a domain the frequency corpus lacks."""
+
+import pytest
+import torch
+
+from dynaspec_hf.calibrate import calibrate, choose_schedule
+from dynaspec_hf.training import train_causal_lm
+from conftest import tiny_config
+
+VOCAB, HALF = 192, 96
+
+
+def markov_text(low: int, count: int, length: int, seed: int) -> list[torch.Tensor]:
+    """Sequences from a sparse random Markov chain over tokens [low, low + HALF): each token has 2 successors."""
+    generator = torch.Generator().manual_seed(seed)
+    successors = torch.randint(0, HALF, (HALF, 2), generator=generator) + low
+    out = []
+    for _ in range(count):
+        token = int(torch.randint(0, HALF, (1,), generator=generator)) + low
+        sequence = [token]
+        for _ in range(length - 1):
+            token = int(successors[token - low, int(torch.randint(0, 2, (1,), generator=generator))])
+            sequence.append(token)
+        out.append(torch.tensor(sequence))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_domain_pair():
+    """A target and a drafter trained on two domains with disjoint token ranges: A = [0, 96), B = [96, 192)."""
+    from transformers import AutoModelForCausalLM
+
+    domain_a, domain_b = markov_text(0, 120, 48, seed=1), markov_text(HALF, 120, 48, seed=2)
+    stream = torch.cat(domain_a + domain_b)
+    torch.manual_seed(0)
+    target = AutoModelForCausalLM.from_config(tiny_config("llama", VOCAB, hidden_size=64)).eval()
+    drafter = AutoModelForCausalLM.from_config(tiny_config("llama", VOCAB, hidden_size=32, layers=1)).eval()
+    train_causal_lm(target, stream, steps=150, batch_size=16, length=32, lr=1e-2, progress=False)
+    train_causal_lm(drafter, stream, steps=150, batch_size=16, length=32, lr=1e-2, teacher=target, progress=False)
+    return target, drafter, domain_a, domain_b
+
+
+def test_router_beats_static_shortlist_on_unseen_domain(two_domain_pair):
+    target, drafter, domain_a, domain_b = two_domain_pair
+    frequency_counts = torch.bincount(torch.cat(domain_a), minlength=VOCAB)  # FR-Spec's corpus: domain A only
+    assert frequency_counts[HALF:].sum() == 0
+    sequences, domains = domain_a + domain_b, ["A"] * len(domain_a) + ["B"] * len(domain_b)
+    assistant, report = calibrate(
+        target, drafter, sequences, domains=domains, num_clusters=12, frequency_counts=frequency_counts,
+        router_hidden_size=64, heldout_fraction=0.2, epochs=30, progress=False,
+    )
+    curves = report["curves"]
+    k = curves["ks"].index(2)  # 2 clusters of 16 = 32 rows, a sixth of the vocabulary
+    b = curves["domains"]["B"]
+    # the real reason: the static shortlist is drawn from domain A's frequencies and holds no domain-B token ...
+    assert b["static"]["recall"][k] == 0.0
+    # ... while the router picks the clusters where domain B's tokens live
+    assert b["routed"]["recall"][k] > 0.8, b
+    assert b["routed"]["acceptance"][k] > 0.5 * b["full_acceptance"]
+    assert assistant.config.k_by_position == report["k_by_position"]
+
+
+def test_choose_schedule_shrinks_later_positions():
+    ks = [1, 2, 4, 8]
+    acceptance = [0.5, 0.7, 0.78, 0.8]
+    schedule = choose_schedule(acceptance, 0.8, ks, positions=6, target_retention=0.98)
+    assert schedule[0] == 8 and schedule == sorted(schedule, reverse=True) and schedule[-1] < 8
