@@ -25,3 +25,35 @@ def count_forward_calls(model: torch.nn.Module):
 def mean_accepted_length(new_tokens: int, target_calls: int) -> float:
     """τ: tokens produced per target forward pass (1.0 for plain decoding)."""
     return new_tokens / max(target_calls, 1)
+
+
+@torch.no_grad()
+def measure_generation(target, prompts: list[torch.Tensor], assistant=None, *, max_new_tokens: int, do_sample=False,
+                       reference: list[torch.Tensor] | None = None, **generate_kwargs) -> dict:
+    """Generate for every prompt through the unchanged `target.generate(assistant_model=...)`.
+
+    Returns τ (new tokens per target forward pass), tokens/s, and, given `reference` outputs, how many prompts
+    were reproduced token for token.
+    """
+    import time
+
+    outputs, new_tokens, calls, seconds = [], 0, 0, 0.0
+    for prompt in prompts:
+        ids = prompt[None].to(target.device)
+        if target.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with count_forward_calls(target) as counted:
+            out = target.generate(ids, assistant_model=assistant, do_sample=do_sample, max_new_tokens=max_new_tokens,
+                                  **generate_kwargs)
+        if target.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        outputs.append(out[0, ids.shape[1] :].cpu())
+        new_tokens += outputs[-1].numel()
+        calls += counted[0]
+    result = {"tau": mean_accepted_length(new_tokens, calls), "tokens": new_tokens, "seconds": seconds,
+              "tokens_per_s": new_tokens / seconds, "outputs": outputs}
+    if reference is not None:
+        result["exact"] = sum(torch.equal(a, b) for a, b in zip(outputs, reference))
+    return result

@@ -21,7 +21,11 @@ class ShortlistHead(nn.Module):
         self.weight = nn.Parameter(torch.zeros(core_size + num_clusters * cluster_size, hidden_size))
         self.register_buffer("core_token_ids", torch.arange(core_size, dtype=torch.long))
         self.register_buffer("cluster_token_ids", torch.full((num_clusters, cluster_size), -1, dtype=torch.long))
-        self.rows_computed = 0  # rows multiplied since the last reset: lets tests and benchmarks count head work
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        """Zero `rows_computed` (rows multiplied) and `calls`: lets tests and benchmarks count head work."""
+        self.rows_computed, self.calls = 0, 0
 
     @property
     def core_size(self) -> int:
@@ -102,4 +106,5 @@ class ShortlistHead(nn.Module):
         token_ids.append(ids.masked_fill(invalid, -1))
         logits, token_ids = torch.cat(logits, dim=-1), torch.cat(token_ids, dim=-1)
         self.rows_computed += logits.shape[0] * logits.shape[1]
+        self.calls += 1
         return logits, token_ids

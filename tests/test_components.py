@@ -39,13 +39,13 @@ def test_head_multiplies_only_shortlist_rows():
     _, drafter = tiny_pair("llama")
     assistant = make_assistant(drafter, "routed", num_clusters=16, core_size=48)  # 16 clusters of 12 rows
     head = assistant.lm_head
-    head.rows_computed = 0
+    head.reset_counters()
     ids = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(0))
     out = assistant.draft(ids, 3)
     assert len(out.scores) == 3
     # schedule: position 0 -> 16 core + 6 clusters, 1 -> 8 core + 4 clusters, 2 -> 0 core + 3 clusters
     assert head.rows_computed == (16 + 6 * 12) + (8 + 4 * 12) + (0 + 3 * 12)
-    assert head.rows_computed < 3 * VOCAB
+    assert head.rows_computed < 3 * VOCAB and head.calls == 3
     for scores, allowed in zip(out.scores, (16 + 6 * 12, 8 + 4 * 12, 3 * 12)):
         assert torch.isfinite(scores).sum() <= allowed  # q is zero outside the shortlist
 

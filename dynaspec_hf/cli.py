@@ -1,0 +1,142 @@
+"""The `dynaspec-hf` command: `demo` (embedded default, no downloads) and `calibrate` (your own pair)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def read_texts(paths: list[str], tokenizer=None) -> tuple[list[str], list[str]]:
+    """Texts and their domain (the file's stem) from .txt (blank-line separated) and .jsonl files.
+
+    A jsonl record may hold `text`, chat `messages` (rendered with the tokenizer's chat template) or Spec-Bench
+    style `turns`.
+    """
+    texts, domains = [], []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"Calibration data file {name!r} does not exist.")
+        raw = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            for number, line in enumerate(raw.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{name}:{number} is not valid JSON ({error}).") from error
+                texts.append(_record_text(record, tokenizer, f"{name}:{number}"))
+                domains.append(path.stem)
+        else:
+            for block in raw.split("\n\n"):
+                if block.strip():
+                    texts.append(block)
+                    domains.append(path.stem)
+    if not texts:
+        raise ValueError(f"No text found in {paths}.")
+    return texts, domains
+
+
+def _record_text(record: dict, tokenizer, where: str) -> str:
+    if "text" in record:
+        return record["text"]
+    if "messages" in record:
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{where} holds chat `messages` but the tokenizer has no chat template.")
+        return tokenizer.apply_chat_template(record["messages"], tokenize=False)
+    if "turns" in record:
+        return "\n".join(record["turns"])
+    raise ValueError(f"{where} has none of the fields `text`, `messages` or `turns`.")
+
+
+def calibrate_command(args) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .calibrate import calibrate
+    from .model_card import write_model_card
+    from .report import plot_curves
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} exists and is not empty.")
+    tokenizer = AutoTokenizer.from_pretrained(args.target)
+    texts, domains = read_texts(args.data, tokenizer)
+    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=args.dtype, device_map=args.device)
+    drafter = AutoModelForCausalLM.from_pretrained(args.drafter, dtype=args.dtype, device_map=args.device)
+    if len(tokenizer) > drafter.config.vocab_size:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the drafter's vocabulary has "
+                         f"{drafter.config.vocab_size}.")
+    sequences = [torch.tensor(ids[: args.max_length]) for ids in tokenizer(texts)["input_ids"]]
+    keep = [i for i, s in enumerate(sequences) if len(s) >= 2]
+    if not keep:
+        raise ValueError("Every text is shorter than 2 tokens: no (context, next token) pair to learn from.")
+    assistant, report = calibrate(
+        target, drafter, [sequences[i] for i in keep], domains=[domains[i] for i in keep],
+        num_clusters=args.num_clusters, core_size=args.core_size, router_hidden_size=args.router_hidden_size,
+        continuation_tokens=args.continuation_tokens, epochs=args.epochs, seed=args.seed,
+    )
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as staging:
+        staging = Path(staging) / "assistant"
+        assistant.save_pretrained(staging)
+        (staging / "calibration_report.json").write_text(json.dumps(report, indent=2))
+        if "curves" in report:
+            plot_curves(report["curves"], staging / "calibration_recall.png")
+            write_model_card(assistant, staging, report=_report_summary(report))
+        out.mkdir(parents=True, exist_ok=True)
+        for item in staging.iterdir():
+            shutil.move(str(item), out / item.name)
+    print(f"saved the calibrated assistant to {out}")
+
+
+def _report_summary(report: dict) -> str:
+    curves = report["curves"]
+    lines = ["## Calibration (held-out)", "",
+             "| domain | shortlist | rows | DynaSpec recall | static recall | DynaSpec acceptance | static acceptance |",
+             "|---|---|---|---|---|---|---|"]
+    for domain, entry in curves["domains"].items():
+        for i, k in enumerate(curves["ks"]):
+            lines.append(
+                f"| {domain} | {k} clusters | {k * curves['cluster_size']} | {entry['routed']['recall'][i]:.3f} | "
+                f"{entry['static']['recall'][i]:.3f} | {entry['routed']['acceptance'][i]:.3f} | "
+                f"{entry['static']['acceptance'][i]:.3f} |")
+    lines += ["", f"Chosen `k_by_position`: {report['k_by_position']}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="dynaspec-hf", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="train a small pair on embedded text and compare drafting methods")
+    demo.add_argument("--out", default="dynaspec-demo")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--prompts", type=int, default=8)
+    cal = commands.add_parser("calibrate", help="build clusters, train the router and save a DynaSpec assistant")
+    cal.add_argument("--target", required=True)
+    cal.add_argument("--drafter", required=True)
+    cal.add_argument("--data", nargs="+", required=True, help=".txt or .jsonl files; each file is one domain")
+    cal.add_argument("--out", required=True)
+    cal.add_argument("--num-clusters", type=int, default=256)
+    cal.add_argument("--core-size", type=int, default=0)
+    cal.add_argument("--router-hidden-size", type=int, default=256)
+    cal.add_argument("--continuation-tokens", type=int, default=0)
+    cal.add_argument("--max-length", type=int, default=512)
+    cal.add_argument("--epochs", type=int, default=4)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--dtype", default="auto")
+    cal.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out, steps=args.steps, prompts=args.prompts)
+    else:
+        calibrate_command(args)
+
+
+if __name__ == "__main__":
+    main()
