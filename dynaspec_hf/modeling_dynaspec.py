@@ -176,13 +176,9 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
     # forward (full vocabulary, for evaluation) and drafting
 
     def full_vocabulary_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`[..., hidden]` -> logits over the whole vocabulary in token-id order (evaluation, calibration)."""
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        rows, token_ids = self.lm_head(flat, None, 0)
-        valid = token_ids[0] >= 0
-        logits = rows.new_empty(flat.shape[0], self.config.vocab_size)
-        logits[:, token_ids[0, valid]] = rows[:, valid]
-        return logits.view(*hidden.shape[:-1], -1)
+        """`[..., hidden]` -> float32 logits over the whole vocabulary in token-id order (evaluation, calibration)."""
+        rows, token_ids = self.lm_head(hidden.reshape(-1, hidden.shape[-1]), None, 0)
+        return self._spread(rows, token_ids).view(*hidden.shape[:-1], -1)
 
     def forward(
         self,
