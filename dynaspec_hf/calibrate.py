@@ -8,7 +8,9 @@ will have at that point, `(h_{t-1}, embed(x_t))`, and learns the cluster of the 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +52,14 @@ def collect_features(
     continuation_tokens: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    cache_file: str | Path | None = None,
+    save_every: int = 16,
 ) -> RouterFeatures:
     """Run the drafter (teacher-forced) and the target over token sequences; keep every position t >= 1.
 
     With `continuation_tokens > 0`, each sequence's first half is extended by the target's greedy continuation,
-    so the pairs also cover the target's own text.
+    so the pairs also cover the target's own text. With `cache_file`, finished batches are saved every
+    `save_every` batches and a later call with the same inputs resumes from them.
     """
     if not sequences:
         raise ValueError("No token sequences to calibrate on.")
@@ -62,8 +67,17 @@ def collect_features(
     names = sorted(set(domains))
     device = next(drafter.parameters()).device
     rows = {key: [] for key in ("previous_hidden", "token_embedding", "hidden", "target_next", "domain")}
+    finished = 0
+    if cache_file is not None:
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+    if cache_file is not None and Path(cache_file).exists():
+        saved = torch.load(cache_file)
+        rows, finished = saved["rows"], saved["batches"]
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # batch similar lengths together
-    for start in tqdm(range(0, len(order), batch_size), desc="collecting router features", disable=not progress):
+    starts = range(0, len(order), batch_size)
+    for number, start in enumerate(tqdm(starts, desc="collecting router features", disable=not progress)):
+        if number < finished:
+            continue
         chosen = order[start : start + batch_size]
         batch = [_with_continuation(target, sequences[i], continuation_tokens) for i in chosen]
         length = max(len(s) for s in batch)
@@ -82,6 +96,10 @@ def collect_features(
         rows["target_next"].append(target_next.to(device)[keep].cpu())
         domain_ids = torch.tensor([names.index(domains[i]) for i in chosen], device=device)
         rows["domain"].append(domain_ids[:, None].expand_as(ids)[keep].cpu())
+        if cache_file is not None and (number % save_every == save_every - 1 or number == len(starts) - 1):
+            partial = Path(f"{cache_file}.partial")
+            torch.save({"rows": rows, "batches": number + 1}, partial)
+            os.replace(partial, cache_file)  # atomic: an interruption never leaves a half-written cache
     return RouterFeatures(**{key: torch.cat(value) for key, value in rows.items()}, domains=names)
 
 
@@ -229,13 +247,15 @@ def calibrate(
     epochs: int = 4,
     seed: int = 0,
     features: RouterFeatures | None = None,
+    cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[DynaSpecAssistant, dict]:
     """Turn a target, a drafter and token sequences into a calibrated `DynaSpecAssistant` and a report.
 
     `frequency_counts` (token counts of a corpus, FR-Spec's source) ranks the static baseline and the optional
     frequency core; it defaults to the counts of `sequences`. Held-out sequences (a seeded split) are only used
-    for the report and the schedule.
+    for the report and the schedule. With `cache_dir`, collected features are kept there (keyed by the caller:
+    use one folder per target/drafter/data combination) so an interrupted run resumes.
     """
     vocab_size = drafter.get_output_embeddings().weight.shape[0]
     target_vocab = target.config.get_text_config().vocab_size
@@ -250,6 +270,7 @@ def calibrate(
         features = collect_features(
             target, drafter, [sequences[i] for i in train], [domains[i] for i in train],
             continuation_tokens=continuation_tokens, progress=progress,
+            cache_file=None if cache_dir is None else Path(cache_dir) / "train_features.pt",
         )
     if frequency_counts is None:
         frequency_counts = torch.bincount(torch.cat([sequences[i] for i in train]).long(), minlength=vocab_size)
@@ -266,6 +287,7 @@ def calibrate(
         heldout_features = collect_features(
             target, drafter, [sequences[i] for i in heldout], [domains[i] for i in heldout],
             continuation_tokens=continuation_tokens, progress=progress,
+            cache_file=None if cache_dir is None else Path(cache_dir) / "heldout_features.pt",
         )
         ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < num_clusters} | {num_clusters})
         static_order = _frequency_order(torch.as_tensor(frequency_counts).double())

@@ -79,6 +79,7 @@ def calibrate_command(args) -> None:
         target, drafter, [sequences[i] for i in keep], domains=[domains[i] for i in keep],
         num_clusters=args.num_clusters, core_size=args.core_size, router_hidden_size=args.router_hidden_size,
         continuation_tokens=args.continuation_tokens, epochs=args.epochs, seed=args.seed,
+        cache_dir=_feature_cache_dir(args),
     )
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as staging:
         staging = Path(staging) / "assistant"
@@ -91,6 +92,20 @@ def calibrate_command(args) -> None:
         for item in staging.iterdir():
             shutil.move(str(item), out / item.name)
     print(f"saved the calibrated assistant to {out}")
+
+
+def _feature_cache_dir(args) -> Path:
+    """One folder per (models, data, settings) under the Hugging Face cache: a rerun resumes collection there."""
+    import hashlib
+
+    from huggingface_hub import constants
+
+    digest = hashlib.sha256()
+    for part in (args.target, args.drafter, args.max_length, args.continuation_tokens, args.seed):
+        digest.update(str(part).encode())
+    for name in args.data:
+        digest.update(Path(name).read_bytes())
+    return Path(args.cache_dir or Path(constants.HF_HOME) / "dynaspec_hf" / "features") / digest.hexdigest()[:16]
 
 
 def _report_summary(report: dict) -> str:
@@ -129,6 +144,7 @@ def main(argv=None) -> None:
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--dtype", default="auto")
     cal.add_argument("--device", default=None)
+    cal.add_argument("--cache-dir", default=None, help="where collected features are kept (default: HF_HOME)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo

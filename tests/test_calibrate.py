@@ -65,3 +65,32 @@ def test_choose_schedule_shrinks_later_positions():
     acceptance = [0.5, 0.7, 0.78, 0.8]
     schedule = choose_schedule(acceptance, 0.8, ks, positions=6, target_retention=0.98)
     assert schedule[0] == 8 and schedule == sorted(schedule, reverse=True) and schedule[-1] < 8
+
+
+def test_feature_collection_resumes_after_interruption(two_domain_pair, tmp_path):
+    from dynaspec_hf.calibrate import collect_features
+    from dynaspec_hf.measure import count_forward_calls
+
+    target, drafter, domain_a, _ = two_domain_pair
+    sequences = domain_a[:40]
+    expected = collect_features(target, drafter, sequences, progress=False, batch_size=4)
+
+    cache = tmp_path / "features.pt"
+    calls = []
+
+    def interrupt(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+
+    handle = drafter.base_model.register_forward_pre_hook(interrupt, with_kwargs=True)
+    with pytest.raises(KeyboardInterrupt):
+        collect_features(target, drafter, sequences, progress=False, batch_size=4, cache_file=cache, save_every=2)
+    handle.remove()
+    assert torch.load(cache)["batches"] == 4  # saved after batches 2 and 4, interrupted in batch 6
+    with count_forward_calls(drafter.base_model) as resumed_calls:
+        resumed = collect_features(target, drafter, sequences, progress=False, batch_size=4, cache_file=cache,
+                                   save_every=2)
+    assert resumed_calls[0] == 10 - 4
+    for field in ("previous_hidden", "token_embedding", "hidden", "target_next", "domain"):
+        assert torch.equal(getattr(resumed, field), getattr(expected, field)), field

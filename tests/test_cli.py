@@ -30,7 +30,8 @@ def test_calibrate_cli_end_to_end(saved_pair, tmp_path):
     out = tmp_path / "assistant"
     main(["calibrate", "--target", str(saved_pair / "target"), "--drafter", str(saved_pair / "drafter"),
           "--data", str(saved_pair / "code.txt"), str(saved_pair / "chat.jsonl"), "--out", str(out),
-          "--num-clusters", "8", "--router-hidden-size", "16", "--epochs", "2"])
+          "--num-clusters", "8", "--router-hidden-size", "16", "--epochs", "2", "--cache-dir", str(tmp_path / "c")])
+    assert len(list((tmp_path / "c").glob("*/train_features.pt"))) == 1
     report = json.loads((out / "calibration_report.json").read_text())
     assert set(report["curves"]["domains"]) >= {"all"}
     assert (out / "README.md").read_text().count("DynaSpec recall") == 1
@@ -46,11 +47,11 @@ def test_calibrate_cli_bad_data_leaves_nothing(saved_pair, tmp_path, content, me
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=message):
         main(["calibrate", "--target", str(saved_pair / "target"), "--drafter", str(saved_pair / "drafter"),
-              "--data", str(data), "--out", str(out), "--num-clusters", "8"])
+              "--data", str(data), "--out", str(out), "--num-clusters", "8", "--cache-dir", str(tmp_path / "c")])
     assert not out.exists()
 
 
 def test_calibrate_cli_missing_file(saved_pair, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(["calibrate", "--target", str(saved_pair / "target"), "--drafter", str(saved_pair / "drafter"),
-              "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "out")])
+              "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path)])
