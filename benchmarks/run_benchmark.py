@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from dynaspec_hf.calibrate import calibrate  # noqa: E402
 from dynaspec_hf.measure import measure_generation  # noqa: E402
+from summarize import summary_table  # noqa: E402
 
 
 def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str]]:
@@ -158,7 +160,10 @@ def main(argv=None):
     table = markdown_table(rows)
     (args.out / "latest.md").write_text(table)
     plot(rows, args.out / "latest.png")
+    summary = summary_table(rows)
+    (args.out / "summary.md").write_text(summary)
     print(table)
+    print(summary)
     print(f"total {time.time() - started:.0f}s")
 
 
