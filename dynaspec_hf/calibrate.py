@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .clusters import TokenClusters, _frequency_order
@@ -21,9 +23,16 @@ from .modeling_dynaspec import DynaSpecAssistant
 from .router import ClusterRouter
 
 
+_FEATURE_FIELDS = ("previous_hidden", "token_embedding", "hidden", "target_next", "domain")
+_MAX_POSITIONS = 1 << 24
+
+
 @dataclass
 class RouterFeatures:
-    """One row per (context, next position): what the router and head see, and what the target said."""
+    """One row per (context, next position): what the router and head see, and what the target said.
+
+    Rows are ordered by (sequence, position), so the result does not depend on batching or process count.
+    """
 
     previous_hidden: torch.Tensor  # [N, d] drafter hidden state at t-1
     token_embedding: torch.Tensor  # [N, d] drafter embedding of x_t
@@ -63,19 +72,25 @@ def collect_features(
     """
     if not sequences:
         raise ValueError("No token sequences to calibrate on.")
+    device = next(drafter.parameters()).device
+    # Under `accelerate launch` / torchrun each process takes every n-th batch (gloo for CPU models, NCCL on GPUs).
+    state = PartialState(cpu=device.type == "cpu")
     domains = domains or ["all"] * len(sequences)
     names = sorted(set(domains))
-    device = next(drafter.parameters()).device
-    rows = {key: [] for key in ("previous_hidden", "token_embedding", "hidden", "target_next", "domain")}
+    rows = {key: [] for key in (*_FEATURE_FIELDS, "key")}
     finished = 0
     if cache_file is not None:
-        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-    if cache_file is not None and Path(cache_file).exists():
-        saved = torch.load(cache_file)
-        rows, finished = saved["rows"], saved["batches"]
+        cache_file = Path(cache_file)
+        if state.num_processes > 1:
+            cache_file = cache_file.with_name(f"{cache_file.stem}.rank{state.process_index}{cache_file.suffix}")
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        if cache_file.exists():
+            saved = torch.load(cache_file)
+            rows, finished = saved["rows"], saved["batches"]
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # batch similar lengths together
-    starts = range(0, len(order), batch_size)
-    for number, start in enumerate(tqdm(starts, desc="collecting router features", disable=not progress)):
+    starts = range(0, len(order), batch_size)[state.process_index :: state.num_processes]
+    show = progress and state.is_main_process
+    for number, start in enumerate(tqdm(starts, desc="collecting router features", disable=not show)):
         if number < finished:
             continue
         chosen = order[start : start + batch_size]
@@ -96,11 +111,19 @@ def collect_features(
         rows["target_next"].append(target_next.to(device)[keep].cpu())
         domain_ids = torch.tensor([names.index(domains[i]) for i in chosen], device=device)
         rows["domain"].append(domain_ids[:, None].expand_as(ids)[keep].cpu())
+        # (sequence, position): the final order, whatever the batching or the number of processes
+        sequence_ids = torch.tensor(chosen, device=device)[:, None] * _MAX_POSITIONS
+        rows["key"].append((sequence_ids + torch.arange(length, device=device))[keep].cpu())
         if cache_file is not None and (number % save_every == save_every - 1 or number == len(starts) - 1):
-            partial = Path(f"{cache_file}.partial")
+            partial = cache_file.with_name(cache_file.name + ".partial")
             torch.save({"rows": rows, "batches": number + 1}, partial)
             os.replace(partial, cache_file)  # atomic: an interruption never leaves a half-written cache
-    return RouterFeatures(**{key: torch.cat(value) for key, value in rows.items()}, domains=names)
+    merged = {key: torch.cat(value) if value else torch.empty(0) for key, value in rows.items()}
+    if state.num_processes > 1:
+        parts = [part for part in gather_object([merged]) if part["key"].numel()]
+        merged = {key: torch.cat([part[key] for part in parts]) for key in merged}
+    order = merged.pop("key").argsort()
+    return RouterFeatures(**{key: value[order] for key, value in merged.items()}, domains=names)
 
 
 def _with_continuation(target, sequence: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -134,7 +157,8 @@ def train_router(
     steps = epochs * math.ceil(len(features) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
-    with tqdm(total=steps, desc="training router", disable=not progress) as bar:
+    show = progress and PartialState().is_main_process
+    with tqdm(total=steps, desc="training router", disable=not show) as bar:
         for _ in range(epochs):
             for rows in torch.randperm(len(features), generator=generator).split(batch_size):
                 scores = router(

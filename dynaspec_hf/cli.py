@@ -81,6 +81,10 @@ def calibrate_command(args) -> None:
         continuation_tokens=args.continuation_tokens, epochs=args.epochs, seed=args.seed,
         cache_dir=_feature_cache_dir(args),
     )
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return  # every process holds the same assistant (same gathered features, same seed); one writes it
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as staging:
         staging = Path(staging) / "assistant"
         assistant.save_pretrained(staging)
@@ -130,7 +134,9 @@ def main(argv=None) -> None:
     demo.add_argument("--out", default="dynaspec-demo")
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--prompts", type=int, default=8)
-    cal = commands.add_parser("calibrate", help="build clusters, train the router and save a DynaSpec assistant")
+    cal = commands.add_parser(
+        "calibrate", help="build clusters, train the router and save a DynaSpec assistant "
+        "(data-parallel under `accelerate launch` / torchrun)")
     cal.add_argument("--target", required=True)
     cal.add_argument("--drafter", required=True)
     cal.add_argument("--data", nargs="+", required=True, help=".txt or .jsonl files; each file is one domain")
