@@ -11,6 +11,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PretrainedConfig
 from transformers.generation.candidate_generator import CandidateGenerator
 
+from .modeling_dynaspec import DEFAULT_DRAFT_TOKENS
+
 
 class DynaSpecCandidateGenerator(CandidateGenerator):
     """Args:
@@ -42,7 +44,9 @@ class DynaSpecCandidateGenerator(CandidateGenerator):
         eos = config.eos_token_id
         self.eos_token_id = [eos] if isinstance(eos, int) else eos
         self.max_length = config.max_length
-        self.num_assistant_tokens = config.num_assistant_tokens or assistant.generation_config.num_assistant_tokens or 6
+        self.num_assistant_tokens = (
+            config.num_assistant_tokens or assistant.generation_config.num_assistant_tokens or DEFAULT_DRAFT_TOKENS
+        )
         self.past_key_values = None
 
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import torch
@@ -35,8 +36,6 @@ def measure_generation(target, prompts: list[torch.Tensor], assistant=None, *, m
     Returns τ (new tokens per target forward pass), tokens/s, and, given `reference` outputs, how many prompts
     were reproduced token for token.
     """
-    import time
-
     outputs, new_tokens, calls, seconds = [], 0, 0, 0.0
     for prompt in prompts:
         ids = prompt[None].to(target.device)
