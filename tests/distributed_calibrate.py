@@ -26,3 +26,7 @@ def run(out_path=None):
 
 if __name__ == "__main__":
     run(sys.argv[1])
+    state = PartialState()
+    state.wait_for_everyone()  # rank 0 has written its file before anyone tears the group down
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # an undestroyed gloo group can abort the process at exit
