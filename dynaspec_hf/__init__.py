@@ -1,10 +1,11 @@
-"""dynaspec-hf: routed-shortlist speculative-decoding assistants for 🤗 Transformers (DynaSpec)."""
+"""dynaspec-hf: routed-shortlist speculative-decoding assistants for 🤗 Transformers (DynaSpec), with DySpec trees."""
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .candidate_generator import DynaSpecCandidateGenerator
 from .clusters import TokenClusters
 from .configuration_dynaspec import DynaSpecConfig
+from .generation import TreeConfig, generate
 from .modeling_dynaspec import DynaSpecAssistant
 from .router import ClusterRouter
 
@@ -18,4 +19,6 @@ __all__ = [
     "DynaSpecCandidateGenerator",
     "DynaSpecConfig",
     "TokenClusters",
+    "TreeConfig",
+    "generate",
 ]

@@ -1,4 +1,4 @@
-"""Write a Hub model card (README.md) for a saved assistant from the template in `hub_cards/`."""
+"""Files a saved assistant carries for the Hub: its model card and the `custom_generate` tree-decoding loop."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ from huggingface_hub import ModelCard
 TEMPLATE_NAME = "dynaspec_assistant.md"
 
 
-def _template() -> str | None:
+CUSTOM_GENERATE_FILES = ("generate.py", "requirements.txt", "README.md")
+
+
+def _hub_card_file(*parts: str) -> str | None:
     try:
         from importlib.resources import files
 
-        return (files("dynaspec_hf.hub_cards") / TEMPLATE_NAME).read_text()
+        return files("dynaspec_hf.hub_cards").joinpath(*parts).read_text()
     except (ModuleNotFoundError, FileNotFoundError):
         return None  # e.g. a copy of this file loaded with trust_remote_code, without the package
+
+
+def _template() -> str | None:
+    return _hub_card_file(TEMPLATE_NAME)
 
 
 def render_model_card(model, report: str = "") -> str | None:
@@ -50,3 +57,13 @@ def write_model_card(model, save_directory, report: str = "") -> None:
     text = render_model_card(model, report)
     if text is not None:
         ModelCard(text).save(Path(save_directory) / "README.md")
+
+
+def write_custom_generate(save_directory) -> None:
+    """Copy `hub_cards/custom_generate/` so the saved repo works as `target.generate(custom_generate=repo)`."""
+    folder = Path(save_directory) / "custom_generate"
+    for name in CUSTOM_GENERATE_FILES:
+        text = _hub_card_file("custom_generate", name)
+        if text is not None:
+            folder.mkdir(exist_ok=True)
+            (folder / name).write_text(text)

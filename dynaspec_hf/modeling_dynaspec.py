@@ -151,11 +151,12 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return (model, info) if return_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) from the template in `hub_cards/`."""
+        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) and the `custom_generate/` tree loop."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        from .model_card import write_model_card
+        from .model_card import write_custom_generate, write_model_card
 
         write_model_card(self, save_directory)
+        write_custom_generate(save_directory)
 
     def get_input_embeddings(self):
         return self.drafter.get_input_embeddings()
@@ -219,6 +220,25 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         scores = self.router(previous_hidden, self.get_input_embeddings()(token_ids))
         return scores.topk(k, dim=-1).indices
 
+    def next_token_logits(
+        self,
+        hidden: torch.Tensor,
+        previous_hidden: torch.Tensor,
+        token_ids: torch.Tensor,
+        position: int,
+        core_rank: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Float32 `[B, vocab]` logits for the token after `token_ids`, `-inf` outside the routed shortlist.
+
+        `hidden` is the body's output at `token_ids`, `previous_hidden` the one before it (the router's input, so
+        routing does not wait for `hidden`); `position` (0-based draft position) picks the shortlist size.
+        """
+        num_core, k = self.config.shortlist_at(position)
+        if num_core and core_rank is None:
+            core_rank = self.lm_head.core_rank()
+        cluster_ids = self.route(previous_hidden, token_ids, k)
+        return self._spread(*self.lm_head(hidden, cluster_ids, num_core, core_rank))
+
     @torch.no_grad()
     def draft(
         self,
@@ -249,11 +269,10 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         processors = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
         eos = torch.tensor(eos_token_id or [], dtype=torch.long, device=input_ids.device)
 
-        start = max(length - 2, 0)
         cached = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if cached > start:
-            past_key_values.crop(start - cached)  # negative: number of tokens to drop
-        start = min(start, cached)
+        start = min(max(length - 2, 0), cached)
+        if past_key_values is not None:
+            crop_cache(past_key_values, start)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: let the model derive positions from the cache
         positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -272,10 +291,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
 
         sequences, scores = input_ids, []
         for position in range(max_new_tokens):
-            num_core, k = self.config.shortlist_at(position)
-            cluster_ids = self.route(previous, sequences[:, -1], k)
-            row_logits, row_tokens = self.lm_head(hidden, cluster_ids, num_core, core_rank)
-            logits = self._spread(row_logits, row_tokens)
+            logits = self.next_token_logits(hidden, previous, sequences[:, -1], position, core_rank)
             if len(processors):
                 logits = processors(sequences, logits)
             probs = logits.softmax(dim=-1)
@@ -345,6 +361,13 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             confidence_threshold=threshold,
         )
         return output if generation_config.return_dict_in_generate else output.sequences
+
+
+def crop_cache(cache, length: int) -> None:
+    """Keep the first `length` positions of `cache` (`Cache.crop` counts from the end in recent transformers)."""
+    excess = cache.get_seq_length() - length
+    if excess > 0:
+        cache.crop(-excess)
 
 
 def _hub_kwargs(kwargs: dict) -> dict:

@@ -1,0 +1,238 @@
+"""`dynaspec_hf.generate`: speculative decoding with DySpec token trees, one target pass per tree.
+
+transformers' assisted loop verifies one chain of drafts; this loop drafts a token tree (`tree.draft_tree`) and
+verifies all of it in a single target forward with a tree attention mask and explicit positions:
+
+    committed tokens not yet in the target's cache (causal) + tree nodes (each sees the prefix and its ancestors)
+
+Acceptance walks down the tree. Greedy: follow the child equal to the target's argmax, so the output is the
+target's own greedy output. Sampling: recursive rejection sampling over the children, drawn without replacement
+from q (Jeon et al., 2024; as in SpecInfer and DySpec), so each token follows the target's distribution exactly.
+
+Both caches keep only committed tokens: after a pass the target's cache is cropped back to before the tree, and
+the accepted tokens are fed again (as the causal chain) at the start of the next pass, which costs a few more
+positions in a pass that is memory-bound anyway and needs nothing but `Cache.crop`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+
+from .modeling_dynaspec import _sampling_processors, crop_cache
+from .tree import TokenTree, additive_mask, draft_tree
+
+# Generation options that would change the target's distribution in ways this loop does not reproduce.
+_UNSUPPORTED_OPTIONS = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "typical_p": 1.0,
+    "min_p": None,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+    "watermarking_config": None,
+    "stop_strings": None,
+    "return_dict_in_generate": False,
+    "output_scores": False,
+    "output_logits": False,
+}
+_CUSTOM_MASK_FREE_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+@dataclass
+class TreeConfig:
+    """Shape of the draft tree. `max_children=1` with `num_nodes == max_depth` drafts a plain chain."""
+
+    num_nodes: int = 16  # draft tokens per tree (the target verifies num_nodes + 1 positions and the re-fed ones)
+    max_depth: int = 8  # longest draft path
+    width: int = 4  # nodes drafted per drafter forward
+    max_children: int | None = None  # per node; None: as many as the budget and their probability earn
+
+    @classmethod
+    def chain(cls, length: int) -> "TreeConfig":
+        return cls(num_nodes=length, max_depth=length, width=1, max_children=1)
+
+    def validate(self) -> None:
+        if self.num_nodes < 1 or self.max_depth < 1 or self.width < 1 or (self.max_children or 1) < 1:
+            raise ValueError(f"Every TreeConfig field must be at least 1, got {self}.")
+
+
+@torch.no_grad()
+def generate(
+    target,
+    assistant,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    tree: TreeConfig | None = None,
+    **kwargs,
+) -> torch.LongTensor:
+    """Tree speculative decoding: `target.generate(input_ids, ...)`'s output, drafted by a DynaSpec `assistant`.
+
+    Takes the usual generation options (`max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`,
+    `eos_token_id`, `pad_token_id`, ...). Rows of a batch are decoded one after another (left padding is read
+    from `attention_mask`) and returned as `target.generate` would: prompt, new tokens, right padding.
+    """
+    generation_config, model_kwargs = target._prepare_generation_config(generation_config, **kwargs)
+    model_kwargs = {key: value for key, value in model_kwargs.items() if value is not None}
+    model_kwargs.pop("use_cache", None)
+    if model_kwargs:
+        raise TypeError(f"dynaspec_hf.generate got unsupported arguments: {sorted(model_kwargs)}.")
+    tree = tree or TreeConfig()
+    tree.validate()
+    _check_supported(target, assistant, generation_config, input_ids, tree)
+
+    eos = generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    max_new_tokens = generation_config.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = generation_config.max_length - input_ids.shape[1]
+    do_sample = bool(generation_config.do_sample)
+    processors = _sampling_processors(generation_config) if do_sample else LogitsProcessorList()
+
+    rows = []
+    for row in range(input_ids.shape[0]):
+        prompt = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
+        rows.append(_generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree))
+    longest = max(len(r) for r in rows)
+    if any(len(r) < longest for r in rows) and generation_config.pad_token_id is None and not eos:
+        raise ValueError("Rows finished at different lengths: set `pad_token_id` (or `eos_token_id`) to pad them.")
+    pad = generation_config.pad_token_id if generation_config.pad_token_id is not None else (eos[0] if eos else 0)
+    new = torch.full((len(rows), longest), pad, dtype=input_ids.dtype, device=input_ids.device)
+    for row, tokens in enumerate(rows):
+        new[row, : len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
+    return torch.cat([input_ids, new], dim=1)
+
+
+def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree_config) -> list[int]:
+    """New tokens for one unpadded prompt."""
+    target_cache = DynamicCache(config=target.config)
+    drafter_cache = DynamicCache(config=assistant.config.drafter_config)
+    committed = prompt.to(target.device)
+    produced: list[int] = []
+    while len(produced) < max_new_tokens:
+        tree = draft_tree(
+            assistant,
+            committed.to(assistant.device),
+            drafter_cache,
+            num_nodes=min(tree_config.num_nodes, max(max_new_tokens - len(produced) - 1, 1)),
+            max_depth=tree_config.max_depth,
+            width=tree_config.width,
+            max_children=tree_config.max_children,
+            do_sample=do_sample,
+            processors=processors,
+        )
+        logits = verify_tree(target, committed, target_cache, tree)
+        new = accept(tree, logits, do_sample, processors)
+        new = new[: max_new_tokens - len(produced)]
+        stop = next((i for i, token in enumerate(new) if token in eos), None)
+        if stop is not None:
+            new = new[: stop + 1]
+        produced += new
+        committed = torch.cat([committed, torch.tensor(new, dtype=committed.dtype, device=committed.device)])
+        if stop is not None:
+            break
+    return produced
+
+
+def verify_tree(target, committed: torch.Tensor, cache, tree: TokenTree) -> torch.Tensor:
+    """Target logits (float32 `[len(tree), vocab]`) after the root and after every draft node, in one forward.
+
+    On return the cache holds exactly `committed`.
+    """
+    device, cached = committed.device, cache.get_seq_length()
+    chain = committed[cached:]
+    tokens = torch.cat([chain, torch.tensor(tree.tokens[1:], dtype=committed.dtype, device=device)])
+    n_chain, total = chain.shape[0], tokens.shape[0]
+    allowed = torch.zeros(total, cached + total, dtype=torch.bool, device=device)
+    allowed[:, : cached + n_chain] = True
+    allowed[:n_chain, cached:] = torch.ones(n_chain, total, dtype=torch.bool, device=device).tril_()
+    allowed[n_chain:, cached + n_chain :] = tree.ancestor_mask(device)
+    positions = torch.cat([torch.arange(cached, cached + n_chain, device=device), tree.positions(device)])
+    out = target(
+        input_ids=tokens[None],
+        attention_mask=additive_mask(allowed, target.dtype),
+        position_ids=positions[None],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    crop_cache(cache, committed.shape[0])
+    return out.logits[0, n_chain - 1 :].float()
+
+
+def accept(tree: TokenTree, logits: torch.Tensor, do_sample: bool, processors) -> list[int]:
+    """Walk the tree with the target's `logits`: the accepted draft tokens, then one token from the target."""
+    node, tokens = 0, []
+    while True:
+        children = tree.children[node]
+        if do_sample:
+            p = processors(None, logits[node : node + 1])[0].softmax(-1)
+            token, index = recursive_rejection_sample(p, tree.probs[node].to(p.device), [tree.tokens[c] for c in children])
+            child = None if index is None else children[index]
+        else:
+            token = int(logits[node].argmax())
+            child = next((c for c in children if tree.tokens[c] == token), None)
+        tokens.append(token)
+        if child is None:
+            return tokens
+        node = child
+
+
+def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: list[int]) -> tuple[int, int | None]:
+    """One token distributed exactly as `p`, given `candidates` drawn in order from `q` without replacement.
+
+    Candidate i is accepted with probability min(1, p_i(x)/q_i(x)); after a rejection p becomes the normalized
+    residual max(p_i - q_i, 0) and x is removed from q. Returns `(token, index of the accepted candidate or None)`.
+    """
+    q = q.clone()
+    for index, token in enumerate(candidates):
+        if float(torch.rand((), device=p.device)) * float(q[token]) < float(p[token]):
+            return token, index
+        residual = (p - q).clamp_(min=0)
+        if float(residual.sum()) > 0:  # zero only when p == q, where a rejection has probability zero
+            p = residual / residual.sum()
+        q[token] = 0
+        q = q / q.sum().clamp(min=torch.finfo(q.dtype).tiny)
+    return int(torch.multinomial(p, 1)), None
+
+
+def _check_supported(target, assistant, generation_config, input_ids, tree: TreeConfig) -> None:
+    if input_ids.ndim != 2:
+        raise ValueError(f"`input_ids` must be [batch, length], got shape {tuple(input_ids.shape)}.")
+    if assistant.config.vocab_size != target.config.get_text_config().vocab_size:
+        raise ValueError(
+            f"The assistant's vocabulary ({assistant.config.vocab_size}) differs from the target's "
+            f"({target.config.get_text_config().vocab_size}): both must share one tokenizer."
+        )
+    for name, default in _UNSUPPORTED_OPTIONS.items():
+        value = getattr(generation_config, name, default)
+        if value is not None and value != default:
+            raise ValueError(f"dynaspec_hf.generate does not support `{name}={value!r}` (tree drafting would change it).")
+    for model in (target, assistant.drafter):
+        implementation = model.config._attn_implementation
+        if implementation in _CUSTOM_MASK_FREE_ATTENTION:
+            raise ValueError(
+                f"Tree verification needs a custom attention mask, which {implementation} cannot take: load "
+                f"{type(model).__name__} with attn_implementation='sdpa' or 'eager'."
+            )
+    window = getattr(target.config.get_text_config(), "sliding_window", None)
+    longest = input_ids.shape[1] + (generation_config.max_new_tokens or generation_config.max_length) + tree.max_depth
+    if window is not None and longest > window:
+        raise ValueError(
+            f"The target attends within a sliding window of {window} tokens, which the tree mask does not model; "
+            f"prompt + new tokens ({longest}) must stay within it."
+        )

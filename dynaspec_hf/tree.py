@@ -1,0 +1,158 @@
+"""DySpec token trees (arXiv 2410.11744): drafted greedily where the drafter is most confident.
+
+A tree grows from its root, the last committed token. Every node knows its drafter distribution q over the
+next token (computed with the node's own routed shortlist). Each node offers one "next child" slot at a time,
+valued at the node's path probability times the drafter mass its next child can still take; the most valuable
+slots are opened first, up to `width` per drafter forward, until the tree holds `num_nodes` nodes.
+
+Why the slot's value never depends on the token it reveals: under sampling a node's children are drawn from q
+without replacement, one per opened slot, and recursive rejection sampling (see `generation.py`) is exact only if
+whether the i-th child exists is decided before that child is drawn.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import torch
+
+from .modeling_dynaspec import crop_cache
+
+
+@dataclass
+class TokenTree:
+    """Node 0 is the root (the last committed token, at sequence position `root_position`); nodes 1.. are drafts.
+
+    Nodes are numbered in creation order, which is also their order in the drafter's cache and in the target's
+    verification pass; each node's children are listed in the order they were drawn.
+    """
+
+    root_position: int
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    children: list[list[int]] = field(default_factory=list)
+    probs: list[torch.Tensor | None] = field(default_factory=list)  # q at each node (None until drafted)
+
+    def add(self, token: int, parent: int) -> int:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depths.append(0 if parent < 0 else self.depths[parent] + 1)
+        self.children.append([])
+        self.probs.append(None)
+        if parent >= 0:
+            self.children[parent].append(len(self.tokens) - 1)
+        return len(self.tokens) - 1
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def ancestor_mask(self, device=None) -> torch.Tensor:
+        """`[N-1, N-1]` bool over the draft nodes: row i may attend to column j (j is i or one of its ancestors)."""
+        n = len(self) - 1
+        mask = torch.zeros(n, n, dtype=torch.bool)
+        for node in range(1, len(self)):
+            ancestor = node
+            while ancestor > 0:
+                mask[node - 1, ancestor - 1] = True
+                ancestor = self.parents[ancestor]
+        return mask.to(device)
+
+    def positions(self, device=None) -> torch.Tensor:
+        """Sequence positions of the draft nodes: the root's position plus their depth."""
+        return torch.tensor(self.depths[1:], dtype=torch.long, device=device) + self.root_position
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`[Q, K]` bool (query may attend to key) -> `[1, 1, Q, K]` additive mask, as transformers takes custom masks.
+
+    Float rather than bool because eager attention adds the mask to its scores.
+    """
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+@torch.no_grad()
+def draft_tree(
+    assistant,
+    committed: torch.Tensor,
+    cache,
+    *,
+    num_nodes: int,
+    max_depth: int,
+    width: int,
+    do_sample: bool,
+    max_children: int | None = None,
+    processors=None,
+) -> TokenTree:
+    """Grow a tree of at most `num_nodes` draft tokens after `committed` (1-D ids on the assistant's device).
+
+    `cache` is the assistant's cache for a prefix of `committed`; on return it holds exactly `committed`.
+    Under sampling, q is the processed (temperature / top-k / top-p) shortlist distribution the children were
+    drawn from; greedy trees take each node's most probable tokens first.
+    """
+    device, length = committed.device, committed.shape[0]
+    start = max(min(cache.get_seq_length(), length - 2), 0)
+    crop_cache(cache, start)
+    states = assistant.drafter(input_ids=committed[None, start:], past_key_values=cache, use_cache=True).last_hidden_state[0]
+    root_previous = states[-2] if states.shape[0] > 1 else torch.zeros_like(states[-1])
+
+    tree = TokenTree(root_position=length - 1)
+    tree.add(int(committed[-1]), -1)
+    hidden = [states[-1]]  # body output per node
+    values = [1.0]  # estimated probability that the path to each node is right
+    remaining: list[torch.Tensor] = []  # per node: q without the children drawn so far
+    slots: list[tuple[float, int]] = []  # heap of (-value of the node's next child, node)
+
+    def offer(node: int) -> None:
+        """Queue the node's next child slot, valued before its token is known."""
+        if tree.depths[node] >= max_depth or len(tree.children[node]) >= (max_children or len(remaining[node])):
+            return
+        mass = float(remaining[node].sum()) if do_sample else float(remaining[node].max())
+        if mass > 1e-6:
+            heapq.heappush(slots, (-values[node] * mass, node))
+
+    def fill_distributions(nodes: list[int], previous: list[torch.Tensor]) -> None:
+        """q for `nodes`, grouped by depth because the schedule sets the shortlist size per draft position."""
+        for depth in sorted({tree.depths[n] for n in nodes}):
+            group = [i for i, n in enumerate(nodes) if tree.depths[n] == depth]
+            logits = assistant.next_token_logits(
+                torch.stack([hidden[nodes[i]] for i in group]),
+                torch.stack([previous[i] for i in group]),
+                torch.tensor([tree.tokens[nodes[i]] for i in group], device=device),
+                depth,
+            )
+            if do_sample and processors:
+                logits = processors(None, logits)
+            for i, row in zip(group, logits.softmax(-1)):
+                tree.probs[nodes[i]] = row
+        for node in nodes:
+            remaining.append(tree.probs[node].clone())
+            offer(node)
+
+    fill_distributions([0], [root_previous])
+    while slots and len(tree) - 1 < num_nodes:
+        opened = []
+        while slots and len(opened) < width and len(tree) - 1 < num_nodes:
+            _, parent = heapq.heappop(slots)
+            left = remaining[parent]
+            token = int(torch.multinomial(left, 1)) if do_sample else int(left.argmax())
+            left[token] = 0
+            values.append(values[parent] * float(tree.probs[parent][token]))
+            opened.append(tree.add(token, parent))
+            offer(parent)
+        # One drafter forward for the opened nodes: each sees the committed prefix, its ancestors and itself.
+        ancestors = tree.ancestor_mask(device)[opened[0] - 1 :]
+        allowed = torch.cat([ancestors.new_ones(len(opened), length), ancestors], dim=1)
+        out = assistant.drafter(
+            input_ids=torch.tensor([[tree.tokens[n] for n in opened]], device=device),
+            attention_mask=additive_mask(allowed, states.dtype),
+            position_ids=tree.positions(device)[None, opened[0] - 1 :],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        hidden.extend(out.last_hidden_state[0])
+        fill_distributions(opened, [hidden[tree.parents[n]] for n in opened])
+    crop_cache(cache, length)
+    return tree

@@ -1,0 +1,204 @@
+"""DySpec tree decoding (`dynaspec_hf.generate`): exact greedy output, exact sampling, tree mask, entry points."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import dynaspec_hf
+from dynaspec_hf import TreeConfig
+from dynaspec_hf.generation import recursive_rejection_sample, verify_tree
+from dynaspec_hf.measure import count_forward_calls
+from dynaspec_hf.tree import draft_tree
+from transformers import DynamicCache
+from conftest import SETTINGS, VOCAB, make_assistant, tiny_pair
+from test_sampling import chi_square_p_value
+
+PROMPTS = 30
+TREES = {"tree": TreeConfig(num_nodes=12, max_depth=5, width=3), "chain": TreeConfig.chain(4)}
+
+
+@pytest.mark.parametrize("shape", sorted(TREES))
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_tree_greedy_equals_target(family, setting, shape):
+    target, drafter = tiny_pair(family)
+    assistant = make_assistant(drafter, setting)
+    generator = torch.Generator().manual_seed(1)
+    mismatches, passes, produced = [], 0, 0
+    for i in range(PROMPTS):
+        length = int(torch.randint(1, 30, (1,), generator=generator))
+        new_tokens = int(torch.randint(1, 25, (1,), generator=generator))
+        ids = torch.randint(0, VOCAB, (1, length), generator=generator)
+        expected = target.generate(ids, do_sample=False, max_new_tokens=new_tokens)
+        with count_forward_calls(target) as calls:
+            got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TREES[shape])
+        if not torch.equal(expected, got):
+            mismatches.append((i, length, new_tokens))
+        passes, produced = passes + calls[0], produced + new_tokens
+    assert not mismatches, f"{len(mismatches)}/{PROMPTS} prompts differ: {mismatches[:5]}"
+    assert passes < produced, "no draft token was ever accepted: the test would not exercise the accept path"
+
+
+def test_tree_verification_logits_equal_plain_forward():
+    """The tree mask and positions must give every node the logits of a plain forward over its own path."""
+    target, drafter = tiny_pair("llama", seed=2)
+    assistant = make_assistant(drafter, "routed")
+    committed = torch.randint(0, VOCAB, (11,), generator=torch.Generator().manual_seed(3))
+    target_cache = DynamicCache(config=target.config)
+    target(committed[None, :7], past_key_values=target_cache)  # a partly cached prefix, as mid-generation
+    tree = draft_tree(assistant, committed, DynamicCache(config=drafter.config), num_nodes=14, max_depth=4, width=3, max_children=3,
+                      do_sample=False)
+    assert len(tree) == 15 and max(tree.depths) <= 4 and max(tree.depths) >= 2 and max(map(len, tree.children)) >= 2
+    logits = verify_tree(target, committed, target_cache, tree)
+    assert target_cache.get_seq_length() == committed.shape[0]
+    for node in range(len(tree)):
+        path, ancestor = [], node
+        while ancestor > 0:
+            path.insert(0, tree.tokens[ancestor])
+            ancestor = tree.parents[ancestor]
+        ids = torch.cat([committed, torch.tensor(path, dtype=torch.long)])[None]
+        torch.testing.assert_close(logits[node], target(ids).logits[0, -1].float(), atol=1e-4, rtol=1e-4)
+
+
+def test_tree_shape_limits():
+    _, drafter = tiny_pair("qwen2", seed=1)
+    assistant = make_assistant(drafter, "routed")
+    committed = torch.arange(5)
+    tree = draft_tree(assistant, committed, DynamicCache(config=drafter.config), num_nodes=9, max_depth=3, width=2,
+                      max_children=2, do_sample=True)
+    assert len(tree) == 10 and max(tree.depths) <= 3 and max(map(len, tree.children)) <= 2
+    for node, children in enumerate(tree.children):
+        tokens = [tree.tokens[c] for c in children]
+        assert len(set(tokens)) == len(tokens), "siblings must be drawn without replacement"
+        assert all(float(tree.probs[node][t]) > 0 for t in tokens), "children must come from the node's shortlist"
+
+
+def test_batch_rows_equal_their_own_generation():
+    target, drafter = tiny_pair("llama", seed=6)
+    assistant = make_assistant(drafter, "routed")
+    rows = [torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 9, 6)]
+    ids = torch.zeros(3, 9, dtype=torch.long)
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    for i, row in enumerate(rows):  # left padding
+        ids[i, 9 - len(row) :], mask[i, 9 - len(row) :] = row, 1
+    eos = int(target.generate(rows[0][None], do_sample=False, max_new_tokens=5)[0, -1])
+    got = dynaspec_hf.generate(target, assistant, ids, attention_mask=mask, max_new_tokens=12, eos_token_id=eos,
+                               pad_token_id=0)
+    for i, row in enumerate(rows):
+        expected = target.generate(row[None], do_sample=False, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
+        new = expected[0, len(row) :]
+        assert torch.equal(got[i, : 9], ids[i])
+        assert torch.equal(got[i, 9 : 9 + len(new)], new) and bool((got[i, 9 + len(new) :] == 0).all())
+
+
+def test_perfect_drafter_chain_is_fully_accepted():
+    target, _ = tiny_pair("llama", seed=5)
+    assistant = make_assistant(target, "full")
+    ids = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(0))
+    with count_forward_calls(target) as calls:
+        got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=30, tree=TreeConfig.chain(4))
+    assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=30))
+    assert calls[0] == 6, f"{calls[0]} target passes for 30 tokens in blocks of 4 + 1"
+
+
+def test_custom_generate_from_saved_assistant(tmp_path):
+    """A saved assistant carries `custom_generate/`: target.generate(custom_generate=<its folder>) runs the tree loop."""
+    target, drafter = tiny_pair("mistral", seed=8)
+    make_assistant(drafter, "routed").save_pretrained(tmp_path)
+    assert (tmp_path / "custom_generate" / "generate.py").is_file()
+    assistant = AutoModelForCausalLM.from_pretrained(tmp_path)
+    ids = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(4))
+    with count_forward_calls(target) as calls:
+        got = target.generate(ids, assistant_model=assistant, custom_generate=str(tmp_path), trust_remote_code=True,
+                              max_new_tokens=20, tree={"num_nodes": 8, "max_depth": 4, "width": 2})
+    assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=20))
+    assert calls[0] < 20  # the tree loop ran (plain decoding takes 20 passes and accepts nothing)
+
+
+def test_unsupported_options_are_refused():
+    target, drafter = tiny_pair("llama")
+    assistant = make_assistant(drafter, "routed")
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, repetition_penalty=1.3)
+    with pytest.raises(TypeError, match="unsupported arguments"):
+        dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, frobnicate=True)
+    with pytest.raises(ValueError, match="at least 1"):
+        dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, tree=TreeConfig(num_nodes=0))
+    other, _ = tiny_pair("llama", vocab_size=VOCAB + 8)
+    with pytest.raises(ValueError, match="vocabulary"):
+        dynaspec_hf.generate(other, assistant, ids, max_new_tokens=4)
+    windowed, windowed_drafter = tiny_pair("mistral", sliding_window=16)
+    with pytest.raises(ValueError, match="sliding window of 16"):
+        dynaspec_hf.generate(windowed, make_assistant(windowed_drafter, "routed"), ids, max_new_tokens=20)
+
+
+def test_recursive_rejection_sampling_is_exact():
+    """Two candidates drawn without replacement from q, verified against p: the output must follow p."""
+    torch.manual_seed(0)
+    p = torch.tensor([0.5, 0.05, 0.05, 0.3, 0.1])
+    q = torch.tensor([0.1, 0.4, 0.3, 0.1, 0.1])
+    tokens = []
+    for _ in range(20000):
+        first = int(torch.multinomial(q, 1))
+        rest = q.clone()
+        rest[first] = 0
+        second = int(torch.multinomial(rest, 1))
+        tokens.append(recursive_rejection_sample(p, q, [first, second])[0])
+    assert chi_square_p_value(torch.tensor(tokens), p) > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sampling through the whole loop (slow): first token and second-token marginal against the exact target
+
+
+SAMPLE_PROMPT = torch.tensor([[3, 17, 5, 9]])
+SAMPLE_VOCAB = 32
+
+
+@pytest.fixture(scope="module")
+def sampling_pair():
+    return tiny_pair("llama", seed=7, vocab_size=SAMPLE_VOCAB, noise=1.0, initializer_range=0.2)
+
+
+def draw_tree(target, assistant, draws):
+    torch.manual_seed(4321)
+    tree = TreeConfig(num_nodes=6, max_depth=2, width=3)
+    out = [dynaspec_hf.generate(target, assistant, SAMPLE_PROMPT, do_sample=True, max_new_tokens=3, tree=tree)
+           for _ in range(draws)]
+    return torch.cat(out)[:, SAMPLE_PROMPT.shape[1] : SAMPLE_PROMPT.shape[1] + 2]
+
+
+def exact_first_and_second(target):
+    with torch.no_grad():
+        first = target(SAMPLE_PROMPT).logits[0, -1].softmax(-1)
+        continued = torch.cat([SAMPLE_PROMPT.expand(SAMPLE_VOCAB, -1), torch.arange(SAMPLE_VOCAB)[:, None]], dim=1)
+        second = first @ target(continued).logits[:, -1].softmax(-1)
+    return first, second
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["full", "routed"])
+def test_tree_sampling_keeps_target_distribution(sampling_pair, setting):
+    target, drafter = sampling_pair
+    assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
+    first, second = exact_first_and_second(target)
+    tokens = draw_tree(target, assistant, 3000)
+    p_first, p_second = chi_square_p_value(tokens[:, 0], first), chi_square_p_value(tokens[:, 1], second)
+    print(f"tree {setting}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
+    assert p_first > 1e-3 and p_second > 1e-3
+
+
+@pytest.mark.slow
+def test_tree_broken_acceptance_rule_is_detected(sampling_pair, monkeypatch):
+    """Accepting the first child whenever there is one makes the first token follow q: the test must see it."""
+
+    def accept_first_child(p, q, candidates):
+        return (candidates[0], 0) if candidates else (int(torch.multinomial(p, 1)), None)
+
+    monkeypatch.setattr(dynaspec_hf.generation, "recursive_rejection_sample", accept_first_child)
+    target, drafter = sampling_pair
+    assistant = make_assistant(drafter, "routed", num_clusters=8, core_size=16)
+    first, _ = exact_first_and_second(target)
+    p_first = chi_square_p_value(draw_tree(target, assistant, 800)[:, 0], first)
+    print(f"broken rule: p-value first token {p_first:.3g}")
+    assert p_first < 1e-6
