@@ -1,11 +1,19 @@
-"""Compare drafting methods on the trained pair through the unchanged `target.generate(assistant_model=...)`.
+"""Compare drafting methods on the trained pair: τ on ≥ 20 prompts per category, tokens/s on a smaller sample.
 
-    python benchmarks/run_benchmark.py --pair PAIR_DIR --data DATA_DIR --out RESULTS_DIR
+    python benchmarks/run_benchmark.py --pair PAIR_DIR --data DATA_DIR --out RESULTS_DIR --phase calibrate
+    python benchmarks/run_benchmark.py ... --phase tau --temperatures 0
+    python benchmarks/run_benchmark.py ... --phase tau --temperatures 1
+    python benchmarks/run_benchmark.py ... --phase timing --temperatures 0 1
+    python benchmarks/run_benchmark.py ... --phase merge         # writes RESULTS_DIR/latest.{json,md,png}
 
-Calibrates a DynaSpec assistant for the pair (clusters + router + position-aware schedule), then for each
-method and prompt category measures τ (tokens per target forward pass), recovery (τ / τ of the full-vocabulary
-drafter), tokens/s, speedup over autoregressive decoding, exactness against the target's greedy output and the
-head's time per draft step. Writes RESULTS_DIR/latest.json, latest.md and latest.png.
+(`--phase all` runs them in turn; on the device tool each phase fits one 10-minute call on the warm machine,
+which keeps PAIR_DIR.) Prompts: Spec-Bench's six categories + HumanEval, a fixed seeded sample per category.
+
+τ (tokens per target forward pass) is measured on every sampled prompt by worker processes spread over the
+visible GPUs: drafting is bound by Python and kernel launches, so several processes share a GPU, and τ does not
+depend on timing. Tokens/s are measured afterwards by one process alone on the first `--timing-per-category`
+prompts of each category. Every method goes through the unchanged `target.generate(assistant_model=...)`, except
+the tree rows, which use the package's own loop (`dynaspec_hf.generate`).
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,9 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from dynaspec_hf.calibrate import calibrate  # noqa: E402
-from dynaspec_hf.measure import measure_generation  # noqa: E402
+import dynaspec_hf  # noqa: E402
+from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
+from dynaspec_hf.calibrate import calibrate, drafter_output_counts  # noqa: E402
+from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from summarize import summary_table  # noqa: E402
+
+DRAFT_TOKENS = 6
+TREE = TreeConfig(num_nodes=16, max_depth=8, width=4)
 
 
 def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str]]:
@@ -45,137 +60,272 @@ def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str
     return {name: rng.sample(texts, min(per_category, len(texts))) for name, texts in sorted(categories.items())}
 
 
-@torch.no_grad()
-def head_time_ms(assistant, schedule: dict, repeats: int = 200) -> float:
-    """Median CUDA time of one draft step's head (router + shortlist rows) at draft position 0, batch 1."""
-    assistant.set_schedule(**schedule)
-    hidden = torch.randn(1, assistant.config.hidden_size, device=assistant.device, dtype=assistant.dtype)
-    token = torch.tensor([[5]], device=assistant.device)
-    core_rank = assistant.lm_head.core_rank() if assistant.config.core_size else None
-    num_core, k = assistant.config.shortlist_at(0)
-
-    def step():
-        clusters = assistant.route(hidden, token[:, -1], k)
-        return assistant.lm_head(hidden, clusters, num_core, core_rank)
-
-    times = []
-    for i in range(repeats + 20):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        if i >= 20:
-            times.append(start.elapsed_time(end))
-    return float(torch.tensor(times).median())
+# ------------------------------------------------------------------------------------------------ methods
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pair", required=True, type=Path)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--per-category", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--num-clusters", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    started = time.time()
+def methods(calibration: dict) -> list[dict]:
+    """Every compared method: its engine, shortlist schedule and which assistant drafts."""
+    num_clusters, cluster_size, vocab = (calibration[k] for k in ("num_clusters", "cluster_size", "vocab_size"))
+    ks = calibration["ks"]
+    full = dict(k_by_position=[num_clusters], core_by_position=[0])
+    out = [dict(method="autoregressive", engine="transformers", fraction=None),
+           dict(method="transformers assisted (drafter, full head)", engine="transformers", fraction=1.0),
+           dict(method="full vocabulary", engine="dynaspec-graph", fraction=1.0, schedule=full)]
+    for name, k in ks.items():
+        rows = k * cluster_size
+        out.append(dict(method=f"static frequency {name}", engine="dynaspec-graph", fraction=rows / vocab,
+                        schedule=dict(k_by_position=[0], core_by_position=[rows])))
+        if name == "1/16":
+            out.append(dict(method=f"VocabTrim {name}", engine="dynaspec-graph", fraction=rows / vocab,
+                            schedule=dict(k_by_position=[0], core_by_position=[rows]), assistant="vocabtrim"))
+        out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab,
+                        schedule=dict(k_by_position=[k], core_by_position=[0])))
+    pa = calibration["k_by_position"]
+    out.append(dict(method="DynaSpec position-aware", engine="dynaspec-graph", fraction=sum(pa) / len(pa) * cluster_size / vocab,
+                    schedule=dict(k_by_position=pa, core_by_position=[0])))
+    out.append(dict(method="DynaSpec 1/16, eager drafting", engine="dynaspec-eager", fraction=ks["1/16"] * cluster_size / vocab,
+                    schedule=dict(k_by_position=[ks["1/16"]], core_by_position=[0]), timing_only=True))
+    for method in [m for m in out if m["method"] in ("full vocabulary", "static frequency 1/16", "DynaSpec 1/16")]:
+        out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=TREE))
+    out.append(dict(method="chain (own loop): DynaSpec 1/16", engine="dynaspec-tree",
+                    fraction=ks["1/16"] * cluster_size / vocab, schedule=dict(k_by_position=[ks["1/16"]], core_by_position=[0]),
+                    tree=TreeConfig.chain(DRAFT_TOKENS)))
+    sampled = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
+               "DynaSpec 1/16", "DynaSpec position-aware", "tree: full vocabulary", "tree: DynaSpec 1/16"}
+    timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "DynaSpec 1/16", "tree: DynaSpec 1/16"}
+    for method in out:
+        method["temperatures"] = [0.0, 1.0] if method["method"] in sampled else [0.0]
+        method["timed_temperatures"] = [0.0, 1.0] if method["method"] in timed_sampled else [0.0]
+    return out
+
+
+def generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor, temperature: float, new_tokens: int):
+    """One generation with `method`; returns the new tokens and the number of target forward passes."""
+    options = dict(do_sample=temperature > 0, max_new_tokens=new_tokens)
+    if temperature > 0:
+        options.update(temperature=temperature, top_k=0, top_p=1.0)
+    assistant = None
+    if method["engine"] != "transformers":
+        assistant = assistants[method.get("assistant", "dynaspec")]
+        assistant.set_schedule(**method["schedule"])
+        assistant.use_cuda_graphs = method["engine"] == "dynaspec-graph"
+    elif method["method"] != "autoregressive":
+        assistant = drafter
+    with count_forward_calls(target) as calls:
+        if method["engine"] == "dynaspec-tree":
+            out = dynaspec_hf.generate(target, assistant, ids, tree=method["tree"], **options)
+        else:
+            out = target.generate(ids, assistant_model=assistant, **options)
+    return out[0, ids.shape[1] :].cpu(), calls[0]
+
+
+def load_models(args, device: str, with_assistants: bool = True):
+    target = AutoModelForCausalLM.from_pretrained(args.pair / "target", dtype=torch.bfloat16).to(device).eval()
+    drafter = AutoModelForCausalLM.from_pretrained(args.pair / "drafter", dtype=torch.bfloat16).to(device).eval()
+    drafter.generation_config.num_assistant_tokens = DRAFT_TOKENS
+    drafter.generation_config.num_assistant_tokens_schedule = "constant"
+    drafter.generation_config.assistant_confidence_threshold = 0.0
+    assistants = {}
+    for name in ("dynaspec", "vocabtrim") if with_assistants else ():
+        assistant = DynaSpecAssistant.from_pretrained(args.pair / f"assistant-{name}", dtype=torch.bfloat16).to(device)
+        assistant.generation_config.num_assistant_tokens = DRAFT_TOKENS
+        assistant.generation_config.assistant_confidence_threshold = 0.0
+        assistants[name] = assistant.eval()
+    return target, drafter, assistants
+
+
+def encoded_prompts(args) -> dict[str, list[torch.Tensor]]:
     tokenizer = AutoTokenizer.from_pretrained(args.pair / "target")
-    target = AutoModelForCausalLM.from_pretrained(args.pair / "target", dtype=torch.bfloat16).cuda().eval()
-    drafter = AutoModelForCausalLM.from_pretrained(args.pair / "drafter", dtype=torch.bfloat16).cuda().eval()
+    prompts = load_prompts(args.data, args.per_category, args.seed)
+    return {c: [torch.tensor(tokenizer(t)["input_ids"][-512:]) for t in texts] for c, texts in prompts.items()}
+
+
+# ------------------------------------------------------------------------------------------------ phases
+
+
+def run_calibration(args) -> None:
+    started = time.time()
+    target, drafter, _ = load_models(args, args.device, with_assistants=False)
     tokens = torch.load(args.pair / "tokens.pt")
     vocab = target.config.vocab_size
-
-    # calibration on held-in text: 128 windows of 256 tokens per training domain
     generator = torch.Generator().manual_seed(args.seed)
     sequences, domains = [], []
-    for name, stream in tokens["train"].items():
+    for name, stream in tokens["train"].items():  # held-in text: 128 windows of 256 tokens per training domain
         for start in torch.randint(0, stream.numel() - 257, (128,), generator=generator).tolist():
             sequences.append(stream[start : start + 256])
             domains.append(name)
     counts = torch.bincount(torch.cat(list(tokens["train"].values())), minlength=vocab)
     cluster_size = -(-vocab // args.num_clusters)
-    fractions = {"1/32": vocab // 32, "1/16": vocab // 16, "1/8": vocab // 8}
-    ks = {name: max(1, round(rows / cluster_size)) for name, rows in fractions.items()}
+    ks = {name: max(1, round(vocab / d / cluster_size)) for name, d in (("1/32", 32), ("1/16", 16), ("1/8", 8))}
     core_size = max(ks.values()) * cluster_size
     assistant, report = calibrate(target, drafter, sequences, domains=domains, num_clusters=args.num_clusters,
                                   frequency_counts=counts, core_size=core_size, router_hidden_size=512,
                                   continuation_tokens=0, epochs=6, seed=args.seed, progress=False)
-    assistant.generation_config.num_assistant_tokens = 6
-    assistant.generation_config.assistant_confidence_threshold = 0.0
-    print(f"calibrated in {time.time() - started:.0f}s; position-aware k: {report['k_by_position']}", flush=True)
+    calibrated = time.time() - started
+    assistant.save_pretrained(args.pair / "assistant-dynaspec")
+    trim_counts = drafter_output_counts(drafter, sequences[::4])
+    clusters = dynaspec_hf.TokenClusters(assistant.lm_head.cluster_token_ids.cpu(), torch.zeros(0, dtype=torch.long), vocab)
+    vocabtrim = DynaSpecAssistant.from_drafter(drafter, clusters.with_core(trim_counts, core_size),
+                                               k_by_position=[0], core_by_position=[core_size])
+    vocabtrim.save_pretrained(args.pair / "assistant-vocabtrim")
+    calibration = dict(num_clusters=args.num_clusters, cluster_size=cluster_size, vocab_size=vocab, ks=ks,
+                       k_by_position=report["k_by_position"], curves=report.get("curves"),
+                       calibration_seconds=calibrated, vocabtrim_tokens=int(trim_counts.sum()))
+    (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    print(f"calibrated in {calibrated:.0f}s; position-aware k: {report['k_by_position']}; "
+          f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
 
-    methods = [("full vocabulary", None, dict(k_by_position=[args.num_clusters], core_by_position=[0]))]
-    for name, k in ks.items():
-        methods.append((f"static frequency {name}", k * cluster_size / vocab,
-                        dict(k_by_position=[0], core_by_position=[k * cluster_size])))
-        methods.append((f"DynaSpec {name}", k * cluster_size / vocab, dict(k_by_position=[k], core_by_position=[0])))
-    pa = report["k_by_position"]
-    methods.append(("DynaSpec position-aware", sum(pa) / len(pa) * cluster_size / vocab,
-                    dict(k_by_position=pa, core_by_position=[0])))
 
-    prompts = load_prompts(args.data, args.per_category, args.seed)
-    encoded = {c: [torch.tensor(tokenizer(t)["input_ids"][-512:]) for t in texts] for c, texts in prompts.items()}
-    warm = encoded[next(iter(encoded))][0]
-    measure_generation(target, [warm], assistant, max_new_tokens=16)  # CUDA warm-up
+def run_tau(args) -> None:
+    """Spawn workers over the GPUs, wait, merge their per-prompt counts into PAIR_DIR/tau-T*.json."""
+    started = time.time()
+    shards = args.pair / "shards"
+    shards.mkdir(exist_ok=True)
+    temperatures = ",".join(str(t) for t in args.temperatures)
+    workers = []
+    gpus = max(torch.cuda.device_count(), 1)
+    for index in range(args.workers):
+        command = [sys.executable, __file__, "--pair", str(args.pair), "--data", str(args.data), "--out", str(args.out),
+                   "--per-category", str(args.per_category), "--max-new-tokens", str(args.max_new_tokens),
+                   "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures),
+                   "--device", args.device, "--worker", f"{index}/{args.workers}"]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        if args.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        workers.append(subprocess.Popen(command, env=env))
+    if any(worker.wait() for worker in workers):
+        raise SystemExit("a τ worker failed")
+    records = []
+    for index in range(args.workers):
+        records += json.loads((shards / f"T{temperatures}-{index}.json").read_text())
+    (args.pair / f"tau-T{temperatures}.json").write_text(json.dumps(records))
+    print(f"τ for T={temperatures}: {len(records)} generations by {args.workers} workers on {gpus} GPU(s) in "
+          f"{time.time() - started:.0f}s", flush=True)
+
+
+def run_worker(args) -> None:
+    index, count = map(int, args.worker.split("/"))
+    torch.set_num_threads(1)
+    calibration = json.loads((args.pair / "calibration.json").read_text())
+    target, drafter, assistants = load_models(args, args.device)
+    prompts = [(c, i, p) for c, ps in encoded_prompts(args).items() for i, p in enumerate(ps)][index::count]
+    temperatures = ",".join(str(t) for t in args.temperatures)
+    shard = args.pair / "shards" / f"T{temperatures}-{index}.json"
+    records = json.loads(shard.read_text()) if shard.exists() else []  # resume an interrupted run
+    done = {(r["category"], r["prompt"], r["temperature"]) for r in records}
+    for temperature in args.temperatures:
+        for category, number, prompt in prompts:
+            if (category, number, temperature) in done:
+                continue
+            ids = prompt[None].to(args.device)
+            reference = None
+            for method in methods(calibration):
+                if temperature not in method["temperatures"] or method.get("timing_only"):
+                    continue
+                if method["method"] == "autoregressive" and temperature > 0:
+                    continue  # τ = 1 by definition; it runs only as the greedy reference and in the timing
+                torch.manual_seed(args.seed + number)
+                tokens, calls = generate(method, target, drafter, assistants, ids, temperature, args.max_new_tokens)
+                if method["method"] == "autoregressive":
+                    reference = tokens
+                records.append(dict(method=method["method"], category=category, prompt=number,
+                                    temperature=temperature, tokens=tokens.numel(), target_calls=calls,
+                                    exact=None if temperature > 0 else bool(torch.equal(tokens, reference))))
+            partial = shard.with_suffix(".tmp")
+            partial.write_text(json.dumps(records))
+            partial.replace(shard)  # after every prompt, so a run stopped by a time limit resumes here
+
+
+def run_timing(args) -> None:
+    """Tokens/s of every method on the timing sample, one process on one GPU; saved to PAIR_DIR/timing-T*.json."""
+    calibration = json.loads((args.pair / "calibration.json").read_text())
+    target, drafter, assistants = load_models(args, args.device)
+    sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
+    warm = next(iter(sample.values()))[0][None].to(args.device)
+    synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     rows = []
-    for temperature in (0.0, 1.0):
-        sample = temperature > 0
-        for category, category_prompts in encoded.items():
-            torch.manual_seed(args.seed)
-            base = measure_generation(target, category_prompts, max_new_tokens=args.max_new_tokens, do_sample=sample)
-            rows.append(dict(method="autoregressive", shortlist_fraction=None, category=category,
-                             temperature=temperature, tau=1.0, tokens_per_s=base["tokens_per_s"], speedup=1.0,
-                             prompts=len(category_prompts)))
-            full_tau = None
-            for name, fraction, schedule in methods if not sample else [methods[i] for i in (0, 3, 4, 7)]:
-                assistant.set_schedule(**schedule)
-                assistant.lm_head.reset_counters()
-                torch.manual_seed(args.seed)
-                result = measure_generation(target, category_prompts, assistant, max_new_tokens=args.max_new_tokens,
-                                            do_sample=sample, reference=None if sample else base["outputs"])
-                full_tau = result["tau"] if full_tau is None else full_tau
-                rows.append(dict(
-                    method=name, shortlist_fraction=fraction, category=category, temperature=temperature,
-                    tau=result["tau"], recovery=result["tau"] / full_tau, tokens_per_s=result["tokens_per_s"],
-                    speedup=result["tokens_per_s"] / base["tokens_per_s"], prompts=len(category_prompts),
-                    exact=result.get("exact"),
-                    head_rows_per_step=assistant.lm_head.rows_computed / max(assistant.lm_head.calls, 1),
-                ))
-            print(f"T={temperature} {category} done ({time.time() - started:.0f}s)", flush=True)
-    head_ms = {name: head_time_ms(assistant, schedule) for name, _, schedule in methods}
-    for row in rows:
-        row["head_ms_per_step"] = head_ms.get(row["method"])
+    for temperature in args.temperatures:
+        for method in methods(calibration):
+            if temperature not in method["timed_temperatures"]:
+                continue
+            generate(method, target, drafter, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
+            for category, prompts in sample.items():
+                tokens, seconds = 0, 0.0
+                for number, prompt in enumerate(prompts):
+                    torch.manual_seed(args.seed + number)
+                    synchronize()
+                    start = time.perf_counter()
+                    out, _ = generate(method, target, drafter, assistants, prompt[None].to(args.device), temperature,
+                                      args.max_new_tokens)
+                    synchronize()
+                    seconds += time.perf_counter() - start
+                    tokens += out.numel()
+                rows.append(dict(method=method["method"], category=category, temperature=temperature,
+                                 tokens_per_s=tokens / seconds, timing_prompts=len(prompts)))
+            print(f"timed T={temperature:.0f} {method['method']}", flush=True)
+    temperatures = ",".join(str(t) for t in args.temperatures)
+    (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(rows))
 
-    hardware = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+
+def merge(args) -> dict:
+    calibration = json.loads((args.pair / "calibration.json").read_text())
+    records, timing = [], []
+    for path in sorted(args.pair.glob("tau-T*.json")):
+        records += json.loads(path.read_text())
+    for path in sorted(args.pair.glob("timing-T*.json")):
+        timing += json.loads(path.read_text())
+    speed = {(r["method"], r["category"], r["temperature"]): r for r in timing}
+    rows = []
+    for method in methods(calibration):
+        for temperature in sorted(set(method["temperatures"] + method["timed_temperatures"])):
+            for category in sorted({r["category"] for r in records}):
+                mine = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
+                        (method["method"], category, temperature)]
+                reference = "tree: full vocabulary" if method["method"].startswith("tree") else "full vocabulary"
+                full = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
+                        (reference, category, temperature)]
+                timed = speed.get((method["method"], category, temperature))
+                base = speed.get(("autoregressive", category, temperature))
+                tau = sum(r["tokens"] for r in mine) / max(sum(r["target_calls"] for r in mine), 1) if mine else None
+                full_tau = sum(r["tokens"] for r in full) / sum(r["target_calls"] for r in full) if full else None
+                rows.append(dict(
+                    method=method["method"], engine=method["engine"], shortlist_fraction=method["fraction"],
+                    category=category, temperature=temperature, tau=tau,
+                    recovery=None if tau is None or full_tau is None or method["fraction"] is None else tau / full_tau,
+                    prompts=len(mine), exact=sum(r["exact"] for r in mine) if temperature == 0 and mine else None,
+                    tokens_per_s=timed and timed["tokens_per_s"],
+                    speedup=timed and base and timed["tokens_per_s"] / base["tokens_per_s"],
+                    timing_prompts=timed and timed["timing_prompts"]))
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
+    hardware = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
                 "transformers": transformers.__version__, "python": platform.python_version()}
-    results = {"hardware": hardware, "settings": vars(args) | {"pair": str(args.pair), "data": str(args.data),
-                                                                "out": str(args.out)},
-               "prompts_per_category": {c: len(p) for c, p in encoded.items()},
-               "calibration": {"k_by_position": pa, "curves": report.get("curves")},
-               "recipe": json.loads((args.pair / "recipe.json").read_text()), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(results, indent=2))
-    table = markdown_table(rows)
-    (args.out / "latest.md").write_text(table)
-    plot(rows, args.out / "latest.png")
-    summary = summary_table(rows)
-    (args.out / "summary.md").write_text(summary)
+    return {"hardware": hardware, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "prompts_per_category": {c: len(p) for c, p in load_prompts(args.data, args.per_category, args.seed).items()},
+            "calibration": calibration, "recipe": json.loads((args.pair / "recipe.json").read_text()), "rows": rows}
+
+
+def write_results(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    table = markdown_table(results["rows"])
+    (out / "latest.md").write_text(table)
+    plot(results["rows"], out / "latest.png")
+    summary = summary_table(results["rows"])
+    (out / "summary.md").write_text(summary)
     print(table)
     print(summary)
-    print(f"total {time.time() - started:.0f}s")
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| T | method | category | τ | recovery | tokens/s | speedup | exact | head ms/step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    def fmt(value, spec):
+        return "" if value is None else format(value, spec)
+
+    lines = ["| T | method | category | τ | recovery | exact | tokens/s | speedup |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(
-            f"| {r['temperature']:.0f} | {r['method']} | {r['category']} | {r['tau']:.2f} | "
-            f"{r.get('recovery', float('nan')):.3f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f} | "
-            f"{'' if r.get('exact') is None else str(r['exact']) + '/' + str(r['prompts'])} | "
-            f"{'' if r.get('head_ms_per_step') is None else format(r['head_ms_per_step'], '.3f')} |")
+        exact = "" if r.get("exact") is None else f"{r['exact']}/{r['prompts']}"
+        lines.append(f"| {r['temperature']:.0f} | {r['method']} | {r['category']} | {fmt(r['tau'], '.2f')} | "
+                     f"{fmt(r['recovery'], '.3f')} | {exact} | {fmt(r['tokens_per_s'], '.1f')} | "
+                     f"{fmt(r['speedup'], '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,21 +335,50 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    greedy = [r for r in rows if r["temperature"] == 0 and r.get("recovery") is not None]
-    categories = sorted({r["category"] for r in greedy})
-    methods = [m for m in dict.fromkeys(r["method"] for r in greedy)]
-    fig, ax = plt.subplots(figsize=(12, 4))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        values = [next((r["recovery"] for r in greedy if r["method"] == method and r["category"] == c), 0)
-                  for c in categories]
-        ax.bar([x + i * width for x in range(len(categories))], values, width, label=method)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories)
-    ax.set_ylabel("recovery of full-vocabulary τ (greedy)")
-    ax.set_ylim(0, 1.1)
-    ax.legend(fontsize=7, ncol=3)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5))
+    for ax, key, label in ((axes[0], "recovery", "recovery of full-vocabulary τ"), (axes[1], "speedup", "speedup over autoregressive")):
+        chosen = [r for r in rows if r["temperature"] == 0 and r.get(key) is not None]
+        categories = sorted({r["category"] for r in chosen})
+        names = list(dict.fromkeys(r["method"] for r in chosen))
+        width = 0.8 / max(len(names), 1)
+        for i, name in enumerate(names):
+            values = [next((r[key] for r in chosen if r["method"] == name and r["category"] == c), 0) for c in categories]
+            ax.bar([x + i * width for x in range(len(categories))], values, width, label=name)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=20)
+        ax.set_ylabel(f"{label} (greedy)")
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", required=True, type=Path)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--phase", choices=["calibrate", "tau", "timing", "merge", "all"], default="all")
+    parser.add_argument("--per-category", type=int, default=20)
+    parser.add_argument("--timing-per-category", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--num-clusters", type=int, default=256)
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--workers", type=int, default=12, help="τ worker processes, spread over the GPUs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda", help="cpu only for a smoke test of the pipeline")
+    args = parser.parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+    started = time.time()
+    if args.phase in ("calibrate", "all"):
+        run_calibration(args)
+    if args.phase in ("tau", "all"):
+        run_tau(args)
+    if args.phase in ("timing", "all"):
+        run_timing(args)
+    if args.phase in ("merge", "all"):
+        write_results(merge(args), args.out)
+    print(f"phase {args.phase}: {time.time() - started:.0f}s")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from .candidate_generator import DynaSpecCandidateGenerator
 from .clusters import TokenClusters
 from .configuration_dynaspec import DynaSpecConfig
 from .generation import TreeConfig, generate
+from .model_card import custom_generate_path
 from .modeling_dynaspec import DynaSpecAssistant
 from .router import ClusterRouter
 
@@ -20,5 +21,6 @@ __all__ = [
     "DynaSpecConfig",
     "TokenClusters",
     "TreeConfig",
+    "custom_generate_path",
     "generate",
 ]

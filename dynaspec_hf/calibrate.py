@@ -323,3 +323,22 @@ def calibrate(
         report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=schedule)
     return assistant, report
 
+
+
+@torch.no_grad()
+def drafter_output_counts(drafter, sequences: list[torch.Tensor], *, prompt_tokens: int = 64, new_tokens: int = 128,
+                          batch_size: int = 32) -> torch.Tensor:
+    """Token counts of the drafter's own greedy continuations: the frequencies a VocabTrim shortlist ranks by.
+
+    Pass them as `TokenClusters.with_core(counts, size)` (or `calibrate(frequency_counts=...)`) for a static
+    shortlist of what the drafter actually proposes, rather than of what the corpus contains (FR-Spec).
+    """
+    vocab_size = drafter.config.get_text_config().vocab_size
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    prompts = [s[:prompt_tokens] for s in sequences if s.numel() >= prompt_tokens]
+    for start in range(0, len(prompts), batch_size):
+        batch = torch.stack(prompts[start : start + batch_size]).to(drafter.device)
+        out = drafter.generate(batch, attention_mask=torch.ones_like(batch), do_sample=False,
+                               max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+        counts += torch.bincount(out[:, prompt_tokens:].reshape(-1).cpu(), minlength=vocab_size)
+    return counts

@@ -1,4 +1,4 @@
-"""Files a saved assistant carries for the Hub: its model card and the `custom_generate` tree-decoding loop."""
+"""Hub files: a saved assistant's model card, and where the `custom_generate` tree-decoding folder lives."""
 
 from __future__ import annotations
 
@@ -10,20 +10,13 @@ from huggingface_hub import ModelCard
 TEMPLATE_NAME = "dynaspec_assistant.md"
 
 
-CUSTOM_GENERATE_FILES = ("generate.py", "requirements.txt", "README.md")
-
-
-def _hub_card_file(*parts: str) -> str | None:
+def _template() -> str | None:
     try:
         from importlib.resources import files
 
-        return files("dynaspec_hf.hub_cards").joinpath(*parts).read_text()
+        return (files("dynaspec_hf.hub_cards") / TEMPLATE_NAME).read_text()
     except (ModuleNotFoundError, FileNotFoundError):
         return None  # e.g. a copy of this file loaded with trust_remote_code, without the package
-
-
-def _template() -> str | None:
-    return _hub_card_file(TEMPLATE_NAME)
 
 
 def render_model_card(model, report: str = "") -> str | None:
@@ -59,11 +52,13 @@ def write_model_card(model, save_directory, report: str = "") -> None:
         ModelCard(text).save(Path(save_directory) / "README.md")
 
 
-def write_custom_generate(save_directory) -> None:
-    """Copy `hub_cards/custom_generate/` so the saved repo works as `target.generate(custom_generate=repo)`."""
-    folder = Path(save_directory) / "custom_generate"
-    for name in CUSTOM_GENERATE_FILES:
-        text = _hub_card_file("custom_generate", name)
-        if text is not None:
-            folder.mkdir(exist_ok=True)
-            (folder / name).write_text(text)
+
+def custom_generate_path() -> str:
+    """A folder holding `custom_generate/generate.py`: `target.generate(custom_generate=custom_generate_path(), ...)`.
+
+    It is not saved into assistant repos: transformers replaces the `generate` of a model loaded with
+    `trust_remote_code` from a repo that has this folder, and the assisted loop needs the assistant's own.
+    """
+    from importlib.resources import files
+
+    return str(files("dynaspec_hf.hub_cards"))

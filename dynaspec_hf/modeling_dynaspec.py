@@ -55,6 +55,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         # Draft block length for `target.generate(assistant_model=...)`; saved in generation_config.json.
         self.generation_config.num_assistant_tokens = DEFAULT_DRAFT_TOKENS
         self.generation_config.num_assistant_tokens_schedule = "constant"
+        # On CUDA, draft blocks replay captured CUDA graphs on a static cache (`fast_draft.py`); False: eager.
+        self.use_cuda_graphs = True
 
     # ----------------------------------------------------------------------------------------------------------
     # construction, schedule, loading
@@ -112,6 +114,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             config.core_by_position = list(core_by_position)
         config.validate_schedule()
         self.config = config
+        self.__dict__.pop("_graph_drafter", None)  # its graphs were captured for the old schedule
         return self
 
     @classmethod
@@ -151,12 +154,11 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return (model, info) if return_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) and the `custom_generate/` tree loop."""
+        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) from the template in `hub_cards/`."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        from .model_card import write_custom_generate, write_model_card
+        from .model_card import write_model_card
 
         write_model_card(self, save_directory)
-        write_custom_generate(save_directory)
 
     def get_input_embeddings(self):
         return self.drafter.get_input_embeddings()
@@ -349,18 +351,40 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             logits_processor = _sampling_processors(generation_config)
         eos = generation_config.eos_token_id
         threshold = generation_config.assistant_confidence_threshold if generation_config.is_assistant else None
-        output = self.draft(
-            input_ids,
-            max(int(max_new_tokens), 0),
-            past_key_values=past_key_values,
-            attention_mask=attention_mask,
+        options = dict(
             min_new_tokens=generation_config.min_new_tokens or 0,
             do_sample=do_sample,
             logits_processor=logits_processor,
             eos_token_id=[eos] if isinstance(eos, int) else eos,
             confidence_threshold=threshold,
         )
+        max_new_tokens = max(int(max_new_tokens), 0)
+        graph_drafter = self._graph_drafter_for(input_ids, max_new_tokens, attention_mask, past_key_values)
+        if graph_drafter is not None:
+            output = graph_drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
+        else:
+            output = self.draft(input_ids, max_new_tokens, past_key_values=past_key_values,
+                                attention_mask=attention_mask, **options)
         return output if generation_config.return_dict_in_generate else output.sequences
+
+    def _graph_drafter_for(self, input_ids, max_new_tokens, attention_mask, past_key_values):
+        """The CUDA-graph drafter when this call can use it (CUDA, batch 1, no padding, full attention), else None."""
+        from .fast_draft import GraphDrafter, StaticDraftCache
+
+        if not self.use_cuda_graphs or self.device.type != "cuda" or input_ids.shape[0] != 1:
+            return None
+        if past_key_values is not None and not isinstance(past_key_values, StaticDraftCache):
+            return None
+        if getattr(self.config.drafter_config, "sliding_window", None) is not None:
+            return None  # the static-cache mask below models full attention only
+        if attention_mask is not None and not bool(attention_mask.all()):
+            return None
+        needed = input_ids.shape[1] + max_new_tokens
+        drafter = self.__dict__.get("_graph_drafter")
+        if drafter is None or drafter.max_length < needed or drafter.device != self.device or drafter.dtype != self.dtype:
+            drafter = GraphDrafter(self, max_length=max(2048, 2 * needed))
+            self.__dict__["_graph_drafter"] = drafter
+        return drafter
 
 
 def crop_cache(cache, length: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import triton_head
 from .clusters import TokenClusters, check_cluster_token_ids
 
 
@@ -21,6 +22,8 @@ class ShortlistHead(nn.Module):
         self.weight = nn.Parameter(torch.zeros(core_size + num_clusters * cluster_size, hidden_size))
         self.register_buffer("core_token_ids", torch.arange(core_size, dtype=torch.long))
         self.register_buffer("cluster_token_ids", torch.full((num_clusters, cluster_size), -1, dtype=torch.long))
+        # "triton": read the chosen blocks in place (CUDA, batch 1; see triton_head.py); "gather": portable path.
+        self.kernel = "triton"
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -93,8 +96,11 @@ class ShortlistHead(nn.Module):
             ids = self.cluster_token_ids.reshape(1, -1).expand(batch, -1)
             rank = None if core_rank is None else core_rank.reshape(1, -1)
         else:
-            chosen = blocks[cluster_ids]  # [B, k, s, d]
-            logits.append(torch.einsum("bd,bksd->bks", hidden, chosen).reshape(batch, -1))
+            if self.kernel == "triton" and triton_head.available(hidden):
+                logits.append(triton_head.block_logits(hidden, blocks, cluster_ids))
+            else:
+                chosen = blocks[cluster_ids]  # [B, k, s, d]
+                logits.append(torch.einsum("bd,bksd->bks", hidden, chosen).reshape(batch, -1))
             ids = self.cluster_token_ids[cluster_ids].reshape(batch, -1)
             rank = None if core_rank is None else core_rank[cluster_ids].reshape(batch, -1)
         if num_core and core_rank is None:

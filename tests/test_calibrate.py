@@ -94,3 +94,17 @@ def test_feature_collection_resumes_after_interruption(two_domain_pair, tmp_path
     assert resumed_calls[0] == 10 - 4
     for field in ("previous_hidden", "token_embedding", "hidden", "target_next", "domain"):
         assert torch.equal(getattr(resumed, field), getattr(expected, field)), field
+
+
+def test_drafter_output_counts_are_what_the_drafter_generates():
+    from dynaspec_hf.calibrate import drafter_output_counts
+    from conftest import tiny_pair
+
+    _, drafter = tiny_pair("llama", seed=3)
+    sequences = [torch.randint(0, 192, (10,), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    counts = drafter_output_counts(drafter, sequences, prompt_tokens=8, new_tokens=5, batch_size=2)
+    expected = torch.zeros(192, dtype=torch.long)
+    for s in sequences:
+        out = drafter.generate(s[None, :8], do_sample=False, max_new_tokens=5, min_new_tokens=5)
+        expected += torch.bincount(out[0, 8:], minlength=192)
+    assert torch.equal(counts, expected) and counts.sum() == 15

@@ -100,16 +100,15 @@ def test_perfect_drafter_chain_is_fully_accepted():
     assert calls[0] == 6, f"{calls[0]} target passes for 30 tokens in blocks of 4 + 1"
 
 
-def test_custom_generate_from_saved_assistant(tmp_path):
-    """A saved assistant carries `custom_generate/`: target.generate(custom_generate=<its folder>) runs the tree loop."""
+def test_custom_generate_entry_point(tmp_path):
+    """`target.generate(custom_generate=dynaspec_hf.custom_generate_path())` runs the tree loop."""
     target, drafter = tiny_pair("mistral", seed=8)
     make_assistant(drafter, "routed").save_pretrained(tmp_path)
-    assert (tmp_path / "custom_generate" / "generate.py").is_file()
     assistant = AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(4))
     with count_forward_calls(target) as calls:
-        got = target.generate(ids, assistant_model=assistant, custom_generate=str(tmp_path), trust_remote_code=True,
-                              max_new_tokens=20, tree={"num_nodes": 8, "max_depth": 4, "width": 2})
+        got = target.generate(ids, assistant_model=assistant, custom_generate=dynaspec_hf.custom_generate_path(),
+                              trust_remote_code=True, max_new_tokens=20, tree={"num_nodes": 8, "max_depth": 4, "width": 2})
     assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=20))
     assert calls[0] < 20  # the tree loop ran (plain decoding takes 20 passes and accepts nothing)
 

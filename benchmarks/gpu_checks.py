@@ -1,0 +1,320 @@
+"""GPU checks of the fast drafting path, and the draft-step anatomy on realistic shapes. One command:
+
+    python benchmarks/gpu_checks.py --out benchmarks/results
+
+1. Exactness (float32): tiny Llama/Qwen2 pairs through the unchanged `target.generate(assistant_model=...)` with
+   the CUDA-graph drafter (full / static / routed schedules), the tree loop on the GPU, and graph drafts equal
+   to eager drafts on a 128,256-token random pair (Triton and gather heads).
+2. Sampling (float32): chi-square of the first token and the second-token marginal with the graph drafter.
+3. Anatomy (bf16, random weights, batch 1): per draft step body / full head / shortlist head (gather, Triton) /
+   router, and whole graph-replayed steps with the full head, a static 1/16 shortlist and DynaSpec 1/16 (router on
+   its side stream; and with fixed clusters, which gives the router's overhead); eager steps for comparison;
+   the Llama-3-8B-shaped target's forward for 1 and 7 tokens. Writes anatomy.json / anatomy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+import transformers  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
+
+import dynaspec_hf  # noqa: E402
+from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig  # noqa: E402
+from dynaspec_hf.fast_draft import GraphDrafter  # noqa: E402
+
+VOCAB = 128_256
+
+
+def cuda_ms(fn, repeats: int = 100, warmup: int = 10) -> float:
+    """Median time of `fn()` in milliseconds, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(torch.tensor(times).median())
+
+
+def graph_ms(fn, inner: int = 20) -> float:
+    """GPU time of one `fn()` without launch gaps: `inner` calls captured in a CUDA graph, replays timed."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(inner):
+            fn()
+    return cuda_ms(graph.replay, repeats=50) / inner
+
+
+# ------------------------------------------------------------------------------------------------ exactness
+
+
+def check_exactness(log) -> dict:
+    from conftest import SETTINGS, make_assistant, tiny_pair
+
+    results = {}
+    for family in ("llama", "qwen2"):
+        target, drafter = tiny_pair(family)
+        target, drafter = target.cuda(), drafter.cuda()
+        for setting in sorted(SETTINGS):
+            assistant = make_assistant(drafter, setting)
+            generator = torch.Generator().manual_seed(1)
+            exact = total = 0
+            for _ in range(20):
+                ids = torch.randint(0, 192, (1, int(torch.randint(1, 30, (1,), generator=generator))),
+                                    generator=generator).cuda()
+                new = int(torch.randint(1, 25, (1,), generator=generator))
+                plain = target.generate(ids, do_sample=False, max_new_tokens=new)
+                exact += torch.equal(plain, target.generate(ids, assistant_model=assistant, do_sample=False,
+                                                            max_new_tokens=new))
+                total += 1
+            graphs = len(assistant.__dict__["_graph_drafter"].graphs)
+            tree_exact = sum(
+                torch.equal(target.generate(ids, do_sample=False, max_new_tokens=20),
+                            dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20, tree=TreeConfig()))
+                for ids in [torch.randint(0, 192, (1, 9), generator=generator).cuda() for _ in range(10)])
+            results[f"{family}/{setting}"] = dict(exact=exact, prompts=total, graphs=graphs, tree_exact=tree_exact,
+                                                  tree_prompts=10)
+            log(f"| {family} | {setting} | {exact}/{total} | {graphs} | {tree_exact}/10 |")
+    return results
+
+
+def random_pair(drafter_config: LlamaConfig, target_config: LlamaConfig | None, dtype):
+    with torch.device("cuda"):
+        drafter = AutoModelForCausalLM.from_config(drafter_config, dtype=dtype).eval()
+        target = None if target_config is None else AutoModelForCausalLM.from_config(target_config, dtype=dtype).eval()
+    return target, drafter
+
+
+def random_clusters(num_clusters: int = 256, seed: int = 0) -> TokenClusters:
+    size = -(-VOCAB // num_clusters)
+    order = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(seed))
+    padded = torch.full((num_clusters * size,), -1, dtype=torch.long)
+    padded[:VOCAB] = order
+    return TokenClusters(padded.view(num_clusters, size), order[: 16 * size], VOCAB)
+
+
+def check_graph_drafts(log) -> dict:
+    """Graph-replayed drafts equal eager drafts (float32, 128k vocabulary), for both head kernels."""
+    config = llama_config(768, 2, 2048)
+    _, drafter = random_pair(config, None, torch.float32)
+    with torch.no_grad():
+        for parameter in drafter.parameters():
+            parameter.normal_(0, 0.1)
+    results = {}
+    for kernel in ("triton", "gather"):
+        for name, schedule in (("full", [256]), ("routed 1/16", [16]), ("position-aware", [32, 16, 8])):
+            assistant = DynaSpecAssistant.from_drafter(drafter, random_clusters(), k_by_position=schedule)
+            assistant.lm_head.kernel = kernel
+            engine = GraphDrafter(assistant, max_length=512)
+            ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(0)).cuda()
+            same, eager_cache, fast_cache = 0, None, None
+            for block, accepted in enumerate((2, 0, 6, 3, 1)):
+                eager = assistant.draft(ids, 6, past_key_values=eager_cache)
+                fast = engine.draft(ids, 6, fast_cache)
+                same += torch.equal(eager.sequences, fast.sequences)
+                eager_cache, fast_cache = eager.past_key_values, fast.past_key_values
+                ids = torch.cat([eager.sequences[:, : ids.shape[1] + accepted], ids[:, -1:] * 0 + 11], dim=1)
+                for cache in (eager_cache, fast_cache):
+                    cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
+            results[f"{kernel}/{name}"] = dict(equal_blocks=same, blocks=5)
+            log(f"| {kernel} | {name} | {same}/5 |")
+    return results
+
+
+def check_sampling(log) -> dict:
+    from conftest import make_assistant, tiny_pair
+    from test_sampling import PROMPT, VOCAB as SMALL, chi_square_p_value
+
+    target, drafter = tiny_pair("llama", seed=7, vocab_size=SMALL, noise=1.0, initializer_range=0.2)
+    target, drafter = target.cuda(), drafter.cuda()
+    prompt = PROMPT.cuda()
+    with torch.no_grad():
+        first = target(prompt).logits[0, -1].softmax(-1)
+        continued = torch.cat([prompt.expand(SMALL, -1), torch.arange(SMALL, device="cuda")[:, None]], dim=1)
+        second = first @ target(continued).logits[:, -1].softmax(-1)
+    results = {}
+    for setting in ("full", "routed"):
+        assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
+        torch.manual_seed(1234)
+        draws = torch.cat([target.generate(prompt, assistant_model=assistant, do_sample=True, max_new_tokens=3)
+                           for _ in range(3000)])[:, 4:6].cpu()
+        used = "_graph_drafter" in assistant.__dict__
+        p1, p2 = chi_square_p_value(draws[:, 0], first.cpu()), chi_square_p_value(draws[:, 1], second.cpu())
+        results[setting] = dict(p_first=p1, p_second=p2, draws=3000, graph_drafter=used)
+        log(f"| {setting} | {p1:.3g} | {p2:.3g} | {used} |")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ anatomy
+
+
+def llama_config(hidden: int, layers: int, intermediate: int, heads: int | None = None, kv_heads: int | None = None):
+    heads = heads or hidden // 64
+    return LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads or heads, max_position_embeddings=8192,
+                       tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+
+DRAFTERS = {
+    "trained-pair drafter (2 x 768)": llama_config(768, 2, 2048),
+    "Llama-3.2-1B-shaped (16 x 2048)": llama_config(2048, 16, 8192, 32, 8),
+    "EAGLE-like (1 x 4096)": llama_config(4096, 1, 14336, 32, 8),
+}
+TARGET_8B = llama_config(4096, 32, 14336, 32, 8)
+
+
+@torch.no_grad()
+def step_times(drafter, context: int = 256) -> dict:
+    """Per-draft-step components and whole steps (graph-replayed and eager) at 1/16 of the vocabulary."""
+    clusters = random_clusters()
+    assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router_hidden_size=512, k_by_position=[16])
+    hidden = torch.randn(1, drafter.config.hidden_size, device="cuda", dtype=drafter.dtype)
+    token = torch.tensor([5], device="cuda")
+    head = assistant.lm_head
+    full_weight = drafter.lm_head.weight
+    clusters16 = torch.randperm(256, device="cuda")[:16][None]
+    core_rank = head.core_rank()
+    blocks = head.weight[head.core_size :].view(256, clusters.cluster_size, -1)
+    out = {
+        "full head (in graph)": graph_ms(lambda: hidden @ full_weight.T),
+        "router, MLP + top-k (in graph)": graph_ms(lambda: assistant.route(hidden, token, 16)),
+        "shortlist rows 1/16, gather + matmul (in graph)": graph_ms(
+            lambda: torch.einsum("bd,bksd->bks", hidden, blocks[clusters16])),
+        "static rows 1/16, matmul over the core prefix (in graph)": graph_ms(
+            lambda: hidden @ head.weight[: 16 * clusters.cluster_size].T),
+    }
+    from dynaspec_hf import triton_head
+
+    for rows, chunk, warps in ((64, 128, 4), (32, 128, 4), (16, 256, 4), (8, 256, 2), (32, 256, 8), (4, 512, 2)):
+        out[f"shortlist rows 1/16, Triton rows={rows} d-chunk={chunk} warps={warps} (in graph)"] = graph_ms(
+            lambda: triton_head.block_logits(hidden, blocks, clusters16, block_rows=rows, block_d=chunk,
+                                             num_warps=warps))
+    head.kernel = "gather"
+    out["whole shortlist head 1/16 with gather (in graph)"] = graph_ms(lambda: head(hidden, clusters16, 0))
+    head.kernel = "triton"
+    out["whole shortlist head 1/16 with Triton (in graph)"] = graph_ms(lambda: head(hidden, clusters16, 0))
+    out["whole static head 1/16 (in graph)"] = graph_ms(
+        lambda: head(hidden, clusters16[:, :0], 16 * clusters.cluster_size, core_rank))
+    ids = torch.randint(0, VOCAB, (1, context), device="cuda")
+    for name, schedule, route in (("full head", dict(k_by_position=[256]), True),
+                                  ("static 1/16", dict(k_by_position=[0], core_by_position=[16 * clusters.cluster_size]), True),
+                                  ("DynaSpec 1/16", dict(k_by_position=[16]), True),
+                                  ("DynaSpec 1/16, router replaced by fixed clusters", dict(k_by_position=[16]), False)):
+        assistant.set_schedule(**schedule)
+        for graphs in (True, False):
+            engine = GraphDrafter(assistant, max_length=context + 64, use_graphs=graphs, route=route)
+            engine.draft(ids, 2, None)  # fills the cache and captures the step graphs
+
+            def one_step():
+                engine._set_length(context)
+                engine._run(ids[:, -1:], 1)
+
+            out[f"step, {name}, {'CUDA graph' if graphs else 'eager'}"] = cuda_ms(one_step)
+    # the body alone: a step whose head is empty (core of one row)
+    assistant.set_schedule(k_by_position=[0], core_by_position=[1])
+    engine = GraphDrafter(assistant, max_length=context + 64)
+    engine.draft(ids, 2, None)
+
+    def body_step():
+        engine._set_length(context)
+        engine._run(ids[:, -1:], 1)
+
+    out["body (step with a 1-row head), CUDA graph"] = cuda_ms(body_step)
+    return out
+
+
+@torch.no_grad()
+def target_times(target, context: int = 256) -> dict:
+    from transformers import DynamicCache
+
+    ids = torch.randint(0, VOCAB, (1, context), device="cuda")
+    cache = DynamicCache(config=target.config)
+    target(ids, past_key_values=cache)
+    out = {}
+    for tokens in (1, 7, 17):
+        new = ids[:, :tokens]
+
+        def forward():
+            target(new, past_key_values=cache)
+            cache.crop(-tokens)
+
+        out[f"target forward, {tokens} token(s), eager"] = cuda_ms(forward, repeats=30)
+    return out
+
+
+def anatomy(log) -> dict:
+    results = {}
+    target, _ = random_pair(DRAFTERS["trained-pair drafter (2 x 768)"], TARGET_8B, torch.bfloat16)
+    results["Llama-3-8B-shaped target"] = target_times(target)
+    del target
+    torch.cuda.empty_cache()
+    for name, config in DRAFTERS.items():
+        _, drafter = random_pair(config, None, torch.bfloat16)
+        results[name] = step_times(drafter)
+        del drafter
+        torch.cuda.empty_cache()
+    for shape, times in results.items():
+        for part, ms in times.items():
+            log(f"| {shape} | {part} | {ms:.4f} |")
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["exactness", "drafts", "sampling", "anatomy"])
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    started = time.time()
+    results = {"hardware": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                            "transformers": transformers.__version__}}
+    sections = [
+        ("exactness", "## Greedy exactness with the graph drafter (float32)\n\n| family | schedule | exact | graphs "
+                      "captured | tree loop exact |\n|---|---|---|---|---|", check_exactness),
+        ("drafts", "## Graph drafts equal eager drafts (float32, 128,256 tokens)\n\n| head kernel | schedule | "
+                   "equal blocks |\n|---|---|---|", check_graph_drafts),
+        ("sampling", "## Sampling with the graph drafter (chi-square p-values, 3,000 draws)\n\n| schedule | first "
+                     "token | second token | graph drafter used |\n|---|---|---|---|", check_sampling),
+        ("anatomy", "## Draft-step anatomy (bf16, batch 1, context 256; median ms)\n\n| shape | part | ms |\n"
+                    "|---|---|---|", anatomy),
+    ]
+    for name, header, fn in sections:
+        if name in args.skip:
+            continue
+        log("\n" + header)
+        results[name] = fn(log)
+        log(f"\n({name}: {time.time() - started:.0f}s)")
+    (args.out / "gpu_checks.json").write_text(json.dumps(results, indent=2))
+    (args.out / "gpu_checks.md").write_text(
+        f"GPU: {results['hardware']['gpu']}, torch {torch.__version__}, transformers {transformers.__version__}\n"
+        + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

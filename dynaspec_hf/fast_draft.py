@@ -1,0 +1,198 @@
+"""Fast drafting on CUDA: the drafter on a static KV cache, each draft step replayed from a captured CUDA graph.
+
+Eager drafting of a small model is bound by Python and kernel-launch overhead, not by the GPU, so a shortlist head
+only pays off once a draft step is one graph replay. `GraphDrafter` keeps one graph per step shape (tokens read
+by the body, shortlist size of the draft position). Inside each graph the router runs on its own stream: on a
+one-token step its inputs (the previous hidden state and the current token's embedding) are ready before the
+body starts, so routing overlaps the body and joins the head through an event.
+
+The static cache is handed to transformers' assisted loop as a `StaticDraftCache`: the loop only asks its length
+and crops it, and cropping is moving the write position back (entries beyond it are masked by position).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from transformers import LogitsProcessorList, StaticCache
+from transformers.generation import GenerateDecoderOnlyOutput
+
+MAX_GRAPH_TOKENS = 16  # body inputs per captured step; longer re-reads (the first prompt) run eagerly
+
+
+class StaticDraftCache:
+    """What the assisted loop holds between draft blocks: a length over `GraphDrafter`'s static cache."""
+
+    def __init__(self, drafter: "GraphDrafter"):
+        self.drafter, self.length = drafter, 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def crop(self, max_length: int) -> None:
+        """`DynamicCache.crop` semantics: a negative value drops that many tokens, a positive one keeps that many."""
+        self.length = max(self.length + max_length if max_length < 0 else min(max_length, self.length), 0)
+
+
+class GraphDrafter:
+    """Drafts blocks for one `DynaSpecAssistant` on CUDA (batch 1) with CUDA-graph-replayed steps."""
+
+    def __init__(self, assistant, max_length: int = 2048, use_graphs: bool = True, route: bool = True):
+        self.assistant, self.max_length, self.use_graphs, self.route = assistant, max_length, use_graphs, route
+        self.device, self.dtype = device, dtype = assistant.device, assistant.dtype
+        self.cache = StaticCache(config=assistant.config.drafter_config, max_cache_len=max_length)
+        hidden_size = assistant.config.drafter_config.hidden_size
+        self.tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
+        self.previous = torch.zeros(1, hidden_size, dtype=dtype, device=device)  # body output of the last step
+        self.logits = torch.zeros(1, assistant.config.vocab_size, dtype=torch.float32, device=device)
+        self.key_positions = torch.arange(max_length, device=device)
+        self.router_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # None: CPU, for tests
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.core_rank = assistant.lm_head.core_rank() if assistant.config.core_size else None
+        self.active: StaticDraftCache | None = None
+        self._initialize_cache()
+
+    def _initialize_cache(self) -> None:
+        """Allocate the static layers (they allocate on their first write) with one eager step at position 0."""
+        self._step(self.tokens[:, :1], 0)
+        self._set_length(0)
+
+    def _set_length(self, length: int | torch.Tensor) -> None:
+        for layer in self.cache.layers:
+            if isinstance(length, torch.Tensor):
+                layer.cumulative_length.copy_(length)
+            elif layer.is_initialized:
+                layer.cumulative_length.fill_(length)
+
+    def _step(self, ids: torch.Tensor, position: int) -> None:
+        """Body over `ids` at the cache's write position, then router + head for draft position `position`.
+
+        Writes the full-vocabulary logits (`-inf` outside the shortlist) to `self.logits` and the last hidden state
+        to `self.previous`. Only device operations: this is what the graphs capture.
+        """
+        assistant, num_tokens = self.assistant, ids.shape[1]
+        layer = self.cache.layers[0]
+        start = layer.cumulative_length if layer.is_initialized else 0
+        positions = torch.arange(num_tokens, device=ids.device) + start
+        allowed = self.key_positions[None, :] <= positions[:, None]
+        mask = torch.zeros(allowed.shape, dtype=self.previous.dtype, device=ids.device)
+        mask = mask.masked_fill_(~allowed, torch.finfo(mask.dtype).min)[None, None]
+
+        num_core, k = assistant.config.shortlist_at(position)
+        routed = 0 < k < assistant.config.num_clusters
+        streams = self.router_stream is not None
+        if routed and num_tokens == 1:  # inputs ready now: route while the body runs
+            if streams:
+                self.router_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.router_stream) if streams else nullcontext():
+                cluster_ids = self._clusters(self.previous, ids[:, -1], k)
+        states = assistant.drafter(
+            input_ids=ids, attention_mask=mask, position_ids=positions[None], past_key_values=self.cache, use_cache=True
+        ).last_hidden_state[0]
+        hidden = states[-1:]
+        if routed and num_tokens > 1:
+            cluster_ids = self._clusters(states[-2:-1], ids[:, -1], k)
+        elif routed and streams:
+            main = torch.cuda.current_stream()
+            main.wait_stream(self.router_stream)  # the join: an event recorded on the router stream
+            if not torch.cuda.is_current_stream_capturing():
+                cluster_ids.record_stream(main)
+        elif not routed:
+            cluster_ids = ids.new_empty(1, 0) if k == 0 else None
+        self.logits.copy_(assistant._spread(*assistant.lm_head(hidden, cluster_ids, num_core, self.core_rank)))
+        self.previous.copy_(hidden)
+
+    def _clusters(self, previous: torch.Tensor, token_ids: torch.Tensor, k: int) -> torch.Tensor:
+        if not self.route:  # for measuring the router's cost: the same head work on fixed clusters
+            return torch.arange(k, device=token_ids.device)[None]
+        return self.assistant.route(previous, token_ids, k)
+
+    def _run(self, ids: torch.Tensor, position: int) -> None:
+        """One step, replayed from its graph when it has a graph shape; head counters count it once."""
+        head = self.assistant.lm_head
+        rows, calls = head.rows_computed, head.calls
+        num_core, k = self.assistant.config.shortlist_at(position)
+        if not self.use_graphs or self.router_stream is None or ids.shape[1] > MAX_GRAPH_TOKENS:
+            self._step(ids, position)
+        else:
+            self.tokens[:, : ids.shape[1]].copy_(ids)
+            key = (ids.shape[1], min(position, len(self.assistant.config.k_by_position) - 1),
+                   min(position, len(self.assistant.config.core_by_position) - 1))
+            if key not in self.graphs:
+                self.graphs[key] = self._capture(ids.shape[1], position)
+            self.graphs[key].replay()
+        head.rows_computed = rows + num_core + k * self.assistant.config.cluster_size
+        head.calls = calls + 1
+
+    def _capture(self, num_tokens: int, position: int) -> torch.cuda.CUDAGraph:
+        """Warm up on a side stream (as CUDA graphs require), then capture; nothing it ran is kept."""
+        start, previous = self.cache.layers[0].cumulative_length.clone(), self.previous.clone()
+        ids = self.tokens[:, :num_tokens]
+        side = torch.cuda.Stream(self.previous.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._step(ids, position)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step(ids, position)
+        self._set_length(start)
+        self.previous.copy_(previous)
+        return graph
+
+    @torch.no_grad()
+    def draft(
+        self,
+        input_ids: torch.LongTensor,
+        max_new_tokens: int,
+        past_key_values: StaticDraftCache | None,
+        *,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        logits_processor: LogitsProcessorList | None = None,
+        eos_token_id: list[int] | None = None,
+        confidence_threshold: float | None = None,
+    ) -> GenerateDecoderOnlyOutput:
+        """`DynaSpecAssistant.draft` on the static cache; stopping rules are applied once, after the block."""
+        length = input_ids.shape[1]
+        logits_processor = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
+        cache = past_key_values if past_key_values is not None else StaticDraftCache(self)
+        if cache.drafter is not self or self.active is not cache:
+            cache.length = 0  # a new generation, or another one used the static cache since
+        self.active = cache
+        start = min(max(length - 2, 0), cache.length)
+        if start == 0:
+            self.previous.zero_()
+        self._set_length(start)
+        sequences, scores = input_ids, []
+        for position in range(max_new_tokens):
+            self._run(input_ids[:, start:] if position == 0 else sequences[:, -1:], position)
+            logits = self.logits.clone()
+            if len(logits_processor):
+                logits = logits_processor(sequences, logits)
+            if do_sample:
+                token = torch.multinomial(logits.softmax(dim=-1), 1)
+            else:
+                token = logits.argmax(dim=-1, keepdim=True)
+            sequences = torch.cat([sequences, token], dim=-1)
+            scores.append(logits)
+        cache.length = length + max(max_new_tokens - 1, 0)
+        keep = _stop_index(sequences[0, length:], scores, min_new_tokens, eos_token_id, confidence_threshold)
+        return GenerateDecoderOnlyOutput(
+            sequences=sequences[:, : length + keep], scores=tuple(scores[:keep]), past_key_values=cache
+        )
+
+
+def _stop_index(tokens, scores, min_new_tokens, eos_token_id, confidence_threshold) -> int:
+    """How many drafted tokens the eager loop would have kept (it stops after an EOS or an unconfident token)."""
+    count = tokens.shape[0]
+    stop = torch.zeros(count, dtype=torch.bool, device=tokens.device)
+    if eos_token_id:
+        stop |= torch.isin(tokens, torch.tensor(eos_token_id, device=tokens.device))
+    if confidence_threshold:
+        probs = torch.stack([s[0].softmax(-1)[t] for s, t in zip(scores, tokens)])
+        stop |= probs < confidence_threshold
+    stop[: max(min_new_tokens - 1, 0)] = False
+    hits = stop.nonzero()
+    return count if hits.numel() == 0 else int(hits[0, 0]) + 1

@@ -1,0 +1,60 @@
+"""A Triton kernel for the shortlist head at batch 1: logits of the chosen cluster blocks, read in place.
+
+`ShortlistHead`'s portable path gathers the chosen blocks into a new tensor and multiplies it, which reads and
+writes every chosen row once more than needed. Here each program reads its rows straight from the cluster-ordered
+weight, indexed by the routed cluster id, so the head moves only the shortlist's bytes (draft steps are
+memory-bound: one hidden vector against k x cluster_size rows).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs
+    triton = None
+
+
+def available(hidden: torch.Tensor) -> bool:
+    return triton is not None and hidden.is_cuda and hidden.shape[0] == 1
+
+
+if triton is not None:
+
+    @triton.jit
+    def _block_logits_kernel(hidden_ptr, blocks_ptr, cluster_ids_ptr, out_ptr, cluster_size, hidden_size,
+                             BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+        slot = tl.program_id(0)
+        rows = tl.program_id(1) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+        row_mask = rows < cluster_size
+        cluster = tl.load(cluster_ids_ptr + slot).to(tl.int64)
+        row_offsets = (cluster * cluster_size + rows.to(tl.int64)) * hidden_size
+        acc = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        for start in range(0, hidden_size, BLOCK_D):
+            cols = start + tl.arange(0, BLOCK_D)
+            col_mask = cols < hidden_size
+            h = tl.load(hidden_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+            w = tl.load(blocks_ptr + row_offsets[:, None] + cols[None, :],
+                        mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(w * h[None, :], axis=1)
+        tl.store(out_ptr + slot * cluster_size + rows, acc, mask=row_mask)
+
+
+# Rows per program, hidden chunk, warps (benchmarks/gpu_checks.py compares settings on the H100).
+LAUNCH = dict(block_rows=64, block_d=128, num_warps=4)
+
+
+def block_logits(hidden: torch.Tensor, blocks: torch.Tensor, cluster_ids: torch.Tensor, **launch) -> torch.Tensor:
+    """`hidden` [1, d], `blocks` [C, s, d] contiguous, `cluster_ids` [1, k] -> logits [1, k * s] in hidden's dtype."""
+    launch = {**LAUNCH, **launch}
+    num_chosen, (_, cluster_size, hidden_size) = cluster_ids.shape[1], blocks.shape
+    out = torch.empty(num_chosen * cluster_size, dtype=torch.float32, device=hidden.device)
+    if num_chosen == 0:
+        return out.to(hidden.dtype)[None]
+    grid = (num_chosen, triton.cdiv(cluster_size, launch["block_rows"]))
+    _block_logits_kernel[grid](hidden.contiguous(), blocks, cluster_ids.contiguous(), out, cluster_size, hidden_size,
+                               BLOCK_ROWS=launch["block_rows"], BLOCK_D=launch["block_d"],
+                               num_warps=launch["num_warps"])
+    return out.to(hidden.dtype)[None]

@@ -1,0 +1,66 @@
+"""The static-cache drafter behind the CUDA-graph fast path, run eagerly on the CPU through the stock loop.
+
+On CUDA the same steps are replayed from captured graphs (checked on the GPU by benchmarks/gpu_checks.py); here
+the static cache, its crop-by-length and the position mask must already give the target's exact output.
+"""
+
+import pytest
+import torch
+
+from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache
+from dynaspec_hf.measure import count_forward_calls
+from conftest import SETTINGS, VOCAB, make_assistant, tiny_pair
+
+
+def static_cache_assistant(drafter, setting, monkeypatch):
+    assistant = make_assistant(drafter, setting)
+    engine = GraphDrafter(assistant, max_length=128)
+    monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args: engine)
+    return assistant, engine
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_static_cache_drafting_equals_target(setting, monkeypatch):
+    target, drafter = tiny_pair("llama", seed=11)
+    assistant, engine = static_cache_assistant(drafter, setting, monkeypatch)
+    generator = torch.Generator().manual_seed(5)
+    passes, produced = 0, 0
+    for _ in range(15):
+        ids = torch.randint(0, VOCAB, (1, int(torch.randint(1, 40, (1,), generator=generator))), generator=generator)
+        new_tokens = int(torch.randint(1, 30, (1,), generator=generator))
+        expected = target.generate(ids, do_sample=False, max_new_tokens=new_tokens)
+        with count_forward_calls(target) as calls:
+            got = target.generate(ids, assistant_model=assistant, do_sample=False, max_new_tokens=new_tokens)
+        assert torch.equal(expected, got)
+        passes, produced = passes + calls[0], produced + new_tokens
+    assert passes < produced
+    assert isinstance(engine.active, StaticDraftCache)
+
+
+def test_static_cache_drafts_equal_eager_drafts(monkeypatch):
+    """Block by block, the static-cache drafter proposes the eager drafter's tokens with the same scores."""
+    _, drafter = tiny_pair("qwen2", seed=12)
+    assistant, engine = static_cache_assistant(drafter, "routed", monkeypatch)
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
+    eager_cache, static_cache = None, None
+    for accepted in (3, 0, 5, 1):
+        eager = assistant.draft(ids, 6, past_key_values=eager_cache)
+        fast = engine.draft(ids, 6, static_cache)
+        assert torch.equal(eager.sequences, fast.sequences)
+        torch.testing.assert_close(torch.stack(eager.scores), torch.stack(fast.scores))
+        eager_cache, static_cache = eager.past_key_values, fast.past_key_values
+        ids = torch.cat([eager.sequences[:, : ids.shape[1] + accepted], torch.tensor([[7]])], dim=1)
+        for cache in (eager_cache, static_cache):  # what the assisted loop does before the next block
+            cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
+
+
+def test_stopping_rules_match_eager(monkeypatch):
+    _, drafter = tiny_pair("llama", seed=13)
+    assistant, engine = static_cache_assistant(drafter, "full", monkeypatch)
+    ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
+    free = assistant.draft(ids, 6).sequences[0, 9:].tolist()
+    for options in (dict(eos_token_id=[free[2]]), dict(eos_token_id=[free[2]], min_new_tokens=5),
+                    dict(confidence_threshold=0.5)):
+        eager = assistant.draft(ids, 6, **options)
+        fast = engine.draft(ids, 6, None, **options)
+        assert torch.equal(eager.sequences, fast.sequences), options
