@@ -87,15 +87,14 @@ def methods(calibration: dict) -> list[dict]:
                     schedule=dict(k_by_position=[ks["1/16"]], core_by_position=[0]), timing_only=True))
     for method in [m for m in out if m["method"] in ("full vocabulary", "static frequency 1/16", "DynaSpec 1/16")]:
         out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=TREE))
-    out.append(dict(method="chain (own loop): DynaSpec 1/16", engine="dynaspec-tree",
-                    fraction=ks["1/16"] * cluster_size / vocab, schedule=dict(k_by_position=[ks["1/16"]], core_by_position=[0]),
-                    tree=TreeConfig.chain(DRAFT_TOKENS)))
     sampled = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
                "DynaSpec 1/16", "DynaSpec position-aware", "tree: full vocabulary", "tree: DynaSpec 1/16"}
     timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "DynaSpec 1/16", "tree: DynaSpec 1/16"}
+    untimed = {"static frequency 1/32", "DynaSpec 1/32", "static frequency 1/8", "DynaSpec 1/8"}
     for method in out:
-        method["temperatures"] = [0.0, 1.0] if method["method"] in sampled else [0.0]
-        method["timed_temperatures"] = [0.0, 1.0] if method["method"] in timed_sampled else [0.0]
+        name = method["method"]
+        method["temperatures"] = [0.0, 1.0] if name in sampled else [0.0]
+        method["timed_temperatures"] = [0.0, 1.0] if name in timed_sampled else [] if name in untimed else [0.0]
     return out
 
 
@@ -120,14 +119,15 @@ def generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor,
 
 
 def load_models(args, device: str, with_assistants: bool = True):
-    target = AutoModelForCausalLM.from_pretrained(args.pair / "target", dtype=torch.bfloat16).to(device).eval()
-    drafter = AutoModelForCausalLM.from_pretrained(args.pair / "drafter", dtype=torch.bfloat16).to(device).eval()
+    dtype = getattr(torch, args.dtype)
+    target = AutoModelForCausalLM.from_pretrained(args.pair / "target", dtype=dtype).to(device).eval()
+    drafter = AutoModelForCausalLM.from_pretrained(args.pair / "drafter", dtype=dtype).to(device).eval()
     drafter.generation_config.num_assistant_tokens = DRAFT_TOKENS
     drafter.generation_config.num_assistant_tokens_schedule = "constant"
     drafter.generation_config.assistant_confidence_threshold = 0.0
     assistants = {}
     for name in ("dynaspec", "vocabtrim") if with_assistants else ():
-        assistant = DynaSpecAssistant.from_pretrained(args.pair / f"assistant-{name}", dtype=torch.bfloat16).to(device)
+        assistant = DynaSpecAssistant.from_pretrained(args.pair / f"assistant-{name}", dtype=dtype).to(device)
         assistant.generation_config.num_assistant_tokens = DRAFT_TOKENS
         assistant.generation_config.assistant_confidence_threshold = 0.0
         assistants[name] = assistant.eval()
@@ -187,7 +187,8 @@ def run_tau(args) -> None:
     for index in range(args.workers):
         command = [sys.executable, __file__, "--pair", str(args.pair), "--data", str(args.data), "--out", str(args.out),
                    "--per-category", str(args.per_category), "--max-new-tokens", str(args.max_new_tokens),
-                   "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures),
+                   "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures), "--dtype", args.dtype,
+                   *(["--tau-per-category", str(args.tau_per_category)] if args.tau_per_category else []),
                    "--device", args.device, "--worker", f"{index}/{args.workers}"]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         if args.device == "cuda":
@@ -208,7 +209,8 @@ def run_worker(args) -> None:
     torch.set_num_threads(1)
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafter, assistants = load_models(args, args.device)
-    prompts = [(c, i, p) for c, ps in encoded_prompts(args).items() for i, p in enumerate(ps)][index::count]
+    limit = args.tau_per_category
+    prompts = [(c, i, p) for c, ps in encoded_prompts(args).items() for i, p in enumerate(ps[:limit])][index::count]
     temperatures = ",".join(str(t) for t in args.temperatures)
     shard = args.pair / "shards" / f"T{temperatures}-{index}.json"
     records = json.loads(shard.read_text()) if shard.exists() else []  # resume an interrupted run
@@ -218,19 +220,15 @@ def run_worker(args) -> None:
             if (category, number, temperature) in done:
                 continue
             ids = prompt[None].to(args.device)
-            reference = None
             for method in methods(calibration):
                 if temperature not in method["temperatures"] or method.get("timing_only"):
                     continue
-                if method["method"] == "autoregressive" and temperature > 0:
-                    continue  # τ = 1 by definition; it runs only as the greedy reference and in the timing
+                if method["method"] == "autoregressive":
+                    continue  # τ = 1 by definition; it runs in the timing phase, which also checks exactness
                 torch.manual_seed(args.seed + number)
                 tokens, calls = generate(method, target, drafter, assistants, ids, temperature, args.max_new_tokens)
-                if method["method"] == "autoregressive":
-                    reference = tokens
                 records.append(dict(method=method["method"], category=category, prompt=number,
-                                    temperature=temperature, tokens=tokens.numel(), target_calls=calls,
-                                    exact=None if temperature > 0 else bool(torch.equal(tokens, reference))))
+                                    temperature=temperature, tokens=tokens.numel(), target_calls=calls))
             partial = shard.with_suffix(".tmp")
             partial.write_text(json.dumps(records))
             partial.replace(shard)  # after every prompt, so a run stopped by a time limit resumes here
@@ -243,14 +241,14 @@ def run_timing(args) -> None:
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    rows = []
+    rows, reference = [], {}
     for temperature in args.temperatures:
         for method in methods(calibration):
             if temperature not in method["timed_temperatures"]:
                 continue
             generate(method, target, drafter, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
             for category, prompts in sample.items():
-                tokens, seconds = 0, 0.0
+                tokens, seconds, exact = 0, 0.0, 0
                 for number, prompt in enumerate(prompts):
                     torch.manual_seed(args.seed + number)
                     synchronize()
@@ -260,8 +258,12 @@ def run_timing(args) -> None:
                     synchronize()
                     seconds += time.perf_counter() - start
                     tokens += out.numel()
+                    if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
+                        reference.setdefault((category, number), out)
+                        exact += bool(torch.equal(out, reference[(category, number)]))
                 rows.append(dict(method=method["method"], category=category, temperature=temperature,
-                                 tokens_per_s=tokens / seconds, timing_prompts=len(prompts)))
+                                 tokens_per_s=tokens / seconds, timing_prompts=len(prompts),
+                                 exact=exact if temperature == 0 else None))
             print(f"timed T={temperature:.0f} {method['method']}", flush=True)
     temperatures = ",".join(str(t) for t in args.temperatures)
     (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(rows))
@@ -287,12 +289,13 @@ def merge(args) -> dict:
                 timed = speed.get((method["method"], category, temperature))
                 base = speed.get(("autoregressive", category, temperature))
                 tau = sum(r["tokens"] for r in mine) / max(sum(r["target_calls"] for r in mine), 1) if mine else None
+                tau = 1.0 if method["method"] == "autoregressive" else tau
                 full_tau = sum(r["tokens"] for r in full) / sum(r["target_calls"] for r in full) if full else None
                 rows.append(dict(
                     method=method["method"], engine=method["engine"], shortlist_fraction=method["fraction"],
                     category=category, temperature=temperature, tau=tau,
                     recovery=None if tau is None or full_tau is None or method["fraction"] is None else tau / full_tau,
-                    prompts=len(mine), exact=sum(r["exact"] for r in mine) if temperature == 0 and mine else None,
+                    prompts=len(mine), exact=timed and timed["exact"],
                     tokens_per_s=timed and timed["tokens_per_s"],
                     speedup=timed and base and timed["tokens_per_s"] / base["tokens_per_s"],
                     timing_prompts=timed and timed["timing_prompts"]))
@@ -322,7 +325,7 @@ def markdown_table(rows: list[dict]) -> str:
 
     lines = ["| T | method | category | τ | recovery | exact | tokens/s | speedup |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        exact = "" if r.get("exact") is None else f"{r['exact']}/{r['prompts']}"
+        exact = "" if r.get("exact") is None else f"{r['exact']}/{r['timing_prompts']}"
         lines.append(f"| {r['temperature']:.0f} | {r['method']} | {r['category']} | {fmt(r['tau'], '.2f')} | "
                      f"{fmt(r['recovery'], '.3f')} | {exact} | {fmt(r['tokens_per_s'], '.1f')} | "
                      f"{fmt(r['speedup'], '.2f')} |")
@@ -358,14 +361,18 @@ def main(argv=None):
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--phase", choices=["calibrate", "tau", "timing", "merge", "all"], default="all")
     parser.add_argument("--per-category", type=int, default=20)
-    parser.add_argument("--timing-per-category", type=int, default=2)
+    parser.add_argument("--timing-per-category", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--num-clusters", type=int, default=256)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
-    parser.add_argument("--workers", type=int, default=12, help="τ worker processes, spread over the GPUs")
+    parser.add_argument("--workers", type=int, default=14, help="τ worker processes, spread over the GPUs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test of the pipeline")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="float32 keeps greedy verification exact (bf16 numerics differ between pass shapes)")
+    parser.add_argument("--tau-per-category", type=int, default=None,
+                        help="measure τ on the first N prompts of each category's sample (default: all)")
     args = parser.parse_args(argv)
     if args.worker:
         return run_worker(args)

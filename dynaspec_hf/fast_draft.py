@@ -12,6 +12,7 @@ and crops it, and cropping is moving the write position back (entries beyond it 
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -121,7 +122,10 @@ class GraphDrafter:
                    min(position, len(self.assistant.config.core_by_position) - 1))
             if key not in self.graphs:
                 self.graphs[key] = self._capture(ids.shape[1], position)
-            self.graphs[key].replay()
+            if self.graphs[key] is None:
+                self._step(ids, position)
+            else:
+                self.graphs[key].replay()
         head.rows_computed = rows + num_core + k * self.assistant.config.cluster_size
         head.calls = calls + 1
 
@@ -135,8 +139,12 @@ class GraphDrafter:
             self._step(ids, position)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step(ids, position)
+        try:
+            with torch.cuda.graph(graph):
+                self._step(ids, position)
+        except RuntimeError as error:  # a step shape that cannot be captured still runs, eagerly
+            warnings.warn(f"Draft step ({num_tokens} tokens, position {position}) runs eagerly: capture failed ({error}).")
+            graph = None
         self._set_length(start)
         self.previous.copy_(previous)
         return graph
