@@ -64,10 +64,13 @@ def calibrate_command(args) -> None:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty.")
+    from accelerate import PartialState
+
     tokenizer = AutoTokenizer.from_pretrained(args.target)
     texts, domains = read_texts(args.data, tokenizer)
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=args.dtype, device_map=args.device)
-    drafter = AutoModelForCausalLM.from_pretrained(args.drafter, dtype=args.dtype, device_map=args.device)
+    device = args.device or str(PartialState().device)  # under `accelerate launch`: this process's GPU
+    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=args.dtype, device_map=device)
+    drafter = AutoModelForCausalLM.from_pretrained(args.drafter, dtype=args.dtype, device_map=device)
     if len(tokenizer) > drafter.config.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the drafter's vocabulary has "
                          f"{drafter.config.vocab_size}.")
@@ -81,8 +84,6 @@ def calibrate_command(args) -> None:
         continuation_tokens=args.continuation_tokens, epochs=args.epochs, seed=args.seed,
         cache_dir=_feature_cache_dir(args),
     )
-    from accelerate import PartialState
-
     if not PartialState().is_main_process:
         return  # every process holds the same assistant (same gathered features, same seed); one writes it
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as staging:
@@ -149,7 +150,8 @@ def main(argv=None) -> None:
     cal.add_argument("--epochs", type=int, default=4)
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--dtype", default="auto")
-    cal.add_argument("--device", default=None)
+    cal.add_argument("--device", default=None,
+                     help="device_map for both models (e.g. cuda:0, auto); default: this process's accelerate device")
     cal.add_argument("--cache-dir", default=None, help="where collected features are kept (default: HF_HOME)")
     args = parser.parse_args(argv)
     if args.command == "demo":

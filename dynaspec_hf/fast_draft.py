@@ -52,7 +52,8 @@ class GraphDrafter:
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.core_rank = assistant.lm_head.core_rank() if assistant.config.core_size else None
         self.active: StaticDraftCache | None = None
-        self._initialize_cache()
+        with torch.cuda.device(device) if self.router_stream is not None else nullcontext():
+            self._initialize_cache()
 
     def _initialize_cache(self) -> None:
         """Allocate the static layers (they allocate on their first write) with one eager step at position 0."""
@@ -150,7 +151,12 @@ class GraphDrafter:
         return graph
 
     @torch.no_grad()
-    def draft(
+    def draft(self, *args, **kwargs) -> GenerateDecoderOnlyOutput:
+        """`DynaSpecAssistant.draft` on the static cache; stopping rules are applied once, after the block."""
+        with torch.cuda.device(self.device) if self.router_stream is not None else nullcontext():
+            return self._draft(*args, **kwargs)  # streams and graphs belong to the assistant's GPU
+
+    def _draft(
         self,
         input_ids: torch.LongTensor,
         max_new_tokens: int,
@@ -162,7 +168,6 @@ class GraphDrafter:
         eos_token_id: list[int] | None = None,
         confidence_threshold: float | None = None,
     ) -> GenerateDecoderOnlyOutput:
-        """`DynaSpecAssistant.draft` on the static cache; stopping rules are applied once, after the block."""
         length = input_ids.shape[1]
         logits_processor = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
         cache = past_key_values if past_key_values is not None else StaticDraftCache(self)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import triton_head
+from .triton_head import block_logits, triton_kernel_applies
 from .clusters import TokenClusters, check_cluster_token_ids
 
 
@@ -96,8 +96,8 @@ class ShortlistHead(nn.Module):
             ids = self.cluster_token_ids.reshape(1, -1).expand(batch, -1)
             rank = None if core_rank is None else core_rank.reshape(1, -1)
         else:
-            if self.kernel == "triton" and triton_head.available(hidden):
-                logits.append(triton_head.block_logits(hidden, blocks, cluster_ids))
+            if self.kernel == "triton" and triton_kernel_applies(hidden):
+                logits.append(block_logits(hidden, blocks, cluster_ids))
             else:
                 chosen = blocks[cluster_ids]  # [B, k, s, d]
                 logits.append(torch.einsum("bd,bksd->bks", hidden, chosen).reshape(batch, -1))

@@ -17,7 +17,7 @@ except ImportError:  # CPU-only installs
     triton = None
 
 
-def available(hidden: torch.Tensor) -> bool:
+def triton_kernel_applies(hidden: torch.Tensor) -> bool:
     return triton is not None and hidden.is_cuda and hidden.shape[0] == 1
 
 
