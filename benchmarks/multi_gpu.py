@@ -154,17 +154,23 @@ def main(argv=None):
         make_pair(args.data, pair)
     results = {"hardware": {"gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                             "torch": torch.__version__, "transformers": transformers.__version__}}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every section, so a run stopped by a time limit keeps what it measured
+        (args.out / "multi_gpu.json").write_text(json.dumps(results, indent=2))
+        gpus = ", ".join(results["hardware"]["gpus"])
+        (args.out / "multi_gpu.md").write_text(f"GPUs: {gpus}; torch {torch.__version__}, transformers "
+                                               f"{transformers.__version__}\n\n" + "\n".join(lines) + "\n")
+
     log("## Sharded target (float32, random weights, 16 x 1024, 32k vocabulary)\n\n| placement | assisted loop "
         "exact | tree loop exact | graph drafter |\n|---|---|---|---|")
     results["sharded_exactness"] = sharded_exactness(pair, log)
+    save()
     log("\n## Data-parallel runs: 1 vs 2 GPUs\n\n| run | wall time | result |\n|---|---|---|")
     results["calibration"] = calibration_scaling(pair, args.work, log)
+    save()
     results["benchmark"] = benchmark_scaling(pair, args.data, args.work, log)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "multi_gpu.json").write_text(json.dumps(results, indent=2))
-    gpus = ", ".join(results["hardware"]["gpus"])
-    (args.out / "multi_gpu.md").write_text(f"GPUs: {gpus}; torch {torch.__version__}, transformers "
-                                           f"{transformers.__version__}\n\n" + "\n".join(lines) + "\n")
+    save()
 
 
 if __name__ == "__main__":

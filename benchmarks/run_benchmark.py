@@ -196,9 +196,13 @@ def run_tau(args) -> None:
         workers.append(subprocess.Popen(command, env=env))
     if any(worker.wait() for worker in workers):
         raise SystemExit("a τ worker failed")
-    records = []
+    records, seen = [], set()
     for index in range(args.workers):
-        records += json.loads((shards / f"T{temperatures}-{index}.json").read_text())
+        for record in json.loads((shards / f"T{temperatures}-{index}.json").read_text()):
+            key = (record["method"], record["category"], record["prompt"], record["temperature"])
+            if key not in seen:  # a run resumed with another subset can have given a prompt to two workers
+                seen.add(key)
+                records.append(record)
     (args.pair / f"tau-T{temperatures}.json").write_text(json.dumps(records))
     print(f"τ for T={temperatures}: {len(records)} generations by {args.workers} workers on {gpus} GPU(s) in "
           f"{time.time() - started:.0f}s", flush=True)
@@ -303,7 +307,9 @@ def merge(args) -> dict:
     hardware = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
                 "transformers": transformers.__version__, "python": platform.python_version()}
     return {"hardware": hardware, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "prompts_per_category": {c: len(p) for c, p in load_prompts(args.data, args.per_category, args.seed).items()},
+            "tau_prompts_per_category": {f"T={t}": {c: len({r["prompt"] for r in records if (r["category"], r["temperature"]) == (c, t)})
+                                                     for c in sorted({r["category"] for r in records})}
+                                         for t in sorted({r["temperature"] for r in records})},
             "calibration": calibration, "recipe": json.loads((args.pair / "recipe.json").read_text()), "rows": rows}
 
 

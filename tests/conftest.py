@@ -46,6 +46,15 @@ def tiny_pair(family: str, seed: int = 0, noise: float = 0.5, vocab_size: int = 
     return target, drafter
 
 
+def random_cases(count: int, seed: int = 1, max_length: int = 30, max_new_tokens: int = 25):
+    """`count` seeded (prompt ids [1, L], number of new tokens) pairs for exactness tests."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        length = int(torch.randint(1, max_length, (1,), generator=generator))
+        new_tokens = int(torch.randint(1, max_new_tokens, (1,), generator=generator))
+        yield torch.randint(0, VOCAB, (1, length), generator=generator), new_tokens
+
+
 SETTINGS = {
     "full": dict(),
     "static": dict(k_by_position=[0], core_by_position=[48]),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dynaspec_hf.measure import count_forward_calls
-from conftest import SETTINGS, VOCAB, make_assistant, tiny_pair
+from conftest import SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
 
 PROMPTS = 50
 
@@ -13,17 +13,13 @@ PROMPTS = 50
 def test_greedy_equals_target(family, setting):
     target, drafter = tiny_pair(family)
     assistant = make_assistant(drafter, setting)
-    generator = torch.Generator().manual_seed(1)
     mismatches, accepted_any = [], False
-    for i in range(PROMPTS):
-        length = int(torch.randint(1, 30, (1,), generator=generator))
-        new_tokens = int(torch.randint(1, 25, (1,), generator=generator))
-        ids = torch.randint(0, VOCAB, (1, length), generator=generator)
+    for i, (ids, new_tokens) in enumerate(random_cases(PROMPTS)):
         expected = target.generate(ids, do_sample=False, max_new_tokens=new_tokens)
         with count_forward_calls(target) as calls:
             got = target.generate(ids, assistant_model=assistant, do_sample=False, max_new_tokens=new_tokens)
         if not torch.equal(expected, got):
-            mismatches.append((i, length, new_tokens))
+            mismatches.append((i, ids.shape[1], new_tokens))
         accepted_any |= calls[0] < new_tokens
     assert not mismatches, f"{len(mismatches)}/{PROMPTS} prompts differ: {mismatches[:5]}"
     assert accepted_any, "no draft token was ever accepted: the test would not exercise the accept path"

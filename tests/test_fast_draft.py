@@ -64,3 +64,24 @@ def test_stopping_rules_match_eager(monkeypatch):
         eager = assistant.draft(ids, 6, **options)
         fast = engine.draft(ids, 6, None, **options)
         assert torch.equal(eager.sequences, fast.sequences), options
+
+
+def test_sampling_through_the_stock_loop_uses_the_static_cache(monkeypatch):
+    """The assisted loop passes its logits processors as a plain list; sampling must draft with them."""
+    target, drafter = tiny_pair("llama", seed=14)
+    assistant, engine = static_cache_assistant(drafter, "routed", monkeypatch)
+    ids = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    out = target.generate(ids, assistant_model=assistant, do_sample=True, temperature=0.7, top_k=20, max_new_tokens=12)
+    assert out.shape == (1, 19) and engine.active is not None
+
+
+def test_static_draft_cache_crop_counts_like_dynamic_cache():
+    cache = StaticDraftCache(drafter=None)
+    cache.length = 10
+    cache.crop(-3)
+    assert cache.get_seq_length() == 7
+    cache.crop(5)
+    assert cache.get_seq_length() == 5
+    cache.crop(-9)
+    assert cache.get_seq_length() == 0

@@ -10,8 +10,8 @@ from dynaspec_hf.generation import recursive_rejection_sample, verify_tree
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import draft_tree
 from transformers import DynamicCache
-from conftest import SETTINGS, VOCAB, make_assistant, tiny_pair
-from test_sampling import chi_square_p_value
+from conftest import SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
+from test_sampling import PROMPT as SAMPLE_PROMPT, VOCAB as SAMPLE_VOCAB, chi_square_p_value, exact_distributions
 
 PROMPTS = 30
 TREES = {"tree": TreeConfig(num_nodes=12, max_depth=5, width=3), "chain": TreeConfig.chain(4)}
@@ -22,17 +22,13 @@ TREES = {"tree": TreeConfig(num_nodes=12, max_depth=5, width=3), "chain": TreeCo
 def test_tree_greedy_equals_target(family, setting, shape):
     target, drafter = tiny_pair(family)
     assistant = make_assistant(drafter, setting)
-    generator = torch.Generator().manual_seed(1)
     mismatches, passes, produced = [], 0, 0
-    for i in range(PROMPTS):
-        length = int(torch.randint(1, 30, (1,), generator=generator))
-        new_tokens = int(torch.randint(1, 25, (1,), generator=generator))
-        ids = torch.randint(0, VOCAB, (1, length), generator=generator)
+    for i, (ids, new_tokens) in enumerate(random_cases(PROMPTS)):
         expected = target.generate(ids, do_sample=False, max_new_tokens=new_tokens)
         with count_forward_calls(target) as calls:
             got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TREES[shape])
         if not torch.equal(expected, got):
-            mismatches.append((i, length, new_tokens))
+            mismatches.append((i, ids.shape[1], new_tokens))
         passes, produced = passes + calls[0], produced + new_tokens
     assert not mismatches, f"{len(mismatches)}/{PROMPTS} prompts differ: {mismatches[:5]}"
     assert passes < produced, "no draft token was ever accepted: the test would not exercise the accept path"
@@ -150,10 +146,6 @@ def test_recursive_rejection_sampling_is_exact():
 # sampling through the whole loop (slow): first token and second-token marginal against the exact target
 
 
-SAMPLE_PROMPT = torch.tensor([[3, 17, 5, 9]])
-SAMPLE_VOCAB = 32
-
-
 @pytest.fixture(scope="module")
 def sampling_pair():
     return tiny_pair("llama", seed=7, vocab_size=SAMPLE_VOCAB, noise=1.0, initializer_range=0.2)
@@ -167,20 +159,12 @@ def draw_tree(target, assistant, draws):
     return torch.cat(out)[:, SAMPLE_PROMPT.shape[1] : SAMPLE_PROMPT.shape[1] + 2]
 
 
-def exact_first_and_second(target):
-    with torch.no_grad():
-        first = target(SAMPLE_PROMPT).logits[0, -1].softmax(-1)
-        continued = torch.cat([SAMPLE_PROMPT.expand(SAMPLE_VOCAB, -1), torch.arange(SAMPLE_VOCAB)[:, None]], dim=1)
-        second = first @ target(continued).logits[:, -1].softmax(-1)
-    return first, second
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ["full", "routed"])
 def test_tree_sampling_keeps_target_distribution(sampling_pair, setting):
     target, drafter = sampling_pair
     assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
-    first, second = exact_first_and_second(target)
+    first, second = exact_distributions(target)
     tokens = draw_tree(target, assistant, 3000)
     p_first, p_second = chi_square_p_value(tokens[:, 0], first), chi_square_p_value(tokens[:, 1], second)
     print(f"tree {setting}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
@@ -197,7 +181,7 @@ def test_tree_broken_acceptance_rule_is_detected(sampling_pair, monkeypatch):
     monkeypatch.setattr(dynaspec_hf.generation, "recursive_rejection_sample", accept_first_child)
     target, drafter = sampling_pair
     assistant = make_assistant(drafter, "routed", num_clusters=8, core_size=16)
-    first, _ = exact_first_and_second(target)
+    first, _ = exact_distributions(target)
     p_first = chi_square_p_value(draw_tree(target, assistant, 800)[:, 0], first)
     print(f"broken rule: p-value first token {p_first:.3g}")
     assert p_first < 1e-6
