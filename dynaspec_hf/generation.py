@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
 
-from .modeling_dynaspec import _sampling_processors, crop_cache
+from .modeling_dynaspec import sampling_processors, crop_cache
 from .tree import TokenTree, additive_mask, draft_tree
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
@@ -102,7 +102,7 @@ def generate(
     if max_new_tokens is None:
         max_new_tokens = generation_config.max_length - input_ids.shape[1]
     do_sample = bool(generation_config.do_sample)
-    processors = _sampling_processors(generation_config) if do_sample else LogitsProcessorList()
+    processors = sampling_processors(generation_config) if do_sample else LogitsProcessorList()
 
     rows = []
     for row in range(input_ids.shape[0]):

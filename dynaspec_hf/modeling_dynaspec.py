@@ -348,7 +348,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             max_new_tokens = (generation_config.max_length or 20) - input_ids.shape[1]
         do_sample = bool(generation_config.do_sample)
         if logits_processor is None and do_sample:  # direct call; the assisted loop passes the target's processors
-            logits_processor = _sampling_processors(generation_config)
+            logits_processor = sampling_processors(generation_config)
         eos = generation_config.eos_token_id
         threshold = generation_config.assistant_confidence_threshold if generation_config.is_assistant else None
         options = dict(
@@ -399,7 +399,7 @@ def _hub_kwargs(kwargs: dict) -> dict:
     return {key: kwargs[key] for key in keys if key in kwargs}
 
 
-def _sampling_processors(generation_config: GenerationConfig) -> LogitsProcessorList:
+def sampling_processors(generation_config: GenerationConfig) -> LogitsProcessorList:
     processors = LogitsProcessorList()
     if generation_config.temperature is not None and generation_config.temperature != 1.0:
         processors.append(TemperatureLogitsWarper(generation_config.temperature))
