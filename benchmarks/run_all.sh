@@ -14,9 +14,11 @@ pip install -q --no-deps --no-build-isolation -e .
 python benchmarks/gpu_checks.py --out "$out"
 [ -f runs/pair/recipe.json ] || python benchmarks/recipe.py --data "$data" --out runs/pair
 $bench --phase calibrate
+nvidia-cuda-mps-control -d 2>/dev/null || true   # lets the τ workers share the GPU concurrently (4x here)
 $bench --phase tau --temperatures 0
 $bench --phase tau --temperatures 1
 $bench --phase timing --temperatures 0
 $bench --phase timing --temperatures 1
 $bench --phase merge
+python benchmarks/roofline.py "$out/gpu_checks.json" "$out/latest.json" | tee "$out/roofline.md"
 cp runs/pair/recipe.json "$out/recipe.json"
