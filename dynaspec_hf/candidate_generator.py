@@ -56,10 +56,10 @@ class DynaSpecCandidateGenerator(CandidateGenerator):
             budget = min(budget, self.max_length - input_ids.shape[1] - 1)
         if budget <= 0:
             return input_ids, None
-        out = self.assistant.draft(
+        out = self.assistant.draft_block(
             input_ids.to(self.assistant.device),
             budget,
-            past_key_values=self.past_key_values,
+            self.past_key_values,
             do_sample=self.do_sample,
             logits_processor=self.logits_processor,
             eos_token_id=self.eos_token_id,

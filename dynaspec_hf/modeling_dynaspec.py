@@ -358,14 +358,16 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             eos_token_id=[eos] if isinstance(eos, int) else eos,
             confidence_threshold=threshold,
         )
-        max_new_tokens = max(int(max_new_tokens), 0)
+        output = self.draft_block(input_ids, max(int(max_new_tokens), 0), past_key_values, attention_mask, **options)
+        return output if generation_config.return_dict_in_generate else output.sequences
+
+    def draft_block(self, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None, **options):
+        """`draft`, replayed from CUDA graphs when this call can use the fast path (see `_graph_drafter_for`)."""
         graph_drafter = self._graph_drafter_for(input_ids, max_new_tokens, attention_mask, past_key_values)
         if graph_drafter is not None:
-            output = graph_drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
-        else:
-            output = self.draft(input_ids, max_new_tokens, past_key_values=past_key_values,
-                                attention_mask=attention_mask, **options)
-        return output if generation_config.return_dict_in_generate else output.sequences
+            return graph_drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
+        return self.draft(input_ids, max_new_tokens, past_key_values=past_key_values, attention_mask=attention_mask,
+                          **options)
 
     def _graph_drafter_for(self, input_ids, max_new_tokens, attention_mask, past_key_values):
         """The CUDA-graph drafter when this call can use it (CUDA, batch 1, no padding, full attention), else None."""

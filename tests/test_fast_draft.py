@@ -85,3 +85,16 @@ def test_static_draft_cache_crop_counts_like_dynamic_cache():
     assert cache.get_seq_length() == 5
     cache.crop(-9)
     assert cache.get_seq_length() == 0
+
+
+def test_candidate_generator_drafts_through_the_fast_path(monkeypatch):
+    from dynaspec_hf import DynaSpecCandidateGenerator
+
+    _, drafter = tiny_pair("llama", seed=15)
+    assistant, engine = static_cache_assistant(drafter, "routed", monkeypatch)
+    ids = torch.randint(0, VOCAB, (1, 11), generator=torch.Generator().manual_seed(3))
+    candidates, logits = DynaSpecCandidateGenerator(assistant).get_candidates(ids)
+    assert engine.active is not None
+    eager = assistant.draft(ids, candidates.shape[1] - ids.shape[1])
+    assert torch.equal(candidates, eager.sequences)
+    torch.testing.assert_close(logits, torch.stack(eager.scores, dim=1))
