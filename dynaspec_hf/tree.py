@@ -34,16 +34,19 @@ class TokenTree:
     depths: list[int] = field(default_factory=list)
     children: list[list[int]] = field(default_factory=list)
     probs: list[torch.Tensor | None] = field(default_factory=list)  # q at each node (None until drafted)
+    paths: list[list[int]] = field(default_factory=list)  # draft nodes from the root's child down to the node
 
     def add(self, token: int, parent: int) -> int:
+        node = len(self.tokens)
         self.tokens.append(token)
         self.parents.append(parent)
         self.depths.append(0 if parent < 0 else self.depths[parent] + 1)
         self.children.append([])
         self.probs.append(None)
+        self.paths.append([] if parent < 0 else self.paths[parent] + [node])
         if parent >= 0:
-            self.children[parent].append(len(self.tokens) - 1)
-        return len(self.tokens) - 1
+            self.children[parent].append(node)
+        return node
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -51,13 +54,11 @@ class TokenTree:
     def ancestor_mask(self, device=None) -> torch.Tensor:
         """`[N-1, N-1]` bool over the draft nodes: row i may attend to column j (j is i or one of its ancestors)."""
         n = len(self) - 1
-        mask = torch.zeros(n, n, dtype=torch.bool)
-        for node in range(1, len(self)):
-            ancestor = node
-            while ancestor > 0:
-                mask[node - 1, ancestor - 1] = True
-                ancestor = self.parents[ancestor]
-        return mask.to(device)
+        rows = [node - 1 for node in range(1, len(self)) for _ in self.paths[node]]
+        columns = [ancestor - 1 for node in range(1, len(self)) for ancestor in self.paths[node]]
+        mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+        mask[torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(columns, dtype=torch.long, device=device)] = True
+        return mask
 
     def positions(self, device=None) -> torch.Tensor:
         """Sequence positions of the draft nodes: the root's position plus their depth."""
