@@ -7,6 +7,7 @@ from transformers import LlamaConfig, MistralConfig, Qwen2Config
 from dynaspec_hf import DynaSpecAssistant, TokenClusters
 
 VOCAB = 192
+SAMPLING_VOCAB = 32  # vocabulary of the pair the sampling tests draw from
 
 FAMILIES = {
     "llama": LlamaConfig,
@@ -71,6 +72,12 @@ def make_assistant(drafter, setting: str, num_clusters: int = 16, core_size: int
     assistant.generation_config.num_assistant_tokens = 4
     assistant.generation_config.assistant_confidence_threshold = 0.0
     return assistant
+
+
+@pytest.fixture(scope="session")
+def sampling_pair():
+    """A 32-token pair whose drafter is far from the target (total variation ~0.7): a wrong acceptance rule shows."""
+    return tiny_pair("llama", seed=7, vocab_size=SAMPLING_VOCAB, noise=1.0, initializer_range=0.2)
 
 
 @pytest.fixture(params=sorted(FAMILIES))

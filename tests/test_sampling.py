@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers.generation.utils as generation_utils
 
-from conftest import make_assistant, tiny_pair
+from conftest import SAMPLING_VOCAB, make_assistant
 
-VOCAB, DRAWS = 32, 4000
+VOCAB, DRAWS = SAMPLING_VOCAB, 4000
 PROMPT = torch.tensor([[3, 17, 5, 9]])
 
 
@@ -44,15 +44,10 @@ def draw(target, assistant, draws=DRAWS):
     return torch.cat(out)[:, PROMPT.shape[1] : PROMPT.shape[1] + 2]
 
 
-@pytest.fixture(scope="module")
-def pair():
-    return tiny_pair("llama", seed=7, vocab_size=VOCAB, noise=1.0, initializer_range=0.2)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ["full", "routed"])
-def test_sampling_keeps_target_distribution(pair, setting):
-    target, drafter = pair
+def test_sampling_keeps_target_distribution(sampling_pair, setting):
+    target, drafter = sampling_pair
     assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
     first, second = exact_distributions(target)
     tokens = draw(target, assistant)
@@ -63,7 +58,7 @@ def test_sampling_keeps_target_distribution(pair, setting):
 
 
 @pytest.mark.slow
-def test_broken_acceptance_rule_is_detected(pair, monkeypatch):
+def test_broken_acceptance_rule_is_detected(sampling_pair, monkeypatch):
     """Accepting every draft (ignoring p/q) makes the first token follow the drafter: the test must see it."""
 
     def accept_everything(candidate_input_ids, candidate_logits, candidate_length, new_logits, *args, **kwargs):
@@ -71,7 +66,7 @@ def test_broken_acceptance_rule_is_detected(pair, monkeypatch):
         return torch.cat([candidate_input_ids[:, -candidate_length:], bonus], dim=-1), candidate_length
 
     monkeypatch.setattr(generation_utils, "_speculative_sampling", accept_everything)
-    target, drafter = pair
+    target, drafter = sampling_pair
     assistant = make_assistant(drafter, "routed", num_clusters=8, core_size=16)
     first, _ = exact_distributions(target)
     tokens = draw(target, assistant, draws=1000)

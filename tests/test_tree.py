@@ -11,7 +11,7 @@ from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import draft_tree
 from transformers import DynamicCache
 from conftest import SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
-from test_sampling import PROMPT as SAMPLE_PROMPT, VOCAB as SAMPLE_VOCAB, chi_square_p_value, exact_distributions
+from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_distributions
 
 PROMPTS = 30
 TREES = {"tree": TreeConfig(num_nodes=12, max_depth=5, width=3), "chain": TreeConfig.chain(4)}
@@ -144,11 +144,6 @@ def test_recursive_rejection_sampling_is_exact():
 
 # --------------------------------------------------------------------------------------------------------------
 # sampling through the whole loop (slow): first token and second-token marginal against the exact target
-
-
-@pytest.fixture(scope="module")
-def sampling_pair():
-    return tiny_pair("llama", seed=7, vocab_size=SAMPLE_VOCAB, noise=1.0, initializer_range=0.2)
 
 
 def draw_tree(target, assistant, draws):
