@@ -12,6 +12,7 @@ and crops it, and cropping is moving the write position back (entries beyond it 
 
 from __future__ import annotations
 
+import gc
 import warnings
 from contextlib import nullcontext
 
@@ -140,15 +141,27 @@ class GraphDrafter:
             self._step(ids, position)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        collecting = gc.isenabled()
+        gc.disable()  # a collection during capture could free another graph, which invalidates this capture
         try:
             with torch.cuda.graph(graph):
                 self._step(ids, position)
         except RuntimeError as error:  # a step shape that cannot be captured still runs, eagerly
             warnings.warn(f"Draft step ({num_tokens} tokens, position {position}) runs eagerly: capture failed ({error}).")
             graph = None
+        finally:
+            if collecting:
+                gc.enable()
         self._set_length(start)
         self.previous.copy_(previous)
         return graph
+
+    def release(self) -> None:
+        """Free the captured graphs now, outside any capture (the schedule they were captured for changed)."""
+        for graph in self.graphs.values():
+            if graph is not None:
+                graph.reset()
+        self.graphs.clear()
 
     @torch.no_grad()
     def draft(self, *args, **kwargs) -> GenerateDecoderOnlyOutput:

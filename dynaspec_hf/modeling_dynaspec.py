@@ -114,7 +114,9 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             config.core_by_position = list(core_by_position)
         config.validate_schedule()
         self.config = config
-        self.__dict__.pop("_graph_drafter", None)  # its graphs were captured for the old schedule
+        stale = self.__dict__.pop("_graph_drafter", None)
+        if stale is not None:
+            stale.release()  # its graphs were captured for the old schedule
         return self
 
     @classmethod
@@ -384,6 +386,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         needed = input_ids.shape[1] + max_new_tokens
         drafter = self.__dict__.get("_graph_drafter")
         if drafter is None or drafter.max_length < needed or drafter.device != self.device or drafter.dtype != self.dtype:
+            if drafter is not None:
+                drafter.release()
             drafter = GraphDrafter(self, max_length=max(2048, 2 * needed))
             self.__dict__["_graph_drafter"] = drafter
         return drafter

@@ -98,3 +98,22 @@ def test_candidate_generator_drafts_through_the_fast_path(monkeypatch):
     eager = assistant.draft(ids, candidates.shape[1] - ids.shape[1])
     assert torch.equal(candidates, eager.sequences)
     torch.testing.assert_close(logits, torch.stack(eager.scores, dim=1))
+
+
+def test_new_schedule_frees_the_old_graphs_at_once():
+    """Graphs left to the garbage collector can be freed during a later capture, which invalidates that capture
+    (seen on the H100: 'operation not permitted when stream is capturing'); a schedule change frees them first."""
+    _, drafter = tiny_pair("llama", seed=14)
+    assistant = make_assistant(drafter, "routed")
+    engine = GraphDrafter(assistant, max_length=64)
+    assistant.__dict__["_graph_drafter"] = engine
+    freed = []
+
+    class Graph:
+        def reset(self):
+            freed.append(self)
+
+    engine.graphs.update({(1, 0, 0): Graph(), (2, 0, 0): None, (1, 1, 1): Graph()})
+    assistant.set_schedule(k_by_position=[2])
+    assert len(freed) == 2 and engine.graphs == {}
+    assert "_graph_drafter" not in assistant.__dict__
