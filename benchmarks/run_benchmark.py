@@ -143,6 +143,12 @@ def encoded_prompts(args) -> dict[str, list[torch.Tensor]]:
 # ------------------------------------------------------------------------------------------------ phases
 
 
+def hardware_block() -> dict:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
+    return {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
 def run_calibration(args) -> None:
     started = time.time()
     target, drafter, _ = load_models(args, args.device, with_assistants=False)
@@ -170,7 +176,8 @@ def run_calibration(args) -> None:
     vocabtrim.save_pretrained(args.pair / "assistant-vocabtrim")
     calibration = dict(num_clusters=args.num_clusters, cluster_size=cluster_size, vocab_size=vocab, ks=ks,
                        k_by_position=report["k_by_position"], curves=report.get("curves"),
-                       calibration_seconds=calibrated, vocabtrim_tokens=int(trim_counts.sum()))
+                       calibration_seconds=calibrated, vocabtrim_tokens=int(trim_counts.sum()),
+                       hardware=hardware_block())
     (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
     print(f"calibrated in {calibrated:.0f}s; position-aware k: {report['k_by_position']}; "
           f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
@@ -303,9 +310,7 @@ def merge(args) -> dict:
                     tokens_per_s=timed and timed["tokens_per_s"],
                     speedup=timed and base and timed["tokens_per_s"] / base["tokens_per_s"],
                     timing_prompts=timed and timed["timing_prompts"]))
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
-    hardware = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
-                "transformers": transformers.__version__, "python": platform.python_version()}
+    hardware = calibration.pop("hardware", None) or hardware_block()  # where the measurements ran, not the merge
     return {"hardware": hardware, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "tau_prompts_per_category": {f"T={t}": {c: len({r["prompt"] for r in records if (r["category"], r["temperature"]) == (c, t)})
                                                      for c in sorted({r["category"] for r in records})}
@@ -371,7 +376,9 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--num-clusters", type=int, default=256)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
-    parser.add_argument("--workers", type=int, default=14, help="τ worker processes, spread over the GPUs")
+    parser.add_argument("--workers", type=int, default=12,
+                        help="τ worker processes, spread over the GPUs (each holds ~5.7 GB: 14 overfill an 80 GB H100)")
+    parser.add_argument("--note", help="how the run went, kept in the results' settings")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test of the pipeline")
