@@ -344,23 +344,29 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Bars per category: recovery at T = 0 and T = 1, and speedup at T = 0 (each panel only where measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5))
-    for ax, key, label in ((axes[0], "recovery", "recovery of full-vocabulary τ"), (axes[1], "speedup", "speedup over autoregressive")):
-        chosen = [r for r in rows if r["temperature"] == 0 and r.get(key) is not None]
+    panels = [(key, t, label) for key, t, label in (("recovery", 0, "recovery of full-vocabulary τ, greedy"),
+                                                   ("recovery", 1, "recovery of full-vocabulary τ, T = 1"),
+                                                   ("speedup", 0, "speedup over autoregressive, greedy"))
+              if any(r["temperature"] == t and r.get(key) is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+    for ax, (key, temperature, label) in zip(axes[0], panels):
+        chosen = [r for r in rows if r["temperature"] == temperature and r.get(key) is not None]
         categories = sorted({r["category"] for r in chosen})
         names = list(dict.fromkeys(r["method"] for r in chosen))
-        width = 0.8 / max(len(names), 1)
+        width = 0.8 / len(names)
         for i, name in enumerate(names):
             values = [next((r[key] for r in chosen if r["method"] == name and r["category"] == c), 0) for c in categories]
             ax.bar([x + i * width for x in range(len(categories))], values, width, label=name)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=20)
-        ax.set_ylabel(f"{label} (greedy)")
-        ax.legend(fontsize=6, ncol=2)
+        ax.set_ylabel(label)
+        ax.set_ylim(0.5 if key == "recovery" else 0, None)
+        ax.legend(fontsize=6, ncol=2, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
