@@ -6,7 +6,8 @@
    transformers' assisted loop and the tree loop against plain greedy decoding (float32).
 2. `dynaspec-hf calibrate` under `accelerate launch` on 1 and on 2 GPUs: wall time, and whether both runs save
    the same assistant.
-3. The benchmark's τ phase on 1 and on 2 GPUs (same worker count, same prompts): wall time and τ.
+3. The benchmark's τ phase under `accelerate launch` on 1 and on 2 GPUs (same workers, same prompts): wall time,
+   and whether both runs record the same τ per prompt. (Start the CUDA MPS daemon first, as for run_all.sh.)
 
 Models have random weights (what is measured is placement, equality and time, not quality); the tokenizer is
 trained on the data folder's text. Writes multi_gpu.json and multi_gpu.md.
@@ -94,19 +95,24 @@ def timed(command: list[str], env: dict) -> float:
     return time.time() - started
 
 
+def launch(gpus: int) -> list[str]:
+    """`accelerate launch` with one process per GPU (flags given, so no accelerate config file is needed)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus),
+            *(["--multi_gpu"] if gpus > 1 else []), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no"]
+
+
 def calibration_scaling(pair: Path, work: Path, log) -> dict:
     results, states = {}, {}
     for gpus in (1, 2):
         out = work / f"calibrated-{gpus}gpu"
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, range(gpus))), TQDM_DISABLE="1",
                    HF_HOME=str(work / f"hf-{gpus}"))
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus),
-                  *(["--multi_gpu"] if gpus > 1 else []), "--num_machines", "1", "--mixed_precision", "no",
-                  "--dynamo_backend", "no", "-m", "dynaspec_hf.cli", "calibrate", "--target", str(pair / "target"),
-                  "--drafter", str(pair / "drafter"), "--data", str(pair / "wikitext.txt"),
-                  str(pair / "shakespeare.txt"), "--out", str(out), "--num-clusters", "64", "--epochs", "3",
-                  "--dtype", "float32", "--max-length", "256"]
-        results[f"{gpus} GPU"] = timed(launch, env)
+        command = [*launch(gpus), "-m", "dynaspec_hf.cli", "calibrate", "--target", str(pair / "target"),
+                   "--drafter", str(pair / "drafter"), "--data", str(pair / "wikitext.txt"),
+                   str(pair / "shakespeare.txt"), "--out", str(out), "--num-clusters", "64", "--epochs", "3",
+                   "--dtype", "float32", "--max-length", "256"]
+        results[f"{gpus} GPU"] = timed(command, env)
         states[gpus] = load_file(out / "model.safetensors")
         report = json.loads((out / "calibration_report.json").read_text())
         log(f"| calibrate, {gpus} GPU(s) | {results[f'{gpus} GPU']:.1f} s | k_by_position {report['k_by_position']} |")
@@ -117,23 +123,26 @@ def calibration_scaling(pair: Path, work: Path, log) -> dict:
 
 
 def benchmark_scaling(pair: Path, data: Path, work: Path, log) -> dict:
-    results = {}
-    bench = [sys.executable, str(ROOT / "benchmarks" / "run_benchmark.py"), "--pair", str(pair), "--data", str(data),
-             "--out", str(work / "bench"), "--num-clusters", "64", "--per-category", "4", "--max-new-tokens", "64",
-             "--workers", "8"]
+    """The benchmark's τ phase under `accelerate launch` on 1 and 2 GPUs: the same 12 workers, the same records."""
+    results, records = {}, {}
+    arguments = [str(ROOT / "benchmarks" / "run_benchmark.py"), "--pair", str(pair), "--data", str(data),
+                 "--out", str(work / "bench"), "--num-clusters", "64", "--per-category", "4", "--max-new-tokens", "64",
+                 "--workers", "12", "--temperatures", "0"]
     env = dict(os.environ, TQDM_DISABLE="1")
-    timed(bench + ["--phase", "calibrate"], env)
-    taus = {}
+    timed([sys.executable, *arguments, "--phase", "calibrate"], env)
     for gpus in (1, 2):
         for stale in list(pair.glob("tau-*.json")) + list((pair / "shards").glob("*")):
             stale.unlink()
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, range(gpus))), TQDM_DISABLE="1")
-        results[f"{gpus} GPU"] = timed(bench + ["--phase", "tau", "--temperatures", "0"], env)
-        records = json.loads((pair / "tau-T0.0.json").read_text())
-        taus[gpus] = sum(r["tokens"] for r in records) / sum(r["target_calls"] for r in records)
-        log(f"| benchmark τ phase, {gpus} GPU(s), 8 workers, {len(records)} generations | {results[f'{gpus} GPU']:.1f} s "
-            f"| τ {taus[gpus]:.3f} |")
-    results["tau"] = taus
+        results[f"{gpus} GPU"] = timed([*launch(gpus), *arguments, "--phase", "tau"], env)
+        records[gpus] = sorted(json.loads((pair / "tau-T0.0.json").read_text()),
+                               key=lambda r: (r["method"], r["category"], r["prompt"]))
+        tau = sum(r["tokens"] for r in records[gpus]) / sum(r["target_calls"] for r in records[gpus])
+        results[f"tau {gpus} GPU"] = tau
+        log(f"| benchmark τ phase under accelerate launch, {gpus} GPU(s), 12 workers, {len(records[gpus])} generations "
+            f"| {results[f'{gpus} GPU']:.1f} s | τ {tau:.3f} |")
+    results["same_records"] = records[1] == records[2]
+    log(f"| benchmark: 1-GPU and 2-GPU τ records equal | {results['same_records']} | |")
     return results
 
 
@@ -142,6 +151,8 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("runs/multi_gpu"))
+    parser.add_argument("--sections", nargs="+", choices=["sharded", "calibrate", "benchmark"],
+                        default=["sharded", "calibrate", "benchmark"])
     args = parser.parse_args(argv)
     lines: list[str] = []
 
@@ -162,15 +173,19 @@ def main(argv=None):
         (args.out / "multi_gpu.md").write_text(f"GPUs: {gpus}; torch {torch.__version__}, transformers "
                                                f"{transformers.__version__}\n\n" + "\n".join(lines) + "\n")
 
-    log("## Sharded target (float32, random weights, 16 x 1024, 32k vocabulary)\n\n| placement | assisted loop "
-        "exact | tree loop exact | graph drafter |\n|---|---|---|---|")
-    results["sharded_exactness"] = sharded_exactness(pair, log)
-    save()
+    sections = set(args.sections)
+    if "sharded" in sections:
+        log("## Sharded target (float32, random weights, 16 x 1024, 32k vocabulary)\n\n| placement | assisted loop "
+            "exact | tree loop exact | graph drafter |\n|---|---|---|---|")
+        results["sharded_exactness"] = sharded_exactness(pair, log)
+        save()
     log("\n## Data-parallel runs: 1 vs 2 GPUs\n\n| run | wall time | result |\n|---|---|---|")
-    results["calibration"] = calibration_scaling(pair, args.work, log)
-    save()
-    results["benchmark"] = benchmark_scaling(pair, args.data, args.work, log)
-    save()
+    if "calibrate" in sections:
+        results["calibration"] = calibration_scaling(pair, args.work, log)
+        save()
+    if "benchmark" in sections:
+        results["benchmark"] = benchmark_scaling(pair, args.data, args.work, log)
+        save()
 
 
 if __name__ == "__main__":

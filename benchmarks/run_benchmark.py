@@ -5,6 +5,7 @@
     python benchmarks/run_benchmark.py ... --phase tau --temperatures 1
     python benchmarks/run_benchmark.py ... --phase timing --temperatures 0 1
     python benchmarks/run_benchmark.py ... --phase merge         # writes RESULTS_DIR/latest.{json,md,png}
+    accelerate launch --multi_gpu --num_processes N benchmarks/run_benchmark.py ... --phase tau   # data parallel
 
 (`--phase all` runs them in turn; on the device tool each phase fits one 10-minute call on the warm machine,
 which keeps PAIR_DIR.) Prompts: Spec-Bench's six categories + HumanEval, a fixed seeded sample per category.
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,6 +45,8 @@ from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from summarize import summary_table  # noqa: E402
 
 DRAFT_TOKENS = 6
+LAUNCHER_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU"}
 TREE = TreeConfig(num_nodes=16, max_depth=8, width=4)
 
 
@@ -183,41 +187,54 @@ def run_calibration(args) -> None:
           f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
 
 
-def run_tau(args) -> None:
-    """Spawn workers over the GPUs, wait, merge their per-prompt counts into PAIR_DIR/tau-T*.json."""
+def run_tau(args, state) -> None:
+    """Spawn workers over the GPUs, wait, merge their per-prompt counts into PAIR_DIR/tau-T*.json.
+
+    Alone, this process spreads `--workers` over every visible GPU. Under `accelerate launch` (or torchrun) each
+    process starts its share of the workers on its own GPU, and the main process merges once all have finished.
+    """
     started = time.time()
     shards = args.pair / "shards"
     shards.mkdir(exist_ok=True)
     temperatures = ",".join(str(t) for t in args.temperatures)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(max(torch.cuda.device_count(), 1))]
+    share = max(args.workers // state.num_processes, 1)
+    total = share * state.num_processes
     workers = []
-    gpus = max(torch.cuda.device_count(), 1)
-    for index in range(args.workers):
+    for index in range(state.process_index * share, (state.process_index + 1) * share):
         command = [sys.executable, __file__, "--pair", str(args.pair), "--data", str(args.data), "--out", str(args.out),
                    "--per-category", str(args.per_category), "--max-new-tokens", str(args.max_new_tokens),
                    "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures), "--dtype", args.dtype,
                    *(["--tau-per-category", str(args.tau_per_category)] if args.tau_per_category else []),
-                   "--device", args.device, "--worker", f"{index}/{args.workers}"]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+                   "--device", args.device, "--worker", f"{index}/{total}"]
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}  # a worker is a process of its own
+        env["OMP_NUM_THREADS"] = "1"
         if args.device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+            env["CUDA_VISIBLE_DEVICES"] = gpus[state.local_process_index if state.num_processes > 1 else index % len(gpus)]
         workers.append(subprocess.Popen(command, env=env))
-    if any(worker.wait() for worker in workers):
-        raise SystemExit("a τ worker failed")
+    failed = sum(bool(worker.wait()) for worker in workers)
+    state.wait_for_everyone()
+    if failed:
+        raise SystemExit(f"{failed} τ worker(s) of process {state.process_index} failed")
+    if not state.is_main_process:
+        return
     records, seen = [], set()
-    for index in range(args.workers):
+    for index in range(total):
         for record in json.loads((shards / f"T{temperatures}-{index}.json").read_text()):
             key = (record["method"], record["category"], record["prompt"], record["temperature"])
             if key not in seen:  # a run resumed with another subset can have given a prompt to two workers
                 seen.add(key)
                 records.append(record)
     (args.pair / f"tau-T{temperatures}.json").write_text(json.dumps(records))
-    print(f"τ for T={temperatures}: {len(records)} generations by {args.workers} workers on {gpus} GPU(s) in "
-          f"{time.time() - started:.0f}s", flush=True)
+    print(f"τ for T={temperatures}: {len(records)} generations by {total} workers from {state.num_processes} "
+          f"process(es) in {time.time() - started:.0f}s", flush=True)
 
 
 def run_worker(args) -> None:
     index, count = map(int, args.worker.split("/"))
     torch.set_num_threads(1)
+    transformers.utils.logging.disable_progress_bar()  # progress is the parent's to show, once
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafter, assistants = load_models(args, args.device)
     limit = args.tau_per_category
@@ -396,10 +413,15 @@ def main(argv=None):
     if args.worker:
         return run_worker(args)
     started = time.time()
+    state = PartialState(cpu=args.device == "cpu")  # under `accelerate launch`: one process per GPU
     if args.phase in ("calibrate", "all"):
-        run_calibration(args)
+        if state.is_main_process:
+            run_calibration(args)
+        state.wait_for_everyone()
     if args.phase in ("tau", "all"):
-        run_tau(args)
+        run_tau(args, state)
+    if not state.is_main_process:
+        return  # tokens/s are timed by one process alone; merging is the main process's
     if args.phase in ("timing", "all"):
         run_timing(args)
     if args.phase in ("merge", "all"):

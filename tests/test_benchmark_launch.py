@@ -1,0 +1,69 @@
+"""The benchmark's τ phase data-parallel over 2 CPU processes (torchrun + accelerate's gloo backend) equals 1 process.
+
+A tiny pair in the recipe's folder layout and a tiny prompt set in Spec-Bench's and HumanEval's formats are built
+here; the benchmark script runs as users run it, as a program.
+"""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from dynaspec_hf.demo import llama_pair, stdlib_texts, train_tokenizer
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmark.py"
+CATEGORIES = ["writing", "translation", "summarization", "qa", "math_reasoning", "rag"]
+
+
+def build_pair(pair: Path, data: Path) -> None:
+    corpus = "\n".join(stdlib_texts(300_000))
+    tokenizer = train_tokenizer([corpus], vocab_size=512)
+    torch.manual_seed(0)
+    target, drafter = llama_pair(len(tokenizer), 64, 2, 64, 1)
+    drafter.load_state_dict({k: v + 0.02 * torch.randn_like(v) for k, v in target.state_dict().items()
+                             if k in drafter.state_dict() and v.shape == drafter.state_dict()[k].shape}, strict=False)
+    for model, name in ((target, "target"), (drafter, "drafter")):
+        model.save_pretrained(pair / name)
+        tokenizer.save_pretrained(pair / name)
+    stream = torch.tensor(tokenizer(corpus[:100_000])["input_ids"])
+    torch.save({"train": {"stdlib": stream}}, pair / "tokens.pt")
+    (pair / "recipe.json").write_text("{}")
+    (data / "spec_bench").mkdir(parents=True)
+    (data / "humaneval").mkdir()
+    prompts = [corpus[start : start + 300] for start in range(150_000, 290_000, 10_000)]
+    lines = [json.dumps({"category": CATEGORIES[i % 6], "turns": [p]}) for i, p in enumerate(prompts[:12])]
+    (data / "spec_bench" / "question.jsonl").write_text("\n".join(lines) + "\n")
+    with gzip.open(data / "humaneval" / "HumanEval.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts[12:14])
+
+
+def run(arguments: list[str], launcher: list[str] = ()) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run([*launcher, str(SCRIPT), *arguments], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_tau_phase_two_processes_equal_one(tmp_path):
+    pair, data = tmp_path / "pair", tmp_path / "data"
+    build_pair(pair, data)
+    common = ["--pair", str(pair), "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu",
+              "--num-clusters", "8", "--per-category", "1", "--max-new-tokens", "8", "--temperatures", "0"]
+    run(common + ["--phase", "calibrate"], [sys.executable])
+    runs = {}
+    for processes, launcher in ((1, [sys.executable]),
+                                (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"])):
+        for stale in [pair / "tau-T0.0.json", *(pair / "shards").glob("*")] if (pair / "shards").exists() else []:
+            stale.unlink(missing_ok=True)
+        printed = run(common + ["--phase", "tau", "--workers", "2"], launcher)
+        assert printed.count("τ for T=0.0") == 1, printed  # progress is printed once, by the main process
+        assert f"from {processes} process(es)" in printed
+        records = json.loads((pair / "tau-T0.0.json").read_text())
+        runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
+    assert len(runs[1]) == 13 * 7  # every greedy τ method (autoregressive needs none), one prompt per category
+    assert runs[1] == runs[2]
+    assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
