@@ -126,10 +126,10 @@ def benchmark_scaling(pair: Path, data: Path, work: Path, log) -> dict:
     """The benchmark's τ phase under `accelerate launch` on 1 and 2 GPUs: the same 12 workers, the same records."""
     results, records = {}, {}
     arguments = [str(ROOT / "benchmarks" / "run_benchmark.py"), "--pair", str(pair), "--data", str(data),
-                 "--out", str(work / "bench"), "--num-clusters", "64", "--per-category", "4", "--max-new-tokens", "64",
+                 "--out", str(work / "bench"), "--num-clusters", "64", "--per-category", "3", "--max-new-tokens", "48",
                  "--workers", "12", "--temperatures", "0"]
     env = dict(os.environ, TQDM_DISABLE="1")
-    timed([sys.executable, *arguments, "--phase", "calibrate"], env)
+    print(f"benchmark calibrate phase: {timed([sys.executable, *arguments, '--phase', 'calibrate'], env):.0f} s", flush=True)
     for gpus in (1, 2):
         for stale in list(pair.glob("tau-*.json")) + list((pair / "shards").glob("*")):
             stale.unlink()
@@ -162,7 +162,9 @@ def main(argv=None):
 
     pair = args.work / "pair"
     if not (pair / "recipe.json").exists():
+        started = time.time()
         make_pair(args.data, pair)
+        print(f"random-weight pair built in {time.time() - started:.0f} s", flush=True)
     results = {"hardware": {"gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                             "torch": torch.__version__, "transformers": transformers.__version__}}
     args.out.mkdir(parents=True, exist_ok=True)
