@@ -4,7 +4,7 @@
 #   bash benchmarks/run_all.sh .carry/data benchmarks/results [SECONDS]
 # Steps: the pair (benchmarks/recipe.py, ~4 min), calibration (~15 s), τ on every sampled prompt at T = 1 and T = 0
 # (~9 min over worker processes, both temperatures in one pool), tokens/s on the timing sample (~5 min), merge.
-# Every step is skipped once its product exists in runs/pair, and the τ steps resume where they stopped, so on the
+# Every step is skipped once its product exists in runs/pair, and the τ step resumes where it stopped, so on the
 # device tool the same command with SECONDS = the call's limit, repeated on the warm machine, goes on where the
 # last call stopped: a step that would not fit in the SECONDS left is not started.
 # The fast-path checks and draft-step anatomy are a separate command: python benchmarks/gpu_checks.py --out DIR.
