@@ -3,7 +3,8 @@
 #   cp -r ../shared/data .carry/   # here, once; .carry is git-ignored and travels with `carry`
 #   bash benchmarks/run_all.sh .carry/data benchmarks/results [SECONDS]
 # Steps: the pair (benchmarks/recipe.py, ~4 min), calibration (~15 s), τ on every sampled prompt at T = 1 and T = 0
-# (~9 min over worker processes, both temperatures in one pool), tokens/s on the timing sample (~5 min), merge.
+# (~6 min over worker processes, both temperatures in one pool), tokens/s on the timing sample (two passes over all
+# methods, ~6 min), merge.
 # Every step is skipped once its product exists in runs/pair, and the τ step resumes where it stopped, so on the
 # device tool the same command with SECONDS = the call's limit, repeated on the warm machine, goes on where the
 # last call stopped: a step that would not fit in the SECONDS left is not started.
@@ -13,7 +14,7 @@ data=${1:-.carry/data}
 out=${2:-benchmarks/results}
 budget=${3:-1000000}
 pair=runs/pair
-bench="python benchmarks/run_benchmark.py --pair $pair --data $data --out $out --timing-per-category 1"
+bench="python benchmarks/run_benchmark.py --pair $pair --data $data --out $out --timing-per-category 1 --timing-rounds 2"
 
 left() { echo $((budget - SECONDS)); }
 step() {  # step PRODUCT SECONDS_NEEDED COMMAND...: run COMMAND unless PRODUCT exists or too little time is left
@@ -34,5 +35,5 @@ nvidia-cuda-mps-control -d 2>/dev/null || true  # lets the τ workers share the 
 step $pair/recipe.json 300 recipe
 step $pair/calibration.json 60 $bench --phase calibrate
 step $pair/tau-T1.0,0.0.json 60 tau
-step $pair/timing-T1.0,0.0.json 330 $bench --phase timing --temperatures 1 0
+step $pair/timing-T1.0,0.0.json 420 $bench --phase timing --temperatures 1 0
 $bench --phase merge > /dev/null && cp $pair/recipe.json "$out/recipe.json" && cat "$out/summary.md"

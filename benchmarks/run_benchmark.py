@@ -263,36 +263,46 @@ def run_worker(args) -> None:
 
 
 def run_timing(args) -> None:
-    """Tokens/s of every method on the timing sample, one process on one GPU; saved to PAIR_DIR/timing-T*.json."""
+    """Tokens/s of every method on the timing sample, one process on one GPU; saved to PAIR_DIR/timing-T*.json.
+
+    With `--timing-rounds R` every method is timed R times, in R passes over all methods, so a slow spell of the
+    host (drafting is bound by Python and kernel launches) falls on every method alike; tokens/s = all tokens
+    over all seconds."""
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafter, assistants = load_models(args, args.device)
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    rows, reference = [], {}
-    for temperature in args.temperatures:
-        for method in methods(calibration):
-            if temperature not in method["timed_temperatures"]:
-                continue
-            generate(method, target, drafter, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
-            for category, prompts in sample.items():
-                tokens, seconds, exact = 0, 0.0, 0
-                for number, prompt in enumerate(prompts):
-                    torch.manual_seed(args.seed + number)
-                    synchronize()
-                    start = time.perf_counter()
-                    out, _ = generate(method, target, drafter, assistants, prompt[None].to(args.device), temperature,
-                                      args.max_new_tokens)
-                    synchronize()
-                    seconds += time.perf_counter() - start
-                    tokens += out.numel()
-                    if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
-                        reference.setdefault((category, number), out)
-                        exact += bool(torch.equal(out, reference[(category, number)]))
-                rows.append(dict(method=method["method"], category=category, temperature=temperature,
-                                 tokens_per_s=tokens / seconds, timing_prompts=len(prompts),
-                                 exact=exact if temperature == 0 else None))
-            print(f"timed T={temperature:.0f} {method['method']}", flush=True)
+    totals, reference = {}, {}
+    for round_ in range(args.timing_rounds):
+        for temperature in args.temperatures:
+            for method in methods(calibration):
+                if temperature not in method["timed_temperatures"]:
+                    continue
+                generate(method, target, drafter, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
+                for category, prompts in sample.items():
+                    total = totals.setdefault((method["method"], category, temperature),
+                                              dict(tokens=0, seconds=0.0, exact=0, runs=0))
+                    for number, prompt in enumerate(prompts):
+                        torch.manual_seed(args.seed + number)
+                        synchronize()
+                        start = time.perf_counter()
+                        out, _ = generate(method, target, drafter, assistants, prompt[None].to(args.device),
+                                          temperature, args.max_new_tokens)
+                        synchronize()
+                        total["seconds"] += time.perf_counter() - start
+                        total["tokens"] += out.numel()
+                        total["runs"] += 1
+                        if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
+                            reference.setdefault((category, number), out)
+                            total["exact"] += bool(torch.equal(out, reference[(category, number)]))
+                print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})",
+                      flush=True)
+    rows = [dict(method=method, category=category, temperature=temperature,
+                 tokens_per_s=total["tokens"] / total["seconds"], timed_tokens=total["tokens"],
+                 timing_prompts=args.timing_per_category, timing_runs=total["runs"],
+                 exact=total["exact"] if temperature == 0 else None)
+            for (method, category, temperature), total in totals.items()]
     temperatures = ",".join(str(t) for t in args.temperatures)
     (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(rows))
 
@@ -326,7 +336,8 @@ def merge(args) -> dict:
                     prompts=len(mine), exact=timed and timed["exact"],
                     tokens_per_s=timed and timed["tokens_per_s"],
                     speedup=timed and base and timed["tokens_per_s"] / base["tokens_per_s"],
-                    timing_prompts=timed and timed["timing_prompts"]))
+                    timing_prompts=timed and timed["timing_prompts"], timing_runs=timed and timed.get("timing_runs"),
+                    timed_tokens=timed and timed.get("timed_tokens")))
     hardware = calibration.pop("hardware", None) or hardware_block()  # where the measurements ran, not the merge
     return {"hardware": hardware, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "tau_prompts_per_category": {f"T={t}": {c: len({r["prompt"] for r in records if (r["category"], r["temperature"]) == (c, t)})
@@ -353,7 +364,7 @@ def markdown_table(rows: list[dict]) -> str:
 
     lines = ["| T | method | category | τ | recovery | exact | tokens/s | speedup |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        exact = "" if r.get("exact") is None else f"{r['exact']}/{r['timing_prompts']}"
+        exact = "" if r.get("exact") is None else f"{r['exact']}/{r.get('timing_runs') or r['timing_prompts']}"
         lines.append(f"| {r['temperature']:.0f} | {r['method']} | {r['category']} | {fmt(r['tau'], '.2f')} | "
                      f"{fmt(r['recovery'], '.3f')} | {exact} | {fmt(r['tokens_per_s'], '.1f')} | "
                      f"{fmt(r['speedup'], '.2f')} |")
@@ -396,6 +407,7 @@ def main(argv=None):
     parser.add_argument("--phase", choices=["calibrate", "tau", "timing", "merge", "all"], default="all")
     parser.add_argument("--per-category", type=int, default=20)
     parser.add_argument("--timing-per-category", type=int, default=1)
+    parser.add_argument("--timing-rounds", type=int, default=1, help="passes over all methods when timing")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--num-clusters", type=int, default=256)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])

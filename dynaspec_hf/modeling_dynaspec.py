@@ -106,14 +106,21 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return model.to(device=head.weight.device, dtype=head.weight.dtype).eval()
 
     def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None):
-        """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self."""
+        """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self.
+
+        The CUDA graphs captured for the current schedule are kept when the schedule does not change, so a loop
+        that sets the same schedule before every `generate` does not pay a capture each time."""
         config = copy.deepcopy(self.config)
         if k_by_position is not None:
             config.k_by_position = list(k_by_position)
         if core_by_position is not None:
             config.core_by_position = list(core_by_position)
         config.validate_schedule()
+        unchanged = (config.k_by_position, config.core_by_position) == (self.config.k_by_position,
+                                                                        self.config.core_by_position)
         self.config = config
+        if unchanged:
+            return self
         stale = self.__dict__.pop("_graph_drafter", None)
         if stale is not None:
             stale.release()  # its graphs were captured for the old schedule

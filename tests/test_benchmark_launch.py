@@ -68,3 +68,17 @@ def test_tau_phase_two_processes_equal_one(tmp_path):
     assert len(runs[1]) == 13 * 7  # every greedy τ method (autoregressive needs none), one prompt per category
     assert runs[1] == runs[2]
     assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
+
+
+def test_timing_phase_times_every_method_each_round_and_checks_exactness(tmp_path):
+    pair, data = tmp_path / "pair", tmp_path / "data"
+    build_pair(pair, data)
+    common = ["--pair", str(pair), "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu",
+              "--num-clusters", "8", "--per-category", "1", "--max-new-tokens", "8", "--temperatures", "0"]
+    run(common + ["--phase", "calibrate"], [sys.executable])
+    printed = run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
+    assert "(round 2/2)" in printed
+    rows = json.loads((pair / "timing-T0.0.json").read_text())
+    assert len({r["category"] for r in rows}) == 7  # Spec-Bench's six + HumanEval
+    assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
+    assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding

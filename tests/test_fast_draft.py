@@ -101,7 +101,7 @@ def test_candidate_generator_drafts_through_the_fast_path(monkeypatch):
 
 
 def test_new_schedule_frees_the_old_graphs_at_once():
-    """Graphs left to the garbage collector can be freed during a later capture, which invalidates that capture
+    """Setting the same schedule keeps the captured graphs. Graphs left to the garbage collector can be freed during a later capture, which invalidates that capture
     (seen on the H100: 'operation not permitted when stream is capturing'); a schedule change frees them first."""
     _, drafter = tiny_pair("llama", seed=14)
     assistant = make_assistant(drafter, "routed")
@@ -114,6 +114,8 @@ def test_new_schedule_frees_the_old_graphs_at_once():
             freed.append(self)
 
     engine.graphs.update({(1, 0, 0): Graph(), (2, 0, 0): None, (1, 1, 1): Graph()})
+    assistant.set_schedule(k_by_position=list(assistant.config.k_by_position))  # the same schedule keeps them
+    assert freed == [] and assistant.__dict__["_graph_drafter"] is engine and len(engine.graphs) == 3
     assistant.set_schedule(k_by_position=[2])
     assert len(freed) == 2 and engine.graphs == {}
     assert "_graph_drafter" not in assistant.__dict__
