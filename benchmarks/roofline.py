@@ -1,6 +1,6 @@
 """Compose measured draft-step times with measured τ, next to the memory-bound roofline, for realistic shapes.
 
-    python benchmarks/roofline.py benchmarks/results/gpu_checks_anatomy.json benchmarks/results/latest.json
+    python benchmarks/roofline.py benchmarks/results/gpu_checks.json benchmarks/results/latest.json
 
 Speedup over plain decoding = τ · t(target, 1 token) / (block · t(draft step) + t(target, block + 1 tokens)). The
 roofline uses the same formula with every forward at its weight-reading floor (bf16 weights read once at

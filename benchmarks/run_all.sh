@@ -3,8 +3,8 @@
 #   cp -r ../shared/data .carry/   # here, once; .carry is git-ignored and travels with `carry`
 #   bash benchmarks/run_all.sh .carry/data benchmarks/results [SECONDS]
 # Steps: the pair (benchmarks/recipe.py, ~4 min), calibration (~15 s), τ on every sampled prompt at T = 1 and T = 0
-# (~6 min over worker processes, both temperatures in one pool), tokens/s on the timing sample (two passes over all
-# methods, ~6 min), merge.
+# (~14 min over worker processes, both temperatures in one pool), tokens/s on the timing sample (two passes over all
+# methods, ~8.5 min), merge: 3 calls of 575 s on one warm machine, 28 min held.
 # Every step is skipped once its product exists in runs/pair, and the τ step resumes where it stopped, so on the
 # device tool the same command with SECONDS = the call's limit, repeated on the warm machine, goes on where the
 # last call stopped: a step that would not fit in the SECONDS left is not started.
@@ -35,5 +35,5 @@ nvidia-cuda-mps-control -d 2>/dev/null || true  # lets the τ workers share the 
 step $pair/recipe.json 300 recipe
 step $pair/calibration.json 60 $bench --phase calibrate
 step $pair/tau-T1.0,0.0.json 60 tau
-step $pair/timing-T1.0,0.0.json 420 $bench --phase timing --temperatures 1 0
+step $pair/timing-T1.0,0.0.json 540 $bench --phase timing --temperatures 1 0
 $bench --phase merge > /dev/null && cp $pair/recipe.json "$out/recipe.json" && cat "$out/summary.md"

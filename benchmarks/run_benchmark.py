@@ -42,7 +42,7 @@ import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
 from dynaspec_hf.calibrate import calibrate, drafter_output_counts  # noqa: E402
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
-from summarize import summary_table  # noqa: E402
+from summarize import summary  # noqa: E402
 
 DRAFT_TOKENS = 6
 LAUNCHER_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
@@ -349,13 +349,12 @@ def merge(args) -> dict:
 def write_results(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
-    table = markdown_table(results["rows"])
+    table, means = markdown_table(results["rows"]), summary(results["rows"])
     (out / "latest.md").write_text(table)
+    (out / "summary.md").write_text(means)
     plot(results["rows"], out / "latest.png")
-    summary = summary_table(results["rows"])
-    (out / "summary.md").write_text(summary)
     print(table)
-    print(summary)
+    print(means)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -1,4 +1,5 @@
-"""Mean τ and recovery per method over all categories, from a benchmark results file.
+"""Mean τ, recovery and speedup per method over all categories, and tokens/s side by side with transformers' own
+assisted generation, from a benchmark results file.
 
     python benchmarks/summarize.py benchmarks/results/latest.json
 
@@ -6,8 +7,11 @@
 """
 
 import json
+import math
 import sys
 from collections import defaultdict
+
+ASSISTED = "transformers assisted (drafter, full head)"
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -29,5 +33,27 @@ def summary_table(rows: list[dict]) -> str:
             f"{mean(group, 'tau', '.2f')} | {mean(group, 'recovery', '.3f')} | {mean(group, 'speedup', '.2f')} |")
     return "\n".join(lines) + "\n"
 
+def side_by_side_table(rows: list[dict], reference: str = ASSISTED) -> str:
+    """Tokens/s of each timed method over `reference`'s, prompt set by prompt set in the same run: geometric mean,
+    lowest and highest over the categories. Steadier than speedups over plain decoding, whose launch-bound speed
+    moves between runs and within one."""
+    speed = {(r["temperature"], r["method"], r["category"]): r["tokens_per_s"] for r in rows if r.get("tokens_per_s")}
+    groups = defaultdict(list)
+    for (temperature, method, category), value in speed.items():
+        base = speed.get((temperature, reference, category))
+        if base and method != reference:
+            groups[(temperature, method)].append(value / base)
+    lines = [f"| T | method | categories | tokens/s over {reference}: geometric mean | lowest | highest |",
+             "|---|---|---|---|---|---|"]
+    for (temperature, method), ratios in groups.items():
+        mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        lines.append(f"| {temperature:.0f} | {method} | {len(ratios)} | {mean:.2f} | {min(ratios):.2f} | {max(ratios):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict]) -> str:
+    return summary_table(rows) + "\n" + side_by_side_table(rows)
+
+
 if __name__ == "__main__":
-    print(summary_table(json.load(open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json"))["rows"]))
+    print(summary(json.load(open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json"))["rows"]))
