@@ -47,7 +47,8 @@ def side_by_side_table(rows: list[dict], reference: str = ASSISTED) -> str:
              "|---|---|---|---|---|---|"]
     for (temperature, method), ratios in groups.items():
         mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
-        lines.append(f"| {temperature:.0f} | {method} | {len(ratios)} | {mean:.2f} | {min(ratios):.2f} | {max(ratios):.2f} |")
+        lines.append(f"| {temperature:.0f} | {method} | {len(ratios)} | {mean:.2f} | {min(ratios):.2f} | "
+                     f"{max(ratios):.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,5 @@
-"""The benchmark's τ phase data-parallel over 2 CPU processes (torchrun + accelerate's gloo backend) equals 1 process.
+"""The benchmark's τ phase data-parallel over 2 CPU processes (torchrun + accelerate's gloo backend) equals 1 process;
+its timing phase times every method in every pass and checks greedy exactness.
 
 A tiny pair in the recipe's folder layout and a tiny prompt set in Spec-Bench's and HumanEval's formats are built
 here; the benchmark script runs as users run it, as a program.
@@ -49,12 +50,18 @@ def run(arguments: list[str], launcher: list[str] = ()) -> str:
     return result.stdout
 
 
-def test_tau_phase_two_processes_equal_one(tmp_path):
+def calibrated_pair(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A tiny pair and prompt set, calibrated by the benchmark; returns the pair folder and the common arguments."""
     pair, data = tmp_path / "pair", tmp_path / "data"
     build_pair(pair, data)
     common = ["--pair", str(pair), "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu",
               "--num-clusters", "8", "--per-category", "1", "--max-new-tokens", "8", "--temperatures", "0"]
     run(common + ["--phase", "calibrate"], [sys.executable])
+    return pair, common
+
+
+def test_tau_phase_two_processes_equal_one(tmp_path):
+    pair, common = calibrated_pair(tmp_path)
     runs = {}
     for processes, launcher in ((1, [sys.executable]),
                                 (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"])):
@@ -71,11 +78,7 @@ def test_tau_phase_two_processes_equal_one(tmp_path):
 
 
 def test_timing_phase_times_every_method_each_round_and_checks_exactness(tmp_path):
-    pair, data = tmp_path / "pair", tmp_path / "data"
-    build_pair(pair, data)
-    common = ["--pair", str(pair), "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu",
-              "--num-clusters", "8", "--per-category", "1", "--max-new-tokens", "8", "--temperatures", "0"]
-    run(common + ["--phase", "calibrate"], [sys.executable])
+    pair, common = calibrated_pair(tmp_path)
     printed = run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
     assert "(round 2/2)" in printed
     rows = json.loads((pair / "timing-T0.0.json").read_text())

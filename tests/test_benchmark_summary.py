@@ -1,0 +1,27 @@
+"""The benchmark's summary tables: means over categories and tokens/s side by side with a reference method."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "summarize.py"
+spec = importlib.util.spec_from_file_location("summarize", SCRIPT)
+summarize = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(summarize)
+
+
+def row(method, category, tokens_per_s, temperature=0.0):
+    return dict(method=method, category=category, temperature=temperature, tokens_per_s=tokens_per_s,
+                shortlist_fraction=None, tau=None, recovery=None, speedup=None)
+
+
+def test_side_by_side_is_the_geometric_mean_of_per_category_ratios():
+    rows = [row(summarize.ASSISTED, "a", 100.0), row(summarize.ASSISTED, "b", 50.0),
+            row("mine", "a", 200.0), row("mine", "b", 400.0),  # ratios 2 and 8: geometric mean 4
+            row("untimed", "a", None), row("mine", "c", 90.0)]  # no reference in category c: left out
+    lines = summarize.side_by_side_table(rows).splitlines()
+    assert len(lines) == 3  # header, separator, one method: the reference itself is not listed
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[1] == "mine" and cells[2] == "2"
+    assert [float(c) for c in cells[3:]] == pytest.approx([4.0, 2.0, 8.0])
