@@ -4,7 +4,7 @@
 #   bash benchmarks/run_all.sh .carry/data benchmarks/results [SECONDS]
 # Steps: the pair (benchmarks/recipe.py, ~4 min), calibration (~15 s), τ on every sampled prompt at T = 1 and T = 0
 # (~14 min over worker processes, both temperatures in one pool), tokens/s on the timing sample (two passes over all
-# methods, ~8.5 min), merge: 3 calls of 575 s on one warm machine, 28 min held.
+# methods, ~8.5 min), merge: 3 calls of 575 s on one warm machine, ~29 min held.
 # Every step is skipped once its product exists in runs/pair, and the τ step resumes where it stopped, so on the
 # device tool the same command with SECONDS = the call's limit, repeated on the warm machine, goes on where the
 # last call stopped: a step that would not fit in the SECONDS left is not started.

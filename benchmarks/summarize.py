@@ -33,6 +33,7 @@ def summary_table(rows: list[dict]) -> str:
             f"{mean(group, 'tau', '.2f')} | {mean(group, 'recovery', '.3f')} | {mean(group, 'speedup', '.2f')} |")
     return "\n".join(lines) + "\n"
 
+
 def side_by_side_table(rows: list[dict], reference: str = ASSISTED) -> str:
     """Tokens/s of each timed method over `reference`'s, prompt set by prompt set in the same run: geometric mean,
     lowest and highest over the categories. Steadier than speedups over plain decoding, whose launch-bound speed
