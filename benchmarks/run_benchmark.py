@@ -273,34 +273,31 @@ def run_timing(args) -> None:
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    timed = [(t, m) for t in args.temperatures for m in methods(calibration) if t in m["timed_temperatures"]]
     totals, reference = {}, {}
     for round_ in range(args.timing_rounds):
-        for temperature in args.temperatures:
-            for method in methods(calibration):
-                if temperature not in method["timed_temperatures"]:
-                    continue
-                generate(method, target, drafter, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
-                for category, prompts in sample.items():
-                    total = totals.setdefault((method["method"], category, temperature),
-                                              dict(tokens=0, seconds=0.0, exact=0, runs=0))
-                    for number, prompt in enumerate(prompts):
-                        torch.manual_seed(args.seed + number)
-                        synchronize()
-                        start = time.perf_counter()
-                        out, _ = generate(method, target, drafter, assistants, prompt[None].to(args.device),
-                                          temperature, args.max_new_tokens)
-                        synchronize()
-                        total["seconds"] += time.perf_counter() - start
-                        total["tokens"] += out.numel()
-                        total["runs"] += 1
-                        if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
-                            reference.setdefault((category, number), out)
-                            total["exact"] += bool(torch.equal(out, reference[(category, number)]))
-                print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})",
-                      flush=True)
+        for temperature, method in timed:
+            generate(method, target, drafter, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
+            for category, prompts in sample.items():
+                total = totals.setdefault((method["method"], category, temperature),
+                                          dict(tokens=0, seconds=0.0, exact=0, runs=0))
+                for number, prompt in enumerate(prompts):
+                    torch.manual_seed(args.seed + number)
+                    synchronize()
+                    start = time.perf_counter()
+                    out, _ = generate(method, target, drafter, assistants, prompt[None].to(args.device), temperature,
+                                      args.max_new_tokens)
+                    synchronize()
+                    total["seconds"] += time.perf_counter() - start
+                    total["tokens"] += out.numel()
+                    total["runs"] += 1
+                    if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
+                        reference.setdefault((category, number), out)
+                        total["exact"] += bool(torch.equal(out, reference[(category, number)]))
+            print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})", flush=True)
     rows = [dict(method=method, category=category, temperature=temperature,
                  tokens_per_s=total["tokens"] / total["seconds"], timed_tokens=total["tokens"],
-                 timing_prompts=args.timing_per_category, timing_runs=total["runs"],
+                 timing_prompts=total["runs"] // args.timing_rounds, timing_runs=total["runs"],
                  exact=total["exact"] if temperature == 0 else None)
             for (method, category, temperature), total in totals.items()]
     temperatures = ",".join(str(t) for t in args.temperatures)
@@ -336,8 +333,8 @@ def merge(args) -> dict:
                     prompts=len(mine), exact=timed and timed["exact"],
                     tokens_per_s=timed and timed["tokens_per_s"],
                     speedup=timed and base and timed["tokens_per_s"] / base["tokens_per_s"],
-                    timing_prompts=timed and timed["timing_prompts"], timing_runs=timed and timed.get("timing_runs"),
-                    timed_tokens=timed and timed.get("timed_tokens")))
+                    timing_prompts=timed and timed["timing_prompts"], timing_runs=timed and timed["timing_runs"],
+                    timed_tokens=timed and timed["timed_tokens"]))
     hardware = calibration.pop("hardware", None) or hardware_block()  # where the measurements ran, not the merge
     return {"hardware": hardware, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "tau_prompts_per_category": {f"T={t}": {c: len({r["prompt"] for r in records if (r["category"], r["temperature"]) == (c, t)})
@@ -363,7 +360,7 @@ def markdown_table(rows: list[dict]) -> str:
 
     lines = ["| T | method | category | τ | recovery | exact | tokens/s | speedup |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        exact = "" if r.get("exact") is None else f"{r['exact']}/{r.get('timing_runs') or r['timing_prompts']}"
+        exact = "" if r.get("exact") is None else f"{r['exact']}/{r['timing_runs']}"
         lines.append(f"| {r['temperature']:.0f} | {r['method']} | {r['category']} | {fmt(r['tau'], '.2f')} | "
                      f"{fmt(r['recovery'], '.3f')} | {exact} | {fmt(r['tokens_per_s'], '.1f')} | "
                      f"{fmt(r['speedup'], '.2f')} |")
