@@ -2,12 +2,13 @@
 # The benchmark behind BENCHMARKS.md, on one GPU (device tool: nvidia-h100-x1), from a clean checkout:
 #   cp -r ../shared/data .carry/   # here, once; .carry is git-ignored and travels with `carry`
 #   bash benchmarks/run_all.sh .carry/data benchmarks/results [SECONDS]
-# Steps: the pair (benchmarks/recipe.py, ~4 min), calibration (~15 s), τ on every sampled prompt at T = 1 and T = 0
-# (~14 min over worker processes, both temperatures in one pool), tokens/s on the timing sample (two passes over all
-# methods, ~8.5 min), merge: 3 calls of 575 s on one warm machine, ~29 min held.
-# Every step is skipped once its product exists in runs/pair, and the τ step resumes where it stopped, so on the
-# device tool the same command with SECONDS = the call's limit, repeated on the warm machine, goes on where the
-# last call stopped: a step that would not fit in the SECONDS left is not started.
+# Steps: the pair (benchmarks/recipe.py: the target, ~7.5 min, then the drafter, ~2.5 min), calibration (~1 min), τ on
+# every sampled prompt at T = 0 and T = 1 (worker processes, both temperatures in one pool), tokens/s on the timing
+# sample, merge: calls of 575 s back to back on one warm machine, inside the 30 minutes a machine is held.
+# Every step is skipped once its product exists in runs/pair, and the τ and timing steps resume where they stopped,
+# so on the device tool the same command with SECONDS = the call's limit, repeated on the warm machine, goes on
+# where the last call stopped. Each call ends by merging what exists into the results folder, so a hold that ends
+# early still returns every finished measurement.
 # The fast-path checks and draft-step anatomy are a separate command: python benchmarks/gpu_checks.py --out DIR.
 set -uo pipefail
 data=${1:-.carry/data}
@@ -17,23 +18,35 @@ pair=runs/pair
 bench="python benchmarks/run_benchmark.py --pair $pair --data $data --out $out --timing-per-category 1 --timing-rounds 2"
 
 left() { echo $((budget - SECONDS)); }
+merge() {  # whatever exists so far into $out: the pair's report, and the results once τ is in
+    cp $pair/recipe.json "$out/recipe.json" 2>/dev/null
+    [ -e $pair/tau-T0.0,1.0.json ] && $bench --phase merge > /dev/null
+}
 step() {  # step PRODUCT SECONDS_NEEDED COMMAND...: run COMMAND unless PRODUCT exists or too little time is left
     local product=$1 need=$2
     shift 2
     [ -e "$product" ] && return 0
     if [ "$(left)" -lt "$need" ]; then
         echo "run_all: $(left) s left, not starting: $*"
+        merge
         exit 0
     fi
     "$@" || { echo "run_all: failed: $*"; exit 1; }
 }
-recipe() { python benchmarks/recipe.py --data "$data" --out $pair 2>&1 | grep -v "it/s"; }
-tau() { timeout $(($(left) - 5)) $bench --phase tau --temperatures 1 0 2>&1 | grep "τ for\|Error\|capture failed"; [ -e $pair/tau-T1.0,0.0.json ] || { echo "run_all: τ goes on in the next call"; exit 0; }; }
+recipe() { python benchmarks/recipe.py --data "$data" --out $pair --phase "$1" 2>&1 | grep -v "it/s\|s/it"; }
+resumable() {  # resumable PRODUCT COMMAND...: run COMMAND until the time is up; the next call goes on
+    local product=$1
+    shift
+    timeout $(($(left) - 25)) "$@" 2>&1 | grep "τ for\|timed\|Error\|capture failed"
+    [ -e "$product" ] || { echo "run_all: goes on in the next call: $*"; merge; exit 0; }
+}
 
 pip install -q --no-deps --no-build-isolation -e . 2>/dev/null
 nvidia-cuda-mps-control -d 2>/dev/null || true  # lets the τ workers share the GPU concurrently (4x here)
-step $pair/recipe.json 300 recipe
-step $pair/calibration.json 60 $bench --phase calibrate
-step $pair/tau-T1.0,0.0.json 60 tau
-step $pair/timing-T1.0,0.0.json 540 $bench --phase timing --temperatures 1 0
-$bench --phase merge > /dev/null && cp $pair/recipe.json "$out/recipe.json" && cat "$out/summary.md"
+mkdir -p "$out"
+step $pair/target.json 480 recipe target
+step $pair/recipe.json 200 recipe drafter
+step $pair/calibration.json 90 $bench --phase calibrate
+step $pair/tau-T0.0,1.0.json 90 resumable $pair/tau-T0.0,1.0.json $bench --phase tau --temperatures 0 1
+step $pair/timing-T0.0,1.0.json 90 resumable $pair/timing-T0.0,1.0.json $bench --phase timing --temperatures 0 1
+merge && cat "$out/summary.md"

@@ -15,6 +15,11 @@ visible GPUs: drafting is bound by Python and kernel launches, so several proces
 depend on timing. Tokens/s are measured afterwards by one process alone on the first `--timing-per-category`
 prompts of each category. Every method goes through the unchanged `target.generate(assistant_model=...)`, except
 the tree rows, which use the package's own loop (`dynaspec_hf.generate`).
+
+Beside τ, every prompt yields the realism statistics of the pair (`corpora.py` and BENCHMARKS.md say why they
+matter): on the target's greedy continuation, the fraction of its tokens inside the static frequency shortlists;
+on its T = 1 continuation, the probability mass the drafter and the target put inside those shortlists, and the
+target's top-1 probability.
 """
 
 from __future__ import annotations
@@ -42,16 +47,19 @@ import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
 from dynaspec_hf.calibrate import calibrate, drafter_output_counts  # noqa: E402
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
+from corpora import OUT_OF_DOMAIN, header_prompts  # noqa: E402
 from summarize import summary  # noqa: E402
 
 DRAFT_TOKENS = 6
 LAUNCHER_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                       "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU"}
 TREE = TreeConfig(num_nodes=16, max_depth=8, width=4)
+FRACTIONS = {"1/64": 64, "1/32": 32, "1/16": 16}  # shortlist sizes compared, as fractions of the vocabulary
 
 
 def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str]]:
-    """A fixed, seeded sample of Spec-Bench prompts per category (first turn) plus HumanEval."""
+    """A fixed, seeded sample of Spec-Bench prompts per category (first turn), HumanEval, and the out-of-domain
+    category (C/C++ headers of site-packages, which the pair never trained on)."""
     categories: dict[str, list[str]] = {}
     for line in (data / "spec_bench" / "question.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -61,14 +69,17 @@ def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str
     with gzip.open(data / "humaneval" / "HumanEval.jsonl.gz", "rt") as f:
         categories["humaneval"] = [json.loads(line)["prompt"] for line in f]
     rng = random.Random(seed)
-    return {name: rng.sample(texts, min(per_category, len(texts))) for name, texts in sorted(categories.items())}
+    prompts = {name: rng.sample(texts, min(per_category, len(texts))) for name, texts in categories.items()}
+    prompts[OUT_OF_DOMAIN] = header_prompts(per_category, seed)
+    return dict(sorted(prompts.items()))
 
 
 # ------------------------------------------------------------------------------------------------ methods
 
 
 def methods(calibration: dict) -> list[dict]:
-    """Every compared method: its engine, shortlist schedule and which assistant drafts."""
+    """Every compared method: its engine, shortlist schedule, which assistant drafts, and the temperatures at which
+    τ is measured (`temperatures`) and tokens/s are timed (`timed_temperatures`)."""
     num_clusters, cluster_size, vocab = (calibration[k] for k in ("num_clusters", "cluster_size", "vocab_size"))
     ks = calibration["ks"]
     full = dict(k_by_position=[num_clusters], core_by_position=[0])
@@ -88,17 +99,21 @@ def methods(calibration: dict) -> list[dict]:
     out.append(dict(method="DynaSpec position-aware", engine="dynaspec-graph", fraction=sum(pa) / len(pa) * cluster_size / vocab,
                     schedule=dict(k_by_position=pa, core_by_position=[0])))
     out.append(dict(method="DynaSpec 1/16, eager drafting", engine="dynaspec-eager", fraction=ks["1/16"] * cluster_size / vocab,
-                    schedule=dict(k_by_position=[ks["1/16"]], core_by_position=[0]), timing_only=True))
-    for method in [m for m in out if m["method"] in ("full vocabulary", "static frequency 1/16", "DynaSpec 1/16")]:
+                    schedule=dict(k_by_position=[ks["1/16"]], core_by_position=[0])))
+    for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")]:
         out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=TREE))
-    sampled = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
-               "DynaSpec 1/16", "DynaSpec position-aware", "tree: full vocabulary", "tree: DynaSpec 1/16"}
-    timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "DynaSpec 1/16", "tree: DynaSpec 1/16"}
-    untimed = {"static frequency 1/32", "DynaSpec 1/32", "static frequency 1/8", "DynaSpec 1/8"}
+    # τ at T = 1 for the chain methods that shortlists change; the one-machine time budget leaves trees at T = 0
+    sampled = {"full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware"}
+    timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
+             "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware", "DynaSpec 1/16, eager drafting",
+             "tree: DynaSpec 1/16"}
+    timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "static frequency 1/16",
+                     "DynaSpec 1/16"}
     for method in out:
         name = method["method"]
-        method["temperatures"] = [0.0, 1.0] if name in sampled else [0.0]
-        method["timed_temperatures"] = [0.0, 1.0] if name in timed_sampled else [] if name in untimed else [0.0]
+        measured = name not in ("autoregressive", "DynaSpec 1/16, eager drafting")  # τ 1 by definition / = graph's
+        method["temperatures"] = ([0.0, 1.0] if name in sampled else [0.0]) if measured else []
+        method["timed_temperatures"] = [t for t in (0.0, 1.0) if name in (timed_sampled if t else timed)]
     return out
 
 
@@ -162,11 +177,11 @@ def run_calibration(args) -> None:
     sequences, domains = [], []
     for name, stream in tokens["train"].items():  # held-in text: 128 windows of 256 tokens per training domain
         for start in torch.randint(0, stream.numel() - 257, (128,), generator=generator).tolist():
-            sequences.append(stream[start : start + 256])
+            sequences.append(stream[start : start + 256].long())
             domains.append(name)
-    counts = torch.bincount(torch.cat(list(tokens["train"].values())), minlength=vocab)
+    counts = torch.bincount(torch.cat(list(tokens["train"].values())).long(), minlength=vocab)
     cluster_size = -(-vocab // args.num_clusters)
-    ks = {name: max(1, round(vocab / d / cluster_size)) for name, d in (("1/32", 32), ("1/16", 16), ("1/8", 8))}
+    ks = {name: max(1, round(vocab / d / cluster_size)) for name, d in FRACTIONS.items()}
     core_size = max(ks.values()) * cluster_size
     assistant, report = calibrate(target, drafter, sequences, domains=domains, num_clusters=args.num_clusters,
                                   frequency_counts=counts, core_size=core_size, router_hidden_size=512,
@@ -232,6 +247,8 @@ def run_tau(args, state) -> None:
 
 
 def run_worker(args) -> None:
+    """τ of every method on this worker's share of the prompts, method by method (a method's CUDA graphs are
+    captured once, not once per prompt)."""
     index, count = map(int, args.worker.split("/"))
     torch.set_num_threads(1)
     transformers.utils.logging.disable_progress_bar()  # progress is the parent's to show, once
@@ -242,24 +259,56 @@ def run_worker(args) -> None:
     temperatures = ",".join(str(t) for t in args.temperatures)
     shard = args.pair / "shards" / f"T{temperatures}-{index}.json"
     records = json.loads(shard.read_text()) if shard.exists() else []  # resume an interrupted run
-    done = {(r["category"], r["prompt"], r["temperature"]) for r in records}
+    done = {(r["method"], r["category"], r["prompt"], r["temperature"]) for r in records}
+    shortlist_ranks = frequency_ranks(assistants["dynaspec"], calibration)
     for temperature in args.temperatures:
-        for category, number, prompt in prompts:
-            if (category, number, temperature) in done:
+        for method in methods(calibration):
+            if temperature not in method["temperatures"]:
                 continue
-            ids = prompt[None].to(args.device)
-            for method in methods(calibration):
-                if temperature not in method["temperatures"] or method.get("timing_only"):
+            for category, number, prompt in prompts:
+                if (method["method"], category, number, temperature) in done:
                     continue
-                if method["method"] == "autoregressive":
-                    continue  # τ = 1 by definition; it runs in the timing phase, which also checks exactness
+                ids = prompt[None].to(args.device)
                 torch.manual_seed(args.seed + number)
                 tokens, calls = generate(method, target, drafter, assistants, ids, temperature, args.max_new_tokens)
-                records.append(dict(method=method["method"], category=category, prompt=number,
-                                    temperature=temperature, tokens=tokens.numel(), target_calls=calls))
-            partial = shard.with_suffix(".tmp")
-            partial.write_text(json.dumps(records))
-            partial.replace(shard)  # after every prompt, so a run stopped by a time limit resumes here
+                record = dict(method=method["method"], category=category, prompt=number, temperature=temperature,
+                              tokens=tokens.numel(), target_calls=calls)
+                if method["method"] == "full vocabulary":
+                    record["realism"] = realism(target, drafter, ids, tokens.to(args.device), temperature,
+                                                shortlist_ranks)
+                records.append(record)
+                partial = shard.with_suffix(".tmp")
+                partial.write_text(json.dumps(records))
+                partial.replace(shard)  # after every generation, so a run stopped by a time limit resumes here
+
+
+def frequency_ranks(assistant, calibration: dict) -> tuple[torch.Tensor, dict[str, int]]:
+    """Each token's rank in the static frequency shortlist (the assistant's frequency core; the core's size past
+    the end) and the size of each compared shortlist."""
+    head = assistant.lm_head
+    rank = torch.full((calibration["vocab_size"],), head.core_size, dtype=torch.long, device=head.weight.device)
+    rank[head.core_token_ids] = torch.arange(head.core_size, device=rank.device)
+    return rank, {name: k * calibration["cluster_size"] for name, k in calibration["ks"].items()}
+
+
+@torch.no_grad()
+def realism(target, drafter, prompt: torch.Tensor, continuation: torch.Tensor, temperature: float,
+            shortlist_ranks) -> dict:
+    """How a real model's regime looks on this prompt: greedy (T = 0) tokens inside each static shortlist, or at
+    T = 1 the drafter's and the target's probability mass inside them and the target's top-1 probability, over
+    the positions that predicted the continuation. Sums and a count, so categories pool by token."""
+    rank, sizes = shortlist_ranks
+    if temperature == 0:
+        return dict(positions=continuation.numel(),
+                    greedy_in_static={n: int((rank[continuation] < size).sum()) for n, size in sizes.items()})
+    sequence = torch.cat([prompt[0], continuation])[None]
+    start = prompt.shape[1] - 1  # the logits at this position predict the continuation's first token
+    target_probs = target(input_ids=sequence).logits[0, start:-1].float().softmax(-1)
+    drafter_probs = drafter(input_ids=sequence).logits[0, start:-1].float().softmax(-1)
+    mass = lambda probs, size: float(probs[:, rank < size].sum())  # noqa: E731
+    return dict(positions=continuation.numel(), target_top1=float(target_probs.max(-1).values.sum()),
+                drafter_mass_in_static={n: mass(drafter_probs, size) for n, size in sizes.items()},
+                target_mass_in_static={n: mass(target_probs, size) for n, size in sizes.items()})
 
 
 def run_timing(args) -> None:
@@ -267,19 +316,25 @@ def run_timing(args) -> None:
 
     With `--timing-rounds R` every method is timed R times, in R passes over all methods, so a slow spell of the
     host (drafting is bound by Python and kernel launches) falls on every method alike; tokens/s = all tokens
-    over all seconds."""
+    over all seconds. Progress is saved after every method's pass, so a run stopped by a time limit resumes
+    there (in a new process, after its own warm-up)."""
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafter, assistants = load_models(args, args.device)
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     timed = [(t, m) for t in args.temperatures for m in methods(calibration) if t in m["timed_temperatures"]]
-    totals, reference = {}, {}
+    temperatures = ",".join(str(t) for t in args.temperatures)
+    progress_file = args.pair / f"timing-progress-T{temperatures}.json"
+    state = json.loads(progress_file.read_text()) if progress_file.exists() else dict(done=[], totals={}, reference={})
+    totals, reference = state["totals"], state["reference"]  # keyed "method|category|T" and "category|prompt"
     for round_ in range(args.timing_rounds):
         for temperature, method in timed:
+            if [round_, temperature, method["method"]] in state["done"]:
+                continue
             generate(method, target, drafter, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
             for category, prompts in sample.items():
-                total = totals.setdefault((method["method"], category, temperature),
+                total = totals.setdefault(f"{method['method']}|{category}|{temperature}",
                                           dict(tokens=0, seconds=0.0, exact=0, runs=0))
                 for number, prompt in enumerate(prompts):
                     torch.manual_seed(args.seed + number)
@@ -292,15 +347,20 @@ def run_timing(args) -> None:
                     total["tokens"] += out.numel()
                     total["runs"] += 1
                     if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
-                        reference.setdefault((category, number), out)
-                        total["exact"] += bool(torch.equal(out, reference[(category, number)]))
+                        expected = reference.setdefault(f"{category}|{number}", out.tolist())
+                        total["exact"] += out.tolist() == expected
+            state["done"].append([round_, temperature, method["method"]])
+            partial = progress_file.with_suffix(".tmp")
+            partial.write_text(json.dumps(state))
+            partial.replace(progress_file)
             print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})", flush=True)
-    rows = [dict(method=method, category=category, temperature=temperature,
-                 tokens_per_s=total["tokens"] / total["seconds"], timed_tokens=total["tokens"],
-                 timing_prompts=total["runs"] // args.timing_rounds, timing_runs=total["runs"],
-                 exact=total["exact"] if temperature == 0 else None)
-            for (method, category, temperature), total in totals.items()]
-    temperatures = ",".join(str(t) for t in args.temperatures)
+    rows = []
+    for key, total in totals.items():
+        method, category, temperature = key.split("|")
+        rows.append(dict(method=method, category=category, temperature=float(temperature),
+                         tokens_per_s=total["tokens"] / total["seconds"], timed_tokens=total["tokens"],
+                         timing_prompts=total["runs"] // args.timing_rounds, timing_runs=total["runs"],
+                         exact=total["exact"] if float(temperature) == 0 else None))
     (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(rows))
 
 
@@ -340,13 +400,41 @@ def merge(args) -> dict:
             "tau_prompts_per_category": {f"T={t}": {c: len({r["prompt"] for r in records if (r["category"], r["temperature"]) == (c, t)})
                                                      for c in sorted({r["category"] for r in records})}
                                          for t in sorted({r["temperature"] for r in records})},
-            "calibration": calibration, "recipe": json.loads((args.pair / "recipe.json").read_text()), "rows": rows}
+            "calibration": calibration, "recipe": json.loads((args.pair / "recipe.json").read_text()),
+            "realism": pooled_realism(records), "rows": rows}
+
+
+def pooled_realism(records: list[dict]) -> dict:
+    """Per category, the realism statistics pooled over every token of its prompts' full-vocabulary generations:
+    `greedy_in_static` at T = 0, the rest at T = 1 (see `realism`)."""
+    pooled = {}
+    for record in records:
+        stats = record.get("realism")
+        if not stats:
+            continue
+        into = pooled.setdefault(record["category"], {}).setdefault(record["temperature"], {})
+        for key, value in stats.items():
+            if isinstance(value, dict):
+                for name, amount in value.items():
+                    into.setdefault(key, {}).setdefault(name, 0.0)
+                    into[key][name] += amount
+            else:
+                into[key] = into.get(key, 0.0) + value
+    out = {}
+    for category, by_temperature in sorted(pooled.items()):
+        row = {}
+        for sums in by_temperature.values():
+            positions = max(sums.pop("positions"), 1)
+            for key, value in sums.items():
+                row[key] = {n: v / positions for n, v in value.items()} if isinstance(value, dict) else value / positions
+        out[category] = row
+    return out
 
 
 def write_results(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
-    table, means = markdown_table(results["rows"]), summary(results["rows"])
+    table, means = markdown_table(results["rows"]), summary(results["rows"], results.get("realism"))
     (out / "latest.md").write_text(table)
     (out / "summary.md").write_text(means)
     plot(results["rows"], out / "latest.png")

@@ -53,9 +53,26 @@ def side_by_side_table(rows: list[dict], reference: str = ASSISTED) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(rows: list[dict]) -> str:
-    return summary_table(rows) + "\n" + side_by_side_table(rows)
+def realism_table(realism: dict) -> str:
+    """Per category: greedy tokens inside the static frequency shortlists (T = 0), the drafter's and the target's
+    probability mass inside them and the target's mean top-1 probability (T = 1)."""
+    names = list(next(iter(realism.values()))["greedy_in_static"])
+    header = ([f"greedy in static {n}" for n in names] + [f"drafter mass in {n}" for n in names]
+              + [f"target mass in {n}" for n in names] + ["target top-1 p"])
+    lines = ["| category | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for category, row in realism.items():
+        values = [row.get(key, {}).get(n) for key in ("greedy_in_static", "drafter_mass_in_static",
+                                                      "target_mass_in_static") for n in names]
+        values.append(row.get("target_top1"))
+        lines.append(f"| {category} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict], realism: dict | None = None) -> str:
+    tables = [summary_table(rows), side_by_side_table(rows)] + ([realism_table(realism)] if realism else [])
+    return "\n".join(tables)
 
 
 if __name__ == "__main__":
-    print(summary(json.load(open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json"))["rows"]))
+    results = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json"))
+    print(summary(results["rows"], results.get("realism")))

@@ -72,16 +72,28 @@ def test_tau_phase_two_processes_equal_one(tmp_path):
         assert f"from {processes} process(es)" in printed
         records = json.loads((pair / "tau-T0.0.json").read_text())
         runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
-    assert len(runs[1]) == 13 * 7  # every greedy τ method (autoregressive needs none), one prompt per category
+    # every greedy τ method (autoregressive and eager drafting need none), one prompt per category: Spec-Bench's
+    # six, HumanEval and the out-of-domain headers
+    assert len(runs[1]) == 12 * 8
+    assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers"}
     assert runs[1] == runs[2]
     assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
+    realism = [r["realism"] for r in runs[1] if r["method"] == "full vocabulary"]
+    assert len(realism) == 8
+    for stats in realism:  # greedy tokens inside the static shortlists: counts that grow with the shortlist
+        inside = stats["greedy_in_static"]
+        assert 0 <= inside["1/64"] <= inside["1/32"] <= inside["1/16"] <= stats["positions"]
 
 
-def test_timing_phase_times_every_method_each_round_and_checks_exactness(tmp_path):
+def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes(tmp_path):
     pair, common = calibrated_pair(tmp_path)
     printed = run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
     assert "(round 2/2)" in printed
     rows = json.loads((pair / "timing-T0.0.json").read_text())
-    assert len({r["category"] for r in rows}) == 7  # Spec-Bench's six + HumanEval
+    assert len({r["category"] for r in rows}) == 8  # Spec-Bench's six, HumanEval, the out-of-domain headers
+    assert len({r["method"] for r in rows}) == 9
     assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
     assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding
+    (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
+    assert "timed" not in run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
+    assert json.loads((pair / "timing-T0.0.json").read_text()) == rows  # resumed: nothing timed twice
