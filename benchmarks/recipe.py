@@ -121,7 +121,7 @@ def train_target(args) -> None:
     target = llama_pair(len(tokenizer), *args.size, max_positions=2048)[0].to(args.device)
     steps = math.ceil(args.target_tokens / (args.batch_size * args.length))
     stats = train_causal_lm(target, stream, steps=steps, lr=args.lr, seed=args.seed, desc="target",
-                            **training_options(args))
+                            **training_options(args, args.batch_size))
     lap("train target")
     target.save_pretrained(args.out / "target")
     tokenizer.save_pretrained(args.out / "target")
@@ -154,9 +154,9 @@ def train_drafter(args) -> None:
     for mine, theirs in ((drafter.get_input_embeddings(), target.get_input_embeddings()),
                          (drafter.get_output_embeddings(), target.get_output_embeddings())):
         mine.weight.data.copy_(theirs.weight.data)
-    steps = math.ceil(args.drafter_tokens / (args.batch_size * args.length))
+    steps = math.ceil(args.drafter_tokens / (args.drafter_batch_size * args.length))
     stats = train_causal_lm(drafter, stream, steps=steps, lr=args.drafter_lr, teacher=target, seed=args.seed + 1,
-                            desc="drafter (distilled)", **training_options(args))
+                            desc="drafter (distilled)", **training_options(args, args.drafter_batch_size))
     drafter = drafter.to(dtype)
     lap("train drafter")
     flops_t, flops_d = per_token_flops(target.config), per_token_flops(drafter.config)
@@ -172,6 +172,8 @@ def train_drafter(args) -> None:
         "target_over_drafter_body": (flops_t["body"] + flops_t["head"]) / flops_d["body"],
         "target_perplexity": {name: perplexity(target, t) for name, t in tokens["heldout"].items()},
         "drafter_top1_agreement": top1_agreement(target, drafter, heldout_stream),
+        "drafter_top1_agreement_per_domain": {name: top1_agreement(target, drafter, t)
+                                              for name, t in tokens["heldout"].items()},
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else "none (CPU)",
     })
     lap("evaluate")
@@ -195,9 +197,9 @@ def stopwatch():
     return seconds, lap
 
 
-def training_options(args) -> dict:
+def training_options(args, batch_size: int) -> dict:
     cuda = args.device == "cuda"
-    return dict(batch_size=args.batch_size, length=args.length, compile=cuda,
+    return dict(batch_size=batch_size, length=args.length, compile=cuda,
                 autocast_dtype=torch.bfloat16 if cuda else None)
 
 
@@ -211,10 +213,12 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=8e-4, help="1.5e-3 at 16 x 1024 diverged")
-    parser.add_argument("--drafter-tokens", type=float, default=25e6, help="tokens the drafter distills on")
+    parser.add_argument("--drafter-tokens", type=float, default=30e6, help="tokens the drafter distills on")
+    parser.add_argument("--drafter-batch-size", type=int, default=16,
+                        help="windows per distillation step (two [batch x length x vocab] logit tensors live at once)")
     parser.add_argument("--drafter-lr", type=float, default=1e-3)
     parser.add_argument("--tokenizer-chars", type=int, default=40_000_000, help="characters the tokenizer trains on")
-    parser.add_argument("--size", nargs=4, type=int, default=[768, 12, 768, 2], metavar=("TH", "TL", "DH", "DL"),
+    parser.add_argument("--size", nargs=4, type=int, default=[768, 12, 768, 4], metavar=("TH", "TL", "DH", "DL"),
                         help="target hidden size and layers, drafter hidden size and layers")
     parser.add_argument("--vocab-size", type=int, default=VOCAB)
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test")
