@@ -95,6 +95,10 @@ def methods(calibration: dict) -> list[dict]:
                             schedule=dict(k_by_position=[0], core_by_position=[rows]), assistant="vocabtrim"))
         out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab,
                         schedule=dict(k_by_position=[k], core_by_position=[0])))
+        if name in ("1/16", "1/64"):  # the same budget split: half frequency core, half routed clusters
+            routed = max(1, k // 2)
+            out.append(dict(method=f"frequency core + DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab,
+                            schedule=dict(k_by_position=[routed], core_by_position=[(k - routed) * cluster_size])))
     pa = calibration["k_by_position"]
     out.append(dict(method="DynaSpec position-aware", engine="dynaspec-graph", fraction=sum(pa) / len(pa) * cluster_size / vocab,
                     schedule=dict(k_by_position=pa, core_by_position=[0])))
@@ -103,7 +107,8 @@ def methods(calibration: dict) -> list[dict]:
     for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")]:
         out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=TREE))
     # τ at T = 1 for the chain methods that shortlists change; the one-machine time budget leaves trees at T = 0
-    sampled = {"full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware"}
+    sampled = {"full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
+               "frequency core + DynaSpec 1/16"}
     timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
              "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware", "DynaSpec 1/16, eager drafting",
              "tree: DynaSpec 1/16"}
@@ -115,6 +120,17 @@ def methods(calibration: dict) -> list[dict]:
         method["temperatures"] = ([0.0, 1.0] if name in sampled else [0.0]) if measured else []
         method["timed_temperatures"] = [t for t in (0.0, 1.0) if name in (timed_sampled if t else timed)]
     return out
+
+
+def chosen_methods(calibration: dict, names: list[str] | None) -> list[dict]:
+    """`methods`, or only those named (`--methods`: a run of a few rows, e.g. an ablation on a retrained pair)."""
+    every = methods(calibration)
+    if not names:
+        return every
+    unknown = set(names) - {m["method"] for m in every}
+    if unknown:
+        raise SystemExit(f"Unknown method(s) {sorted(unknown)}; known: {[m['method'] for m in every]}")
+    return [m for m in every if m["method"] in names]
 
 
 def generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor, temperature: float, new_tokens: int):
@@ -222,6 +238,7 @@ def run_tau(args, state) -> None:
                    "--per-category", str(args.per_category), "--max-new-tokens", str(args.max_new_tokens),
                    "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures), "--dtype", args.dtype,
                    *(["--tau-per-category", str(args.tau_per_category)] if args.tau_per_category else []),
+                   *(["--methods", *args.methods] if args.methods else []),
                    "--device", args.device, "--worker", f"{index}/{total}"]
         env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}  # a worker is a process of its own
         env["OMP_NUM_THREADS"] = "1"
@@ -262,7 +279,7 @@ def run_worker(args) -> None:
     done = {(r["method"], r["category"], r["prompt"], r["temperature"]) for r in records}
     shortlist_ranks = frequency_ranks(assistants["dynaspec"], calibration)
     for temperature in args.temperatures:
-        for method in methods(calibration):
+        for method in chosen_methods(calibration, args.methods):
             if temperature not in method["temperatures"]:
                 continue
             for category, number, prompt in prompts:
@@ -323,7 +340,8 @@ def run_timing(args) -> None:
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    timed = [(t, m) for t in args.temperatures for m in methods(calibration) if t in m["timed_temperatures"]]
+    timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods)
+             if t in m["timed_temperatures"]]
     temperatures = ",".join(str(t) for t in args.temperatures)
     progress_file = args.pair / f"timing-progress-T{temperatures}.json"
     state = json.loads(progress_file.read_text()) if progress_file.exists() else dict(done=[], totals={}, reference={})
@@ -373,7 +391,7 @@ def merge(args) -> dict:
         timing += json.loads(path.read_text())
     speed = {(r["method"], r["category"], r["temperature"]): r for r in timing}
     rows = []
-    for method in methods(calibration):
+    for method in chosen_methods(calibration, args.methods):
         for temperature in sorted(set(method["temperatures"] + method["timed_temperatures"])):
             for category in sorted({r["category"] for r in records}):
                 mine = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
@@ -503,6 +521,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test of the pipeline")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="float32 keeps greedy verification exact (bf16 numerics differ between pass shapes)")
+    parser.add_argument("--methods", nargs="+", help="run only these methods (names as in the results' rows)")
     parser.add_argument("--tau-per-category", type=int, default=None,
                         help="measure τ on the first N prompts of each category's sample (default: all)")
     args = parser.parse_args(argv)

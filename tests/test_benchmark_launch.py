@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dynaspec_hf.demo import llama_pair, stdlib_texts, train_tokenizer
@@ -74,7 +75,7 @@ def test_tau_phase_two_processes_equal_one(tmp_path):
         runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
     # every greedy τ method (autoregressive and eager drafting need none), one prompt per category: Spec-Bench's
     # six, HumanEval and the out-of-domain headers
-    assert len(runs[1]) == 12 * 8
+    assert len(runs[1]) == 14 * 8
     assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers"}
     assert runs[1] == runs[2]
     assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
@@ -97,3 +98,17 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
     (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
     assert "timed" not in run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
     assert json.loads((pair / "timing-T0.0.json").read_text()) == rows  # resumed: nothing timed twice
+
+
+def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from run_benchmark import chosen_methods
+
+    calibration = dict(num_clusters=256, cluster_size=501, vocab_size=128_256, ks={"1/64": 4, "1/32": 8, "1/16": 16},
+                       k_by_position=[8, 4])
+    chosen = chosen_methods(calibration, ["static frequency 1/16", "frequency core + DynaSpec 1/16"])
+    assert [m["method"] for m in chosen] == ["static frequency 1/16", "frequency core + DynaSpec 1/16"]
+    assert chosen[1]["schedule"] == dict(k_by_position=[8], core_by_position=[8 * 501])  # half core, half routed
+    assert len(chosen_methods(calibration, None)) == len(chosen_methods(calibration, []))
+    with pytest.raises(SystemExit, match="Unknown method"):
+        chosen_methods(calibration, ["DynaSpec 1/7"])
