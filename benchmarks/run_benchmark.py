@@ -484,6 +484,8 @@ def plot(rows: list[dict], path: Path) -> None:
                                                    ("recovery", 1, "recovery of full-vocabulary τ, T = 1"),
                                                    ("speedup", 0, "speedup over autoregressive, greedy"))
               if any(r["temperature"] == t and r.get(key) is not None for r in rows)]
+    if not panels:  # nothing measured yet (a merge before any τ record)
+        return
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
     for ax, (key, temperature, label) in zip(axes[0], panels):
         chosen = [r for r in rows if r["temperature"] == temperature and r.get(key) is not None]
