@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
-from .modeling_dynaspec import sampling_processors, crop_cache
+from .modeling_dynaspec import crop_cache, rollback_cache, sampling_processors
 from .tree import TokenTree, additive_mask, draft_tree
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
@@ -120,8 +120,8 @@ def generate(
 
 def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree_config) -> list[int]:
     """New tokens for one unpadded prompt."""
-    target_cache = DynamicCache(config=target.config)
-    drafter_cache = DynamicCache(config=assistant.config.drafter_config)
+    target_cache = rollback_cache(target.config)
+    drafter_cache = rollback_cache(assistant.config.drafter_config)
     committed = prompt.to(target.device)
     produced: list[int] = []
     while len(produced) < max_new_tokens:
@@ -234,5 +234,5 @@ def _check_supported(target, assistant, generation_config, input_ids, tree: Tree
     if window is not None and longest > window:
         raise ValueError(
             f"The target attends within a sliding window of {window} tokens, which the tree mask does not model; "
-            f"prompt + new tokens ({longest}) must stay within it."
+            f"prompt + new tokens + tree depth ({longest}) must stay within it."
         )

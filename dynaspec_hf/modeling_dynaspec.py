@@ -13,16 +13,18 @@ One draft step (see `draft`):
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
+from transformers import AutoModel, DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
 from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .clusters import TokenClusters
 from .configuration_dynaspec import DynaSpecConfig
+from .logit_transform import LogitTransform
 from .router import ClusterRouter
 from .shortlist_head import ShortlistHead
 
@@ -50,7 +52,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         self.drafter = AutoModel.from_config(drafter_config)
         hidden = drafter_config.hidden_size
         self.router = ClusterRouter(hidden, hidden, config.num_clusters, config.router_hidden_size)
-        self.lm_head = ShortlistHead(hidden, config.vocab_size, config.num_clusters, config.cluster_size, config.core_size)
+        self.lm_head = ShortlistHead(hidden, config.vocab_size, config.num_clusters, config.cluster_size, config.core_size,
+                                     LogitTransform.from_config(drafter_config))
         self.post_init()
         # Draft block length for `target.generate(assistant_model=...)`; saved in generation_config.json.
         self.generation_config.num_assistant_tokens = DEFAULT_DRAFT_TOKENS
@@ -103,7 +106,9 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         model.lm_head.load_full_head(head.weight, clusters)
         if router is not None:
             model.router.load_state_dict(router.state_dict())
-        return model.to(device=head.weight.device, dtype=head.weight.dtype).eval()
+        model = model.to(device=head.weight.device, dtype=head.weight.dtype).eval()
+        check_same_distribution(drafter, model)
+        return model
 
     def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None):
         """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self.
@@ -280,10 +285,11 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         processors = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
         eos = torch.tensor(eos_token_id or [], dtype=torch.long, device=input_ids.device)
 
-        cached = past_key_values.get_seq_length() if past_key_values is not None else 0
-        start = min(max(length - 2, 0), cached)
-        if past_key_values is not None:
-            crop_cache(past_key_values, start)
+        if past_key_values is None:
+            past_key_values = rollback_cache(self.config.drafter_config)
+        check_rollback_possible(past_key_values, length + max_new_tokens)
+        start = min(max(length - 2, 0), past_key_values.get_seq_length())
+        crop_cache(past_key_values, start)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: let the model derive positions from the cache
         positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -398,6 +404,70 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             drafter = GraphDrafter(self, max_length=max(2048, 2 * needed))
             self.__dict__["_graph_drafter"] = drafter
         return drafter
+
+
+@torch.no_grad()
+def check_same_distribution(drafter: PreTrainedModel, assistant: DynaSpecAssistant) -> None:
+    """Raise if the assistant's full-vocabulary distribution is not the drafter's on a probe input: the drafter's
+    family transforms its logits in a way the shortlist head does not reproduce (`logit_transform.py`)."""
+    device = assistant.lm_head.weight.device
+    if device.type == "meta":
+        return
+    ids = (torch.arange(1, 9, device=device) % assistant.config.vocab_size)[None]
+    was_training = drafter.training
+    drafter.eval()
+    try:
+        theirs = drafter(input_ids=ids, use_cache=False).logits.float().softmax(-1)
+        mine = assistant(input_ids=ids, use_cache=False).logits.float().softmax(-1)
+    finally:
+        drafter.train(was_training)
+    distance = 0.5 * (theirs - mine).abs().sum(-1).max().item()
+    if distance > (1e-3 if assistant.lm_head.weight.dtype == torch.float32 else 5e-2):
+        raise ValueError(
+            f"A DynaSpec assistant built from this {type(drafter).__name__} would not draft from its distribution "
+            f"(total variation {distance:.3f} on a probe input): model type '{drafter.config.model_type}' changes "
+            f"its logits after the output head in a way dynaspec-hf does not reproduce (supported: soft-capping by "
+            f"`final_logit_softcapping`, Cohere's `logit_scale`, Granite's `logits_scaling`)."
+        )
+
+
+def rollback_cache(config) -> DynamicCache:
+    """An empty cache that speculative decoding can crop: sliding-window layers of recent transformers drop states
+    past their window unless told to record them until the next `crop`."""
+    cache = DynamicCache(config=config)
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+    return cache
+
+
+@functools.cache
+def sliding_layers_roll_back() -> bool:
+    """Whether this transformers' sliding-window cache layers, recording their past, take several forwards between
+    two crops (a draft block before its rollback). Transformers 5.17 returns more states than its mask covers."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    layer = DynamicSlidingWindowLayer(sliding_window=2)
+    layer.activate_past_recording()
+    layer.update(torch.zeros(1, 1, 3, 1), torch.zeros(1, 1, 3, 1))
+    keys, _ = layer.update(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))
+    return keys.shape[-2] == 2
+
+
+def check_rollback_possible(cache, longest: int) -> None:
+    """Raise a clear error where a sliding-window cache would outgrow its window on a transformers version whose
+    sliding layers cannot then be rolled back (instead of failing deep inside attention)."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    windows = [layer.sliding_window for layer in getattr(cache, "layers", ())
+               if isinstance(layer, DynamicSlidingWindowLayer)]
+    if windows and longest > min(windows) and not sliding_layers_roll_back():
+        import transformers
+
+        raise ValueError(
+            f"The drafter attends within a sliding window of {min(windows)} tokens and this draft block reaches "
+            f"{longest}: transformers {transformers.__version__} cannot roll such a cache back after several "
+            f"draft steps. Upgrade transformers (5.23 can), or keep prompt + new tokens within the window."
+        )
 
 
 def crop_cache(cache, length: int) -> None:

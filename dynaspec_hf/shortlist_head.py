@@ -11,14 +11,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .triton_head import block_logits, triton_kernel_applies
 from .clusters import TokenClusters, check_cluster_token_ids
+from .logit_transform import LogitTransform
+from .triton_head import block_logits, triton_kernel_applies
 
 
 class ShortlistHead(nn.Module):
-    def __init__(self, hidden_size: int, vocab_size: int, num_clusters: int, cluster_size: int, core_size: int):
+    def __init__(self, hidden_size: int, vocab_size: int, num_clusters: int, cluster_size: int, core_size: int,
+                 transform: LogitTransform = LogitTransform()):
         super().__init__()
         self.vocab_size = vocab_size
+        self.transform = transform  # the drafter family's final-logit transform (softcapping, scaling)
         self.weight = nn.Parameter(torch.zeros(core_size + num_clusters * cluster_size, hidden_size))
         self.register_buffer("core_token_ids", torch.arange(core_size, dtype=torch.long))
         self.register_buffer("cluster_token_ids", torch.full((num_clusters, cluster_size), -1, dtype=torch.long))
@@ -80,7 +83,7 @@ class ShortlistHead(nn.Module):
         """Logits of the shortlist rows for `hidden` `[B, d]`.
 
         `cluster_ids` `[B, k]` picks cluster blocks (None: all clusters, i.e. the full vocabulary); the first
-        `num_core` core tokens are added. Returns `(logits [B, R], token_ids [B, R])`; padding rows and cluster rows
+        `num_core` core tokens are added. The logits are the drafter's own: its family's transform is applied. Returns `(logits [B, R], token_ids [B, R])`; padding rows and cluster rows
         whose token is already among the active core rows get logit `-inf` and token id -1, so no token is counted
         twice.
         """
@@ -105,6 +108,8 @@ class ShortlistHead(nn.Module):
             rank = None if core_rank is None else core_rank[cluster_ids].reshape(batch, -1)
         if num_core and core_rank is None:
             raise ValueError("Pass `core_rank` (from `core_rank()`) when core rows are active, to drop duplicates.")
+        if not self.transform.is_identity:  # before masking: a soft cap would turn -inf into -cap
+            logits = [self.transform(part) for part in logits]
         invalid = ids < 0
         if num_core:
             invalid = invalid | (rank < num_core)

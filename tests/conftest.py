@@ -2,17 +2,29 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (CohereConfig, Gemma2Config, Gemma3TextConfig, GraniteConfig, LlamaConfig, MistralConfig,
+                          Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config)
 
 from dynaspec_hf import DynaSpecAssistant, TokenClusters
 
 VOCAB = 192
 SAMPLING_VOCAB = 32  # vocabulary of the pair the sampling tests draw from
 
-FAMILIES = {
-    "llama": LlamaConfig,
-    "qwen2": Qwen2Config,
-    "mistral": MistralConfig,
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+FAMILIES = {  # name: (config class, what makes the family itself at tiny size)
+    "llama": (LlamaConfig, {}),
+    "llama3-tied": (LlamaConfig, dict(tie_word_embeddings=True, rope_scaling=LLAMA3_ROPE)),
+    "qwen2": (Qwen2Config, {}),
+    "qwen2-tied": (Qwen2Config, dict(tie_word_embeddings=True)),
+    "qwen3": (Qwen3Config, dict(head_dim=16)),
+    "mistral": (MistralConfig, dict(sliding_window=8)),
+    "gemma2": (Gemma2Config, dict(head_dim=16, sliding_window=8, final_logit_softcapping=3.0)),
+    "gemma3-text": (Gemma3TextConfig, dict(head_dim=16, sliding_window=8, final_logit_softcapping=3.0)),
+    "phi3": (Phi3Config, {}),
+    "cohere": (CohereConfig, dict(logit_scale=4.0)),
+    "granite": (GraniteConfig, dict(logits_scaling=0.25)),
+    "olmo2": (Olmo2Config, {}),
 }
 
 
@@ -30,8 +42,18 @@ def tiny_config(family: str, vocab_size: int = VOCAB, hidden_size: int = 64, lay
         pad_token_id=None,
         tie_word_embeddings=False,
     )
+    config_class, family_kwargs = FAMILIES[family]
+    kwargs.update(family_kwargs)
     kwargs.update(overrides)
-    return FAMILIES[family](**kwargs)
+    return config_class(**kwargs)
+
+
+def rollback_limited(family: str) -> bool:
+    """A sliding-window family on a transformers whose sliding caches cannot roll a draft block back (5.17): the
+    stock loop must refuse drafts that outgrow the window, with a clear error."""
+    from dynaspec_hf.modeling_dynaspec import sliding_layers_roll_back
+
+    return "sliding_window" in FAMILIES[family][1] and not sliding_layers_roll_back()
 
 
 def tiny_pair(family: str, seed: int = 0, noise: float = 0.5, vocab_size: int = VOCAB, **overrides):
