@@ -11,6 +11,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PretrainedConfig
 from transformers.generation.candidate_generator import CandidateGenerator
 
+from .draft_output import output_cache
 from .modeling_dynaspec import DEFAULT_DRAFT_TOKENS
 
 
@@ -64,7 +65,7 @@ class DynaSpecCandidateGenerator(CandidateGenerator):
             logits_processor=self.logits_processor,
             eos_token_id=self.eos_token_id,
         )
-        self.past_key_values = out.past_key_values
+        self.past_key_values = output_cache(out)
         return out.sequences, torch.stack(out.scores, dim=1)
 
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int):

@@ -20,6 +20,8 @@ import torch
 from transformers import LogitsProcessorList, StaticCache
 from transformers.generation import GenerateDecoderOnlyOutput
 
+from .draft_output import draft_output
+
 MAX_GRAPH_TOKENS = 16  # body inputs per captured step; longer re-reads (the first prompt) run eagerly
 
 
@@ -205,9 +207,7 @@ class GraphDrafter:
             scores.append(logits)
         cache.length = length + max(max_new_tokens - 1, 0)
         keep = _stop_index(sequences[0, length:], scores, min_new_tokens, eos_token_id, confidence_threshold)
-        return GenerateDecoderOnlyOutput(
-            sequences=sequences[:, : length + keep], scores=tuple(scores[:keep]), past_key_values=cache
-        )
+        return draft_output(sequences[:, : length + keep], tuple(scores[:keep]), cache)
 
 
 def _stop_index(tokens, scores, min_new_tokens, eos_token_id, confidence_threshold) -> int:

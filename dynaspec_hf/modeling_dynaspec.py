@@ -18,12 +18,13 @@ import functools
 import torch
 from torch import nn
 from transformers import AutoModel, DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
-from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .clusters import TokenClusters
 from .configuration_dynaspec import DynaSpecConfig
+from .draft_output import draft_output
 from .logit_transform import LogitTransform
 from .router import ClusterRouter
 from .shortlist_head import ShortlistHead
@@ -334,7 +335,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
                 use_cache=True,
             )
             previous, hidden = hidden, out.last_hidden_state[:, -1]
-        return GenerateDecoderOnlyOutput(sequences=sequences, scores=tuple(scores), past_key_values=cache)
+        return draft_output(sequences, tuple(scores), cache)
 
     @torch.no_grad()
     def generate(
@@ -344,9 +345,11 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         logits_processor: LogitsProcessorList | None = None,
         past_key_values=None,
         attention_mask: torch.Tensor | None = None,
+        cache=None,
         **kwargs,
     ):
-        """Shortlist drafting with the `generate` interface transformers' assisted loop calls.
+        """Shortlist drafting with the `generate` interface transformers' assisted loop calls (which names the
+        drafter's cache `past_key_values` up to transformers 5.23 and `cache` from 5.24).
 
         Called by `target.generate(..., assistant_model=self)` it drafts one block. Called directly, it decodes
         with the shortlist head (greedy or sampled with temperature / top-k / top-p).
@@ -373,6 +376,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             eos_token_id=[eos] if isinstance(eos, int) else eos,
             confidence_threshold=threshold,
         )
+        past_key_values = past_key_values if past_key_values is not None else cache
         output = self.draft_block(input_ids, max(int(max_new_tokens), 0), past_key_values, attention_mask, **options)
         return output if generation_config.return_dict_in_generate else output.sequences
 
