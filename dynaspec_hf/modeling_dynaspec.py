@@ -16,10 +16,12 @@ import copy
 import functools
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModel, DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.generation import GenerateDecoderOnlyOutput
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .clusters import TokenClusters
@@ -448,8 +450,6 @@ def rollback_cache(config) -> DynamicCache:
 def sliding_layers_roll_back() -> bool:
     """Whether this transformers' sliding-window cache layers, recording their past, take several forwards between
     two crops (a draft block before its rollback). Transformers 5.17 returns more states than its mask covers."""
-    from transformers.cache_utils import DynamicSlidingWindowLayer
-
     layer = DynamicSlidingWindowLayer(sliding_window=2)
     layer.activate_past_recording()
     layer.update(torch.zeros(1, 1, 3, 1), torch.zeros(1, 1, 3, 1))
@@ -460,13 +460,9 @@ def sliding_layers_roll_back() -> bool:
 def check_rollback_possible(cache, longest: int) -> None:
     """Raise a clear error where a sliding-window cache would outgrow its window on a transformers version whose
     sliding layers cannot then be rolled back (instead of failing deep inside attention)."""
-    from transformers.cache_utils import DynamicSlidingWindowLayer
-
     windows = [layer.sliding_window for layer in getattr(cache, "layers", ())
                if isinstance(layer, DynamicSlidingWindowLayer)]
     if windows and longest > min(windows) and not sliding_layers_roll_back():
-        import transformers
-
         raise ValueError(
             f"The drafter attends within a sliding window of {min(windows)} tokens and this draft block reaches "
             f"{longest}: transformers {transformers.__version__} cannot roll such a cache back after several "
