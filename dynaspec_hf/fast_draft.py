@@ -7,7 +7,9 @@ one-token step its inputs (the previous hidden state and the current token's emb
 body starts, so routing overlaps the body and joins the head through an event.
 
 The static cache is handed to transformers' assisted loop as a `StaticDraftCache`: the loop only asks its length
-and crops it, and cropping is moving the write position back (entries beyond it are masked by position).
+and crops it, and cropping is moving the write position back (entries beyond it are masked by position). Every
+layer keeps every position, sliding-window layers too (a ring buffer would overwrite what a rollback needs); the
+window is applied by the mask, one per layer type for models that interleave local and global attention.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import warnings
 from contextlib import nullcontext
 
 import torch
-from transformers import LogitsProcessorList, StaticCache
+from transformers import LogitsProcessorList
+from transformers.cache_utils import Cache, StaticLayer
 from transformers.generation import GenerateDecoderOnlyOutput
 
 from .draft_output import draft_output
@@ -45,8 +48,11 @@ class GraphDrafter:
     def __init__(self, assistant, max_length: int = 2048, use_graphs: bool = True, route: bool = True):
         self.assistant, self.max_length, self.use_graphs, self.route = assistant, max_length, use_graphs, route
         self.device, self.dtype = device, dtype = assistant.device, assistant.dtype
-        self.cache = StaticCache(config=assistant.config.drafter_config, max_cache_len=max_length)
-        hidden_size = assistant.config.drafter_config.hidden_size
+        config = assistant.config.drafter_config
+        self.cache = Cache(layers=[StaticLayer(max_cache_len=max_length) for _ in range(config.num_hidden_layers)])
+        self.window = getattr(config, "sliding_window", None)
+        self.masks_by_layer_type = getattr(config, "layer_types", None) is not None
+        hidden_size = config.hidden_size
         self.tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.previous = torch.zeros(1, hidden_size, dtype=dtype, device=device)  # body output of the last step
         self.logits = torch.zeros(1, assistant.config.vocab_size, dtype=torch.float32, device=device)
@@ -80,9 +86,7 @@ class GraphDrafter:
         layer = self.cache.layers[0]
         start = layer.cumulative_length if layer.is_initialized else 0
         positions = torch.arange(num_tokens, device=ids.device) + start
-        allowed = self.key_positions[None, :] <= positions[:, None]
-        mask = torch.zeros(allowed.shape, dtype=self.previous.dtype, device=ids.device)
-        mask = mask.masked_fill_(~allowed, torch.finfo(mask.dtype).min)[None, None]
+        mask = self._attention_mask(positions)
 
         num_core, k = assistant.config.shortlist_at(position)
         routed = 0 < k < assistant.config.num_clusters
@@ -107,6 +111,22 @@ class GraphDrafter:
             cluster_ids = ids.new_empty(1, 0) if k == 0 else None
         self.logits.copy_(assistant._spread(*assistant.lm_head(hidden, cluster_ids, num_core, self.core_rank)))
         self.previous.copy_(hidden)
+
+    def _attention_mask(self, positions: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Additive masks over the static cache: causal, and within the window for sliding-window layers (keys
+        beyond the write position, left by a rollback, are masked too). Transformers uses a 4D mask as given."""
+        keys, queries = self.key_positions[None, :], positions[:, None]
+        causal = self._additive(keys <= queries)
+        if self.window is None:
+            return causal
+        windowed = self._additive((keys <= queries) & (keys > queries - self.window))
+        if self.masks_by_layer_type:  # models with `layer_types` take one mask per type
+            return {"full_attention": causal, "sliding_attention": windowed}
+        return windowed  # every layer slides (Mistral, Phi-3)
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(allowed.shape, dtype=self.previous.dtype, device=allowed.device)
+        return mask.masked_fill_(~allowed, torch.finfo(mask.dtype).min)[None, None]
 
     def _clusters(self, previous: torch.Tensor, token_ids: torch.Tensor, k: int) -> torch.Tensor:
         if not self.route:  # for measuring the router's cost: the same head work on fixed clusters

@@ -391,15 +391,13 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
                           **options)
 
     def _graph_drafter_for(self, input_ids, max_new_tokens, attention_mask, past_key_values):
-        """The CUDA-graph drafter when this call can use it (CUDA, batch 1, no padding, full attention), else None."""
+        """The CUDA-graph drafter when this call can use it (CUDA, batch 1, no padding), else None."""
         from .fast_draft import GraphDrafter, StaticDraftCache
 
         if not self.use_cuda_graphs or self.device.type != "cuda" or input_ids.shape[0] != 1:
             return None
         if past_key_values is not None and not isinstance(past_key_values, StaticDraftCache):
             return None
-        if getattr(self.config.drafter_config, "sliding_window", None) is not None:
-            return None  # the static-cache mask below models full attention only
         if attention_mask is not None and not bool(attention_mask.all()):
             return None
         needed = input_ids.shape[1] + max_new_tokens

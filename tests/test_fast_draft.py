@@ -9,7 +9,9 @@ import torch
 
 from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache
 from dynaspec_hf.measure import count_forward_calls
-from conftest import SETTINGS, VOCAB, make_assistant, tiny_pair
+from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, rollback_limited, tiny_config, tiny_pair
+
+SLIDING = sorted(family for family, (_, kwargs) in FAMILIES.items() if "sliding_window" in kwargs)
 
 
 def static_cache_assistant(drafter, setting, monkeypatch):
@@ -19,9 +21,21 @@ def static_cache_assistant(drafter, setting, monkeypatch):
     return assistant, engine
 
 
-@pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_static_cache_drafting_equals_target(setting, monkeypatch):
-    target, drafter = tiny_pair("llama", seed=11)
+def narrow_window_pair(family: str, seed: int):
+    """A target whose window (64) covers these cases and a drafter with its weights plus noise, attending within
+    8 tokens: drafts outgrow the drafter's window, and the target's output stays checkable on any transformers."""
+    from transformers import AutoModelForCausalLM
+
+    target, noisy = tiny_pair(family, seed=seed, sliding_window=64)
+    drafter = AutoModelForCausalLM.from_config(tiny_config(family, sliding_window=8)).eval()
+    drafter.load_state_dict(noisy.state_dict())
+    return target, drafter
+
+
+@pytest.mark.parametrize("family,setting", [("llama", setting) for setting in sorted(SETTINGS)]
+                         + [(family, "routed") for family in SLIDING])
+def test_static_cache_drafting_equals_target(family, setting, monkeypatch):
+    target, drafter = tiny_pair("llama", seed=11) if family == "llama" else narrow_window_pair(family, seed=11)
     assistant, engine = static_cache_assistant(drafter, setting, monkeypatch)
     generator = torch.Generator().manual_seed(5)
     passes, produced = 0, 0
@@ -37,9 +51,11 @@ def test_static_cache_drafting_equals_target(setting, monkeypatch):
     assert isinstance(engine.active, StaticDraftCache)
 
 
-def test_static_cache_drafts_equal_eager_drafts(monkeypatch):
-    """Block by block, the static-cache drafter proposes the eager drafter's tokens with the same scores."""
-    _, drafter = tiny_pair("qwen2", seed=12)
+@pytest.mark.parametrize("family", ["qwen2"] + [family for family in SLIDING if not rollback_limited(family)])
+def test_static_cache_drafts_equal_eager_drafts(family, monkeypatch):
+    """Block by block, the static-cache drafter proposes the eager drafter's tokens with the same scores (for
+    sliding-window families, beyond their 8-token window)."""
+    _, drafter = tiny_pair(family, seed=12)
     assistant, engine = static_cache_assistant(drafter, "routed", monkeypatch)
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
     eager_cache, static_cache = None, None
@@ -52,6 +68,28 @@ def test_static_cache_drafts_equal_eager_drafts(monkeypatch):
         ids = torch.cat([eager.sequences[:, : ids.shape[1] + accepted], torch.tensor([[7]])], dim=1)
         for cache in (eager_cache, static_cache):  # what the assisted loop does before the next block
             cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
+
+
+@pytest.mark.parametrize("family", SLIDING)
+def test_static_cache_keeps_the_drafters_sliding_window(family, monkeypatch):
+    """Full-vocabulary drafts on the static cache are the drafter's own greedy tokens and logits, recomputed without
+    a cache, across rollbacks and beyond the 8-token window (interleaved local/global layers for Gemma)."""
+    _, drafter = tiny_pair(family, seed=16)
+    assistant, engine = static_cache_assistant(drafter, "full", monkeypatch)
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(4))
+    cache = None
+    for accepted in (2, 0, 5):
+        fast = engine.draft(ids, 6, cache)
+        sequence = ids
+        for score in fast.scores:
+            with torch.no_grad():
+                logits = drafter(sequence, use_cache=False).logits[:, -1]
+            torch.testing.assert_close(score, logits, atol=1e-4, rtol=1e-4)
+            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
+        assert torch.equal(fast.sequences, sequence)
+        cache = fast.past_key_values
+        ids = torch.cat([sequence[:, : ids.shape[1] + accepted], torch.tensor([[7]])], dim=1)
+        cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
 
 
 def test_stopping_rules_match_eager(monkeypatch):
