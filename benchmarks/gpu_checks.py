@@ -2,14 +2,16 @@
 
     python benchmarks/gpu_checks.py --out benchmarks/results
 
-1. Exactness (float32): tiny Llama/Qwen2 pairs through the unchanged `target.generate(assistant_model=...)` with
-   the CUDA-graph drafter (full / static / routed schedules), the tree loop on the GPU, and graph drafts equal
-   to eager drafts on a 128,256-token random pair (Triton and gather heads).
+1. Exactness (float32): tiny Llama/Qwen2 pairs and sliding-window drafters (Mistral, Gemma-2/3) through the
+   unchanged `target.generate(assistant_model=...)` with the CUDA-graph drafter, the tree loop on the GPU, and
+   graph drafts equal to eager drafts on a 128,256-token random pair (Triton and gather heads) and, for the
+   sliding-window families, to eager static-cache steps and the drafter's own uncached greedy tokens.
 2. Sampling (float32): chi-square of the first token and the second-token marginal with the graph drafter.
 3. Anatomy (bf16, random weights, batch 1): per draft step body / full head / shortlist head (gather, Triton) /
    router, and whole graph-replayed steps with the full head, a static 1/16 shortlist and DynaSpec 1/16 (router on
    its side stream; and with fixed clusters, which gives the router's overhead); eager steps for comparison;
-   the Llama-3-8B-shaped target's forward for 1 and 7 tokens. Writes anatomy.json / anatomy.md.
+   Llama-, EAGLE-, Qwen2.5-0.5B- and Gemma-2-2B-shaped drafters; the Llama-3-8B-shaped target's forward for 1, 7
+   and 17 tokens. Writes gpu_checks.json / gpu_checks.md.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
+from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2Config  # noqa: E402
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig  # noqa: E402
@@ -69,32 +71,76 @@ def graph_ms(fn, inner: int = 20) -> float:
 
 
 def check_exactness(log) -> dict:
+    """Llama and Qwen2 pairs, and sliding-window drafters (8-token window, under a target whose 64-token window
+    covers the cases) of the Mistral and Gemma families: their drafts outgrow the window on the graph path."""
     from conftest import SETTINGS, make_assistant, tiny_pair
+    from test_fast_draft import SLIDING, narrow_window_pair
 
     results = {}
-    for family in ("llama", "qwen2"):
-        target, drafter = tiny_pair(family)
+    cases = [(family, setting) for family in ("llama", "qwen2") for setting in sorted(SETTINGS)]
+    for family, setting in cases + [(family, "routed") for family in SLIDING]:
+        target, drafter = tiny_pair(family) if family in ("llama", "qwen2") else narrow_window_pair(family, seed=0)
         target, drafter = target.cuda(), drafter.cuda()
-        for setting in sorted(SETTINGS):
-            assistant = make_assistant(drafter, setting)
-            generator = torch.Generator().manual_seed(1)
-            exact = total = 0
-            for _ in range(20):
-                ids = torch.randint(0, 192, (1, int(torch.randint(1, 30, (1,), generator=generator))),
-                                    generator=generator).cuda()
-                new = int(torch.randint(1, 25, (1,), generator=generator))
-                plain = target.generate(ids, do_sample=False, max_new_tokens=new)
-                exact += torch.equal(plain, target.generate(ids, assistant_model=assistant, do_sample=False,
-                                                            max_new_tokens=new))
-                total += 1
-            graphs = len(assistant.__dict__["_graph_drafter"].graphs)
+        assistant = make_assistant(drafter, setting)
+        generator = torch.Generator().manual_seed(1)
+        exact = total = 0
+        for _ in range(20):
+            ids = torch.randint(0, 192, (1, int(torch.randint(1, 30, (1,), generator=generator))),
+                                generator=generator).cuda()
+            new = int(torch.randint(1, 25, (1,), generator=generator))
+            plain = target.generate(ids, do_sample=False, max_new_tokens=new)
+            exact += torch.equal(plain, target.generate(ids, assistant_model=assistant, do_sample=False,
+                                                        max_new_tokens=new))
+            total += 1
+        graphs = len(assistant.__dict__["_graph_drafter"].graphs)
+        tree_exact = "-"  # the tree loop drafts eagerly; sliding-window drafters are checked on the CPU
+        if family in ("llama", "qwen2"):
             tree_exact = sum(
                 torch.equal(target.generate(ids, do_sample=False, max_new_tokens=20),
                             dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20, tree=TreeConfig()))
                 for ids in [torch.randint(0, 192, (1, 9), generator=generator).cuda() for _ in range(10)])
-            results[f"{family}/{setting}"] = dict(exact=exact, prompts=total, graphs=graphs, tree_exact=tree_exact,
-                                                  tree_prompts=10)
-            log(f"| {family} | {setting} | {exact}/{total} | {graphs} | {tree_exact}/10 |")
+        results[f"{family}/{setting}"] = dict(exact=exact, prompts=total, graphs=graphs, tree_exact=tree_exact,
+                                              tree_prompts=10)
+        tree_text = f"{tree_exact}/10" if family in ("llama", "qwen2") else "-"
+        log(f"| {family} | {setting} | {exact}/{total} | {graphs} | {tree_text} |")
+    return results
+
+
+def check_sliding_window_drafts(log) -> dict:
+    """Graph drafts of sliding-window drafters (8-token window, 40-token prompt) equal the same static-cache steps
+    run eagerly, and, with the full head, the drafter's own greedy tokens recomputed without a cache."""
+    from conftest import make_assistant, tiny_pair
+    from test_fast_draft import SLIDING
+
+    results = {}
+    for family in SLIDING:
+        _, drafter = tiny_pair(family, seed=16)
+        drafter = drafter.cuda()
+        for setting in ("full", "routed"):
+            assistant = make_assistant(drafter, setting)
+            graphs, eager = GraphDrafter(assistant, max_length=256), GraphDrafter(assistant, 256, use_graphs=False)
+            ids = torch.randint(0, 192, (1, 40), generator=torch.Generator().manual_seed(0)).cuda()
+            same = own = 0
+            graph_cache = eager_cache = None
+            for accepted in (2, 0, 6, 3, 1):
+                fast, slow = graphs.draft(ids, 6, graph_cache), eager.draft(ids, 6, eager_cache)
+                same += torch.equal(fast.sequences, slow.sequences) and torch.allclose(
+                    torch.stack(fast.scores), torch.stack(slow.scores), atol=1e-4, rtol=1e-4)
+                if setting == "full":
+                    reference = ids
+                    for _ in range(6):
+                        with torch.no_grad():
+                            token = drafter(reference, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                        reference = torch.cat([reference, token], dim=1)
+                    own += torch.equal(fast.sequences, reference)
+                graph_cache, eager_cache = fast.past_key_values, slow.past_key_values
+                ids = torch.cat([fast.sequences[:, : ids.shape[1] + accepted], ids[:, -1:] * 0 + 11], dim=1)
+                for cache in (graph_cache, eager_cache):
+                    cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
+            own_text = f"{own}/5" if setting == "full" else "-"
+            results[f"{family}/{setting}"] = dict(graph_equals_eager=same, equals_drafter=own_text, blocks=5,
+                                                  graphs=len(graphs.graphs))
+            log(f"| {family} | {setting} | {same}/5 | {own_text} | {len(graphs.graphs)} |")
     return results
 
 
@@ -105,10 +151,10 @@ def random_pair(drafter_config: LlamaConfig, target_config: LlamaConfig | None, 
     return target, drafter
 
 
-def random_clusters(num_clusters: int = 256, seed: int = 0) -> TokenClusters:
+def random_clusters(vocab_size: int = VOCAB, num_clusters: int = 256, seed: int = 0) -> TokenClusters:
     """Frequency bands of a random ranking (what the timings need is the layout, not which tokens), core = 16 bands."""
-    ranking = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(seed)).float()
-    return TokenClusters.from_frequencies(ranking, num_clusters, core_size=16 * -(-VOCAB // num_clusters))
+    ranking = torch.randperm(vocab_size, generator=torch.Generator().manual_seed(seed)).float()
+    return TokenClusters.from_frequencies(ranking, num_clusters, core_size=16 * -(-vocab_size // num_clusters))
 
 
 def check_graph_drafts(log) -> dict:
@@ -173,10 +219,27 @@ def llama_config(hidden: int, layers: int, intermediate: int, heads: int | None 
                        tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 
+def gemma2_2b_config():
+    """Gemma-2-2B's shape: 256k tied vocabulary, local (4,096) and global layers alternating, soft-capped logits."""
+    return Gemma2Config(vocab_size=256_000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, sliding_window=4096,
+                        final_logit_softcapping=30.0, attn_logit_softcapping=50.0, tie_word_embeddings=True,
+                        max_position_embeddings=8192, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+
+def qwen25_05b_config():
+    """Qwen2.5-0.5B's shape: 151,936-token tied vocabulary, a narrow 896-wide body."""
+    return Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
+                       max_position_embeddings=8192, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+
 DRAFTERS = {
-    "trained-pair drafter (2 x 768)": llama_config(768, 2, 2048),
+    "trained-pair drafter (4 x 768)": llama_config(768, 4, 2048),
     "Llama-3.2-1B-shaped (16 x 2048)": llama_config(2048, 16, 8192, 32, 8),
     "EAGLE-like (1 x 4096)": llama_config(4096, 1, 14336, 32, 8),
+    "Qwen2.5-0.5B-shaped (24 x 896, 151,936 tied)": qwen25_05b_config(),
+    "Gemma-2-2B-shaped (26 x 2304, 256,000 tied, sliding)": gemma2_2b_config(),
 }
 TARGET_8B = llama_config(4096, 32, 14336, 32, 8)
 
@@ -184,12 +247,13 @@ TARGET_8B = llama_config(4096, 32, 14336, 32, 8)
 @torch.no_grad()
 def step_times(drafter, context: int = 256) -> dict:
     """Per-draft-step components and whole steps (graph-replayed and eager) at 1/16 of the vocabulary."""
-    clusters = random_clusters()
+    vocab_size = drafter.config.vocab_size
+    clusters = random_clusters(vocab_size)
     assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router_hidden_size=512, k_by_position=[16])
     hidden = torch.randn(1, drafter.config.hidden_size, device="cuda", dtype=drafter.dtype)
     token = torch.tensor([5], device="cuda")
     head = assistant.lm_head
-    full_weight = drafter.lm_head.weight
+    full_weight = drafter.get_output_embeddings().weight
     clusters16 = torch.randperm(256, device="cuda")[:16][None]
     core_rank = head.core_rank()
     blocks = head.weight[head.core_size :].view(256, clusters.cluster_size, -1)
@@ -213,7 +277,7 @@ def step_times(drafter, context: int = 256) -> dict:
     out["whole shortlist head 1/16 with Triton (in graph)"] = graph_ms(lambda: head(hidden, clusters16, 0))
     out["whole static head 1/16 (in graph)"] = graph_ms(
         lambda: head(hidden, clusters16[:, :0], 16 * clusters.cluster_size, core_rank))
-    ids = torch.randint(0, VOCAB, (1, context), device="cuda")
+    ids = torch.randint(0, vocab_size, (1, context), device="cuda")
     for name, schedule, route in (("full head", dict(k_by_position=[256]), True),
                                   ("static 1/16", dict(k_by_position=[0], core_by_position=[16 * clusters.cluster_size]), True),
                                   ("DynaSpec 1/16", dict(k_by_position=[16]), True),
@@ -262,7 +326,7 @@ def target_times(target, context: int = 256) -> dict:
 
 def anatomy(log) -> dict:
     results = {}
-    target, _ = random_pair(DRAFTERS["trained-pair drafter (2 x 768)"], TARGET_8B, torch.bfloat16)
+    target, _ = random_pair(DRAFTERS["trained-pair drafter (4 x 768)"], TARGET_8B, torch.bfloat16)
     results["Llama-3-8B-shaped target"] = target_times(target)
     del target
     torch.cuda.empty_cache()
@@ -280,7 +344,8 @@ def anatomy(log) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["exactness", "drafts", "sampling", "anatomy"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["exactness", "drafts", "sliding", "sampling", "anatomy"])
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -297,6 +362,9 @@ def main(argv=None):
                       "captured | tree loop exact |\n|---|---|---|---|---|", check_exactness),
         ("drafts", "## Graph drafts equal eager drafts (float32, 128,256 tokens)\n\n| head kernel | schedule | "
                    "equal blocks |\n|---|---|---|", check_graph_drafts),
+        ("sliding", "## Sliding-window drafters: graph drafts equal eager static-cache drafts and the drafter's own "
+                    "(float32, window 8, prompt 40)\n\n| family | schedule | graph = eager blocks | = drafter's "
+                    "greedy | graphs captured |\n|---|---|---|---|---|", check_sliding_window_drafts),
         ("sampling", "## Sampling with the graph drafter (chi-square p-values, 3,000 draws)\n\n| schedule | first "
                      "token | second token | graph drafter used |\n|---|---|---|---|", check_sampling),
         ("anatomy", "## Draft-step anatomy (bf16, batch 1, context 256; median ms)\n\n| shape | part | ms |\n"
