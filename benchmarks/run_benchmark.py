@@ -77,15 +77,17 @@ def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str
 # ------------------------------------------------------------------------------------------------ methods
 
 
-def methods(calibration: dict) -> list[dict]:
+def methods(calibration: dict, trees: bool = True) -> list[dict]:
     """Every compared method: its engine, shortlist schedule, which assistant drafts, and the temperatures at which
-    τ is measured (`temperatures`) and tokens/s are timed (`timed_temperatures`)."""
+    τ is measured (`temperatures`) and tokens/s are timed (`timed_temperatures`). `trees=False` leaves out the
+    tree rows (the slowest to measure)."""
     num_clusters, cluster_size, vocab = (calibration[k] for k in ("num_clusters", "cluster_size", "vocab_size"))
     ks = calibration["ks"]
     full = dict(k_by_position=[num_clusters], core_by_position=[0])
     out = [dict(method="autoregressive", engine="transformers", fraction=None),
            dict(method="transformers assisted (drafter, full head)", engine="transformers", fraction=1.0),
            dict(method="full vocabulary", engine="dynaspec-graph", fraction=1.0, schedule=full)]
+    splits = calibration.get("splits", {})
     for name, k in ks.items():
         rows = k * cluster_size
         out.append(dict(method=f"static frequency {name}", engine="dynaspec-graph", fraction=rows / vocab,
@@ -93,22 +95,26 @@ def methods(calibration: dict) -> list[dict]:
         if name == "1/16":
             out.append(dict(method=f"VocabTrim {name}", engine="dynaspec-graph", fraction=rows / vocab,
                             schedule=dict(k_by_position=[0], core_by_position=[rows]), assistant="vocabtrim"))
-        out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab,
-                        schedule=dict(k_by_position=[k], core_by_position=[0])))
-        if name in ("1/16", "1/64"):  # the same budget split: half frequency core, half routed clusters
-            routed = max(1, k // 2)
-            out.append(dict(method=f"frequency core + DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab,
-                            schedule=dict(k_by_position=[routed], core_by_position=[(k - routed) * cluster_size])))
+        # the package's routed setting at this size: the core/routed split calibration chose
+        split = splits.get(str(k), {"k": k, "core": 0})
+        chosen = dict(k_by_position=[split["k"]], core_by_position=[split["core"]])
+        out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab, schedule=chosen))
+        if name in ("1/16", "1/64"):  # ablations: no frequency core; the router trained on the argmax objective
+            out.append(dict(method=f"DynaSpec {name}, routed only", engine="dynaspec-graph", fraction=rows / vocab,
+                            schedule=dict(k_by_position=[k], core_by_position=[0])))
+        if name == "1/16":
+            out.append(dict(method=f"DynaSpec {name}, argmax router", engine="dynaspec-graph", fraction=rows / vocab,
+                            schedule=chosen, assistant="argmax"))
     pa = calibration["k_by_position"]
     out.append(dict(method="DynaSpec position-aware", engine="dynaspec-graph", fraction=sum(pa) / len(pa) * cluster_size / vocab,
                     schedule=dict(k_by_position=pa, core_by_position=[0])))
-    out.append(dict(method="DynaSpec 1/16, eager drafting", engine="dynaspec-eager", fraction=ks["1/16"] * cluster_size / vocab,
-                    schedule=dict(k_by_position=[ks["1/16"]], core_by_position=[0])))
-    for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")]:
+    dynaspec_16 = next(m for m in out if m["method"] == "DynaSpec 1/16")
+    out.append(dict(dynaspec_16, method="DynaSpec 1/16, eager drafting", engine="dynaspec-eager"))
+    for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")] if trees else []:
         out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=TREE))
     # τ at T = 1 for the chain methods that shortlists change; the one-machine time budget leaves trees at T = 0
     sampled = {"full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
-               "frequency core + DynaSpec 1/16"}
+               "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "static frequency 1/64", "DynaSpec 1/64"}
     timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
              "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware", "DynaSpec 1/16, eager drafting",
              "tree: DynaSpec 1/16"}
@@ -122,9 +128,9 @@ def methods(calibration: dict) -> list[dict]:
     return out
 
 
-def chosen_methods(calibration: dict, names: list[str] | None) -> list[dict]:
+def chosen_methods(calibration: dict, names: list[str] | None, trees: bool = True) -> list[dict]:
     """`methods`, or only those named (`--methods`: a run of a few rows, e.g. an ablation on a retrained pair)."""
-    every = methods(calibration)
+    every = methods(calibration, trees)
     if not names:
         return every
     unknown = set(names) - {m["method"] for m in every}
@@ -161,7 +167,7 @@ def load_models(args, device: str, with_assistants: bool = True):
     drafter.generation_config.num_assistant_tokens_schedule = "constant"
     drafter.generation_config.assistant_confidence_threshold = 0.0
     assistants = {}
-    for name in ("dynaspec", "vocabtrim") if with_assistants else ():
+    for name in ("dynaspec", "vocabtrim", "argmax") if with_assistants else ():
         assistant = DynaSpecAssistant.from_pretrained(args.pair / f"assistant-{name}", dtype=dtype).to(device)
         assistant.generation_config.num_assistant_tokens = DRAFT_TOKENS
         assistant.generation_config.assistant_confidence_threshold = 0.0
@@ -191,30 +197,35 @@ def run_calibration(args) -> None:
     vocab = target.config.vocab_size
     generator = torch.Generator().manual_seed(args.seed)
     sequences, domains = [], []
-    for name, stream in tokens["train"].items():  # held-in text: 128 windows of 256 tokens per training domain
-        for start in torch.randint(0, stream.numel() - 257, (128,), generator=generator).tolist():
+    for name, stream in tokens["train"].items():  # held-in text: windows of 256 tokens per training domain
+        for start in torch.randint(0, stream.numel() - 257, (args.calibration_windows,), generator=generator).tolist():
             sequences.append(stream[start : start + 256].long())
             domains.append(name)
     counts = torch.bincount(torch.cat(list(tokens["train"].values())).long(), minlength=vocab)
     cluster_size = -(-vocab // args.num_clusters)
     ks = {name: max(1, round(vocab / d / cluster_size)) for name, d in FRACTIONS.items()}
     core_size = max(ks.values()) * cluster_size
-    assistant, report = calibrate(target, drafter, sequences, domains=domains, num_clusters=args.num_clusters,
-                                  frequency_counts=counts, core_size=core_size, router_hidden_size=512,
-                                  continuation_tokens=0, epochs=6, seed=args.seed, progress=False)
+    options = dict(domains=domains, num_clusters=args.num_clusters, frequency_counts=counts, core_size=core_size,
+                   router_hidden_size=512, continuation_tokens=0, epochs=6, seed=args.seed, progress=False,
+                   cache_dir=args.pair / "features")
+    assistant, report = calibrate(target, drafter, sequences, **options)  # the mass objective, the default
+    argmax_assistant, argmax_report = calibrate(target, drafter, sequences, objective="argmax", **options)
     calibrated = time.time() - started
     assistant.save_pretrained(args.pair / "assistant-dynaspec")
+    argmax_assistant.save_pretrained(args.pair / "assistant-argmax")
     trim_counts = drafter_output_counts(drafter, sequences[::4])
     clusters = dynaspec_hf.TokenClusters(assistant.lm_head.cluster_token_ids.cpu(), torch.zeros(0, dtype=torch.long), vocab)
     vocabtrim = DynaSpecAssistant.from_drafter(drafter, clusters.with_core(trim_counts, core_size),
                                                k_by_position=[0], core_by_position=[core_size])
     vocabtrim.save_pretrained(args.pair / "assistant-vocabtrim")
     calibration = dict(num_clusters=args.num_clusters, cluster_size=cluster_size, vocab_size=vocab, ks=ks,
-                       k_by_position=report["k_by_position"], curves=report.get("curves"),
+                       k_by_position=report["k_by_position"], splits=report["splits"], curves=report.get("curves"),
+                       argmax_curves=argmax_report.get("curves"), train_pairs=report["train_pairs"],
                        calibration_seconds=calibrated, vocabtrim_tokens=int(trim_counts.sum()),
                        hardware=hardware_block())
     (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
-    print(f"calibrated in {calibrated:.0f}s; position-aware k: {report['k_by_position']}; "
+    print(f"calibrated on {report['train_pairs']} positions in {calibrated:.0f}s; position-aware k: "
+          f"{report['k_by_position']}; splits {report['splits']}; "
           f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
 
 
@@ -238,7 +249,7 @@ def run_tau(args, state) -> None:
                    "--per-category", str(args.per_category), "--max-new-tokens", str(args.max_new_tokens),
                    "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures), "--dtype", args.dtype,
                    *(["--tau-per-category", str(args.tau_per_category)] if args.tau_per_category else []),
-                   *(["--methods", *args.methods] if args.methods else []),
+                   *(["--methods", *args.methods] if args.methods else []), *(["--no-trees"] if args.no_trees else []),
                    "--device", args.device, "--worker", f"{index}/{total}"]
         env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}  # a worker is a process of its own
         env["OMP_NUM_THREADS"] = "1"
@@ -279,7 +290,7 @@ def run_worker(args) -> None:
     done = {(r["method"], r["category"], r["prompt"], r["temperature"]) for r in records}
     shortlist_ranks = frequency_ranks(assistants["dynaspec"], calibration)
     for temperature in args.temperatures:
-        for method in chosen_methods(calibration, args.methods):
+        for method in chosen_methods(calibration, args.methods, not args.no_trees):
             if temperature not in method["temperatures"]:
                 continue
             for category, number, prompt in prompts:
@@ -340,7 +351,7 @@ def run_timing(args) -> None:
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods)
+    timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods, not args.no_trees)
              if t in m["timed_temperatures"]]
     temperatures = ",".join(str(t) for t in args.temperatures)
     progress_file = args.pair / f"timing-progress-T{temperatures}.json"
@@ -391,7 +402,7 @@ def merge(args) -> dict:
         timing += json.loads(path.read_text())
     speed = {(r["method"], r["category"], r["temperature"]): r for r in timing}
     rows = []
-    for method in chosen_methods(calibration, args.methods):
+    for method in chosen_methods(calibration, args.methods, not args.no_trees):
         for temperature in sorted(set(method["temperatures"] + method["timed_temperatures"])):
             for category in sorted({r["category"] for r in records}):
                 mine = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
@@ -514,6 +525,8 @@ def main(argv=None):
     parser.add_argument("--timing-rounds", type=int, default=1, help="passes over all methods when timing")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--num-clusters", type=int, default=256)
+    parser.add_argument("--calibration-windows", type=int, default=1100,
+                        help="256-token windows per training domain the router calibrates on")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     parser.add_argument("--workers", type=int, default=12,
                         help="τ worker processes, spread over the GPUs (each holds ~5.7 GB: 14 overfill an 80 GB H100)")
@@ -524,6 +537,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="float32 keeps greedy verification exact (bf16 numerics differ between pass shapes)")
     parser.add_argument("--methods", nargs="+", help="run only these methods (names as in the results' rows)")
+    parser.add_argument("--no-trees", action="store_true", help="leave out the tree rows")
     parser.add_argument("--tau-per-category", type=int, default=None,
                         help="measure τ on the first N prompts of each category's sample (default: all)")
     args = parser.parse_args(argv)

@@ -2,7 +2,13 @@
 
 Training pairs come from the drafter run teacher-forced over texts (and, optionally, over the target's own greedy
 continuations of them, which is what verification accepts). At each position t the router sees what drafting
-will have at that point, `(h_{t-1}, embed(x_t))`, and learns the cluster of the *target's* next token.
+will have at that point, `(h_{t-1}, embed(x_t))`, and learns where the *target's* next token lies: by default the
+probability mass the target puts on each cluster (soft cross-entropy), which serves sampling as well as greedy
+decoding; `objective="argmax"` learns only the cluster of the target's greedy token.
+
+Calibration also chooses, for every shortlist size, how to split it between the frequency core and routed
+clusters (by held-out greedy acceptance), and reports how much target mass the router's clusters cover against
+the best possible clusters of the same number.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from .modeling_dynaspec import DynaSpecAssistant
 from .router import ClusterRouter
 
 
-_FEATURE_FIELDS = ("previous_hidden", "token_embedding", "hidden", "target_next", "domain")
+_FEATURE_FIELDS = ("previous_hidden", "token_embedding", "hidden", "target_next", "target_mass", "domain")
 _MAX_POSITIONS = 1 << 24
+OBJECTIVES = ("mass", "argmax")
+SPLIT_FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # routed share of a shortlist's clusters tried by calibration
 
 
 @dataclass
@@ -38,6 +46,7 @@ class RouterFeatures:
     token_embedding: torch.Tensor  # [N, d] drafter embedding of x_t
     hidden: torch.Tensor  # [N, d] drafter hidden state at t (what the head scores)
     target_next: torch.Tensor  # [N] the target's greedy next token
+    target_mass: torch.Tensor  # [N, C] the target's next-token probability per cluster ([N, 0] without clusters)
     domain: torch.Tensor  # [N] index into `domains`
     domains: list[str] = field(default_factory=list)
 
@@ -47,7 +56,7 @@ class RouterFeatures:
     def select(self, rows: torch.Tensor) -> "RouterFeatures":
         return RouterFeatures(
             self.previous_hidden[rows], self.token_embedding[rows], self.hidden[rows], self.target_next[rows],
-            self.domain[rows], self.domains,
+            self.target_mass[rows], self.domain[rows], self.domains,
         )
 
 
@@ -59,6 +68,7 @@ def collect_features(
     domains: list[str] | None = None,
     *,
     continuation_tokens: int = 0,
+    token_cluster: torch.Tensor | None = None,
     batch_size: int = 8,
     progress: bool = True,
     cache_file: str | Path | None = None,
@@ -66,9 +76,11 @@ def collect_features(
 ) -> RouterFeatures:
     """Run the drafter (teacher-forced) and the target over token sequences; keep every position t >= 1.
 
-    With `continuation_tokens > 0`, each sequence's first half is extended by the target's greedy continuation,
-    so the pairs also cover the target's own text. With `cache_file`, finished batches are saved every
-    `save_every` batches and a later call with the same inputs resumes from them.
+    With `token_cluster` (`[vocab]` cluster of each token), the target's next-token distribution (temperature 1)
+    is kept as its mass per cluster. With `continuation_tokens > 0`, each sequence's first half is extended by the
+    target's greedy continuation, so the pairs also cover the target's own text. With `cache_file`, the rows of
+    every `save_every` batches are saved to a part file next to it, and a later call with the same inputs resumes
+    from them.
     """
     if not sequences:
         raise ValueError("No token sequences to calibrate on.")
@@ -78,15 +90,20 @@ def collect_features(
     domains = domains or ["all"] * len(sequences)
     names = sorted(set(domains))
     rows = {key: [] for key in (*_FEATURE_FIELDS, "key")}
-    finished = 0
+    finished, parts = 0, []  # batches done; cache part files, each holding the rows of the batches since the last
     if cache_file is not None:
         cache_file = Path(cache_file)
         if state.num_processes > 1:
             cache_file = cache_file.with_name(f"{cache_file.stem}.rank{state.process_index}{cache_file.suffix}")
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         if cache_file.exists():
-            saved = torch.load(cache_file)
-            rows, finished = saved["rows"], saved["batches"]
+            index = torch.load(cache_file)
+            if index.get("fields") == sorted(rows):  # a cache of other fields (an older version) is collected again
+                finished, parts = index["batches"], index["parts"]
+                for name in parts:
+                    for key, value in torch.load(cache_file.with_name(name)).items():
+                        rows[key].append(value)
+    saved = len(rows["key"])  # row chunks already in part files
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # batch similar lengths together
     starts = range(0, len(order), batch_size)[state.process_index :: state.num_processes]
     show = progress and state.is_main_process
@@ -102,28 +119,42 @@ def collect_features(
             ids[row, : len(sequence)] = sequence.to(device)
             mask[row, : len(sequence)] = 1
         hidden = drafter.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        target_next = target(input_ids=ids.to(target.device), attention_mask=mask.to(target.device)).logits.argmax(-1)
+        logits = target(input_ids=ids.to(target.device), attention_mask=mask.to(target.device)).logits
         keep = mask.bool()
         keep[:, 0] = False  # position 0 has no previous hidden state
+        kept_logits = logits[keep.to(logits.device)]
         rows["previous_hidden"].append(hidden[:, :-1][keep[:, 1:]].half().cpu())
         rows["token_embedding"].append(drafter.get_input_embeddings()(ids)[keep].half().cpu())
         rows["hidden"].append(hidden[keep].half().cpu())
-        rows["target_next"].append(target_next.to(device)[keep].cpu())
+        rows["target_next"].append(kept_logits.argmax(-1).cpu())
+        rows["target_mass"].append(_cluster_mass(kept_logits, token_cluster).half().cpu())
         domain_ids = torch.tensor([names.index(domains[i]) for i in chosen], device=device)
         rows["domain"].append(domain_ids[:, None].expand_as(ids)[keep].cpu())
         # (sequence, position): the final order, whatever the batching or the number of processes
         sequence_ids = torch.tensor(chosen, device=device)[:, None] * _MAX_POSITIONS
         rows["key"].append((sequence_ids + torch.arange(length, device=device))[keep].cpu())
         if cache_file is not None and (number % save_every == save_every - 1 or number == len(starts) - 1):
+            parts.append(f"{cache_file.stem}.part{len(parts)}{cache_file.suffix}")
+            torch.save({key: torch.cat(value[saved:]) for key, value in rows.items()}, cache_file.with_name(parts[-1]))
+            saved = len(rows["key"])
             partial = cache_file.with_name(cache_file.name + ".partial")
-            torch.save({"rows": rows, "batches": number + 1}, partial)
-            os.replace(partial, cache_file)  # atomic: an interruption never leaves a half-written cache
+            torch.save({"batches": number + 1, "parts": parts, "fields": sorted(rows)}, partial)
+            os.replace(partial, cache_file)  # atomic: the index names only part files written in full
     merged = {key: torch.cat(value) if value else torch.empty(0) for key, value in rows.items()}
     if state.num_processes > 1:
         parts = [part for part in gather_object([merged]) if part["key"].numel()]
         merged = {key: torch.cat([part[key] for part in parts]) for key in merged}
     order = merged.pop("key").argsort()
     return RouterFeatures(**{key: value[order] for key, value in merged.items()}, domains=names)
+
+
+def _cluster_mass(logits: torch.Tensor, token_cluster: torch.Tensor | None) -> torch.Tensor:
+    """`[n, vocab]` logits -> `[n, C]` probability per cluster (`[n, 0]` without clusters)."""
+    if token_cluster is None:
+        return logits.new_zeros(logits.shape[0], 0)
+    token_cluster = token_cluster.to(logits.device)
+    mass = logits.new_zeros(logits.shape[0], int(token_cluster.max()) + 1, dtype=torch.float32)
+    return mass.index_add_(1, token_cluster, logits.float().softmax(-1))
 
 
 def _with_continuation(target, sequence: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -139,6 +170,7 @@ def train_router(
     num_clusters: int,
     router_hidden_size: int = 256,
     *,
+    objective: str = "mass",
     epochs: int = 4,
     batch_size: int = 1024,
     lr: float = 1e-3,
@@ -146,14 +178,25 @@ def train_router(
     device=None,
     progress: bool = True,
 ) -> ClusterRouter:
-    """AdamW on cross-entropy between router scores and the cluster of the target's next token."""
+    """AdamW on router scores against the target: soft cross-entropy with its mass per cluster (`"mass"`), or
+    cross-entropy with the cluster of its greedy next token (`"argmax"`). Features move to `device` once."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Unknown router objective {objective!r}; choose one of {OBJECTIVES}.")
     if len(features) == 0:
         raise ValueError("No router training pairs: the texts are too short (each needs at least 2 tokens).")
+    if objective == "mass" and features.target_mass.shape[1] != num_clusters:
+        raise ValueError(f"The 'mass' objective needs the target's mass over the {num_clusters} clusters; these "
+                         f"features hold {features.target_mass.shape[1]} (collect them with `token_cluster`).")
     torch.manual_seed(seed)
     hidden_size, embed_size = features.previous_hidden.shape[1], features.token_embedding.shape[1]
     router = ClusterRouter(hidden_size, embed_size, num_clusters, router_hidden_size).to(device)
     optimizer = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=0.01)
-    labels = token_cluster[features.target_next]
+    device = torch.device(device) if device is not None else features.previous_hidden.device
+    previous, embedded = features.previous_hidden.to(device), features.token_embedding.to(device)
+    if objective == "mass":
+        labels = features.target_mass.to(device)
+    else:
+        labels = token_cluster.to(features.target_next.device)[features.target_next].to(device)
     steps = epochs * math.ceil(len(features) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
@@ -161,10 +204,9 @@ def train_router(
     with tqdm(total=steps, desc="training router", disable=not show) as bar:
         for _ in range(epochs):
             for rows in torch.randperm(len(features), generator=generator).split(batch_size):
-                scores = router(
-                    features.previous_hidden[rows].to(device).float(), features.token_embedding[rows].to(device).float()
-                )
-                loss = F.cross_entropy(scores, labels[rows].to(device))
+                rows = rows.to(previous.device)
+                scores = router(previous[rows].float(), embedded[rows].float())
+                loss = F.cross_entropy(scores, labels[rows].float() if objective == "mass" else labels[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -182,7 +224,9 @@ def shortlist_curves(
     ks: list[int],
     chunk: int = 256,
 ) -> dict:
-    """Held-out recall and greedy acceptance of routed vs. static shortlists of equal size, per domain.
+    """Held-out recall and greedy acceptance of routed vs. static shortlists of equal size, per domain; the
+    target mass covered by the routed clusters against the best k clusters; and every split of k clusters'
+    worth of rows between the frequency core and routed clusters (`SPLIT_FRACTIONS`, cores the head holds).
 
     recall: the target's next token is in the shortlist. acceptance: the drafter's best shortlist token *is* the
     target's next token (what greedy verification accepts at one position).
@@ -192,7 +236,11 @@ def shortlist_curves(
     static_rank[static_order] = torch.arange(static_order.numel())
     static_rank = static_rank.to(device)
     cluster_of = _token_cluster(assistant.lm_head.cluster_token_ids.cpu(), config.vocab_size).to(device)
+    has_mass = features.target_mass.shape[1] == config.num_clusters
+    splits = {k: _splits(k, config.cluster_size, assistant.lm_head.core_size) for k in ks}
     rows = {"routed": {k: [] for k in ks}, "static": {k: [] for k in ks}}
+    split_rows = {(k, routed): [] for k in ks for routed, _ in splits[k]}
+    mass_rows = {k: [] for k in ks}
     full_accept = []
     for start in range(0, len(features), chunk):
         part = features.select(torch.arange(start, min(start + chunk, len(features))))
@@ -204,13 +252,22 @@ def shortlist_curves(
         token_rank = cluster_rank.gather(1, cluster_of[None].expand(len(part), -1))  # [n, V]
         logits = assistant.full_vocabulary_logits(part.hidden.to(device, assistant.dtype)).float()
         full_accept.append((logits.argmax(-1) == target).float().cpu())
+
+        def hit_and_accept(allowed):
+            allowed = allowed.expand(len(part), -1)
+            best = logits.masked_fill(~allowed, float("-inf")).argmax(-1)
+            return torch.stack([allowed.gather(1, target[:, None])[:, 0].float(), (best == target).float()], 1).cpu()
+
         for k in ks:
-            allowed_by = {"routed": token_rank < k, "static": (static_rank < k * config.cluster_size)[None]}
-            for name, allowed in allowed_by.items():
-                allowed = allowed.expand(len(part), -1)
-                hit = allowed.gather(1, target[:, None])[:, 0]
-                best = logits.masked_fill(~allowed, float("-inf")).argmax(-1)
-                rows[name][k].append(torch.stack([hit.float(), (best == target).float()], 1).cpu())
+            rows["routed"][k].append(hit_and_accept(token_rank < k))
+            rows["static"][k].append(hit_and_accept((static_rank < k * config.cluster_size)[None]))
+            for routed, core in splits[k]:
+                split_rows[k, routed].append(hit_and_accept((token_rank < routed) | (static_rank < core)[None]))
+            if has_mass:
+                mass = part.target_mass.to(device).float()
+                covered = mass.masked_fill(cluster_rank >= k, 0).sum(-1)
+                best = mass.topk(min(k, mass.shape[1]), dim=-1).values.sum(-1)
+                mass_rows[k].append(torch.stack([covered, best], 1).cpu())
     full_accept = torch.cat(full_accept)
     curves = {"cluster_size": config.cluster_size, "vocab_size": config.vocab_size, "ks": ks, "domains": {}}
     for d, name in [(None, "all")] + list(enumerate(features.domains)):
@@ -224,8 +281,40 @@ def shortlist_curves(
                 "recall": [float(stats[k][:, 0].mean()) for k in ks],
                 "acceptance": [float(stats[k][:, 1].mean()) for k in ks],
             }
+        if has_mass:
+            covered = {k: torch.cat(mass_rows[k])[in_domain] for k in ks}
+            entry["routed"]["mass"] = [float(covered[k][:, 0].mean()) for k in ks]
+            entry["routed"]["best_mass"] = [float(covered[k][:, 1].mean()) for k in ks]
+        entry["splits"] = {
+            str(k): [dict(routed=routed, core=core, recall=float(stats[:, 0].mean()),
+                          acceptance=float(stats[:, 1].mean()))
+                     for routed, core in splits[k]
+                     for stats in [torch.cat(split_rows[k, routed])[in_domain]]]
+            for k in ks
+        }
         curves["domains"][name] = entry
     return curves
+
+
+def _splits(k: int, cluster_size: int, core_size: int) -> list[tuple[int, int]]:
+    """(routed clusters, core tokens) that together hold k clusters' worth of rows, with a core the head holds."""
+    out = []
+    for fraction in SPLIT_FRACTIONS:
+        routed = max(1, round(k * fraction))
+        core = (k - routed) * cluster_size
+        if core <= core_size and (routed, core) not in out:
+            out.append((routed, core))
+    return out
+
+
+def best_splits(curves: dict) -> dict[str, dict[str, int]]:
+    """Per shortlist size k, the split with the highest held-out greedy acceptance over every domain (ties: the
+    one routing more): `{str(k): {"k": routed clusters, "core": core tokens}}`, what `set_schedule` takes."""
+    chosen = {}
+    for k, candidates in curves["domains"]["all"]["splits"].items():
+        best = max(candidates, key=lambda c: (round(c["acceptance"], 6), c["routed"]))
+        chosen[k] = {"k": best["routed"], "core": best["core"]}
+    return chosen
 
 
 def choose_schedule(acceptance: list[float], full_acceptance: float, ks: list[int], positions: int,
@@ -268,6 +357,7 @@ def calibrate(
     heldout_fraction: float = 0.1,
     positions: int = 6,
     target_retention: float = 0.98,
+    objective: str = "mass",
     epochs: int = 4,
     seed: int = 0,
     features: RouterFeatures | None = None,
@@ -278,8 +368,9 @@ def calibrate(
 
     `frequency_counts` (token counts of a corpus, FR-Spec's source) ranks the static baseline and the optional
     frequency core; it defaults to the counts of `sequences`. Held-out sequences (a seeded split) are only used
-    for the report and the schedule. With `cache_dir`, collected features are kept there (keyed by the caller:
-    use one folder per target/drafter/data combination) so an interrupted run resumes.
+    for the report, the schedule and the core/routed splits (`report["splits"]`, see `best_splits`). The router
+    learns `objective` (see `train_router`). With `cache_dir`, collected features are kept there (keyed by the
+    caller: use one folder per target/drafter/data combination) so an interrupted run resumes.
     """
     vocab_size = drafter.get_output_embeddings().weight.shape[0]
     target_vocab = target.config.get_text_config().vocab_size
@@ -290,27 +381,27 @@ def calibrate(
     permutation = torch.randperm(len(sequences), generator=generator).tolist()
     heldout_count = max(1, int(round(heldout_fraction * len(sequences)))) if len(sequences) > 1 else 0
     heldout, train = permutation[:heldout_count], permutation[heldout_count:]
-    if features is None:
-        features = collect_features(
-            target, drafter, [sequences[i] for i in train], [domains[i] for i in train],
-            continuation_tokens=continuation_tokens, progress=progress,
-            cache_file=None if cache_dir is None else Path(cache_dir) / "train_features.pt",
-        )
     if frequency_counts is None:
         frequency_counts = torch.bincount(torch.cat([sequences[i] for i in train]).long(), minlength=vocab_size)
     clusters = TokenClusters.from_embeddings(drafter.get_output_embeddings().weight, num_clusters, seed=seed)
     clusters = clusters.with_core(frequency_counts, core_size)
     token_cluster = _token_cluster(clusters.cluster_token_ids, vocab_size)
+    if features is None:
+        features = collect_features(
+            target, drafter, [sequences[i] for i in train], [domains[i] for i in train],
+            continuation_tokens=continuation_tokens, token_cluster=token_cluster, progress=progress,
+            cache_file=None if cache_dir is None else Path(cache_dir) / "train_features.pt",
+        )
     router = train_router(
-        features, token_cluster, num_clusters, router_hidden_size, epochs=epochs, seed=seed,
+        features, token_cluster, num_clusters, router_hidden_size, objective=objective, epochs=epochs, seed=seed,
         device=next(drafter.parameters()).device, progress=progress,
     )
     assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router.to(next(drafter.parameters()).dtype))
-    report = {"train_pairs": len(features)}
+    report = {"train_pairs": len(features), "objective": objective}
     if heldout:
         heldout_features = collect_features(
             target, drafter, [sequences[i] for i in heldout], [domains[i] for i in heldout],
-            continuation_tokens=continuation_tokens, progress=progress,
+            continuation_tokens=continuation_tokens, token_cluster=token_cluster, progress=progress,
             cache_file=None if cache_dir is None else Path(cache_dir) / "heldout_features.pt",
         )
         ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < num_clusters} | {num_clusters})
@@ -320,7 +411,8 @@ def calibrate(
         schedule = choose_schedule(overall["routed"]["acceptance"], overall["full_acceptance"], ks, positions,
                                    target_retention)
         assistant.set_schedule(k_by_position=schedule, core_by_position=[0])
-        report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=schedule)
+        report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=schedule,
+                      splits=best_splits(curves))
     return assistant, report
 
 

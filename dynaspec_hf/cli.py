@@ -81,7 +81,7 @@ def calibrate_command(args) -> None:
     assistant, report = calibrate(
         target, drafter, [sequences[i] for i in keep], domains=[domains[i] for i in keep],
         num_clusters=args.num_clusters, core_size=args.core_size, router_hidden_size=args.router_hidden_size,
-        continuation_tokens=args.continuation_tokens, epochs=args.epochs, seed=args.seed,
+        continuation_tokens=args.continuation_tokens, objective=args.objective, epochs=args.epochs, seed=args.seed,
         cache_dir=_feature_cache_dir(args),
     )
     if not PartialState().is_main_process:
@@ -116,19 +116,25 @@ def _feature_cache_dir(args) -> Path:
 def _report_summary(report: dict) -> str:
     curves = report["curves"]
     lines = ["## Calibration (held-out)", "",
-             "| domain | shortlist | rows | DynaSpec recall | static recall | DynaSpec acceptance | static acceptance |",
-             "|---|---|---|---|---|---|---|"]
+             "| domain | shortlist | rows | DynaSpec recall | static recall | DynaSpec acceptance | static acceptance "
+             "| target mass in routed clusters (best possible) |", "|---|---|---|---|---|---|---|---|"]
     for domain, entry in curves["domains"].items():
+        routed = entry["routed"]
         for i, k in enumerate(curves["ks"]):
+            mass = f"{routed['mass'][i]:.3f} ({routed['best_mass'][i]:.3f})" if "mass" in routed else "-"
             lines.append(
-                f"| {domain} | {k} clusters | {k * curves['cluster_size']} | {entry['routed']['recall'][i]:.3f} | "
-                f"{entry['static']['recall'][i]:.3f} | {entry['routed']['acceptance'][i]:.3f} | "
-                f"{entry['static']['acceptance'][i]:.3f} |")
-    lines += ["", f"Chosen `k_by_position`: {report['k_by_position']}"]
+                f"| {domain} | {k} clusters | {k * curves['cluster_size']} | {routed['recall'][i]:.3f} | "
+                f"{entry['static']['recall'][i]:.3f} | {routed['acceptance'][i]:.3f} | "
+                f"{entry['static']['acceptance'][i]:.3f} | {mass} |")
+    lines += ["", f"Router objective: {report['objective']}. Chosen `k_by_position`: {report['k_by_position']}.",
+              f"Best core/routed split per size (`set_schedule(k_by_position=[k], core_by_position=[core])`): "
+              f"{report['splits']}"]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
+    from .calibrate import OBJECTIVES
+
     parser = argparse.ArgumentParser(prog="dynaspec-hf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train a small pair on embedded text and compare drafting methods")
@@ -147,6 +153,8 @@ def main(argv=None) -> None:
     cal.add_argument("--router-hidden-size", type=int, default=256)
     cal.add_argument("--continuation-tokens", type=int, default=0)
     cal.add_argument("--max-length", type=int, default=512)
+    cal.add_argument("--objective", choices=OBJECTIVES, default="mass",
+                     help="router target: the target's probability mass per cluster, or its greedy token's cluster")
     cal.add_argument("--epochs", type=int, default=4)
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--dtype", default="auto")

@@ -75,7 +75,7 @@ def test_tau_phase_two_processes_equal_one(tmp_path):
         runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
     # every greedy τ method (autoregressive and eager drafting need none), one prompt per category: Spec-Bench's
     # six, HumanEval and the out-of-domain headers
-    assert len(runs[1]) == 14 * 8
+    assert len(runs[1]) == 15 * 8
     assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers"}
     assert runs[1] == runs[2]
     assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
@@ -105,10 +105,17 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
     from run_benchmark import chosen_methods
 
     calibration = dict(num_clusters=256, cluster_size=501, vocab_size=128_256, ks={"1/64": 4, "1/32": 8, "1/16": 16},
-                       k_by_position=[8, 4])
-    chosen = chosen_methods(calibration, ["static frequency 1/16", "frequency core + DynaSpec 1/16"])
-    assert [m["method"] for m in chosen] == ["static frequency 1/16", "frequency core + DynaSpec 1/16"]
-    assert chosen[1]["schedule"] == dict(k_by_position=[8], core_by_position=[8 * 501])  # half core, half routed
+                       k_by_position=[8, 4], splits={"4": {"k": 4, "core": 0}, "8": {"k": 6, "core": 1002},
+                                                     "16": {"k": 12, "core": 2004}})
+    chosen = chosen_methods(calibration, ["static frequency 1/16", "DynaSpec 1/16", "DynaSpec 1/16, routed only",
+                                          "DynaSpec 1/16, argmax router"])
+    assert [m["method"] for m in chosen] == ["static frequency 1/16", "DynaSpec 1/16", "DynaSpec 1/16, routed only",
+                                             "DynaSpec 1/16, argmax router"]
+    calibrated = dict(k_by_position=[12], core_by_position=[2004])  # the split calibration chose for 16 clusters
+    assert chosen[1]["schedule"] == calibrated and "assistant" not in chosen[1]
+    assert chosen[2]["schedule"] == dict(k_by_position=[16], core_by_position=[0])
+    assert chosen[3]["schedule"] == calibrated and chosen[3]["assistant"] == "argmax"
     assert len(chosen_methods(calibration, None)) == len(chosen_methods(calibration, []))
+    assert not any(m["engine"] == "dynaspec-tree" for m in chosen_methods(calibration, None, trees=False))
     with pytest.raises(SystemExit, match="Unknown method"):
         chosen_methods(calibration, ["DynaSpec 1/7"])

@@ -108,3 +108,67 @@ def test_drafter_output_counts_are_what_the_drafter_generates():
         out = drafter.generate(s[None, :8], do_sample=False, max_new_tokens=5, min_new_tokens=5)
         expected += torch.bincount(out[0, 8:], minlength=192)
     assert torch.equal(counts, expected) and counts.sum() == 15
+
+
+def test_features_keep_the_targets_mass_per_cluster(two_domain_pair):
+    from dynaspec_hf.calibrate import collect_features
+
+    target, drafter, domain_a, _ = two_domain_pair
+    token_cluster = torch.arange(VOCAB) % 12
+    features = collect_features(target, drafter, domain_a[:3], token_cluster=token_cluster, progress=False)
+    with torch.no_grad():
+        probs = target(domain_a[0][None]).logits[0, 1:].softmax(-1)  # rows of sequence 0, positions 1..
+    expected = torch.zeros(len(probs), 12).index_add_(1, token_cluster, probs)
+    torch.testing.assert_close(features.target_mass[: len(probs)].float(), expected, atol=2e-3, rtol=0)
+    assert collect_features(target, drafter, domain_a[:1], progress=False).target_mass.shape[1] == 0
+
+
+def test_mass_objective_routes_to_where_the_targets_mass_is():
+    """The target's argmax token has p = 0.3 in cluster 0; cluster 1 holds 0.7 spread over 7 tokens. The argmax
+    objective learns cluster 0, the mass objective cluster 1: at k = 1 it covers 0.7 of the mass, not 0.3."""
+    from dynaspec_hf.calibrate import RouterFeatures, train_router
+
+    n, d = 512, 8
+    generator = torch.Generator().manual_seed(0)
+    token_cluster = torch.tensor([0] + [1] * 7 + [2] * 8)
+    mass = torch.tensor([0.3, 0.7, 0.0]).expand(n, -1)
+    features = RouterFeatures(torch.randn(n, d, generator=generator), torch.randn(n, d, generator=generator),
+                              torch.zeros(n, d), torch.zeros(n, dtype=torch.long), mass.half(),
+                              torch.zeros(n, dtype=torch.long), ["all"])
+    covered = {}
+    for objective in ("mass", "argmax"):
+        router = train_router(features, token_cluster, 3, 16, objective=objective, epochs=20, batch_size=64,
+                              lr=1e-2, progress=False)
+        with torch.no_grad():
+            top = router(features.previous_hidden, features.token_embedding).argmax(-1)
+        covered[objective] = float(mass.gather(1, top[:, None]).mean())
+    assert covered == pytest.approx({"mass": 0.7, "argmax": 0.3}), covered
+    with pytest.raises(ValueError, match="needs the target's mass"):
+        train_router(features.select(torch.arange(4)), token_cluster, 4, progress=False)
+    with pytest.raises(ValueError, match="Unknown router objective"):
+        train_router(features, token_cluster, 3, objective="kl", progress=False)
+
+
+def test_calibration_chooses_the_best_core_routed_split(two_domain_pair):
+    """Every size k is tried as routed clusters + frequency core of the same row count; the report keeps the split
+    with the best held-out greedy acceptance, the all-routed split agrees with the routed curve, and the routed
+    clusters never cover more target mass than the best k clusters could."""
+    from dynaspec_hf.calibrate import best_splits
+
+    target, drafter, domain_a, domain_b = two_domain_pair
+    sequences, domains = domain_a + domain_b, ["A"] * len(domain_a) + ["B"] * len(domain_b)
+    _, report = calibrate(target, drafter, sequences, domains=domains, num_clusters=12, core_size=64,
+                          router_hidden_size=64, heldout_fraction=0.2, epochs=10, progress=False)
+    curves = report["curves"]
+    overall = curves["domains"]["all"]
+    for i, k in enumerate(curves["ks"]):
+        candidates = overall["splits"][str(k)]
+        assert all(c["core"] == (k - c["routed"]) * curves["cluster_size"] <= 64 for c in candidates)
+        routed_only = next(c for c in candidates if c["routed"] == k)
+        assert routed_only["acceptance"] == overall["routed"]["acceptance"][i]
+        best = max(candidates, key=lambda c: (round(c["acceptance"], 6), c["routed"]))
+        assert report["splits"][str(k)] == {"k": best["routed"], "core": best["core"]}
+        assert overall["routed"]["mass"][i] <= overall["routed"]["best_mass"][i] + 1e-6
+    assert len(overall["splits"]["8"]) == 3  # 8 routed; 6 + 32 core; 4 + 64 core (2 + 96 would exceed the core)
+    assert overall["routed"]["best_mass"][-1] == pytest.approx(1.0, abs=1e-2)  # every cluster: all the mass
+    assert best_splits(curves) == report["splits"]
