@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark behind BENCHMARKS.md, on one GPU (device tool: nvidia-h100-x1), from a clean checkout:
 #   cp -r ../shared/data .carry/   # here, once; .carry is git-ignored and travels with `carry`
-#   bash benchmarks/run_all.sh .carry/data benchmarks/results [SECONDS] [BENCHMARK OPTIONS, e.g. --no-trees]
+#   bash benchmarks/run_all.sh .carry/data benchmarks/results [SECONDS] [run_benchmark.py options...]
+# (e.g. --no-trees, or --methods 'full vocabulary' 'DynaSpec 1/16': each further argument is passed on as given)
 # Steps: the pair (benchmarks/recipe.py: the target, ~7.5 min, then the drafter, ~2.5 min), calibration (~3 min), τ on
 # every sampled prompt at T = 0 and T = 1 (worker processes, both temperatures in one pool), tokens/s on the timing
 # sample, merge: calls of 575 s back to back on one warm machine, inside the 30 minutes a machine is held.
@@ -14,14 +15,15 @@ set -uo pipefail
 data=${1:-.carry/data}
 out=${2:-benchmarks/results}
 budget=${3:-1000000}
-options=${4:-}
+shift $(($# < 3 ? $# : 3))
 pair=runs/pair
-bench="python benchmarks/run_benchmark.py --pair $pair --data $data --out $out --timing-per-category 1 --timing-rounds 2 $options"
+bench=(python benchmarks/run_benchmark.py --pair $pair --data "$data" --out "$out" --timing-per-category 1
+       --timing-rounds 2 "$@")
 
 left() { echo $((budget - SECONDS)); }
 merge() {  # whatever exists so far into $out: the pair's report, and the results once τ is in
     cp $pair/recipe.json "$out/recipe.json" 2>/dev/null
-    [ -e $pair/tau-T0.0,1.0.json ] && $bench --phase merge > /dev/null
+    [ -e $pair/tau-T0.0,1.0.json ] && "${bench[@]}" --phase merge > /dev/null
 }
 step() {  # step PRODUCT SECONDS_NEEDED COMMAND...: run COMMAND unless PRODUCT exists or too little time is left
     local product=$1 need=$2
@@ -47,7 +49,7 @@ nvidia-cuda-mps-control -d 2>/dev/null || true  # lets the τ workers share the 
 mkdir -p "$out"
 step $pair/target.json 480 recipe target
 step $pair/recipe.json 200 recipe drafter
-step $pair/calibration.json 240 $bench --phase calibrate
-step $pair/tau-T0.0,1.0.json 90 resumable $pair/tau-T0.0,1.0.json $bench --phase tau --temperatures 0 1
-step $pair/timing-T0.0,1.0.json 90 resumable $pair/timing-T0.0,1.0.json $bench --phase timing --temperatures 0 1
+step $pair/calibration.json 240 "${bench[@]}" --phase calibrate
+step $pair/tau-T0.0,1.0.json 90 resumable $pair/tau-T0.0,1.0.json "${bench[@]}" --phase tau --temperatures 0 1
+step $pair/timing-T0.0,1.0.json 90 resumable $pair/timing-T0.0,1.0.json "${bench[@]}" --phase timing --temperatures 0 1
 merge && cat "$out/summary.md"

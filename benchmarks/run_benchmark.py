@@ -528,8 +528,9 @@ def main(argv=None):
     parser.add_argument("--calibration-windows", type=int, default=1100,
                         help="256-token windows per training domain the router calibrates on")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
-    parser.add_argument("--workers", type=int, default=12,
-                        help="τ worker processes, spread over the GPUs (each holds ~5.7 GB: 14 overfill an 80 GB H100)")
+    parser.add_argument("--workers", type=int, default=10,
+                        help="τ worker processes, spread over the GPUs (each holds the pair and three assistants, ~6.6 GB: "
+                             "12 overfilled an 80 GB H100)")
     parser.add_argument("--note", help="how the run went, kept in the results' settings")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
