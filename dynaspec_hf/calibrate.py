@@ -90,7 +90,7 @@ def collect_features(
     domains = domains or ["all"] * len(sequences)
     names = sorted(set(domains))
     rows = {key: [] for key in (*_FEATURE_FIELDS, "key")}
-    finished, parts = 0, []  # batches done; cache part files, each holding the rows of the batches since the last
+    finished, part_files = 0, []  # batches done; cache files, each with the rows of the batches since the last
     if cache_file is not None:
         cache_file = Path(cache_file)
         if state.num_processes > 1:
@@ -99,8 +99,8 @@ def collect_features(
         if cache_file.exists():
             index = torch.load(cache_file)
             if index.get("fields") == sorted(rows):  # a cache of other fields (an older version) is collected again
-                finished, parts = index["batches"], index["parts"]
-                for name in parts:
+                finished, part_files = index["batches"], index["parts"]
+                for name in part_files:
                     for key, value in torch.load(cache_file.with_name(name)).items():
                         rows[key].append(value)
     saved = len(rows["key"])  # row chunks already in part files
@@ -134,11 +134,12 @@ def collect_features(
         sequence_ids = torch.tensor(chosen, device=device)[:, None] * _MAX_POSITIONS
         rows["key"].append((sequence_ids + torch.arange(length, device=device))[keep].cpu())
         if cache_file is not None and (number % save_every == save_every - 1 or number == len(starts) - 1):
-            parts.append(f"{cache_file.stem}.part{len(parts)}{cache_file.suffix}")
-            torch.save({key: torch.cat(value[saved:]) for key, value in rows.items()}, cache_file.with_name(parts[-1]))
+            part_files.append(f"{cache_file.stem}.part{len(part_files)}{cache_file.suffix}")
+            new_rows = {key: torch.cat(value[saved:]) for key, value in rows.items()}
+            torch.save(new_rows, cache_file.with_name(part_files[-1]))
             saved = len(rows["key"])
             partial = cache_file.with_name(cache_file.name + ".partial")
-            torch.save({"batches": number + 1, "parts": parts, "fields": sorted(rows)}, partial)
+            torch.save({"batches": number + 1, "parts": part_files, "fields": sorted(rows)}, partial)
             os.replace(partial, cache_file)  # atomic: the index names only part files written in full
     merged = {key: torch.cat(value) if value else torch.empty(0) for key, value in rows.items()}
     if state.num_processes > 1:
@@ -189,9 +190,9 @@ def train_router(
                          f"features hold {features.target_mass.shape[1]} (collect them with `token_cluster`).")
     torch.manual_seed(seed)
     hidden_size, embed_size = features.previous_hidden.shape[1], features.token_embedding.shape[1]
+    device = torch.device(device) if device is not None else features.previous_hidden.device
     router = ClusterRouter(hidden_size, embed_size, num_clusters, router_hidden_size).to(device)
     optimizer = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=0.01)
-    device = torch.device(device) if device is not None else features.previous_hidden.device
     previous, embedded = features.previous_hidden.to(device), features.token_embedding.to(device)
     if objective == "mass":
         labels = features.target_mass.to(device)
