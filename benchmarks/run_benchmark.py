@@ -87,7 +87,6 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
     out = [dict(method="autoregressive", engine="transformers", fraction=None),
            dict(method="transformers assisted (drafter, full head)", engine="transformers", fraction=1.0),
            dict(method="full vocabulary", engine="dynaspec-graph", fraction=1.0, schedule=full)]
-    splits = calibration.get("splits", {})
     for name, k in ks.items():
         rows = k * cluster_size
         out.append(dict(method=f"static frequency {name}", engine="dynaspec-graph", fraction=rows / vocab,
@@ -96,7 +95,7 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
             out.append(dict(method=f"VocabTrim {name}", engine="dynaspec-graph", fraction=rows / vocab,
                             schedule=dict(k_by_position=[0], core_by_position=[rows]), assistant="vocabtrim"))
         # the package's routed setting at this size: the core/routed split calibration chose
-        split = splits.get(str(k), {"k": k, "core": 0})
+        split = calibration["splits"][str(k)]
         chosen = dict(k_by_position=[split["k"]], core_by_position=[split["core"]])
         out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab, schedule=chosen))
         if name in ("1/16", "1/64"):  # ablations: no frequency core; the router trained on the argmax objective

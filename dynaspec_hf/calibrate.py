@@ -253,6 +253,7 @@ def shortlist_curves(
         token_rank = cluster_rank.gather(1, cluster_of[None].expand(len(part), -1))  # [n, V]
         logits = assistant.full_vocabulary_logits(part.hidden.to(device, assistant.dtype)).float()
         full_accept.append((logits.argmax(-1) == target).float().cpu())
+        mass = part.target_mass.to(device).float() if has_mass else None
 
         def hit_and_accept(allowed):
             allowed = allowed.expand(len(part), -1)
@@ -265,7 +266,6 @@ def shortlist_curves(
             for routed, core in splits[k]:
                 split_rows[k, routed].append(hit_and_accept((token_rank < routed) | (static_rank < core)[None]))
             if has_mass:
-                mass = part.target_mass.to(device).float()
                 covered = mass.masked_fill(cluster_rank >= k, 0).sum(-1)
                 best = mass.topk(min(k, mass.shape[1]), dim=-1).values.sum(-1)
                 mass_rows[k].append(torch.stack([covered, best], 1).cpu())

@@ -116,12 +116,12 @@ class GraphDrafter:
         """Additive masks over the static cache: causal, and within the window for sliding-window layers (keys
         beyond the write position, left by a rollback, are masked too). Transformers uses a 4D mask as given."""
         keys, queries = self.key_positions[None, :], positions[:, None]
-        causal = self._additive(keys <= queries)
+        causal = keys <= queries
         if self.window is None:
-            return causal
-        windowed = self._additive((keys <= queries) & (keys > queries - self.window))
+            return self._additive(causal)
+        windowed = self._additive(causal & (keys > queries - self.window))
         if self.masks_by_layer_type:  # models with `layer_types` take one mask per type
-            return {"full_attention": causal, "sliding_attention": windowed}
+            return {"full_attention": self._additive(causal), "sliding_attention": windowed}
         return windowed  # every layer slides (Mistral, Phi-3)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
