@@ -255,7 +255,7 @@ def step_times(drafter, context: int = 256) -> dict:
     head = assistant.lm_head
     full_weight = drafter.get_output_embeddings().weight
     clusters16 = torch.randperm(256, device="cuda")[:16][None]
-    core_rank = head.core_rank()
+    index = head.index()
     blocks = head.weight[head.core_size :].view(256, clusters.cluster_size, -1)
     out = {
         "full head (in graph)": graph_ms(lambda: hidden @ full_weight.T),
@@ -276,7 +276,7 @@ def step_times(drafter, context: int = 256) -> dict:
     head.kernel = "triton"
     out["whole shortlist head 1/16 with Triton (in graph)"] = graph_ms(lambda: head(hidden, clusters16, 0))
     out["whole static head 1/16 (in graph)"] = graph_ms(
-        lambda: head(hidden, clusters16[:, :0], 16 * clusters.cluster_size, core_rank))
+        lambda: head(hidden, clusters16[:, :0], 16 * clusters.cluster_size, index))
     ids = torch.randint(0, vocab_size, (1, context), device="cuda")
     for name, schedule, route in (("full head", dict(k_by_position=[256]), True),
                                   ("static 1/16", dict(k_by_position=[0], core_by_position=[16 * clusters.cluster_size]), True),

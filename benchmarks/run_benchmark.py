@@ -45,7 +45,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
-from dynaspec_hf.calibrate import calibrate, drafter_output_counts  # noqa: E402
+from dynaspec_hf.calibrate import best_splits, calibrate, drafter_output_counts  # noqa: E402
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from corpora import OUT_OF_DOMAIN, header_prompts  # noqa: E402
 from summarize import summary  # noqa: E402
@@ -83,40 +83,48 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
     tree rows (the slowest to measure)."""
     num_clusters, cluster_size, vocab = (calibration[k] for k in ("num_clusters", "cluster_size", "vocab_size"))
     ks = calibration["ks"]
-    full = dict(k_by_position=[num_clusters], core_by_position=[0])
+
+    def schedule(k, core=0, context=0):  # every part named: an assistant keeps what the previous method set
+        return dict(k_by_position=k if isinstance(k, list) else [k], core_by_position=[core],
+                    num_context_tokens=context)
+
     out = [dict(method="autoregressive", engine="transformers", fraction=None),
            dict(method="transformers assisted (drafter, full head)", engine="transformers", fraction=1.0),
-           dict(method="full vocabulary", engine="dynaspec-graph", fraction=1.0, schedule=full)]
+           dict(method="full vocabulary", engine="dynaspec-graph", fraction=1.0, schedule=schedule(num_clusters))]
     for name, k in ks.items():
         rows = k * cluster_size
         out.append(dict(method=f"static frequency {name}", engine="dynaspec-graph", fraction=rows / vocab,
-                        schedule=dict(k_by_position=[0], core_by_position=[rows])))
-        if name == "1/16":
-            out.append(dict(method=f"VocabTrim {name}", engine="dynaspec-graph", fraction=rows / vocab,
-                            schedule=dict(k_by_position=[0], core_by_position=[rows]), assistant="vocabtrim"))
-        # the package's routed setting at this size: the core/routed split calibration chose
+                        schedule=schedule(0, rows)))
+        out.append(dict(method=f"VocabTrim {name}", engine="dynaspec-graph", fraction=rows / vocab,
+                        schedule=schedule(0, rows), assistant="vocabtrim"))
+        # the package's routed setting at this size: the core/routed/context split calibration chose
         split = calibration["splits"][str(k)]
-        chosen = dict(k_by_position=[split["k"]], core_by_position=[split["core"]])
+        chosen = schedule(split["k"], split["core"], split["context"])
         out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab, schedule=chosen))
-        if name in ("1/16", "1/64"):  # ablations: no frequency core; the router trained on the argmax objective
+        if name in ("1/16", "1/64"):  # ablations: no context tokens; routed clusters only; the argmax router
+            plain = calibration["splits_without_context"][str(k)]
+            out.append(dict(method=f"DynaSpec {name}, no context tokens", engine="dynaspec-graph",
+                            fraction=rows / vocab, schedule=schedule(plain["k"], plain["core"])))
             out.append(dict(method=f"DynaSpec {name}, routed only", engine="dynaspec-graph", fraction=rows / vocab,
-                            schedule=dict(k_by_position=[k], core_by_position=[0])))
+                            schedule=schedule(k)))
         if name == "1/16":
             out.append(dict(method=f"DynaSpec {name}, argmax router", engine="dynaspec-graph", fraction=rows / vocab,
                             schedule=chosen, assistant="argmax"))
     pa = calibration["k_by_position"]
     out.append(dict(method="DynaSpec position-aware", engine="dynaspec-graph", fraction=sum(pa) / len(pa) * cluster_size / vocab,
-                    schedule=dict(k_by_position=pa, core_by_position=[0])))
+                    schedule=schedule(pa)))
     dynaspec_16 = next(m for m in out if m["method"] == "DynaSpec 1/16")
     out.append(dict(dynaspec_16, method="DynaSpec 1/16, eager drafting", engine="dynaspec-eager"))
     for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")] if trees else []:
         out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=TREE))
     # τ at T = 1 for the chain methods that shortlists change; the one-machine time budget leaves trees at T = 0
     sampled = {"full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
-               "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "static frequency 1/64", "DynaSpec 1/64"}
+               "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "DynaSpec 1/16, no context tokens",
+               "static frequency 1/64", "VocabTrim 1/64", "DynaSpec 1/64", "DynaSpec 1/64, no context tokens",
+               "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32"}
     timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
-             "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware", "DynaSpec 1/16, eager drafting",
-             "tree: DynaSpec 1/16"}
+             "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec 1/16, no context tokens", "DynaSpec position-aware",
+             "DynaSpec 1/16, eager drafting", "tree: DynaSpec 1/16"}
     timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "static frequency 1/16",
                      "DynaSpec 1/16"}
     for method in out:
@@ -218,7 +226,8 @@ def run_calibration(args) -> None:
                                                k_by_position=[0], core_by_position=[core_size])
     vocabtrim.save_pretrained(args.pair / "assistant-vocabtrim")
     calibration = dict(num_clusters=args.num_clusters, cluster_size=cluster_size, vocab_size=vocab, ks=ks,
-                       k_by_position=report["k_by_position"], splits=report["splits"], curves=report.get("curves"),
+                       k_by_position=report["k_by_position"], splits=report["splits"],
+                       splits_without_context=best_splits(report["curves"], contexts=(0,)), curves=report.get("curves"),
                        argmax_curves=argmax_report.get("curves"), train_pairs=report["train_pairs"],
                        calibration_seconds=calibrated, vocabtrim_tokens=int(trim_counts.sum()),
                        hardware=hardware_block())

@@ -6,9 +6,9 @@ will have at that point, `(h_{t-1}, embed(x_t))`, and learns where the *target's
 probability mass the target puts on each cluster (soft cross-entropy), which serves sampling as well as greedy
 decoding; `objective="argmax"` learns only the cluster of the target's greedy token.
 
-Calibration also chooses, for every shortlist size, how to split it between the frequency core and routed
-clusters (by held-out greedy acceptance), and reports how much target mass the router's clusters cover against
-the best possible clusters of the same number.
+Calibration also chooses, for every shortlist size, how to split it between the frequency core, routed clusters
+and context tokens (the text's most recent distinct tokens), by held-out greedy acceptance, and reports how much
+target mass the router's clusters cover against the best possible clusters of the same number.
 """
 
 from __future__ import annotations
@@ -25,14 +25,17 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .clusters import TokenClusters, _frequency_order
+from .context_tokens import recent_distinct_tokens
 from .modeling_dynaspec import DynaSpecAssistant
 from .router import ClusterRouter
 
 
-_FEATURE_FIELDS = ("previous_hidden", "token_embedding", "hidden", "target_next", "target_mass", "domain")
+_FEATURE_FIELDS = ("previous_hidden", "token_embedding", "hidden", "target_next", "target_mass", "domain", "token",
+                   "sequence")
 _MAX_POSITIONS = 1 << 24
 OBJECTIVES = ("mass", "argmax")
 SPLIT_FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # routed share of a shortlist's clusters tried by calibration
+CONTEXT_SIZES = (0, 128, 256)  # context-token slots tried by calibration
 
 
 @dataclass
@@ -48,16 +51,25 @@ class RouterFeatures:
     target_next: torch.Tensor  # [N] the target's greedy next token
     target_mass: torch.Tensor  # [N, C] the target's next-token probability per cluster ([N, 0] without clusters)
     domain: torch.Tensor  # [N] index into `domains`
+    token: torch.Tensor  # [N] x_t: with `sequence`, the text before each row (its context tokens)
+    sequence: torch.Tensor  # [N] which input sequence the row comes from
     domains: list[str] = field(default_factory=list)
 
     def __len__(self):
         return self.target_next.numel()
 
     def select(self, rows: torch.Tensor) -> "RouterFeatures":
-        return RouterFeatures(
-            self.previous_hidden[rows], self.token_embedding[rows], self.hidden[rows], self.target_next[rows],
-            self.target_mass[rows], self.domain[rows], self.domains,
-        )
+        """The rows `rows` (for `context_before`, whole sequences or their prefixes)."""
+        return RouterFeatures(*(getattr(self, name)[rows] for name in _FEATURE_FIELDS), domains=self.domains)
+
+    def context_before(self, rows: torch.Tensor, size: int, vocab_size: int, device=None) -> torch.Tensor:
+        """`[n, size]` the most recent distinct tokens of each row's text up to x_t, what drafting at that
+        position holds as context tokens (the sequence's very first token, which has no row, is not counted)."""
+        first = torch.searchsorted(self.sequence, self.sequence[rows])  # rows are ordered by sequence
+        width = int((rows - first).max()) + 1 if len(rows) else 1
+        window = rows[:, None] - torch.arange(width - 1, -1, -1)[None]
+        ids = self.token[window.clamp(min=0)].masked_fill(window < first[:, None], -1)
+        return recent_distinct_tokens(ids.to(device), size, vocab_size)
 
 
 @torch.no_grad()
@@ -130,6 +142,8 @@ def collect_features(
         rows["target_mass"].append(_cluster_mass(kept_logits, token_cluster).half().cpu())
         domain_ids = torch.tensor([names.index(domains[i]) for i in chosen], device=device)
         rows["domain"].append(domain_ids[:, None].expand_as(ids)[keep].cpu())
+        rows["token"].append(ids[keep].cpu())
+        rows["sequence"].append(torch.tensor(chosen, device=device)[:, None].expand_as(ids)[keep].cpu())
         # (sequence, position): the final order, whatever the batching or the number of processes
         sequence_ids = torch.tensor(chosen, device=device)[:, None] * _MAX_POSITIONS
         rows["key"].append((sequence_ids + torch.arange(length, device=device))[keep].cpu())
@@ -224,10 +238,12 @@ def shortlist_curves(
     static_order: torch.Tensor,
     ks: list[int],
     chunk: int = 256,
+    context_sizes: tuple[int, ...] = CONTEXT_SIZES,
 ) -> dict:
     """Held-out recall and greedy acceptance of routed vs. static shortlists of equal size, per domain; the
     target mass covered by the routed clusters against the best k clusters; and every split of k clusters'
-    worth of rows between the frequency core and routed clusters (`SPLIT_FRACTIONS`, cores the head holds).
+    worth of rows between the frequency core, routed clusters and context tokens (`SPLIT_FRACTIONS`,
+    `context_sizes`, cores the head holds).
 
     recall: the target's next token is in the shortlist. acceptance: the drafter's best shortlist token *is* the
     target's next token (what greedy verification accepts at one position).
@@ -238,13 +254,21 @@ def shortlist_curves(
     static_rank = static_rank.to(device)
     cluster_of = _token_cluster(assistant.lm_head.cluster_token_ids.cpu(), config.vocab_size).to(device)
     has_mass = features.target_mass.shape[1] == config.num_clusters
-    splits = {k: _splits(k, config.cluster_size, assistant.lm_head.core_size) for k in ks}
+    splits = {k: _splits(k, config.cluster_size, assistant.lm_head.core_size, context_sizes) for k in ks}
     rows = {"routed": {k: [] for k in ks}, "static": {k: [] for k in ks}}
-    split_rows = {(k, routed): [] for k in ks for routed, _ in splits[k]}
+    split_rows = {(k, split): [] for k in ks for split in splits[k]}
     mass_rows = {k: [] for k in ks}
     full_accept = []
+    vocab_size, most_context = config.vocab_size, max(context_sizes, default=0)
     for start in range(0, len(features), chunk):
-        part = features.select(torch.arange(start, min(start + chunk, len(features))))
+        chunk_rows = torch.arange(start, min(start + chunk, len(features)))
+        part = features.select(chunk_rows)
+        recent = features.context_before(chunk_rows, most_context, vocab_size, device)  # most recent first
+        in_context = {}
+        for size in context_sizes:
+            ids = recent[:, :size]
+            marks = torch.zeros(len(part), vocab_size + 1, dtype=torch.bool, device=device)
+            in_context[size] = marks.scatter_(1, ids.masked_fill(ids < 0, vocab_size), True)[:, :vocab_size]
         target = part.target_next.to(device)
         scores = assistant.router(
             part.previous_hidden.to(device, assistant.dtype), part.token_embedding.to(device, assistant.dtype)
@@ -263,8 +287,9 @@ def shortlist_curves(
         for k in ks:
             rows["routed"][k].append(hit_and_accept(token_rank < k))
             rows["static"][k].append(hit_and_accept((static_rank < k * config.cluster_size)[None]))
-            for routed, core in splits[k]:
-                split_rows[k, routed].append(hit_and_accept((token_rank < routed) | (static_rank < core)[None]))
+            for routed, core, context in splits[k]:
+                allowed = (token_rank < routed) | (static_rank < core)[None] | in_context[context]
+                split_rows[k, (routed, core, context)].append(hit_and_accept(allowed))
             if has_mass:
                 covered = mass.masked_fill(cluster_rank >= k, 0).sum(-1)
                 best = mass.topk(min(k, mass.shape[1]), dim=-1).values.sum(-1)
@@ -287,34 +312,39 @@ def shortlist_curves(
             entry["routed"]["mass"] = [float(covered[k][:, 0].mean()) for k in ks]
             entry["routed"]["best_mass"] = [float(covered[k][:, 1].mean()) for k in ks]
         entry["splits"] = {
-            str(k): [dict(routed=routed, core=core, recall=float(stats[:, 0].mean()),
+            str(k): [dict(routed=routed, core=core, context=context, recall=float(stats[:, 0].mean()),
                           acceptance=float(stats[:, 1].mean()))
-                     for routed, core in splits[k]
-                     for stats in [torch.cat(split_rows[k, routed])[in_domain]]]
+                     for routed, core, context in splits[k]
+                     for stats in [torch.cat(split_rows[k, (routed, core, context)])[in_domain]]]
             for k in ks
         }
         curves["domains"][name] = entry
     return curves
 
 
-def _splits(k: int, cluster_size: int, core_size: int) -> list[tuple[int, int]]:
-    """(routed clusters, core tokens) that together hold k clusters' worth of rows, with a core the head holds."""
-    out = []
-    for fraction in SPLIT_FRACTIONS:
-        routed = max(1, round(k * fraction))
-        core = (k - routed) * cluster_size
-        if core <= core_size and (routed, core) not in out:
-            out.append((routed, core))
+def _splits(k: int, cluster_size: int, core_size: int, context_sizes=CONTEXT_SIZES) -> list[tuple[int, int, int]]:
+    """(routed clusters, core tokens, context tokens) that together hold k clusters' worth of rows, with at least
+    one routed cluster and a core the head holds."""
+    rows, out = k * cluster_size, []
+    for context in context_sizes:
+        for fraction in SPLIT_FRACTIONS:
+            routed = max(1, int((rows - context) / cluster_size * fraction))
+            core = rows - context - routed * cluster_size
+            if 0 <= core <= core_size and (routed, core, context) not in out:
+                out.append((routed, core, context))
     return out
 
 
-def best_splits(curves: dict) -> dict[str, dict[str, int]]:
+def best_splits(curves: dict, contexts=None) -> dict[str, dict[str, int]]:
     """Per shortlist size k, the split with the highest held-out greedy acceptance over every domain (ties: the
-    one routing more): `{str(k): {"k": routed clusters, "core": core tokens}}`, what `set_schedule` takes."""
+    one routing more, then the one with fewer context tokens), among those with a context size in `contexts`
+    (None: any): `{str(k): {"k": routed clusters, "core": core tokens, "context": context tokens}}`, what
+    `set_schedule` takes (`k_by_position=[k]`, `core_by_position=[core]`, `num_context_tokens=context`)."""
     chosen = {}
     for k, candidates in curves["domains"]["all"]["splits"].items():
-        best = max(candidates, key=lambda c: (round(c["acceptance"], 6), c["routed"]))
-        chosen[k] = {"k": best["routed"], "core": best["core"]}
+        candidates = [c for c in candidates if contexts is None or c["context"] in contexts]
+        best = max(candidates, key=lambda c: (round(c["acceptance"], 6), c["routed"], -c["context"]))
+        chosen[k] = {"k": best["routed"], "core": best["core"], "context": best["context"]}
     return chosen
 
 
@@ -359,6 +389,7 @@ def calibrate(
     positions: int = 6,
     target_retention: float = 0.98,
     objective: str = "mass",
+    context_sizes: tuple[int, ...] = CONTEXT_SIZES,
     epochs: int = 4,
     seed: int = 0,
     features: RouterFeatures | None = None,
@@ -369,9 +400,10 @@ def calibrate(
 
     `frequency_counts` (token counts of a corpus, FR-Spec's source) ranks the static baseline and the optional
     frequency core; it defaults to the counts of `sequences`. Held-out sequences (a seeded split) are only used
-    for the report, the schedule and the core/routed splits (`report["splits"]`, see `best_splits`). The router
-    learns `objective` (see `train_router`). With `cache_dir`, collected features are kept there (keyed by the
-    caller: use one folder per target/drafter/data combination) so an interrupted run resumes.
+    for the report, the schedule and the core/routed/context splits (`report["splits"]`, see `best_splits`; the
+    context sizes tried are `context_sizes`). The router learns `objective` (see `train_router`). With
+    `cache_dir`, collected features are kept there (keyed by the caller: use one folder per target/drafter/data
+    combination) so an interrupted run resumes.
     """
     vocab_size = drafter.get_output_embeddings().weight.shape[0]
     target_vocab = target.config.get_text_config().vocab_size
@@ -407,7 +439,7 @@ def calibrate(
         )
         ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < num_clusters} | {num_clusters})
         static_order = _frequency_order(torch.as_tensor(frequency_counts).double())
-        curves = shortlist_curves(assistant, heldout_features, static_order, ks)
+        curves = shortlist_curves(assistant, heldout_features, static_order, ks, context_sizes=context_sizes)
         overall = curves["domains"]["all"]
         schedule = choose_schedule(overall["routed"]["acceptance"], overall["full_acceptance"], ks, positions,
                                    target_retention)

@@ -127,7 +127,8 @@ def _report_summary(report: dict) -> str:
                 f"{entry['static']['recall'][i]:.3f} | {routed['acceptance'][i]:.3f} | "
                 f"{entry['static']['acceptance'][i]:.3f} | {mass} |")
     lines += ["", f"Router objective: {report['objective']}. Chosen `k_by_position`: {report['k_by_position']}.",
-              f"Best core/routed split per size (`set_schedule(k_by_position=[k], core_by_position=[core])`): "
+              f"Best core/routed/context split per size (`set_schedule(k_by_position=[k], "
+              f"core_by_position=[core], num_context_tokens=context)`): "
               f"{report['splits']}"]
     return "\n".join(lines)
 

@@ -6,7 +6,8 @@ settings of this one config, so every comparison runs through the same code:
 - full vocabulary: ``k_by_position=[num_clusters]`` (every cluster, no router, no core);
 - static frequency shortlist: ``k_by_position=[0]``, ``core_by_position=[n]`` (the ``n`` most frequent tokens);
 - DynaSpec: ``k_by_position=[k0, k1, ...]`` router-chosen clusters per draft position, optionally on top of a
-  frequency core. Position ``i`` uses entry ``i`` of each list; the last entry repeats.
+  frequency core and of ``num_context_tokens`` slots for the most recent distinct tokens of the text so far.
+  Position ``i`` uses entry ``i`` of each list; the last entry repeats.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class DynaSpecConfig(PretrainedConfig):
             Router-chosen clusters per draft position. Defaults to `[num_clusters]`: the full vocabulary.
         core_by_position (`list[int]`, *optional*, defaults to `[0]`):
             Frequency-core tokens per draft position (a prefix of the core, so each is itself a frequency shortlist).
+        num_context_tokens (`int`, *optional*, defaults to 0):
+            Slots for the most recent distinct tokens of the prompt and of the text generated so far, added to the
+            shortlist of every draft position that does not already draft from the full vocabulary.
     """
 
     model_type = "dynaspec"
@@ -47,6 +51,7 @@ class DynaSpecConfig(PretrainedConfig):
         router_hidden_size: int = 256,
         k_by_position: list[int] | None = None,
         core_by_position: list[int] | None = None,
+        num_context_tokens: int = 0,
         **kwargs,
     ):
         if isinstance(drafter_config, dict):
@@ -62,16 +67,17 @@ class DynaSpecConfig(PretrainedConfig):
         self.router_hidden_size = router_hidden_size
         self.k_by_position = list(k_by_position) if k_by_position is not None else [num_clusters]
         self.core_by_position = list(core_by_position) if core_by_position is not None else [0]
+        self.num_context_tokens = num_context_tokens
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
-    def shortlist_at(self, position: int) -> tuple[int, int]:
-        """`(core tokens, routed clusters)` used at draft position `position` (0-based)."""
+    def shortlist_at(self, position: int) -> tuple[int, int, int]:
+        """`(core tokens, routed clusters, context tokens)` used at draft position `position` (0-based)."""
         core = self.core_by_position[min(position, len(self.core_by_position) - 1)]
         k = self.k_by_position[min(position, len(self.k_by_position) - 1)]
-        if k >= self.num_clusters:  # every cluster is the whole vocabulary: the core would only duplicate it
-            return 0, self.num_clusters
-        return core, k
+        if k >= self.num_clusters:  # every cluster is the whole vocabulary: the rest would only duplicate it
+            return 0, self.num_clusters, 0
+        return core, k, self.num_context_tokens
 
     @property
     def needs_router(self) -> bool:
@@ -99,7 +105,9 @@ class DynaSpecConfig(PretrainedConfig):
                     f"`{name}`={values} asks for {bad}, but the layout has {limit} "
                     f"{'clusters' if name == 'k_by_position' else 'core tokens (core_size)'}."
                 )
+        if not isinstance(self.num_context_tokens, int) or self.num_context_tokens < 0:
+            raise ValueError(f"`num_context_tokens` must be a non-negative int, got {self.num_context_tokens!r}.")
         for position in range(max(len(self.k_by_position), len(self.core_by_position))):
-            core, k = self.shortlist_at(position)
-            if core == 0 and k == 0:
-                raise ValueError(f"Draft position {position} has an empty shortlist (no core tokens, no clusters).")
+            if self.shortlist_at(position) == (0, 0, 0):
+                raise ValueError(f"Draft position {position} has an empty shortlist (no core tokens, no clusters, "
+                                 f"no context tokens).")

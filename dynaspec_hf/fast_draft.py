@@ -59,7 +59,9 @@ class GraphDrafter:
         self.key_positions = torch.arange(max_length, device=device)
         self.router_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # None: CPU, for tests
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self.core_rank = assistant.lm_head.core_rank() if assistant.config.core_size else None
+        self.index = assistant.lm_head.index()
+        # the text's most recent distinct tokens, refreshed in place at the start of every block
+        self.context = torch.full((1, assistant.config.num_context_tokens), -1, dtype=torch.long, device=device)
         self.active: StaticDraftCache | None = None
         with torch.cuda.device(device) if self.router_stream is not None else nullcontext():
             self._initialize_cache()
@@ -88,7 +90,7 @@ class GraphDrafter:
         positions = torch.arange(num_tokens, device=ids.device) + start
         mask = self._attention_mask(positions)
 
-        num_core, k = assistant.config.shortlist_at(position)
+        num_core, k, context = assistant.config.shortlist_at(position)
         routed = 0 < k < assistant.config.num_clusters
         streams = self.router_stream is not None
         if routed and num_tokens == 1:  # inputs ready now: route while the body runs
@@ -109,7 +111,8 @@ class GraphDrafter:
                 cluster_ids.record_stream(main)
         elif not routed:
             cluster_ids = ids.new_empty(1, 0) if k == 0 else None
-        self.logits.copy_(assistant._spread(*assistant.lm_head(hidden, cluster_ids, num_core, self.core_rank)))
+        head = assistant.lm_head(hidden, cluster_ids, num_core, self.index, self.context if context else None)
+        self.logits.copy_(assistant._spread(*head))
         self.previous.copy_(hidden)
 
     def _attention_mask(self, positions: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -137,7 +140,7 @@ class GraphDrafter:
         """One step, replayed from its graph when it has a graph shape; head counters count it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
-        num_core, k = self.assistant.config.shortlist_at(position)
+        num_core, k, context = self.assistant.config.shortlist_at(position)
         if not self.use_graphs or self.router_stream is None or ids.shape[1] > MAX_GRAPH_TOKENS:
             self._step(ids, position)
         else:
@@ -150,7 +153,7 @@ class GraphDrafter:
                 self._step(ids, position)
             else:
                 self.graphs[key].replay()
-        head.rows_computed = rows + num_core + k * self.assistant.config.cluster_size
+        head.rows_computed = rows + num_core + k * self.assistant.config.cluster_size + context
         head.calls = calls + 1
 
     def _capture(self, num_tokens: int, position: int) -> torch.cuda.CUDAGraph:
@@ -213,6 +216,8 @@ class GraphDrafter:
         if start == 0:
             self.previous.zero_()
         self._set_length(start)
+        if self.context.shape[1]:
+            self.context.copy_(self.assistant.context_tokens(input_ids))
         sequences, scores = input_ids, []
         for position in range(max_new_tokens):
             self._run(input_ids[:, start:] if position == 0 else sequences[:, -1:], position)

@@ -28,8 +28,8 @@ def render_model_card(model, report: str = "") -> str | None:
     positions = max(len(config.k_by_position), len(config.core_by_position))
     rows = []
     for position in range(positions):
-        core, k = config.shortlist_at(position)
-        rows.append(core + k * config.cluster_size)
+        core, k, context = config.shortlist_at(position)
+        rows.append(core + k * config.cluster_size + context)
     return string.Template(template).safe_substitute(
         drafter_type=config.drafter_config.model_type,
         drafter_layers=config.drafter_config.num_hidden_layers,
@@ -41,6 +41,7 @@ def render_model_card(model, report: str = "") -> str | None:
         router_hidden_size=config.router_hidden_size,
         k_by_position=config.k_by_position,
         core_by_position=config.core_by_position,
+        num_context_tokens=config.num_context_tokens,
         rows_by_position=rows,
         report=report,
     )

@@ -7,7 +7,8 @@ vocabulary, so greedy output is the target's own and sampling keeps the target's
 One draft step (see `draft`):
 
     router([h_prev; embed(x)]) -> top-k clusters ─┐
-    drafter body(x) -> h ─────────────────────────┴─> head over (core prefix + chosen clusters) -> next token
+    drafter body(x) -> h ─────────────────────────┴─> head over (core prefix + chosen clusters + context tokens)
+                                                       -> next token
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .clusters import TokenClusters
 from .configuration_dynaspec import DynaSpecConfig
+from .context_tokens import recent_distinct_tokens
 from .draft_output import draft_output
 from .logit_transform import LogitTransform
 from .router import ClusterRouter
-from .shortlist_head import ShortlistHead
+from .shortlist_head import ShortlistHead, ShortlistIndex
 
 # Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
 DEFAULT_DRAFT_TOKENS = 6
@@ -77,6 +79,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         router_hidden_size: int = 256,
         k_by_position: list[int] | None = None,
         core_by_position: list[int] | None = None,
+        num_context_tokens: int = 0,
     ) -> "DynaSpecAssistant":
         """Wrap a causal LM (`AutoModelForCausalLM`) as a DynaSpec assistant.
 
@@ -101,6 +104,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             router_hidden_size=router_hidden_size,
             k_by_position=k_by_position,
             core_by_position=core_by_position,
+            num_context_tokens=num_context_tokens,
         )
         config.drafter_config.vocab_size = vocab_size
         config.vocab_size = vocab_size
@@ -113,7 +117,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         check_same_distribution(drafter, model)
         return model
 
-    def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None):
+    def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None,
+                     num_context_tokens: int | None = None):
         """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self.
 
         The CUDA graphs captured for the current schedule are kept when the schedule does not change, so a loop
@@ -123,9 +128,11 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             config.k_by_position = list(k_by_position)
         if core_by_position is not None:
             config.core_by_position = list(core_by_position)
+        if num_context_tokens is not None:
+            config.num_context_tokens = num_context_tokens
         config.validate_schedule()
-        unchanged = (config.k_by_position, config.core_by_position) == (self.config.k_by_position,
-                                                                        self.config.core_by_position)
+        unchanged = all(getattr(config, name) == getattr(self.config, name)
+                        for name in ("k_by_position", "core_by_position", "num_context_tokens"))
         self.config = config
         if unchanged:
             return self
@@ -239,24 +246,36 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         scores = self.router(previous_hidden, self.get_input_embeddings()(token_ids))
         return scores.topk(k, dim=-1).indices
 
+    def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """`[B, num_context_tokens]` most recent distinct tokens of `input_ids` (padding excluded), or None when
+        the schedule has no context slots."""
+        if not self.config.num_context_tokens:
+            return None
+        ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
+        return recent_distinct_tokens(ids, self.config.num_context_tokens, self.config.vocab_size)
+
     def next_token_logits(
         self,
         hidden: torch.Tensor,
         previous_hidden: torch.Tensor,
         token_ids: torch.Tensor,
         position: int,
-        core_rank: torch.Tensor | None = None,
+        index: ShortlistIndex | None = None,
+        context_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Float32 `[B, vocab]` logits for the token after `token_ids`, `-inf` outside the routed shortlist.
 
         `hidden` is the body's output at `token_ids`, `previous_hidden` the one before it (the router's input, so
-        routing does not wait for `hidden`); `position` (0-based draft position) picks the shortlist size.
+        routing does not wait for `hidden`); `position` (0-based draft position) picks the shortlist size;
+        `context_ids` (from `context_tokens`) fill the context slots. Pass `index` (`lm_head.index()`) to reuse it.
         """
-        num_core, k = self.config.shortlist_at(position)
-        if num_core and core_rank is None:
-            core_rank = self.lm_head.core_rank()
+        num_core, k, context = self.config.shortlist_at(position)
+        if context and context_ids is None:
+            raise ValueError(f"The schedule has {context} context-token slots: pass `context_ids` (`context_tokens`).")
+        if index is None and (num_core or context):
+            index = self.lm_head.index()
         cluster_ids = self.route(previous_hidden, token_ids, k)
-        return self._spread(*self.lm_head(hidden, cluster_ids, num_core, core_rank))
+        return self._spread(*self.lm_head(hidden, cluster_ids, num_core, index, context_ids if context else None))
 
     @torch.no_grad()
     def draft(
@@ -307,11 +326,12 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         cache = out.past_key_values
         hidden = out.last_hidden_state[:, -1]
         previous = out.last_hidden_state[:, -2] if out.last_hidden_state.shape[1] > 1 else torch.zeros_like(hidden)
-        core_rank = self.lm_head.core_rank() if self.config.core_size else None
+        index = self.lm_head.index()
+        context = self.context_tokens(input_ids, attention_mask)  # the verified text: fixed for the block
 
         sequences, scores = input_ids, []
         for position in range(max_new_tokens):
-            logits = self.next_token_logits(hidden, previous, sequences[:, -1], position, core_rank)
+            logits = self.next_token_logits(hidden, previous, sequences[:, -1], position, index, context)
             if len(processors):
                 logits = processors(sequences, logits)
             probs = logits.softmax(dim=-1)

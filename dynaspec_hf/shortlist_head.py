@@ -8,6 +8,8 @@ vocabulary product is never needed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -67,37 +69,39 @@ class ShortlistHead(nn.Module):
         """Raise if the stored clusters do not partition the vocabulary (e.g. a damaged checkpoint)."""
         check_cluster_token_ids(self.cluster_token_ids, self.vocab_size)
 
-    def core_rank(self) -> torch.Tensor:
-        """`[num_clusters, cluster_size]` rank of each cluster row's token in the core (`core_size` if absent)."""
-        rank = torch.full((self.vocab_size + 1,), self.core_size, dtype=torch.long, device=self.weight.device)
-        rank[self.core_token_ids] = torch.arange(self.core_size, device=rank.device)
-        return rank[self.cluster_token_ids]  # -1 padding reads the extra last slot
+    def index(self) -> "ShortlistIndex":
+        """Per-token lookups the forward pass needs; compute once per draft block, not per step."""
+        return ShortlistIndex.of(self)
 
     def forward(
         self,
         hidden: torch.Tensor,
         cluster_ids: torch.Tensor | None,
         num_core: int,
-        core_rank: torch.Tensor | None = None,
+        index: "ShortlistIndex | None" = None,
+        context_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the shortlist rows for `hidden` `[B, d]`.
 
-        `cluster_ids` `[B, k]` picks cluster blocks (None: all clusters, i.e. the full vocabulary); the first
-        `num_core` core tokens are added. The logits are the drafter's own: its family's transform is applied. Returns `(logits [B, R], token_ids [B, R])`; padding rows and cluster rows
-        whose token is already among the active core rows get logit `-inf` and token id -1, so no token is counted
-        twice.
+        The shortlist is the first `num_core` core tokens, the cluster blocks `cluster_ids` `[B, k]` (None: all
+        clusters, i.e. the full vocabulary) and the tokens `context_ids` `[B, M]` (distinct, -1 for an empty slot).
+        The logits are the drafter's own: its family's transform is applied. Returns `(logits [B, R], token_ids
+        [B, R])`; padding rows, and rows whose token an earlier part already holds, get logit `-inf` and token
+        id -1, so no token is counted twice. `index` (from `index()`) is needed with a core or context tokens.
         """
         batch = hidden.shape[0]
         core_size, size = self.core_size, self.cluster_token_ids.shape[1]
         blocks = self.weight[core_size:].view(self.num_clusters, size, -1)
-        logits, token_ids = [], []
+        if (num_core or context_ids is not None) and index is None:
+            raise ValueError("Pass `index` (from `index()`) when core rows or context tokens are active.")
+        logits, token_ids, invalid = [], [], []
         if num_core:
             logits.append(hidden @ self.weight[:num_core].T)
             token_ids.append(self.core_token_ids[:num_core].expand(batch, -1))
+            invalid.append(None)
         if cluster_ids is None:
             logits.append(hidden @ blocks.reshape(-1, blocks.shape[-1]).T)
             ids = self.cluster_token_ids.reshape(1, -1).expand(batch, -1)
-            rank = None if core_rank is None else core_rank.reshape(1, -1)
         else:
             if self.kernel == "triton" and triton_kernel_applies(hidden):
                 logits.append(block_logits(hidden, blocks, cluster_ids))
@@ -105,17 +109,51 @@ class ShortlistHead(nn.Module):
                 chosen = blocks[cluster_ids]  # [B, k, s, d]
                 logits.append(torch.einsum("bd,bksd->bks", hidden, chosen).reshape(batch, -1))
             ids = self.cluster_token_ids[cluster_ids].reshape(batch, -1)
-            rank = None if core_rank is None else core_rank[cluster_ids].reshape(batch, -1)
-        if num_core and core_rank is None:
-            raise ValueError("Pass `core_rank` (from `core_rank()`) when core rows are active, to drop duplicates.")
+        token_ids.append(ids)
+        invalid.append((ids < 0) | (index.in_core(ids, num_core) if num_core else False))
+        if context_ids is not None:
+            rows = index.token_row[context_ids]  # -1 reads the last slot
+            logits.append(torch.einsum("bd,bmd->bm", hidden, self.weight[rows]))
+            token_ids.append(context_ids)
+            held = context_ids < 0
+            if num_core:
+                held = held | index.in_core(context_ids, num_core)
+            if cluster_ids is None:
+                held = torch.ones_like(held)
+            elif cluster_ids.shape[1]:
+                cluster = (rows - core_size).div(size, rounding_mode="floor")
+                held = held | (cluster[:, :, None] == cluster_ids[:, None, :]).any(-1)
+            invalid.append(held)
         if not self.transform.is_identity:  # before masking: a soft cap would turn -inf into -cap
             logits = [self.transform(part) for part in logits]
-        invalid = ids < 0
-        if num_core:
-            invalid = invalid | (rank < num_core)
-        logits[-1] = logits[-1].masked_fill(invalid, float("-inf"))
-        token_ids.append(ids.masked_fill(invalid, -1))
+        for i, mask in enumerate(invalid):
+            if mask is not None:
+                logits[i] = logits[i].masked_fill(mask, float("-inf"))
+                token_ids[i] = token_ids[i].masked_fill(mask, -1)
         logits, token_ids = torch.cat(logits, dim=-1), torch.cat(token_ids, dim=-1)
         self.rows_computed += logits.shape[0] * logits.shape[1]
         self.calls += 1
         return logits, token_ids
+
+
+@dataclass
+class ShortlistIndex:
+    """Per-token lookups of a `ShortlistHead`'s layout (slot `vocab_size` stands for token id -1)."""
+
+    token_row: torch.Tensor  # [vocab + 1] the stored row of each token's cluster entry
+    core_rank: torch.Tensor  # [vocab + 1] rank of each token in the frequency core (core_size if absent)
+
+    @classmethod
+    def of(cls, head: ShortlistHead) -> "ShortlistIndex":
+        device, vocab_size = head.weight.device, head.vocab_size
+        row_ids = head.cluster_token_ids.reshape(-1)
+        token_row = torch.empty(vocab_size + 1, dtype=torch.long, device=device)
+        token_row[row_ids.masked_fill(row_ids < 0, vocab_size)] = head.core_size + torch.arange(len(row_ids), device=device)
+        token_row[vocab_size] = head.core_size  # any stored row: what it reads is masked
+        core_rank = torch.full((vocab_size + 1,), head.core_size, dtype=torch.long, device=device)
+        core_rank[head.core_token_ids] = torch.arange(head.core_size, device=device)
+        return cls(token_row, core_rank)
+
+    def in_core(self, token_ids: torch.Tensor, num_core: int) -> torch.Tensor:
+        """Whether each token id (-1 allowed) is among the first `num_core` core tokens."""
+        return self.core_rank[token_ids] < num_core

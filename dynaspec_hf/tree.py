@@ -99,6 +99,8 @@ def draft_tree(
     states = assistant.drafter(input_ids=committed[None, start:], past_key_values=cache, use_cache=True).last_hidden_state[0]
     root_previous = states[-2] if states.shape[0] > 1 else torch.zeros_like(states[-1])
 
+    index = assistant.lm_head.index()
+    context = assistant.context_tokens(committed[None])  # the verified text; drafted nodes do not join it
     tree = TokenTree(root_position=length - 1)
     tree.add(int(committed[-1]), -1)
     hidden = [states[-1]]  # body output per node
@@ -123,6 +125,8 @@ def draft_tree(
                 torch.stack([previous[i] for i in group]),
                 torch.tensor([tree.tokens[nodes[i]] for i in group], device=device),
                 depth,
+                index,
+                None if context is None else context.expand(len(group), -1),
             )
             if do_sample and processors:
                 logits = processors(None, logits)

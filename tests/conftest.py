@@ -82,6 +82,7 @@ SETTINGS = {
     "full": dict(),
     "static": dict(k_by_position=[0], core_by_position=[48]),
     "routed": dict(k_by_position=[6, 4, 3], core_by_position=[16, 8, 0]),
+    "context": dict(k_by_position=[3, 2], core_by_position=[8, 0], num_context_tokens=16),
 }
 
 

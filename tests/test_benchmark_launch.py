@@ -75,7 +75,7 @@ def test_tau_phase_two_processes_equal_one(tmp_path):
         runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
     # every greedy τ method (autoregressive and eager drafting need none), one prompt per category: Spec-Bench's
     # six, HumanEval and the out-of-domain headers
-    assert len(runs[1]) == 15 * 8
+    assert len(runs[1]) == 19 * 8
     assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers"}
     assert runs[1] == runs[2]
     assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
@@ -92,7 +92,7 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
     assert "(round 2/2)" in printed
     rows = json.loads((pair / "timing-T0.0.json").read_text())
     assert len({r["category"] for r in rows}) == 8  # Spec-Bench's six, HumanEval, the out-of-domain headers
-    assert len({r["method"] for r in rows}) == 9
+    assert len({r["method"] for r in rows}) == 10
     assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
     assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding
     (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
@@ -105,16 +105,23 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
     from run_benchmark import chosen_methods
 
     calibration = dict(num_clusters=256, cluster_size=501, vocab_size=128_256, ks={"1/64": 4, "1/32": 8, "1/16": 16},
-                       k_by_position=[8, 4], splits={"4": {"k": 4, "core": 0}, "8": {"k": 6, "core": 1002},
-                                                     "16": {"k": 12, "core": 2004}})
-    chosen = chosen_methods(calibration, ["static frequency 1/16", "DynaSpec 1/16", "DynaSpec 1/16, routed only",
-                                          "DynaSpec 1/16, argmax router"])
-    assert [m["method"] for m in chosen] == ["static frequency 1/16", "DynaSpec 1/16", "DynaSpec 1/16, routed only",
-                                             "DynaSpec 1/16, argmax router"]
-    calibrated = dict(k_by_position=[12], core_by_position=[2004])  # the split calibration chose for 16 clusters
+                       k_by_position=[8, 4],
+                       splits={"4": {"k": 3, "core": 245, "context": 256}, "8": {"k": 6, "core": 1002, "context": 0},
+                               "16": {"k": 12, "core": 1748, "context": 256}},
+                       splits_without_context={"4": {"k": 4, "core": 0, "context": 0},
+                                               "8": {"k": 6, "core": 1002, "context": 0},
+                                               "16": {"k": 12, "core": 2004, "context": 0}})
+    names = ["static frequency 1/16", "DynaSpec 1/16", "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router",
+             "DynaSpec 1/16, no context tokens"]
+    chosen = chosen_methods(calibration, names)
+    assert [m["method"] for m in chosen] == [names[i] for i in (0, 1, 4, 2, 3)]
+    # the split calibration chose for 16 clusters; every part named, so no row inherits the previous row's
+    calibrated = dict(k_by_position=[12], core_by_position=[1748], num_context_tokens=256)
+    assert chosen[0]["schedule"] == dict(k_by_position=[0], core_by_position=[16 * 501], num_context_tokens=0)
     assert chosen[1]["schedule"] == calibrated and "assistant" not in chosen[1]
-    assert chosen[2]["schedule"] == dict(k_by_position=[16], core_by_position=[0])
-    assert chosen[3]["schedule"] == calibrated and chosen[3]["assistant"] == "argmax"
+    assert chosen[2]["schedule"] == dict(k_by_position=[12], core_by_position=[2004], num_context_tokens=0)
+    assert chosen[3]["schedule"] == dict(k_by_position=[16], core_by_position=[0], num_context_tokens=0)
+    assert chosen[4]["schedule"] == calibrated and chosen[4]["assistant"] == "argmax"
     assert len(chosen_methods(calibration, None)) == len(chosen_methods(calibration, []))
     assert not any(m["engine"] == "dynaspec-tree" for m in chosen_methods(calibration, None, trees=False))
     with pytest.raises(SystemExit, match="Unknown method"):

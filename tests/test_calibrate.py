@@ -134,7 +134,8 @@ def test_mass_objective_routes_to_where_the_targets_mass_is():
     mass = torch.tensor([0.3, 0.7, 0.0]).expand(n, -1)
     features = RouterFeatures(torch.randn(n, d, generator=generator), torch.randn(n, d, generator=generator),
                               torch.zeros(n, d), torch.zeros(n, dtype=torch.long), mass.half(),
-                              torch.zeros(n, dtype=torch.long), ["all"])
+                              torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+                              torch.arange(n), ["all"])
     covered = {}
     for objective in ("mass", "argmax"):
         router = train_router(features, token_cluster, 3, 16, objective=objective, epochs=20, batch_size=64,
@@ -163,12 +164,51 @@ def test_calibration_chooses_the_best_core_routed_split(two_domain_pair):
     overall = curves["domains"]["all"]
     for i, k in enumerate(curves["ks"]):
         candidates = overall["splits"][str(k)]
-        assert all(c["core"] == (k - c["routed"]) * curves["cluster_size"] <= 64 for c in candidates)
+        assert all(c["core"] == (k - c["routed"]) * curves["cluster_size"] - c["context"] <= 64 for c in candidates)
         routed_only = next(c for c in candidates if c["routed"] == k)
         assert routed_only["acceptance"] == overall["routed"]["acceptance"][i]
-        best = max(candidates, key=lambda c: (round(c["acceptance"], 6), c["routed"]))
-        assert report["splits"][str(k)] == {"k": best["routed"], "core": best["core"]}
+        best = max(candidates, key=lambda c: (round(c["acceptance"], 6), c["routed"], -c["context"]))
+        assert report["splits"][str(k)] == {"k": best["routed"], "core": best["core"], "context": best["context"]}
         assert overall["routed"]["mass"][i] <= overall["routed"]["best_mass"][i] + 1e-6
-    assert len(overall["splits"]["8"]) == 3  # 8 routed; 6 + 32 core; 4 + 64 core (2 + 96 would exceed the core)
+    # 8 routed; 6 + 32 core; 4 + 64 core (2 + 96 would exceed the core); none with context (too few rows for 128)
+    assert len(overall["splits"]["8"]) == 3
     assert overall["routed"]["best_mass"][-1] == pytest.approx(1.0, abs=1e-2)  # every cluster: all the mass
     assert best_splits(curves) == report["splits"]
+
+
+def test_context_splits_are_scored_with_each_positions_recent_tokens(two_domain_pair):
+    """Held-out splits with context tokens score the union of routed clusters, core and the distinct tokens read
+    so far in the same sequence (chunks cut across sequences here); the report can choose them."""
+    from dynaspec_hf.calibrate import collect_features, shortlist_curves
+    from test_context_tokens import reference_recent
+
+    target, drafter, domain_a, domain_b = two_domain_pair
+    assistant, report = calibrate(target, drafter, domain_a[:60] + domain_b[:60], num_clusters=12, core_size=64,
+                                  router_hidden_size=64, heldout_fraction=0.2, epochs=5, context_sizes=(0, 8, 16),
+                                  progress=False)
+    assert all(set(split) == {"k", "core", "context"} for split in report["splits"].values())
+    sequences = domain_a[-4:] + domain_b[-4:]
+    features = collect_features(target, drafter, sequences, progress=False)
+    recent = features.context_before(torch.arange(len(features)), 16, VOCAB)
+    expected = [reference_recent(s[1 : t + 1].tolist(), 16) for s in sequences for t in range(1, len(s))]
+    assert recent.tolist() == expected
+
+    static_order = torch.arange(VOCAB)  # token id = frequency rank
+    curves = shortlist_curves(assistant, features, static_order, [4], chunk=7, context_sizes=(0, 8, 16))
+    candidates = curves["domains"]["all"]["splits"]["4"]
+    assert {c["context"] for c in candidates} == {0, 8, 16}
+    with torch.no_grad():
+        scores = assistant.router(features.previous_hidden.float(), features.token_embedding.float())
+        logits = assistant.full_vocabulary_logits(features.hidden.float())
+    cluster_of = torch.empty(VOCAB, dtype=torch.long)
+    ids = assistant.lm_head.cluster_token_ids
+    cluster_of[ids[ids >= 0]] = torch.arange(12)[:, None].expand_as(ids)[ids >= 0]
+    for candidate in candidates:
+        clusters = scores.topk(candidate["routed"], dim=-1).indices
+        allowed = (cluster_of[None] == clusters[:, :, None]).any(1) | (static_order < candidate["core"])[None]
+        for row, tokens in enumerate(recent[:, : candidate["context"]].tolist()):
+            allowed[row, [t for t in tokens if t >= 0]] = True
+        recall = allowed.gather(1, features.target_next[:, None]).float().mean()
+        acceptance = (logits.masked_fill(~allowed, float("-inf")).argmax(-1) == features.target_next).float().mean()
+        assert candidate["recall"] == pytest.approx(float(recall), abs=1e-6), candidate
+        assert candidate["acceptance"] == pytest.approx(float(acceptance), abs=1e-6), candidate

@@ -51,12 +51,13 @@ def test_static_cache_drafting_equals_target(family, setting, monkeypatch):
     assert isinstance(engine.active, StaticDraftCache)
 
 
-@pytest.mark.parametrize("family", ["qwen2"] + [family for family in SLIDING if not rollback_limited(family)])
-def test_static_cache_drafts_equal_eager_drafts(family, monkeypatch):
+@pytest.mark.parametrize("family,setting", [("qwen2", "routed"), ("qwen2", "context")]
+                         + [(family, "routed") for family in SLIDING if not rollback_limited(family)])
+def test_static_cache_drafts_equal_eager_drafts(family, setting, monkeypatch):
     """Block by block, the static-cache drafter proposes the eager drafter's tokens with the same scores (for
-    sliding-window families, beyond their 8-token window)."""
+    sliding-window families, beyond their 8-token window; with context tokens, as the text grows)."""
     _, drafter = tiny_pair(family, seed=12)
-    assistant, engine = static_cache_assistant(drafter, "routed", monkeypatch)
+    assistant, engine = static_cache_assistant(drafter, setting, monkeypatch)
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
     eager_cache, static_cache = None, None
     for accepted in (3, 0, 5, 1):

@@ -13,7 +13,7 @@ from dynaspec_hf import DynaSpecAssistant
 from conftest import VOCAB, make_assistant, tiny_pair
 
 
-def saved_assistant(tmp_path, setting="routed"):
+def saved_assistant(tmp_path, setting="context"):
     target, drafter = tiny_pair("llama", seed=11)
     assistant = make_assistant(drafter, setting)
     assistant.save_pretrained(tmp_path / "assistant")
@@ -21,7 +21,7 @@ def saved_assistant(tmp_path, setting="routed"):
 
 
 def assert_same_assistant(a, b):
-    for key in ("vocab_size", "num_clusters", "cluster_size", "core_size", "router_hidden_size"):
+    for key in ("vocab_size", "num_clusters", "cluster_size", "core_size", "router_hidden_size", "num_context_tokens"):
         assert getattr(a.config, key) == getattr(b.config, key), key
     assert (a.config.k_by_position, a.config.core_by_position) == (b.config.k_by_position, b.config.core_by_position)
     drafter_a, drafter_b = a.config.drafter_config.to_dict(), b.config.drafter_config.to_dict()
@@ -40,14 +40,15 @@ def test_round_trip_through_auto_class(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(path)
     assert isinstance(loaded, DynaSpecAssistant)
     assert_same_assistant(assistant, loaded)
-    assert loaded.config.k_by_position == [6, 4, 3] and loaded.config.core_by_position == [16, 8, 0]
+    assert loaded.config.k_by_position == [3, 2] and loaded.config.core_by_position == [8, 0]
+    assert loaded.config.num_context_tokens == 16
     ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(0))
     assert torch.equal(
         target.generate(ids, assistant_model=loaded, do_sample=False, max_new_tokens=12),
         target.generate(ids, do_sample=False, max_new_tokens=12),
     )
     card = (path / "README.md").read_text()
-    assert "k_by_position" in card and "[6, 4, 3]" in card
+    assert "k_by_position" in card and "[3, 2]" in card and "`num_context_tokens`" in card
 
 
 def run_python(code: str, env: dict) -> str:
@@ -76,7 +77,7 @@ def test_loads_from_hub_cache_snapshot_offline(tmp_path):
         """,
         {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")},
     )
-    assert out.split()[:2] == ["DynaSpecAssistant", "[6,"]
+    assert out.split()[:2] == ["DynaSpecAssistant", "[3,"]
     assert abs(float(out.split()[-1]) - float(assistant.lm_head.weight.detach().sum())) < 1e-4
 
 
@@ -105,4 +106,4 @@ def test_set_schedule_shares_weights_and_validates():
     assistant = make_assistant(drafter, "routed")
     weight = assistant.lm_head.weight
     assistant.set_schedule(k_by_position=[16])
-    assert assistant.lm_head.weight is weight and assistant.config.shortlist_at(0) == (0, 16)
+    assert assistant.lm_head.weight is weight and assistant.config.shortlist_at(0) == (0, 16, 0)
