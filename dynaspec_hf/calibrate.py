@@ -59,7 +59,7 @@ class RouterFeatures:
         return self.target_next.numel()
 
     def select(self, rows: torch.Tensor) -> "RouterFeatures":
-        """The rows `rows` (for `context_before`, whole sequences or their prefixes)."""
+        """The rows `rows`. (`context_before` of a selection sees only the selected rows of each sequence.)"""
         return RouterFeatures(*(getattr(self, name)[rows] for name in _FEATURE_FIELDS), domains=self.domains)
 
     def context_before(self, rows: torch.Tensor, size: int, vocab_size: int, device=None) -> torch.Tensor:
