@@ -12,14 +12,14 @@ from transformers import GenerationConfig, LogitsProcessorList, PretrainedConfig
 from transformers.generation.candidate_generator import CandidateGenerator
 
 from .draft_output import output_cache
-from .modeling_dynaspec import DEFAULT_DRAFT_TOKENS
+from .modeling_dynaspec import DEFAULT_DRAFT_TOKENS, drafting_temperature
 
 
 class DynaSpecCandidateGenerator(CandidateGenerator):
     """Args:
     assistant: the `DynaSpecAssistant` that drafts.
-    generation_config: `do_sample`, `eos_token_id`, `max_length` and `num_assistant_tokens` are read from it
-        (defaults: the assistant's generation config).
+    generation_config: `do_sample`, `temperature`, `eos_token_id`, `max_length` and `num_assistant_tokens` are read
+        from it (defaults: the assistant's generation config).
     logits_processor: processors applied to the draft logits (use the target's, as transformers does).
     target_config: the target's config; its vocabulary size must equal the assistant's.
     """
@@ -42,6 +42,7 @@ class DynaSpecCandidateGenerator(CandidateGenerator):
         self.assistant = assistant
         self.logits_processor = logits_processor or LogitsProcessorList()
         self.do_sample = bool(config.do_sample)
+        self.temperature = drafting_temperature(config)  # picks the assistant's schedule (temperature bands)
         eos = config.eos_token_id
         self.eos_token_id = [eos] if isinstance(eos, int) else eos
         self.max_length = config.max_length
@@ -64,6 +65,7 @@ class DynaSpecCandidateGenerator(CandidateGenerator):
             do_sample=self.do_sample,
             logits_processor=self.logits_processor,
             eos_token_id=self.eos_token_id,
+            temperature=self.temperature,
         )
         self.past_key_values = output_cache(out)
         return out.sequences, torch.stack(out.scores, dim=1)

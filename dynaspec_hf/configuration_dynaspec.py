@@ -8,6 +8,10 @@ settings of this one config, so every comparison runs through the same code:
 - DynaSpec: ``k_by_position=[k0, k1, ...]`` router-chosen clusters per draft position, optionally on top of a
   frequency core and of ``num_context_tokens`` slots for the most recent distinct tokens of the text so far.
   Position ``i`` uses entry ``i`` of each list; the last entry repeats.
+
+These fields are the greedy schedule. ``temperature_bands`` can give sampled drafting its own: the best split of a
+shortlist can differ between greedy acceptance (the drafter's top token is the target's) and sampled acceptance
+(the drafter's renormalized distribution overlaps the target's); calibration measures both.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import math
 
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
+
+SCHEDULE_FIELDS = ("k_by_position", "core_by_position", "num_context_tokens")
 
 
 class DynaSpecConfig(PretrainedConfig):
@@ -37,6 +43,10 @@ class DynaSpecConfig(PretrainedConfig):
         num_context_tokens (`int`, *optional*, defaults to 0):
             Slots for the most recent distinct tokens of the prompt and of the text generated so far, added to the
             shortlist of every draft position that does not already draft from the full vocabulary.
+        temperature_bands (`list[dict]`, *optional*):
+            Schedules for sampled drafting, each a dict with `max_temperature` (a float, or None for any) and the
+            three fields above. Sampling at temperature t uses the first band with t <= `max_temperature`;
+            greedy drafting, and sampling that no band covers, use the fields above.
     """
 
     model_type = "dynaspec"
@@ -52,6 +62,7 @@ class DynaSpecConfig(PretrainedConfig):
         k_by_position: list[int] | None = None,
         core_by_position: list[int] | None = None,
         num_context_tokens: int = 0,
+        temperature_bands: list[dict] | None = None,
         **kwargs,
     ):
         if isinstance(drafter_config, dict):
@@ -68,21 +79,41 @@ class DynaSpecConfig(PretrainedConfig):
         self.k_by_position = list(k_by_position) if k_by_position is not None else [num_clusters]
         self.core_by_position = list(core_by_position) if core_by_position is not None else [0]
         self.num_context_tokens = num_context_tokens
+        self.temperature_bands = [dict(band) for band in temperature_bands or []]
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
-    def shortlist_at(self, position: int) -> tuple[int, int, int]:
-        """`(core tokens, routed clusters, context tokens)` used at draft position `position` (0-based)."""
-        core = self.core_by_position[min(position, len(self.core_by_position) - 1)]
-        k = self.k_by_position[min(position, len(self.k_by_position) - 1)]
+    def schedule(self, temperature: float = 0.0) -> dict:
+        """The schedule fields (`SCHEDULE_FIELDS`) that drafting at `temperature` uses (0: greedy)."""
+        if temperature > 0:
+            for band in self.temperature_bands:
+                if band.get("max_temperature") is None or temperature <= band["max_temperature"]:
+                    return {name: band[name] for name in SCHEDULE_FIELDS}
+        return {name: getattr(self, name) for name in SCHEDULE_FIELDS}
+
+    def schedules(self) -> list[dict]:
+        """The greedy schedule, then every temperature band's."""
+        return [self.schedule()] + [{name: band[name] for name in SCHEDULE_FIELDS} for band in self.temperature_bands]
+
+    def shortlist_at(self, position: int, temperature: float = 0.0) -> tuple[int, int, int]:
+        """`(core tokens, routed clusters, context tokens)` used at draft position `position` (0-based) when drafting
+        at `temperature`."""
+        schedule = self.schedule(temperature)
+        cores, ks = schedule["core_by_position"], schedule["k_by_position"]
+        core, k = cores[min(position, len(cores) - 1)], ks[min(position, len(ks) - 1)]
         if k >= self.num_clusters:  # every cluster is the whole vocabulary: the rest would only duplicate it
             return 0, self.num_clusters, 0
-        return core, k, self.num_context_tokens
+        return core, k, schedule["num_context_tokens"]
+
+    @property
+    def max_context_tokens(self) -> int:
+        """The most context-token slots any schedule uses (the size of a buffer that serves them all)."""
+        return max(schedule["num_context_tokens"] for schedule in self.schedules())
 
     @property
     def needs_router(self) -> bool:
-        """True when some draft position picks clusters by routing (0 < k < num_clusters)."""
-        return any(0 < k < self.num_clusters for k in self.k_by_position)
+        """True when some draft position of some schedule picks clusters by routing (0 < k < num_clusters)."""
+        return any(0 < k < self.num_clusters for schedule in self.schedules() for k in schedule["k_by_position"])
 
     def validate_schedule(self) -> None:
         """Raise a `ValueError` naming the values when the schedule cannot be served by this layout."""
@@ -93,21 +124,35 @@ class DynaSpecConfig(PretrainedConfig):
                 f"{self.num_clusters} clusters of {self.cluster_size} rows cannot cover a vocabulary of "
                 f"{self.vocab_size} tokens."
             )
-        if not self.k_by_position or not self.core_by_position:
+        for band in self.temperature_bands:
+            if not isinstance(band, dict) or set(band) != {"max_temperature", *SCHEDULE_FIELDS}:
+                raise ValueError(f"Each of `temperature_bands` must be a dict with keys max_temperature, "
+                                 f"{', '.join(SCHEDULE_FIELDS)}; got {band!r}.")
+        bounds = [band["max_temperature"] for band in self.temperature_bands]
+        numbers = [b for b in bounds if isinstance(b, (int, float))]
+        ordered = numbers == sorted(numbers) and min(numbers, default=1) > 0
+        if not ordered or len(numbers) + bounds[-1:].count(None) != len(bounds):
+            raise ValueError(f"`temperature_bands` must be ordered by a positive, increasing `max_temperature` "
+                             f"(None, for any temperature, only last); got {bounds}.")
+        for schedule in self.schedules():
+            self._validate_one(schedule)
+
+    def _validate_one(self, schedule: dict) -> None:
+        ks, cores, context = (schedule[name] for name in SCHEDULE_FIELDS)
+        if not ks or not cores:
             raise ValueError("`k_by_position` and `core_by_position` need at least one entry each.")
-        for name, values, limit in (
-            ("k_by_position", self.k_by_position, self.num_clusters),
-            ("core_by_position", self.core_by_position, self.core_size),
-        ):
+        for name, values, limit in (("k_by_position", ks, self.num_clusters),
+                                    ("core_by_position", cores, self.core_size)):
             bad = [v for v in values if not isinstance(v, int) or v < 0 or v > limit]
             if bad:
                 raise ValueError(
                     f"`{name}`={values} asks for {bad}, but the layout has {limit} "
                     f"{'clusters' if name == 'k_by_position' else 'core tokens (core_size)'}."
                 )
-        if not isinstance(self.num_context_tokens, int) or self.num_context_tokens < 0:
-            raise ValueError(f"`num_context_tokens` must be a non-negative int, got {self.num_context_tokens!r}.")
-        for position in range(max(len(self.k_by_position), len(self.core_by_position))):
-            if self.shortlist_at(position) == (0, 0, 0):
+        if not isinstance(context, int) or context < 0:
+            raise ValueError(f"`num_context_tokens` must be a non-negative int, got {context!r}.")
+        for position in range(max(len(ks), len(cores))):
+            core, k = cores[min(position, len(cores) - 1)], ks[min(position, len(ks) - 1)]
+            if k == 0 and core == 0 and context == 0:
                 raise ValueError(f"Draft position {position} has an empty shortlist (no core tokens, no clusters, "
                                  f"no context tokens).")

@@ -2,7 +2,8 @@
 
 Eager drafting of a small model is bound by Python and kernel-launch overhead, not by the GPU, so a shortlist head
 only pays off once a draft step is one graph replay. `GraphDrafter` keeps one graph per step shape (tokens read
-by the body, shortlist size of the draft position). Inside each graph the router runs on its own stream: on a
+by the body; core, routed clusters and context slots of the draft position's shortlist), so schedules and
+temperature bands with the same step shapes share graphs. Inside each graph the router runs on its own stream: on a
 one-token step its inputs (the previous hidden state and the current token's embedding) are ready before the
 body starts, so routing overlaps the body and joins the head through an event.
 
@@ -58,17 +59,18 @@ class GraphDrafter:
         self.logits = torch.zeros(1, assistant.config.vocab_size, dtype=torch.float32, device=device)
         self.key_positions = torch.arange(max_length, device=device)
         self.router_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # None: CPU, for tests
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int, int, int], torch.cuda.CUDAGraph] = {}
         self.index = assistant.lm_head.index()
-        # the text's most recent distinct tokens, refreshed in place at the start of every block
-        self.context = torch.full((1, assistant.config.num_context_tokens), -1, dtype=torch.long, device=device)
+        # the text's most recent distinct tokens, refreshed in place at the start of every block; a step with c
+        # context slots reads the first c (the most recent), so one buffer serves every schedule
+        self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
         self.active: StaticDraftCache | None = None
         with torch.cuda.device(device) if self.router_stream is not None else nullcontext():
             self._initialize_cache()
 
     def _initialize_cache(self) -> None:
         """Allocate the static layers (they allocate on their first write) with one eager step at position 0."""
-        self._step(self.tokens[:, :1], 0)
+        self._step(self.tokens[:, :1], self.assistant.config.shortlist_at(0))
         self._set_length(0)
 
     def _set_length(self, length: int | torch.Tensor) -> None:
@@ -78,8 +80,9 @@ class GraphDrafter:
             elif layer.is_initialized:
                 layer.cumulative_length.fill_(length)
 
-    def _step(self, ids: torch.Tensor, position: int) -> None:
-        """Body over `ids` at the cache's write position, then router + head for draft position `position`.
+    def _step(self, ids: torch.Tensor, shortlist: tuple[int, int, int]) -> None:
+        """Body over `ids` at the cache's write position, then router + head over `shortlist` (core tokens, routed
+        clusters, context slots: `config.shortlist_at`).
 
         Writes the full-vocabulary logits (`-inf` outside the shortlist) to `self.logits` and the last hidden state
         to `self.previous`. Only device operations: this is what the graphs capture.
@@ -90,7 +93,7 @@ class GraphDrafter:
         positions = torch.arange(num_tokens, device=ids.device) + start
         mask = self._attention_mask(positions)
 
-        num_core, k, context = assistant.config.shortlist_at(position)
+        num_core, k, context = shortlist
         routed = 0 < k < assistant.config.num_clusters
         streams = self.router_stream is not None
         if routed and num_tokens == 1:  # inputs ready now: route while the body runs
@@ -111,7 +114,8 @@ class GraphDrafter:
                 cluster_ids.record_stream(main)
         elif not routed:
             cluster_ids = ids.new_empty(1, 0) if k == 0 else None
-        head = assistant.lm_head(hidden, cluster_ids, num_core, self.index, self.context if context else None)
+        context_ids = self.context[:, :context] if context else None  # the most recent `context` of the buffer
+        head = assistant.lm_head(hidden, cluster_ids, num_core, self.index, context_ids)
         self.logits.copy_(assistant._spread(*head))
         self.previous.copy_(hidden)
 
@@ -136,43 +140,43 @@ class GraphDrafter:
             return torch.arange(k, device=token_ids.device)[None]
         return self.assistant.route(previous, token_ids, k)
 
-    def _run(self, ids: torch.Tensor, position: int) -> None:
+    def _run(self, ids: torch.Tensor, shortlist: tuple[int, int, int]) -> None:
         """One step, replayed from its graph when it has a graph shape; head counters count it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
-        num_core, k, context = self.assistant.config.shortlist_at(position)
         if not self.use_graphs or self.router_stream is None or ids.shape[1] > MAX_GRAPH_TOKENS:
-            self._step(ids, position)
+            self._step(ids, shortlist)
         else:
             self.tokens[:, : ids.shape[1]].copy_(ids)
-            key = (ids.shape[1], min(position, len(self.assistant.config.k_by_position) - 1),
-                   min(position, len(self.assistant.config.core_by_position) - 1))
+            key = (ids.shape[1], *shortlist)
             if key not in self.graphs:
-                self.graphs[key] = self._capture(ids.shape[1], position)
+                self.graphs[key] = self._capture(ids.shape[1], shortlist)
             if self.graphs[key] is None:
-                self._step(ids, position)
+                self._step(ids, shortlist)
             else:
                 self.graphs[key].replay()
+        num_core, k, context = shortlist
         head.rows_computed = rows + num_core + k * self.assistant.config.cluster_size + context
         head.calls = calls + 1
 
-    def _capture(self, num_tokens: int, position: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, num_tokens: int, shortlist: tuple[int, int, int]) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream (as CUDA graphs require), then capture; nothing it ran is kept."""
         start, previous = self.cache.layers[0].cumulative_length.clone(), self.previous.clone()
         ids = self.tokens[:, :num_tokens]
         side = torch.cuda.Stream(self.previous.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._step(ids, position)
+            self._step(ids, shortlist)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         collecting = gc.isenabled()
         gc.disable()  # a collection during capture could free another graph, which invalidates this capture
         try:
             with torch.cuda.graph(graph):
-                self._step(ids, position)
+                self._step(ids, shortlist)
         except RuntimeError as error:  # a step shape that cannot be captured still runs, eagerly
-            warnings.warn(f"Draft step ({num_tokens} tokens, position {position}) runs eagerly: capture failed ({error}).")
+            warnings.warn(f"Draft step ({num_tokens} tokens, shortlist {shortlist}) runs eagerly: capture failed "
+                          f"({error}).")
             graph = None
         finally:
             if collecting:
@@ -205,6 +209,7 @@ class GraphDrafter:
         logits_processor: LogitsProcessorList | None = None,
         eos_token_id: list[int] | None = None,
         confidence_threshold: float | None = None,
+        temperature: float = 0.0,
     ) -> GenerateDecoderOnlyOutput:
         length = input_ids.shape[1]
         logits_processor = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
@@ -217,10 +222,11 @@ class GraphDrafter:
             self.previous.zero_()
         self._set_length(start)
         if self.context.shape[1]:
-            self.context.copy_(self.assistant.context_tokens(input_ids))
+            self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
         sequences, scores = input_ids, []
         for position in range(max_new_tokens):
-            self._run(input_ids[:, start:] if position == 0 else sequences[:, -1:], position)
+            shortlist = self.assistant.config.shortlist_at(position, temperature)
+            self._run(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist)
             logits = self.logits.clone()
             if len(logits_processor):
                 logits = logits_processor(sequences, logits)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from .modeling_dynaspec import crop_cache, rollback_cache, sampling_processors
+from .modeling_dynaspec import crop_cache, drafting_temperature, rollback_cache, sampling_processors
 from .tree import TokenTree, additive_mask, draft_tree
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
@@ -107,7 +107,8 @@ def generate(
     rows = []
     for row in range(input_ids.shape[0]):
         prompt = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
-        rows.append(_generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree))
+        rows.append(_generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree,
+                                  drafting_temperature(generation_config)))
     longest = max(len(r) for r in rows)
     if any(len(r) < longest for r in rows) and generation_config.pad_token_id is None and not eos:
         raise ValueError("Rows finished at different lengths: set `pad_token_id` (or `eos_token_id`) to pad them.")
@@ -118,8 +119,9 @@ def generate(
     return torch.cat([input_ids, new], dim=1)
 
 
-def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree_config) -> list[int]:
-    """New tokens for one unpadded prompt."""
+def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree_config,
+                  temperature) -> list[int]:
+    """New tokens for one unpadded prompt; `temperature` picks the assistant's schedule."""
     target_cache = rollback_cache(target.config)
     drafter_cache = rollback_cache(assistant.config.drafter_config)
     committed = prompt.to(target.device)
@@ -135,6 +137,7 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
             max_children=tree_config.max_children,
             do_sample=do_sample,
             processors=processors,
+            temperature=temperature,
         )
         logits = verify_tree(target, committed, target_cache, tree)
         new = accept(tree, logits, do_sample, processors)

@@ -43,6 +43,7 @@ def render_model_card(model, report: str = "") -> str | None:
         core_by_position=config.core_by_position,
         num_context_tokens=config.num_context_tokens,
         rows_by_position=rows,
+        temperature_bands=config.temperature_bands or "none: sampling uses the schedule above",
         report=report,
     )
 

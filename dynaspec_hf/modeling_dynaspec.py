@@ -80,6 +80,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         k_by_position: list[int] | None = None,
         core_by_position: list[int] | None = None,
         num_context_tokens: int = 0,
+        temperature_bands: list[dict] | None = None,
     ) -> "DynaSpecAssistant":
         """Wrap a causal LM (`AutoModelForCausalLM`) as a DynaSpec assistant.
 
@@ -105,6 +106,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             k_by_position=k_by_position,
             core_by_position=core_by_position,
             num_context_tokens=num_context_tokens,
+            temperature_bands=temperature_bands,
         )
         config.drafter_config.vocab_size = vocab_size
         config.vocab_size = vocab_size
@@ -118,21 +120,19 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return model
 
     def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None,
-                     num_context_tokens: int | None = None):
+                     num_context_tokens: int | None = None, temperature_bands: list[dict] | None = None):
         """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self.
 
         The CUDA graphs captured for the current schedule are kept when the schedule does not change, so a loop
         that sets the same schedule before every `generate` does not pay a capture each time."""
         config = copy.deepcopy(self.config)
-        if k_by_position is not None:
-            config.k_by_position = list(k_by_position)
-        if core_by_position is not None:
-            config.core_by_position = list(core_by_position)
-        if num_context_tokens is not None:
-            config.num_context_tokens = num_context_tokens
+        for name, value in (("k_by_position", k_by_position), ("core_by_position", core_by_position),
+                            ("num_context_tokens", num_context_tokens), ("temperature_bands", temperature_bands)):
+            if value is not None:
+                setattr(config, name, copy.deepcopy(value))
         config.validate_schedule()
         unchanged = all(getattr(config, name) == getattr(self.config, name)
-                        for name in ("k_by_position", "core_by_position", "num_context_tokens"))
+                        for name in ("k_by_position", "core_by_position", "num_context_tokens", "temperature_bands"))
         self.config = config
         if unchanged:
             return self
@@ -168,8 +168,9 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         if router_missing and model.config.needs_router:
             raise ValueError(
                 f"{pretrained_model_name_or_path!r} has no router weights ({', '.join(router_missing)}), but its schedule "
-                f"k_by_position={model.config.k_by_position} routes clusters. Train a router (dynaspec_hf.calibrate) "
-                f"or use a schedule without routing."
+                f"routes clusters (k_by_position={model.config.k_by_position}; temperature bands: "
+                f"{[band['k_by_position'] for band in model.config.temperature_bands]}). Train a router "
+                f"(dynaspec_hf.calibrate) or use schedules without routing."
             )
         other_missing = [key for key in missing if not key.startswith("router.")]
         if other_missing:
@@ -246,13 +247,15 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         scores = self.router(previous_hidden, self.get_input_embeddings()(token_ids))
         return scores.topk(k, dim=-1).indices
 
-    def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
-        """`[B, num_context_tokens]` most recent distinct tokens of `input_ids` (padding excluded), or None when
-        the schedule has no context slots."""
-        if not self.config.num_context_tokens:
+    def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       size: int | None = None) -> torch.Tensor | None:
+        """`[B, size]` most recent distinct tokens of `input_ids` (padding excluded), most recent first, or None
+        for no slots. `size` defaults to `config.max_context_tokens`, a buffer whose prefixes serve every schedule."""
+        size = self.config.max_context_tokens if size is None else size
+        if not size:
             return None
         ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
-        return recent_distinct_tokens(ids, self.config.num_context_tokens, self.config.vocab_size)
+        return recent_distinct_tokens(ids, size, self.config.vocab_size)
 
     def next_token_logits(
         self,
@@ -262,20 +265,24 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         position: int,
         index: ShortlistIndex | None = None,
         context_ids: torch.Tensor | None = None,
+        temperature: float = 0.0,
     ) -> torch.Tensor:
         """Float32 `[B, vocab]` logits for the token after `token_ids`, `-inf` outside the routed shortlist.
 
         `hidden` is the body's output at `token_ids`, `previous_hidden` the one before it (the router's input, so
-        routing does not wait for `hidden`); `position` (0-based draft position) picks the shortlist size;
-        `context_ids` (from `context_tokens`) fill the context slots. Pass `index` (`lm_head.index()`) to reuse it.
+        routing does not wait for `hidden`); `position` (0-based draft position) and `temperature` (0: greedy)
+        pick the shortlist; `context_ids` (from `context_tokens`, at least as many as the schedule's context slots)
+        fill the context slots. Pass `index` (`lm_head.index()`) to reuse it.
         """
-        num_core, k, context = self.config.shortlist_at(position)
-        if context and context_ids is None:
-            raise ValueError(f"The schedule has {context} context-token slots: pass `context_ids` (`context_tokens`).")
+        num_core, k, context = self.config.shortlist_at(position, temperature)
+        if context and (context_ids is None or context_ids.shape[1] < context):
+            raise ValueError(f"The schedule has {context} context-token slots: pass as many `context_ids` "
+                             f"(`context_tokens`).")
         if index is None and (num_core or context):
             index = self.lm_head.index()
         cluster_ids = self.route(previous_hidden, token_ids, k)
-        return self._spread(*self.lm_head(hidden, cluster_ids, num_core, index, context_ids if context else None))
+        context_ids = context_ids[:, :context] if context else None
+        return self._spread(*self.lm_head(hidden, cluster_ids, num_core, index, context_ids))
 
     @torch.no_grad()
     def draft(
@@ -290,13 +297,15 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         logits_processor: LogitsProcessorList | None = None,
         eos_token_id: list[int] | None = None,
         confidence_threshold: float | None = None,
+        temperature: float = 0.0,
     ) -> GenerateDecoderOnlyOutput:
         """Draft up to `max_new_tokens` tokens after `input_ids` with the routed shortlist head.
 
         The returned `scores` are the (processed) logits each token was chosen from, spread over the full
         vocabulary with `-inf` outside the shortlist: exactly the q that speculative sampling needs. The cache is
         reused when given; it is cropped so the body re-reads at least the last two tokens, which yields the
-        previous hidden state the router needs without keeping extra state between calls.
+        previous hidden state the router needs without keeping extra state between calls. `temperature` (0 for
+        greedy) picks the schedule (`config.schedule`); the logits processors apply the sampling itself.
         """
         batch, length = input_ids.shape
         if input_ids.numel() and int(input_ids.max()) >= self.config.vocab_size:
@@ -331,7 +340,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
 
         sequences, scores = input_ids, []
         for position in range(max_new_tokens):
-            logits = self.next_token_logits(hidden, previous, sequences[:, -1], position, index, context)
+            logits = self.next_token_logits(hidden, previous, sequences[:, -1], position, index, context, temperature)
             if len(processors):
                 logits = processors(sequences, logits)
             probs = logits.softmax(dim=-1)
@@ -397,6 +406,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             logits_processor=logits_processor,
             eos_token_id=[eos] if isinstance(eos, int) else eos,
             confidence_threshold=threshold,
+            temperature=drafting_temperature(generation_config),
         )
         past_key_values = past_key_values if past_key_values is not None else cache
         output = self.draft_block(input_ids, max(int(max_new_tokens), 0), past_key_values, attention_mask, **options)
@@ -422,7 +432,9 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             return None
         needed = input_ids.shape[1] + max_new_tokens
         drafter = self.__dict__.get("_graph_drafter")
-        if drafter is None or drafter.max_length < needed or drafter.device != self.device or drafter.dtype != self.dtype:
+        stale = (drafter is None or drafter.max_length < needed or drafter.device != self.device
+                 or drafter.dtype != self.dtype or drafter.context.shape[1] < self.config.max_context_tokens)
+        if stale:
             if drafter is not None:
                 drafter.release()
             drafter = GraphDrafter(self, max_length=max(2048, 2 * needed))
@@ -498,6 +510,13 @@ def crop_cache(cache, length: int) -> None:
 def _hub_kwargs(kwargs: dict) -> dict:
     keys = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
     return {key: kwargs[key] for key in keys if key in kwargs}
+
+
+def drafting_temperature(generation_config: GenerationConfig) -> float:
+    """The temperature that picks the schedule: 0 for greedy decoding, else the sampling temperature."""
+    if not generation_config.do_sample:
+        return 0.0
+    return 1.0 if generation_config.temperature is None else float(generation_config.temperature)
 
 
 def sampling_processors(generation_config: GenerationConfig) -> LogitsProcessorList:

@@ -86,12 +86,14 @@ def draft_tree(
     do_sample: bool,
     max_children: int | None = None,
     processors=None,
+    temperature: float = 0.0,
 ) -> TokenTree:
     """Grow a tree of at most `num_nodes` draft tokens after `committed` (1-D ids on the assistant's device).
 
     `cache` is the assistant's cache for a prefix of `committed`; on return it holds exactly `committed`.
     Under sampling, q is the processed (temperature / top-k / top-p) shortlist distribution the children were
-    drawn from; greedy trees take each node's most probable tokens first.
+    drawn from; greedy trees take each node's most probable tokens first. `temperature` (0: greedy) picks the
+    shortlist schedule.
     """
     device, length = committed.device, committed.shape[0]
     start = max(min(cache.get_seq_length(), length - 2), 0)
@@ -127,6 +129,7 @@ def draft_tree(
                 depth,
                 index,
                 None if context is None else context.expand(len(group), -1),
+                temperature,
             )
             if do_sample and processors:
                 logits = processors(None, logits)

@@ -78,10 +78,13 @@ def random_cases(count: int, seed: int = 1, max_length: int = 30, max_new_tokens
         yield torch.randint(0, VOCAB, (1, length), generator=generator), new_tokens
 
 
+SAMPLING_BAND = dict(k_by_position=[1], core_by_position=[4], num_context_tokens=8)
 SETTINGS = {
     "full": dict(),
     "static": dict(k_by_position=[0], core_by_position=[48]),
-    "routed": dict(k_by_position=[6, 4, 3], core_by_position=[16, 8, 0]),
+    # sampling drafts with its own band (the sampling tests check the target's distribution through it)
+    "routed": dict(k_by_position=[6, 4, 3], core_by_position=[16, 8, 0],
+                   temperature_bands=[dict(max_temperature=None, **SAMPLING_BAND)]),
     "context": dict(k_by_position=[3, 2], core_by_position=[8, 0], num_context_tokens=16),
 }
 

@@ -78,10 +78,14 @@ def test_missing_router_weights_when_schedule_routes(saved, tmp_path):
     weights = load_file(path / "model.safetensors")
     save_file({k: v for k, v in weights.items() if not k.startswith("router.")}, path / "model.safetensors",
               metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"has no router weights .*k_by_position=\[6, 4, 3\] routes clusters"):
+    with pytest.raises(ValueError, match=r"has no router weights .*k_by_position=\[6, 4, 3\]; temperature bands: \[\[1\]\]"):
         DynaSpecAssistant.from_pretrained(path)
     config = json.loads((path / "config.json").read_text())
-    config["k_by_position"], config["core_by_position"] = [0], [48]  # a static shortlist needs no router
+    config["k_by_position"], config["core_by_position"] = [0], [48]  # a static shortlist needs no router ...
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has no router weights"):  # ... but the sampling band still routes
+        DynaSpecAssistant.from_pretrained(path)
+    config["temperature_bands"] = []
     (path / "config.json").write_text(json.dumps(config))
     assert DynaSpecAssistant.from_pretrained(path).config.k_by_position == [0]
 

@@ -1,0 +1,83 @@
+"""Temperature bands: sampled drafting uses the band's schedule in every loop, greedy drafting the main one."""
+
+import pytest
+import torch
+
+import dynaspec_hf
+from dynaspec_hf import DynaSpecConfig
+from dynaspec_hf.fast_draft import GraphDrafter
+from conftest import SAMPLING_BAND, make_assistant, tiny_config, tiny_pair
+
+BAND = (4, 1, 8)  # SAMPLING_BAND as (core tokens, routed clusters, context slots)
+GREEDY = {(16, 6, 0), (8, 4, 0), (0, 3, 0)}  # the "routed" setting's positions
+
+
+def band(max_temperature, k, core=0, context=0):
+    return dict(max_temperature=max_temperature, k_by_position=[k], core_by_position=[core], num_context_tokens=context)
+
+
+def test_the_first_band_covering_the_temperature_is_used():
+    config = DynaSpecConfig(tiny_config("llama"), num_clusters=16, core_size=48, k_by_position=[6],
+                            temperature_bands=[band(0.5, 2), band(1.2, 3, 8), band(None, 4, 0, 16)])
+    config.validate_schedule()
+    assert config.shortlist_at(0) == (0, 6, 0)  # greedy
+    assert config.shortlist_at(0, 0.3) == config.shortlist_at(3, 0.5) == (0, 2, 0)
+    assert config.shortlist_at(0, 0.7) == (8, 3, 0)
+    assert config.shortlist_at(0, 2.0) == (0, 4, 16)
+    assert config.max_context_tokens == 16 and config.needs_router
+    config.temperature_bands = [band(0.5, 2)]
+    assert config.shortlist_at(0, 0.9) == (0, 6, 0)  # no band covers 0.9: the main schedule
+
+
+@pytest.mark.parametrize("bands, message", [
+    ([band(None, 2), band(1.0, 3)], "increasing"),
+    ([band(1.0, 2), band(0.5, 3)], "increasing"),
+    ([band(0.0, 2)], "positive"),
+    ([dict(max_temperature=1.0, k_by_position=[2])], "keys"),
+    ([band(None, 99)], "asks for"),
+    ([band(None, 0)], "empty shortlist"),
+])
+def test_bad_bands_are_refused(bands, message):
+    config = DynaSpecConfig(tiny_config("llama"), num_clusters=16, core_size=48, temperature_bands=bands)
+    with pytest.raises(ValueError, match=message):
+        config.validate_schedule()
+
+
+def shortlists_used(assistant, monkeypatch) -> list[tuple[int, int, int]]:
+    """Records (core tokens, routed clusters, context slots) of every head call."""
+    head, used = assistant.lm_head, []
+    forward = head.forward
+
+    def spy(hidden, cluster_ids, num_core, index=None, context_ids=None):
+        clusters = assistant.config.num_clusters if cluster_ids is None else cluster_ids.shape[1]
+        used.append((num_core, clusters, 0 if context_ids is None else context_ids.shape[1]))
+        return forward(hidden, cluster_ids, num_core, index, context_ids)
+
+    monkeypatch.setattr(head, "forward", spy)
+    return used
+
+
+@pytest.mark.parametrize("loop", ["eager", "static cache", "tree"])
+def test_sampling_drafts_with_the_band_and_greedy_with_the_main_schedule(loop, monkeypatch):
+    target, drafter = tiny_pair("llama")
+    assistant = make_assistant(drafter, "routed")
+    assert assistant.config.schedule(1.0) == SAMPLING_BAND
+    if loop == "static cache":
+        engine = GraphDrafter(assistant, max_length=128)
+        monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args: engine)
+    used = shortlists_used(assistant, monkeypatch)
+    prompt = torch.randint(0, 192, (1, 12), generator=torch.Generator().manual_seed(0))
+
+    def run(**options):
+        used.clear()
+        if loop == "tree":
+            dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=12, **options)
+        else:
+            target.generate(prompt, assistant_model=assistant, max_new_tokens=12, **options)
+        return set(used)
+
+    assert run(do_sample=True, temperature=0.7) == {BAND}
+    assert run(do_sample=True) == {BAND}  # temperature 1 by default
+    assert run(do_sample=False) <= GREEDY and len(used) > 1
+    assistant.set_schedule(temperature_bands=[band(0.5, 2)])  # no band covers T = 0.7
+    assert run(do_sample=True, temperature=0.7) <= GREEDY
