@@ -49,7 +49,7 @@ nvidia-cuda-mps-control -d 2>/dev/null || true  # lets the τ workers share the 
 mkdir -p "$out"
 step $pair/target.json 480 recipe target
 step $pair/recipe.json 200 recipe drafter
-step $pair/calibration.json 300 "${bench[@]}" --phase calibrate
+step $pair/calibration.json 480 "${bench[@]}" --phase calibrate
 step $pair/tau-T0.0,1.0.json 90 resumable $pair/tau-T0.0,1.0.json "${bench[@]}" --phase tau --temperatures 0 1
 step $pair/timing-T0.0,1.0.json 90 resumable $pair/timing-T0.0,1.0.json "${bench[@]}" --phase timing --temperatures 0 1
 merge && cat "$out/summary.md"

@@ -45,7 +45,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
-from dynaspec_hf.calibrate import best_splits, calibrate, drafter_output_counts  # noqa: E402
+from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_band, drafter_output_counts,  # noqa: E402
+                                   split_schedule)
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from corpora import OUT_OF_DOMAIN, header_prompts  # noqa: E402
 from summarize import summary  # noqa: E402
@@ -84,9 +85,11 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
     num_clusters, cluster_size, vocab = (calibration[k] for k in ("num_clusters", "cluster_size", "vocab_size"))
     ks = calibration["ks"]
 
-    def schedule(k, core=0, context=0):  # every part named: an assistant keeps what the previous method set
+    def schedule(k, core=0, context=0, sampling_split=None):  # every part named: an assistant keeps what the
+        # previous method set; `sampling_split`: the band that sampling at any temperature drafts with
+        bands = [] if sampling_split is None else [dict(max_temperature=None, **split_schedule(sampling_split))]
         return dict(k_by_position=k if isinstance(k, list) else [k], core_by_position=[core],
-                    num_context_tokens=context)
+                    num_context_tokens=context, temperature_bands=bands)
 
     out = [dict(method="autoregressive", engine="transformers", fraction=None),
            dict(method="transformers assisted (drafter, full head)", engine="transformers", fraction=1.0),
@@ -97,10 +100,17 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
                         schedule=schedule(0, rows)))
         out.append(dict(method=f"VocabTrim {name}", engine="dynaspec-graph", fraction=rows / vocab,
                         schedule=schedule(0, rows), assistant="vocabtrim"))
-        # the package's routed setting at this size: the core/routed/context split calibration chose
-        split = calibration["splits"][str(k)]
-        chosen = schedule(split["k"], split["core"], split["context"])
+        # the package's routed setting at this size: the core/routed/context split calibration chose for greedy
+        # decoding, and the one it chose for sampling as the sampling band if end-to-end τ confirmed it
+        split, sampled = calibration["splits"][str(k)], calibration["sampled_splits"][str(k)]
+        kept = calibration["sampling_checks"][str(k)]["kept"]
+        chosen = schedule(split["k"], split["core"], split["context"], sampled if kept else None)
         out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab, schedule=chosen))
+        if name in ("1/16", "1/64"):  # ablations of the sampling band, at T = 1
+            for label, band in (("greedy", None), ("sampled", sampled)):
+                out.append(dict(method=f"DynaSpec {name}, {label} split when sampling", engine="dynaspec-graph",
+                                fraction=rows / vocab, schedule=schedule(split["k"], split["core"], split["context"],
+                                                                         band)))
         if name in ("1/16", "1/64"):  # ablations: no context tokens; routed clusters only; the argmax router
             plain = calibration["splits_without_context"][str(k)]
             out.append(dict(method=f"DynaSpec {name}, no context tokens", engine="dynaspec-graph",
@@ -118,19 +128,23 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
     for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")] if trees else []:
         out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=TREE))
     # τ at T = 1 for the chain methods that shortlists change; the one-machine time budget leaves trees at T = 0
-    sampled = {"full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
-               "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "DynaSpec 1/16, no context tokens",
-               "static frequency 1/64", "VocabTrim 1/64", "DynaSpec 1/64", "DynaSpec 1/64, no context tokens",
-               "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32"}
+    sampled_only = {f"DynaSpec {name}, {label} split when sampling" for name in ("1/16", "1/64")
+                    for label in ("greedy", "sampled")}  # τ at T = 0 is DynaSpec's by construction
+    sampled = sampled_only | {
+        "full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
+        "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "DynaSpec 1/16, no context tokens",
+        "static frequency 1/64", "VocabTrim 1/64", "DynaSpec 1/64", "DynaSpec 1/64, no context tokens",
+        "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32"}
     timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
              "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec 1/16, no context tokens", "DynaSpec position-aware",
              "DynaSpec 1/16, eager drafting", "tree: DynaSpec 1/16"}
     timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "static frequency 1/16",
-                     "DynaSpec 1/16"}
+                     "DynaSpec 1/16", "DynaSpec 1/16, greedy split when sampling"}
     for method in out:
         name = method["method"]
         measured = name not in ("autoregressive", "DynaSpec 1/16, eager drafting")  # τ 1 by definition / = graph's
-        method["temperatures"] = ([0.0, 1.0] if name in sampled else [0.0]) if measured else []
+        method["temperatures"] = ([1.0] if name in sampled_only else [0.0, 1.0] if name in sampled else [0.0]
+                                  ) if measured else []
         method["timed_temperatures"] = [t for t in (0.0, 1.0) if name in (timed_sampled if t else timed)]
     return out
 
@@ -216,8 +230,19 @@ def run_calibration(args) -> None:
                    router_hidden_size=512, continuation_tokens=0, epochs=6, seed=args.seed, progress=False,
                    cache_dir=args.pair / "features")
     assistant, report = calibrate(target, drafter, sequences, **options)  # the mass objective, the default
-    argmax_assistant, argmax_report = calibrate(target, drafter, sequences, objective="argmax", **options)
+    argmax_assistant, argmax_report = calibrate(target, drafter, sequences, objective="argmax", check_prompts=0,
+                                                **options)
     calibrated = time.time() - started
+    # the sampling band's end-to-end check at every compared size (calibrate ran it at 1/16, what it saves)
+    default = dict(assistant.config.schedule(), temperature_bands=assistant.config.temperature_bands)
+    checks = {str(ks["1/16"]): report["sampling_check"]}
+    for k in ks.values():
+        if str(k) not in checks:
+            checks[str(k)] = check_sampling_band(target, assistant, report["splits"][str(k)],
+                                                 report["sampled_splits"][str(k)],
+                                                 [sequences[i] for i in report["heldout"][:32]], 128)
+    assistant.set_schedule(**default)
+    checked = time.time() - started - calibrated
     assistant.save_pretrained(args.pair / "assistant-dynaspec")
     argmax_assistant.save_pretrained(args.pair / "assistant-argmax")
     trim_counts = drafter_output_counts(drafter, sequences[::4])
@@ -227,13 +252,15 @@ def run_calibration(args) -> None:
     vocabtrim.save_pretrained(args.pair / "assistant-vocabtrim")
     calibration = dict(num_clusters=args.num_clusters, cluster_size=cluster_size, vocab_size=vocab, ks=ks,
                        k_by_position=report["k_by_position"], splits=report["splits"],
+                       sampled_splits=report["sampled_splits"], sampling_checks=checks, check_seconds=checked,
                        splits_without_context=best_splits(report["curves"], contexts=(0,)), curves=report.get("curves"),
                        argmax_curves=argmax_report.get("curves"), train_pairs=report["train_pairs"],
                        calibration_seconds=calibrated, vocabtrim_tokens=int(trim_counts.sum()),
                        hardware=hardware_block())
     (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
     print(f"calibrated on {report['train_pairs']} positions in {calibrated:.0f}s; position-aware k: "
-          f"{report['k_by_position']}; splits {report['splits']}; "
+          f"{report['k_by_position']}; splits {report['splits']}; sampled splits {report['sampled_splits']}; "
+          f"sampling bands kept {({k: c['kept'] for k, c in checks.items()})} ({checked:.0f}s); "
           f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
 
 

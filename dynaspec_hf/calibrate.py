@@ -7,8 +7,12 @@ probability mass the target puts on each cluster (soft cross-entropy), which ser
 decoding; `objective="argmax"` learns only the cluster of the target's greedy token.
 
 Calibration also chooses, for every shortlist size, how to split it between the frequency core, routed clusters
-and context tokens (the text's most recent distinct tokens), by held-out greedy acceptance, and reports how much
-target mass the router's clusters cover against the best possible clusters of the same number.
+and context tokens (the text's most recent distinct tokens), twice: by held-out greedy acceptance (the drafter's
+best shortlist token is the target's) for greedy decoding, and by held-out sampled acceptance (the overlap
+sum_x min(p(x), q_S(x)) of the target's distribution p with the drafter's q renormalized on the shortlist S, at
+T = 1) for sampling. The calibrated assistant drafts with the first and keeps the second as its sampling band
+(`DynaSpecConfig.temperature_bands`). It also reports how much target mass the router's clusters cover against
+the best possible clusters of the same number.
 """
 
 from __future__ import annotations
@@ -26,16 +30,20 @@ from tqdm.auto import tqdm
 
 from .clusters import TokenClusters, _frequency_order
 from .context_tokens import recent_distinct_tokens
+from .measure import measure_generation
 from .modeling_dynaspec import DynaSpecAssistant
 from .router import ClusterRouter
 
 
 _FEATURE_FIELDS = ("previous_hidden", "token_embedding", "hidden", "target_next", "target_mass", "domain", "token",
-                   "sequence")
+                   "sequence", "target_top_ids", "target_top_probs")
 _MAX_POSITIONS = 1 << 24
 OBJECTIVES = ("mass", "argmax")
 SPLIT_FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # routed share of a shortlist's clusters tried by calibration
 CONTEXT_SIZES = (0, 128, 256)  # context-token slots tried by calibration
+TOP_TOKENS = 512  # the target's most probable tokens kept per held-out row, for sampled acceptance
+CRITERIA = ("acceptance", "sampled_acceptance")  # what a split is chosen by: greedy, or sampled (T = 1)
+_SCORES = ("recall", *CRITERIA)  # the columns shortlist_curves scores every shortlist by
 
 
 @dataclass
@@ -53,6 +61,8 @@ class RouterFeatures:
     domain: torch.Tensor  # [N] index into `domains`
     token: torch.Tensor  # [N] x_t: with `sequence`, the text before each row (its context tokens)
     sequence: torch.Tensor  # [N] which input sequence the row comes from
+    target_top_ids: torch.Tensor  # [N, m] the target's m most probable next tokens (m = 0: not collected)
+    target_top_probs: torch.Tensor  # [N, m] their probabilities (temperature 1)
     domains: list[str] = field(default_factory=list)
 
     def __len__(self):
@@ -81,6 +91,7 @@ def collect_features(
     *,
     continuation_tokens: int = 0,
     token_cluster: torch.Tensor | None = None,
+    top_tokens: int = 0,
     batch_size: int = 8,
     progress: bool = True,
     cache_file: str | Path | None = None,
@@ -89,7 +100,9 @@ def collect_features(
     """Run the drafter (teacher-forced) and the target over token sequences; keep every position t >= 1.
 
     With `token_cluster` (`[vocab]` cluster of each token), the target's next-token distribution (temperature 1)
-    is kept as its mass per cluster. With `continuation_tokens > 0`, each sequence's first half is extended by the
+    is kept as its mass per cluster; with `top_tokens`, its `top_tokens` most probable tokens and their
+    probabilities are kept too (what sampled acceptance is measured on). With `continuation_tokens > 0`, each
+    sequence's first half is extended by the
     target's greedy continuation, so the pairs also cover the target's own text. With `cache_file`, the rows of
     every `save_every` batches are saved to a part file next to it, and a later call with the same inputs resumes
     from them.
@@ -140,6 +153,9 @@ def collect_features(
         rows["hidden"].append(hidden[keep].half().cpu())
         rows["target_next"].append(kept_logits.argmax(-1).cpu())
         rows["target_mass"].append(_cluster_mass(kept_logits, token_cluster).half().cpu())
+        top = kept_logits.float().softmax(-1).topk(min(top_tokens, kept_logits.shape[-1]), dim=-1)
+        rows["target_top_ids"].append(top.indices.int().cpu())
+        rows["target_top_probs"].append(top.values.half().cpu())
         domain_ids = torch.tensor([names.index(domains[i]) for i in chosen], device=device)
         rows["domain"].append(domain_ids[:, None].expand_as(ids)[keep].cpu())
         rows["token"].append(ids[keep].cpu())
@@ -246,7 +262,10 @@ def shortlist_curves(
     `context_sizes`, cores the head holds).
 
     recall: the target's next token is in the shortlist. acceptance: the drafter's best shortlist token *is* the
-    target's next token (what greedy verification accepts at one position).
+    target's next token (what greedy verification accepts at one position). sampled_acceptance (when the features
+    hold the target's top tokens): sum_x min(p(x), q_S(x)) over those tokens, with p the target's distribution and
+    q_S the drafter's renormalized on the shortlist, at T = 1 (what speculative sampling accepts at one position);
+    `top_tokens_mass` says how much of p those tokens hold, the most the sum can miss.
     """
     config, device = assistant.config, assistant.device
     static_rank = torch.empty_like(static_order)
@@ -258,7 +277,8 @@ def shortlist_curves(
     rows = {"routed": {k: [] for k in ks}, "static": {k: [] for k in ks}}
     split_rows = {(k, split): [] for k in ks for split in splits[k]}
     mass_rows = {k: [] for k in ks}
-    full_accept = []
+    full_accept, top_mass = [], []
+    has_top = features.target_top_ids.shape[1] > 0
     vocab_size, most_context = config.vocab_size, max(context_sizes, default=0)
     for start in range(0, len(features), chunk):
         chunk_rows = torch.arange(start, min(start + chunk, len(features)))
@@ -276,13 +296,21 @@ def shortlist_curves(
         cluster_rank = scores.argsort(dim=-1, descending=True).argsort(dim=-1)  # [n, C] rank of each cluster
         token_rank = cluster_rank.gather(1, cluster_of[None].expand(len(part), -1))  # [n, V]
         logits = assistant.full_vocabulary_logits(part.hidden.to(device, assistant.dtype)).float()
-        full_accept.append((logits.argmax(-1) == target).float().cpu())
         mass = part.target_mass.to(device).float() if has_mass else None
+        top_ids, top_p = part.target_top_ids.to(device).long(), part.target_top_probs.to(device).float()
+        top_mass.append(top_p.sum(-1).cpu())
 
         def hit_and_accept(allowed):
+            """[n, 2 or 3]: recall, greedy acceptance (and sampled acceptance) with the shortlist `allowed`."""
             allowed = allowed.expand(len(part), -1)
-            best = logits.masked_fill(~allowed, float("-inf")).argmax(-1)
-            return torch.stack([allowed.gather(1, target[:, None])[:, 0].float(), (best == target).float()], 1).cpu()
+            masked = logits.masked_fill(~allowed, float("-inf"))
+            columns = [allowed.gather(1, target[:, None])[:, 0].float(), (masked.argmax(-1) == target).float()]
+            if has_top:
+                q = (logits.gather(1, top_ids) - masked.logsumexp(-1, keepdim=True)).exp() * allowed.gather(1, top_ids)
+                columns.append(torch.minimum(q, top_p).sum(-1))
+            return torch.stack(columns, 1).cpu()
+
+        full_accept.append(hit_and_accept(torch.ones(1, vocab_size, dtype=torch.bool, device=device)))
 
         for k in ks:
             rows["routed"][k].append(hit_and_accept(token_rank < k))
@@ -294,26 +322,28 @@ def shortlist_curves(
                 covered = mass.masked_fill(cluster_rank >= k, 0).sum(-1)
                 best = mass.topk(min(k, mass.shape[1]), dim=-1).values.sum(-1)
                 mass_rows[k].append(torch.stack([covered, best], 1).cpu())
-    full_accept = torch.cat(full_accept)
+    full_accept, top_mass = torch.cat(full_accept), torch.cat(top_mass)
     curves = {"cluster_size": config.cluster_size, "vocab_size": config.vocab_size, "ks": ks, "domains": {}}
     for d, name in [(None, "all")] + list(enumerate(features.domains)):
         in_domain = torch.ones(len(features), dtype=torch.bool) if d is None else features.domain == d
         if not in_domain.any():
             continue
-        entry = {"pairs": int(in_domain.sum()), "full_acceptance": float(full_accept[in_domain].mean())}
+        entry = {"pairs": int(in_domain.sum()), "full_acceptance": float(full_accept[in_domain, 1].mean())}
+        if has_top:
+            entry["full_sampled_acceptance"] = float(full_accept[in_domain, 2].mean())
+            entry["top_tokens_mass"] = float(top_mass[in_domain].mean())
         for method in ("routed", "static"):
             stats = {k: torch.cat(rows[method][k])[in_domain] for k in ks}
-            entry[method] = {
-                "recall": [float(stats[k][:, 0].mean()) for k in ks],
-                "acceptance": [float(stats[k][:, 1].mean()) for k in ks],
-            }
+            entry[method] = {name: [float(stats[k][:, column].mean()) for k in ks]
+                             for column, name in enumerate(_SCORES[: 3 if has_top else 2])}
         if has_mass:
             covered = {k: torch.cat(mass_rows[k])[in_domain] for k in ks}
             entry["routed"]["mass"] = [float(covered[k][:, 0].mean()) for k in ks]
             entry["routed"]["best_mass"] = [float(covered[k][:, 1].mean()) for k in ks]
         entry["splits"] = {
-            str(k): [dict(routed=routed, core=core, context=context, recall=float(stats[:, 0].mean()),
-                          acceptance=float(stats[:, 1].mean()))
+            str(k): [dict(routed=routed, core=core, context=context,
+                          **{name: float(stats[:, column].mean())
+                             for column, name in enumerate(_SCORES[: stats.shape[1]])})
                      for routed, core, context in splits[k]
                      for stats in [torch.cat(split_rows[k, (routed, core, context)])[in_domain]]]
             for k in ks
@@ -335,15 +365,20 @@ def _splits(k: int, cluster_size: int, core_size: int, context_sizes=CONTEXT_SIZ
     return out
 
 
-def best_splits(curves: dict, contexts=None) -> dict[str, dict[str, int]]:
-    """Per shortlist size k, the split with the highest held-out greedy acceptance over every domain (ties: the
-    one routing more, then the one with fewer context tokens), among those with a context size in `contexts`
-    (None: any): `{str(k): {"k": routed clusters, "core": core tokens, "context": context tokens}}`, what
-    `set_schedule` takes (`k_by_position=[k]`, `core_by_position=[core]`, `num_context_tokens=context`)."""
+def best_splits(curves: dict, contexts=None, criterion: str = "acceptance") -> dict[str, dict[str, int]]:
+    """Per shortlist size k, the split with the highest held-out `criterion` (`CRITERIA`: greedy or sampled
+    acceptance) over every domain (ties: the one routing more, then the one with fewer context tokens), among
+    those with a context size in `contexts` (None: any): `{str(k): {"k": routed clusters, "core": core tokens,
+    "context": context tokens}}`, what `set_schedule` takes (`k_by_position=[k]`, `core_by_position=[core]`,
+    `num_context_tokens=context`)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"Unknown split criterion {criterion!r}; choose one of {CRITERIA}.")
     chosen = {}
     for k, candidates in curves["domains"]["all"]["splits"].items():
         candidates = [c for c in candidates if contexts is None or c["context"] in contexts]
-        best = max(candidates, key=lambda c: (round(c["acceptance"], 6), c["routed"], -c["context"]))
+        if criterion not in candidates[0]:
+            raise ValueError(f"These curves have no {criterion!r}: collect the held-out features with `top_tokens`.")
+        best = max(candidates, key=lambda c: (round(c[criterion], 6), c["routed"], -c["context"]))
         chosen[k] = {"k": best["routed"], "core": best["core"], "context": best["context"]}
     return chosen
 
@@ -390,6 +425,10 @@ def calibrate(
     target_retention: float = 0.98,
     objective: str = "mass",
     context_sizes: tuple[int, ...] = CONTEXT_SIZES,
+    shortlist_fraction: float = 1 / 16,
+    top_tokens: int = TOP_TOKENS,
+    check_prompts: int = 32,
+    check_tokens: int = 128,
     epochs: int = 4,
     seed: int = 0,
     features: RouterFeatures | None = None,
@@ -400,8 +439,13 @@ def calibrate(
 
     `frequency_counts` (token counts of a corpus, FR-Spec's source) ranks the static baseline and the optional
     frequency core; it defaults to the counts of `sequences`. Held-out sequences (a seeded split) are only used
-    for the report, the schedule and the core/routed/context splits (`report["splits"]`, see `best_splits`; the
-    context sizes tried are `context_sizes`). The router learns `objective` (see `train_router`). With
+    for the report and the core/routed/context splits of every size (`report["splits"]` by greedy acceptance,
+    `report["sampled_splits"]` by sampled acceptance over the target's `top_tokens` most probable tokens; the
+    context sizes tried are `context_sizes`). The assistant drafts greedily with the split of the size nearest
+    `shortlist_fraction` of the vocabulary; the sampled split becomes its sampling band if end-to-end τ at T = 1
+    on `check_prompts` held-out prompts (`check_tokens` new tokens each) confirms it (`report["sampling_check"]`:
+    it is kept only if it does not lose τ against the greedy split). The router learns `objective` (see
+    `train_router`). With
     `cache_dir`, collected features are kept there (keyed by the caller: use one folder per target/drafter/data
     combination) so an interrupted run resumes.
     """
@@ -434,19 +478,51 @@ def calibrate(
     if heldout:
         heldout_features = collect_features(
             target, drafter, [sequences[i] for i in heldout], [domains[i] for i in heldout],
-            continuation_tokens=continuation_tokens, token_cluster=token_cluster, progress=progress,
-            cache_file=None if cache_dir is None else Path(cache_dir) / "heldout_features.pt",
+            continuation_tokens=continuation_tokens, token_cluster=token_cluster, top_tokens=top_tokens,
+            progress=progress, cache_file=None if cache_dir is None else Path(cache_dir) / "heldout_features.pt",
         )
         ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < num_clusters} | {num_clusters})
         static_order = _frequency_order(torch.as_tensor(frequency_counts).double())
         curves = shortlist_curves(assistant, heldout_features, static_order, ks, context_sizes=context_sizes)
         overall = curves["domains"]["all"]
-        schedule = choose_schedule(overall["routed"]["acceptance"], overall["full_acceptance"], ks, positions,
-                                   target_retention)
-        assistant.set_schedule(k_by_position=schedule, core_by_position=[0])
-        report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=schedule,
-                      splits=best_splits(curves))
+        position_aware = choose_schedule(overall["routed"]["acceptance"], overall["full_acceptance"], ks, positions,
+                                         target_retention)
+        splits, sampled_splits = best_splits(curves), best_splits(curves, criterion="sampled_acceptance")
+        size = str(min(ks, key=lambda k: abs(k - shortlist_fraction * num_clusters)))
+        check = check_sampling_band(target, assistant, splits[size], sampled_splits[size],
+                                    [sequences[i] for i in heldout[:check_prompts]], check_tokens)
+        report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=position_aware,
+                      splits=splits, sampled_splits=sampled_splits, sampling_check=check, heldout=heldout)
     return assistant, report
+
+
+def split_schedule(split: dict) -> dict:
+    """`set_schedule` arguments for a split of `best_splits`."""
+    return dict(k_by_position=[split["k"]], core_by_position=[split["core"]], num_context_tokens=split["context"])
+
+
+@torch.no_grad()
+def check_sampling_band(target, assistant: DynaSpecAssistant, greedy_split: dict, sampled_split: dict,
+                        sequences: list[torch.Tensor], new_tokens: int, seed: int = 0) -> dict:
+    """Set `assistant`'s schedule: `greedy_split`, with `sampled_split` as its band for every temperature when it
+    differs and end-to-end τ at T = 1 from the first halves of held-out `sequences` (the same seed for both)
+    confirms it: the band is kept only if its τ is at least that of drafting with `greedy_split` when sampling too.
+    (A tolerance of 1 % kept a band that lost 0.8 points of recovery on the benchmark: BENCHMARKS.md.)"""
+    assistant.set_schedule(**split_schedule(greedy_split), temperature_bands=[])
+    prompts = [s[: max(len(s) // 2, 1)] for s in sequences]
+    if sampled_split == greedy_split or not prompts:
+        return {"kept": False, "reason": "the sampled split is the greedy one" if prompts else "no prompts"}
+    band = [dict(max_temperature=None, **split_schedule(sampled_split))]
+    options = dict(max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    tau = {}
+    for name, bands in (("greedy_split", []), ("sampled_split", band)):
+        assistant.set_schedule(temperature_bands=bands)
+        torch.manual_seed(seed)
+        tau[name] = measure_generation(target, [p.to(target.device) for p in prompts], assistant, **options)["tau"]
+    kept = tau["sampled_split"] >= tau["greedy_split"]
+    assistant.set_schedule(temperature_bands=band if kept else [])
+    return {"kept": kept, "tau_greedy_split": tau["greedy_split"], "tau_sampled_split": tau["sampled_split"],
+            "prompts": len(prompts), "new_tokens": new_tokens}
 
 
 

@@ -126,10 +126,14 @@ def _report_summary(report: dict) -> str:
                 f"| {domain} | {k} clusters | {k * curves['cluster_size']} | {routed['recall'][i]:.3f} | "
                 f"{entry['static']['recall'][i]:.3f} | {routed['acceptance'][i]:.3f} | "
                 f"{entry['static']['acceptance'][i]:.3f} | {mass} |")
-    lines += ["", f"Router objective: {report['objective']}. Chosen `k_by_position`: {report['k_by_position']}.",
+    check = report["sampling_check"]
+    band = (f"kept: τ at T = 1 {check['tau_sampled_split']:.3f} against {check['tau_greedy_split']:.3f} with the "
+            f"greedy split" if check["kept"] else f"not kept ({check.get('reason') or 'it lost τ against the greedy split'})")
+    lines += ["", f"Router objective: {report['objective']}.",
               f"Best core/routed/context split per size (`set_schedule(k_by_position=[k], "
-              f"core_by_position=[core], num_context_tokens=context)`): "
-              f"{report['splits']}"]
+              f"core_by_position=[core], num_context_tokens=context)`), by greedy acceptance: {report['splits']}; "
+              f"by sampled acceptance: {report['sampled_splits']}. The sampling band: {band}.",
+              f"Position-aware routed clusters (not used unless set): `k_by_position={report['k_by_position']}`."]
     return "\n".join(lines)
 
 

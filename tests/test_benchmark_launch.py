@@ -108,20 +108,32 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
                        k_by_position=[8, 4],
                        splits={"4": {"k": 3, "core": 245, "context": 256}, "8": {"k": 6, "core": 1002, "context": 0},
                                "16": {"k": 12, "core": 1748, "context": 256}},
+                       sampled_splits={"4": {"k": 4, "core": 0, "context": 0}, "8": {"k": 6, "core": 1002, "context": 0},
+                                       "16": {"k": 14, "core": 746, "context": 256}},
+                       sampling_checks={"4": {"kept": False}, "8": {"kept": False}, "16": {"kept": True}},
                        splits_without_context={"4": {"k": 4, "core": 0, "context": 0},
                                                "8": {"k": 6, "core": 1002, "context": 0},
                                                "16": {"k": 12, "core": 2004, "context": 0}})
     names = ["static frequency 1/16", "DynaSpec 1/16", "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router",
-             "DynaSpec 1/16, no context tokens"]
+             "DynaSpec 1/16, no context tokens", "DynaSpec 1/16, greedy split when sampling", "DynaSpec 1/64"]
     chosen = chosen_methods(calibration, names)
-    assert [m["method"] for m in chosen] == [names[i] for i in (0, 1, 4, 2, 3)]
-    # the split calibration chose for 16 clusters; every part named, so no row inherits the previous row's
-    calibrated = dict(k_by_position=[12], core_by_position=[1748], num_context_tokens=256)
-    assert chosen[0]["schedule"] == dict(k_by_position=[0], core_by_position=[16 * 501], num_context_tokens=0)
-    assert chosen[1]["schedule"] == calibrated and "assistant" not in chosen[1]
-    assert chosen[2]["schedule"] == dict(k_by_position=[12], core_by_position=[2004], num_context_tokens=0)
-    assert chosen[3]["schedule"] == dict(k_by_position=[16], core_by_position=[0], num_context_tokens=0)
-    assert chosen[4]["schedule"] == calibrated and chosen[4]["assistant"] == "argmax"
+    assert [m["method"] for m in chosen] == [names[i] for i in (6, 0, 1, 5, 4, 2, 3)]
+    # the split calibration chose for 16 clusters, with its sampled split as the band the τ check kept; every part
+    # named, so no row inherits the previous row's
+    band = dict(max_temperature=None, k_by_position=[14], core_by_position=[746], num_context_tokens=256)
+    greedy = dict(k_by_position=[12], core_by_position=[1748], num_context_tokens=256)
+    calibrated = dict(greedy, temperature_bands=[band])
+    assert chosen[0]["schedule"] == dict(k_by_position=[3], core_by_position=[245], num_context_tokens=256,
+                                         temperature_bands=[])  # 1/64: the check did not keep its band
+    assert chosen[1]["schedule"] == dict(k_by_position=[0], core_by_position=[16 * 501], num_context_tokens=0,
+                                         temperature_bands=[])
+    assert chosen[2]["schedule"] == calibrated and "assistant" not in chosen[2]
+    assert chosen[3]["schedule"] == dict(greedy, temperature_bands=[]) and chosen[3]["temperatures"] == [1.0]
+    assert chosen[4]["schedule"] == dict(k_by_position=[12], core_by_position=[2004], num_context_tokens=0,
+                                         temperature_bands=[])
+    assert chosen[5]["schedule"] == dict(k_by_position=[16], core_by_position=[0], num_context_tokens=0,
+                                         temperature_bands=[])
+    assert chosen[6]["schedule"] == calibrated and chosen[6]["assistant"] == "argmax"
     assert len(chosen_methods(calibration, None)) == len(chosen_methods(calibration, []))
     assert not any(m["engine"] == "dynaspec-tree" for m in chosen_methods(calibration, None, trees=False))
     with pytest.raises(SystemExit, match="Unknown method"):

@@ -57,7 +57,11 @@ def test_router_beats_static_shortlist_on_unseen_domain(two_domain_pair):
     # ... while the router picks the clusters where domain B's tokens live
     assert b["routed"]["recall"][k] > 0.8, b
     assert b["routed"]["acceptance"][k] > 0.5 * b["full_acceptance"]
-    assert assistant.config.k_by_position == report["k_by_position"]
+    # it drafts greedily with the best split of the size nearest 1/16 of the vocabulary (1 of 12 clusters)
+    split = report["splits"]["1"]
+    assert assistant.config.schedule() == dict(k_by_position=[split["k"]], core_by_position=[split["core"]],
+                                               num_context_tokens=split["context"])
+    assert bool(assistant.config.temperature_bands) == report["sampling_check"]["kept"]
 
 
 def test_choose_schedule_shrinks_later_positions():
@@ -135,7 +139,7 @@ def test_mass_objective_routes_to_where_the_targets_mass_is():
     features = RouterFeatures(torch.randn(n, d, generator=generator), torch.randn(n, d, generator=generator),
                               torch.zeros(n, d), torch.zeros(n, dtype=torch.long), mass.half(),
                               torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
-                              torch.arange(n), ["all"])
+                              torch.arange(n), torch.zeros(n, 0, dtype=torch.int), torch.zeros(n, 0), ["all"])
     covered = {}
     for objective in ("mass", "argmax"):
         router = train_router(features, token_cluster, 3, 16, objective=objective, epochs=20, batch_size=64,
@@ -179,7 +183,7 @@ def test_calibration_chooses_the_best_core_routed_split(two_domain_pair):
 def test_context_splits_are_scored_with_each_positions_recent_tokens(two_domain_pair):
     """Held-out splits with context tokens score the union of routed clusters, core and the distinct tokens read
     so far in the same sequence (chunks cut across sequences here); the report can choose them."""
-    from dynaspec_hf.calibrate import collect_features, shortlist_curves
+    from dynaspec_hf.calibrate import best_splits, collect_features, shortlist_curves
     from test_context_tokens import reference_recent
 
     target, drafter, domain_a, domain_b = two_domain_pair
@@ -188,7 +192,7 @@ def test_context_splits_are_scored_with_each_positions_recent_tokens(two_domain_
                                   progress=False)
     assert all(set(split) == {"k", "core", "context"} for split in report["splits"].values())
     sequences = domain_a[-4:] + domain_b[-4:]
-    features = collect_features(target, drafter, sequences, progress=False)
+    features = collect_features(target, drafter, sequences, top_tokens=VOCAB, progress=False)
     recent = features.context_before(torch.arange(len(features)), 16, VOCAB)
     expected = [reference_recent(s[1 : t + 1].tolist(), 16) for s in sequences for t in range(1, len(s))]
     assert recent.tolist() == expected
@@ -200,6 +204,11 @@ def test_context_splits_are_scored_with_each_positions_recent_tokens(two_domain_
     with torch.no_grad():
         scores = assistant.router(features.previous_hidden.float(), features.token_embedding.float())
         logits = assistant.full_vocabulary_logits(features.hidden.float())
+        p = torch.cat([target(s[None]).logits[0, 1:] for s in sequences]).softmax(-1)  # the target's next token
+    overall = curves["domains"]["all"]
+    assert overall["top_tokens_mass"] == pytest.approx(1.0, abs=1e-3)  # every token kept: the sum is exact
+    full_overlap = torch.minimum(p, logits.softmax(-1)).sum(-1).mean()
+    assert overall["full_sampled_acceptance"] == pytest.approx(float(full_overlap), abs=2e-3)
     cluster_of = torch.empty(VOCAB, dtype=torch.long)
     ids = assistant.lm_head.cluster_token_ids
     cluster_of[ids[ids >= 0]] = torch.arange(12)[:, None].expand_as(ids)[ids >= 0]
@@ -212,3 +221,29 @@ def test_context_splits_are_scored_with_each_positions_recent_tokens(two_domain_
         acceptance = (logits.masked_fill(~allowed, float("-inf")).argmax(-1) == features.target_next).float().mean()
         assert candidate["recall"] == pytest.approx(float(recall), abs=1e-6), candidate
         assert candidate["acceptance"] == pytest.approx(float(acceptance), abs=1e-6), candidate
+        q = logits.masked_fill(~allowed, float("-inf")).softmax(-1)  # the drafter renormalized on the shortlist
+        overlap = torch.minimum(p, q).sum(-1).mean()
+        assert candidate["sampled_acceptance"] == pytest.approx(float(overlap), abs=2e-3), candidate
+        assert candidate["sampled_acceptance"] < overall["full_sampled_acceptance"]
+    best = max(candidates, key=lambda c: (round(c["sampled_acceptance"], 6), c["routed"], -c["context"]))
+    assert best_splits(curves, criterion="sampled_acceptance")["4"] == {
+        "k": best["routed"], "core": best["core"], "context": best["context"]}
+
+
+def test_the_sampling_band_is_kept_only_when_end_to_end_tau_confirms_it(two_domain_pair):
+    """A sampled split that drafts from far fewer tokens than the greedy one loses τ at T = 1 and is not saved as
+    the sampling band; one that drafts from the whole vocabulary gains and is."""
+    from dynaspec_hf.calibrate import check_sampling_band
+
+    target, drafter, domain_a, _ = two_domain_pair
+    assistant, _ = calibrate(target, drafter, domain_a[:80], num_clusters=12, core_size=64, router_hidden_size=64,
+                             epochs=5, progress=False)
+    prompts = domain_a[-6:]  # 48 tokens each: prompts of 24
+    small, whole = {"k": 1, "core": 0, "context": 0}, {"k": 12, "core": 0, "context": 0}
+    lost = check_sampling_band(target, assistant, whole, small, prompts, 24)
+    assert not lost["kept"] and lost["tau_sampled_split"] < lost["tau_greedy_split"], lost
+    assert assistant.config.temperature_bands == [] and assistant.config.k_by_position == [12]
+    won = check_sampling_band(target, assistant, small, whole, prompts, 24)
+    assert won["kept"] and won["tau_sampled_split"] > won["tau_greedy_split"], won
+    assert assistant.config.k_by_position == [1] and assistant.config.schedule(1.0)["k_by_position"] == [12]
+    assert check_sampling_band(target, assistant, small, dict(small), prompts, 24)["kept"] is False

@@ -36,7 +36,9 @@ def test_calibrate_cli_end_to_end(saved_pair, tmp_path):
     assert set(report["curves"]["domains"]) >= {"all"}
     assert (out / "README.md").read_text().count("DynaSpec recall") == 1
     assistant = DynaSpecAssistant.from_pretrained(out)
-    assert assistant.config.k_by_position == report["k_by_position"]
+    split = report["splits"]["1"]  # 1/16 of 8 clusters: the nearest size is 1 cluster
+    assert (assistant.config.k_by_position, assistant.config.core_by_position) == ([split["k"]], [split["core"]])
+    assert "The sampling band:" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("content, message", [("", "No text found"), ("{not json\n", "is not valid JSON"),

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 import dynaspec_hf
 from dynaspec_hf import DynaSpecAssistant, TokenClusters
-from dynaspec_hf.calibrate import calibrate
+from dynaspec_hf.calibrate import calibrate, split_schedule
 from dynaspec_hf.logit_transform import LogitTransform
 
 from conftest import FAMILIES, VOCAB, make_assistant, rollback_limited, tiny_config, tiny_pair
@@ -82,7 +82,9 @@ def test_save_load_sample_and_calibrate(family, tmp_path):
     calibrated, report = calibrate(target, drafter, sequences, num_clusters=8, router_hidden_size=16, epochs=1,
                                    progress=False)
     assert calibrated.config.drafter_config.model_type == drafter.config.model_type
-    assert report["k_by_position"] == calibrated.config.k_by_position
+    # it drafts with the split of the size nearest 1/16 of the vocabulary (1 of 8 clusters)
+    assert calibrated.config.schedule() == split_schedule(report["splits"]["1"])
+    assert bool(calibrated.config.temperature_bands) == report["sampling_check"]["kept"]
 
 
 def test_an_unreproduced_logit_transform_is_refused_at_from_drafter():
