@@ -289,7 +289,7 @@ def step_times(drafter, context: int = 256) -> dict:
 
             def one_step():
                 engine._set_length(context)
-                engine._run(ids[:, -1:], 1)
+                engine._run(ids[:, -1:], assistant.config.shortlist_at(1))
 
             out[f"step, {name}, {'CUDA graph' if graphs else 'eager'}"] = cuda_ms(one_step)
     # the body alone: a step whose head is empty (core of one row)
@@ -299,7 +299,7 @@ def step_times(drafter, context: int = 256) -> dict:
 
     def body_step():
         engine._set_length(context)
-        engine._run(ids[:, -1:], 1)
+        engine._run(ids[:, -1:], assistant.config.shortlist_at(1))
 
     out["body (step with a 1-row head), CUDA graph"] = cuda_ms(body_step)
     return out
