@@ -26,7 +26,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .clusters import TokenClusters
-from .configuration_dynaspec import DynaSpecConfig
+from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig
 from .context_tokens import recent_distinct_tokens
 from .draft_output import draft_output
 from .logit_transform import LogitTransform
@@ -126,13 +126,12 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         The CUDA graphs captured for the current schedule are kept when the schedule does not change, so a loop
         that sets the same schedule before every `generate` does not pay a capture each time."""
         config = copy.deepcopy(self.config)
-        for name, value in (("k_by_position", k_by_position), ("core_by_position", core_by_position),
-                            ("num_context_tokens", num_context_tokens), ("temperature_bands", temperature_bands)):
+        names = (*SCHEDULE_FIELDS, "temperature_bands")
+        for name, value in zip(names, (k_by_position, core_by_position, num_context_tokens, temperature_bands)):
             if value is not None:
                 setattr(config, name, copy.deepcopy(value))
         config.validate_schedule()
-        unchanged = all(getattr(config, name) == getattr(self.config, name)
-                        for name in ("k_by_position", "core_by_position", "num_context_tokens", "temperature_bands"))
+        unchanged = all(getattr(config, name) == getattr(self.config, name) for name in names)
         self.config = config
         if unchanged:
             return self
