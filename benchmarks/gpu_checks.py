@@ -3,7 +3,8 @@
     python benchmarks/gpu_checks.py --out benchmarks/results
 
 1. Exactness (float32): tiny Llama/Qwen2 pairs and sliding-window drafters (Mistral, Gemma-2/3) through the
-   unchanged `target.generate(assistant_model=...)` with the CUDA-graph drafter, the tree loop on the GPU, and
+   unchanged `target.generate(assistant_model=...)` with the CUDA-graph drafter, the own loop (chain and tree,
+   verified from a CUDA graph on a static cache) on the GPU, and
    graph drafts equal to eager drafts on a 128,256-token random pair (Triton and gather heads) and, for the
    sliding-window families, to eager static-cache steps and the drafter's own uncached greedy tokens.
 2. Sampling (float32): chi-square of the first token and the second-token marginal with the graph drafter.
@@ -11,7 +12,12 @@
    router, and whole graph-replayed steps with the full head, a static 1/16 shortlist and DynaSpec 1/16 (router on
    its side stream; and with fixed clusters, which gives the router's overhead); eager steps for comparison;
    Llama-, EAGLE-, Qwen2.5-0.5B- and Gemma-2-2B-shaped drafters; the Llama-3-8B-shaped target's forward for 1, 7
-   and 17 tokens. Writes gpu_checks.json / gpu_checks.md.
+   and 17 tokens.
+4. Rounds (bf16, random weights): milliseconds per speculative round on the Llama-3-8B-shaped target with
+   Llama-3.2-1B-shaped and EAGLE-like drafters, through transformers' assisted loop and the own loop, against
+   the weight-reading floor at the measured copy bandwidth.
+
+Writes gpu_checks.json / gpu_checks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,9 +39,11 @@ from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2C
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig  # noqa: E402
-from dynaspec_hf.fast_draft import GraphDrafter  # noqa: E402
+from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache  # noqa: E402
+from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 
 VOCAB = 128_256
+BLOCK = 6  # drafts per round, as benchmarks/roofline.py composes
 
 
 def cuda_ms(fn, repeats: int = 100, warmup: int = 10) -> float:
@@ -93,16 +102,17 @@ def check_exactness(log) -> dict:
                                                         max_new_tokens=new))
             total += 1
         graphs = len(assistant.__dict__["_graph_drafter"].graphs)
-        tree_exact = "-"  # the tree loop drafts eagerly; sliding-window drafters are checked on the CPU
-        if family in ("llama", "qwen2"):
-            tree_exact = sum(
-                torch.equal(target.generate(ids, do_sample=False, max_new_tokens=20),
-                            dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20, tree=TreeConfig()))
-                for ids in [torch.randint(0, 192, (1, 9), generator=generator).cuda() for _ in range(10)])
-        results[f"{family}/{setting}"] = dict(exact=exact, prompts=total, graphs=graphs, tree_exact=tree_exact,
-                                              tree_prompts=10)
-        tree_text = f"{tree_exact}/10" if family in ("llama", "qwen2") else "-"
-        log(f"| {family} | {setting} | {exact}/{total} | {graphs} | {tree_text} |")
+        own = {}  # the own loop: chain drafted by the graph drafter, tree drafted eagerly, both verified from a graph
+        if family in ("llama", "qwen2"):  # sliding-window drafters are checked on the CPU there
+            prompts = [torch.randint(0, 192, (1, 9), generator=generator).cuda() for _ in range(10)]
+            for shape, tree in (("tree", TreeConfig()), ("chain", TreeConfig.chain(6))):
+                own[shape] = sum(torch.equal(target.generate(ids, do_sample=False, max_new_tokens=20),
+                                             dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20, tree=tree))
+                                 for ids in prompts)
+            own["verifier graphs"] = len(target.__dict__["_dynaspec_tree_verifier"].model.graphs)
+        results[f"{family}/{setting}"] = dict(exact=exact, prompts=total, graphs=graphs, own_loop=own, own_prompts=10)
+        own_text = " | ".join(f"{own[shape]}/10" if own else "-" for shape in ("chain", "tree"))
+        log(f"| {family} | {setting} | {exact}/{total} | {graphs} | {own_text} | {own.get('verifier graphs', '-')} |")
     return results
 
 
@@ -288,7 +298,7 @@ def step_times(drafter, context: int = 256) -> dict:
             engine.draft(ids, 2, None)  # fills the cache and captures the step graphs
 
             def one_step():
-                engine._set_length(context)
+                engine.body.set_length(context)
                 engine._run(ids[:, -1:], assistant.config.shortlist_at(1))
 
             out[f"step, {name}, {'CUDA graph' if graphs else 'eager'}"] = cuda_ms(one_step)
@@ -298,7 +308,7 @@ def step_times(drafter, context: int = 256) -> dict:
     engine.draft(ids, 2, None)
 
     def body_step():
-        engine._set_length(context)
+        engine.body.set_length(context)
         engine._run(ids[:, -1:], assistant.config.shortlist_at(1))
 
     out["body (step with a 1-row head), CUDA graph"] = cuda_ms(body_step)
@@ -341,11 +351,116 @@ def anatomy(log) -> dict:
     return results
 
 
+# ------------------------------------------------------------------------------------------------ rounds
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 1 GiB device-to-device copy (read + write): the rate the weight-reading floor assumes."""
+    source = torch.empty(2**28, dtype=torch.float32, device="cuda")
+    destination = torch.empty_like(source)
+    return 2 * source.numel() * 4 / (cuda_ms(lambda: destination.copy_(source), repeats=20) / 1e3)
+
+
+@contextmanager
+def counting(owner, name: str):
+    """Yields a one-element list counting calls of `owner.name` inside the block (graph replays included, which
+    forward hooks do not see)."""
+    original, calls = getattr(owner, name), [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    setattr(owner, name, counted)
+    try:
+        yield calls
+    finally:
+        setattr(owner, name, original)
+
+
+def per_round_ms(generate, count_rounds) -> float:
+    """Milliseconds per speculative round, prompt and setup excluded: the difference between 160 and 32 new
+    tokens, over the difference in rounds (`count_rounds()`: a context yielding a one-element count)."""
+    generate(32)  # captures the graphs
+    measured = []
+    for new in (32, 160):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with count_rounds() as rounds:
+            generate(new)
+        torch.cuda.synchronize()
+        measured.append((time.perf_counter() - start, rounds[0]))
+    (short, short_rounds), (long, long_rounds) = measured
+    return (long - short) * 1e3 / max(long_rounds - short_rounds, 1)
+
+
+@torch.no_grad()
+def round_times(log) -> dict:
+    """Time per speculative round (6 drafts + one target pass) with the Llama-3-8B-shaped target, bf16, random
+    weights (so about one token per round), against the weight-reading floor at the measured copy bandwidth."""
+    from dynaspec_hf.tree import TokenTree
+    from dynaspec_hf.verification import TreeVerifier, tree_verifier
+
+    bandwidth = copy_bandwidth()
+    floor_ms = lambda parameters: 2 * parameters / bandwidth * 1e3  # noqa: E731  (bf16 weights read once)
+    with torch.device("cuda"):
+        target = AutoModelForCausalLM.from_config(TARGET_8B, dtype=torch.bfloat16).eval()
+    target_floor = floor_ms(sum(p.numel() for p in target.parameters()) - target.get_input_embeddings().weight.numel())
+    prompt = torch.randint(0, VOCAB, (1, 256), device="cuda")
+    results = {"copy bandwidth (GB/s)": bandwidth / 1e9, "target floor (ms)": target_floor, **target_times(target)}
+    verifier = tree_verifier(target, 256 + 16, TreeConfig.chain(6).verified_tokens)
+    chain = TokenTree(root_position=255)
+    for token in range(7):
+        chain.add(token, token - 1)
+    verifier.verify(prompt[0], chain)  # the prompt's pass, eager
+
+    def verify_round():
+        verifier.cached = 255  # the last prompt token re-fed, then six drafts: a padded 13-token pass
+        verifier.verify(prompt[0], chain)
+
+    results["verification pass, padded to 13 tokens, CUDA graph"] = cuda_ms(verify_round, repeats=30)
+    log(f"| target | copy bandwidth {bandwidth / 1e9:.0f} GB/s, weight floor {target_floor:.2f} ms | "
+        f"7 tokens eager {results['target forward, 7 token(s), eager']:.2f} ms, 13-token graph pass "
+        f"{results['verification pass, padded to 13 tokens, CUDA graph']:.2f} ms | | |")
+    for shape in ("Llama-3.2-1B-shaped (16 x 2048)", "EAGLE-like (1 x 4096)"):
+        _, drafter = random_pair(DRAFTERS[shape], None, torch.bfloat16)
+        assistant = DynaSpecAssistant.from_drafter(drafter, random_clusters(), router_hidden_size=512, k_by_position=[16])
+        body = sum(p.numel() for p in drafter.model.parameters()) - drafter.get_input_embeddings().weight.numel()
+        draft_floor = floor_ms(body + VOCAB // 16 * drafter.config.hidden_size)
+        round_floor = BLOCK * draft_floor + target_floor
+        assistant.generation_config.num_assistant_tokens = BLOCK
+        loops = {
+            "transformers' assisted loop, graph-drafted chain": (
+                lambda new: target.generate(prompt, assistant_model=assistant, do_sample=False, max_new_tokens=new),
+                lambda: count_forward_calls(target)),
+            f"own loop, chain of {BLOCK}, graph-verified": (
+                lambda new: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=new,
+                                                 tree=TreeConfig.chain(BLOCK)),
+                lambda: counting(TreeVerifier, "verify")),
+        }
+        engine = assistant._graph_drafter_for(prompt, BLOCK, None, None)
+        cache = StaticDraftCache(engine)
+        engine.draft(prompt, BLOCK, cache)  # the prompt, eagerly; then blocks that re-read two tokens
+        times = {"round floor (ms)": round_floor,
+                 f"draft block of {BLOCK}, graph drafter": cuda_ms(lambda: engine.draft(prompt, BLOCK, cache), repeats=30),
+                 "draft steps that failed capture": sum(graph is None for graph in engine.graphs.values())}
+        log(f"| {shape} | draft block of {BLOCK} alone ({times['draft steps that failed capture']} steps "
+            f"uncaptured) | {times[f'draft block of {BLOCK}, graph drafter']:.2f} | {BLOCK * draft_floor:.2f} | "
+            f"{times[f'draft block of {BLOCK}, graph drafter'] / (BLOCK * draft_floor):.2f} |")
+        for loop, (generate, count_rounds) in loops.items():
+            times[loop] = per_round_ms(generate, count_rounds)
+            log(f"| {shape} | {loop} | {times[loop]:.2f} | {round_floor:.2f} | {times[loop] / round_floor:.2f} |")
+        results[shape] = times
+        del drafter, assistant, engine, cache
+        torch.cuda.empty_cache()
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["exactness", "drafts", "sliding", "sampling", "anatomy"])
+                        choices=["exactness", "drafts", "sliding", "sampling", "anatomy", "rounds"])
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -359,7 +474,8 @@ def main(argv=None):
                             "transformers": transformers.__version__}}
     sections = [
         ("exactness", "## Greedy exactness with the graph drafter (float32)\n\n| family | schedule | exact | graphs "
-                      "captured | tree loop exact |\n|---|---|---|---|---|", check_exactness),
+                      "captured | own loop chain exact | own loop tree exact | verifier graphs |\n"
+                      "|---|---|---|---|---|---|---|", check_exactness),
         ("drafts", "## Graph drafts equal eager drafts (float32, 128,256 tokens)\n\n| head kernel | schedule | "
                    "equal blocks |\n|---|---|---|", check_graph_drafts),
         ("sliding", "## Sliding-window drafters: graph drafts equal eager static-cache drafts and the drafter's own "
@@ -369,6 +485,8 @@ def main(argv=None):
                      "token | second token | graph drafter used |\n|---|---|---|---|", check_sampling),
         ("anatomy", "## Draft-step anatomy (bf16, batch 1, context 256; median ms)\n\n| shape | part | ms |\n"
                     "|---|---|---|", anatomy),
+        ("rounds", "## Time per round on the Llama-3-8B-shaped target (bf16, random weights, prompt 256; ms)\n\n"
+                   "| drafter | loop | ms per round | weight floor | ratio |\n|---|---|---|---|---|", round_times),
     ]
     for name, header, fn in sections:
         if name in args.skip:

@@ -7,24 +7,20 @@ temperature bands with the same step shapes share graphs. Inside each graph the 
 one-token step its inputs (the previous hidden state and the current token's embedding) are ready before the
 body starts, so routing overlaps the body and joins the head through an event.
 
-The static cache is handed to transformers' assisted loop as a `StaticDraftCache`: the loop only asks its length
-and crops it, and cropping is moving the write position back (entries beyond it are masked by position). Every
-layer keeps every position, sliding-window layers too (a ring buffer would overwrite what a rollback needs); the
-window is applied by the mask, one per layer type for models that interleave local and global attention.
+The static cache (`static_cache.py`) is handed to transformers' assisted loop as a `StaticDraftCache`: the loop
+only asks its length and crops it, and cropping is moving the write position back.
 """
 
 from __future__ import annotations
 
-import gc
-import warnings
 from contextlib import nullcontext
 
 import torch
 from transformers import LogitsProcessorList
-from transformers.cache_utils import Cache, StaticLayer
 from transformers.generation import GenerateDecoderOnlyOutput
 
 from .draft_output import draft_output
+from .static_cache import StaticCacheModel
 
 MAX_GRAPH_TOKENS = 16  # body inputs per captured step; longer re-reads (the first prompt) run eagerly
 
@@ -49,36 +45,25 @@ class GraphDrafter:
     def __init__(self, assistant, max_length: int = 2048, use_graphs: bool = True, route: bool = True):
         self.assistant, self.max_length, self.use_graphs, self.route = assistant, max_length, use_graphs, route
         self.device, self.dtype = device, dtype = assistant.device, assistant.dtype
-        config = assistant.config.drafter_config
-        self.cache = Cache(layers=[StaticLayer(max_cache_len=max_length) for _ in range(config.num_hidden_layers)])
-        self.window = getattr(config, "sliding_window", None)
-        self.masks_by_layer_type = getattr(config, "layer_types", None) is not None
-        hidden_size = config.hidden_size
+        self.body = StaticCacheModel(assistant.drafter, max_length)
+        hidden_size = assistant.config.drafter_config.hidden_size
         self.tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.previous = torch.zeros(1, hidden_size, dtype=dtype, device=device)  # body output of the last step
         self.logits = torch.zeros(1, assistant.config.vocab_size, dtype=torch.float32, device=device)
-        self.key_positions = torch.arange(max_length, device=device)
         self.router_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # None: CPU, for tests
-        self.graphs: dict[tuple[int, int, int, int], torch.cuda.CUDAGraph] = {}
         self.index = assistant.lm_head.index()
         # the text's most recent distinct tokens, refreshed in place at the start of every block; a step with c
         # context slots reads the first c (the most recent), so one buffer serves every schedule
         self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
         self.active: StaticDraftCache | None = None
         with torch.cuda.device(device) if self.router_stream is not None else nullcontext():
-            self._initialize_cache()
+            # allocate the static layers (they allocate on their first write) with one eager step at position 0
+            self._step(self.tokens[:, :1], assistant.config.shortlist_at(0))
+            self.body.set_length(0)
 
-    def _initialize_cache(self) -> None:
-        """Allocate the static layers (they allocate on their first write) with one eager step at position 0."""
-        self._step(self.tokens[:, :1], self.assistant.config.shortlist_at(0))
-        self._set_length(0)
-
-    def _set_length(self, length: int | torch.Tensor) -> None:
-        for layer in self.cache.layers:
-            if isinstance(length, torch.Tensor):
-                layer.cumulative_length.copy_(length)
-            elif layer.is_initialized:
-                layer.cumulative_length.fill_(length)
+    @property
+    def graphs(self) -> dict:
+        return self.body.graphs
 
     def _step(self, ids: torch.Tensor, shortlist: tuple[int, int, int]) -> None:
         """Body over `ids` at the cache's write position, then router + head over `shortlist` (core tokens, routed
@@ -88,10 +73,9 @@ class GraphDrafter:
         to `self.previous`. Only device operations: this is what the graphs capture.
         """
         assistant, num_tokens = self.assistant, ids.shape[1]
-        layer = self.cache.layers[0]
-        start = layer.cumulative_length if layer.is_initialized else 0
-        positions = torch.arange(num_tokens, device=ids.device) + start
-        mask = self._attention_mask(positions)
+        positions = torch.arange(num_tokens, device=ids.device) + self.body.write_position
+        causal = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=ids.device).tril_()
+        mask = self.body.attention_mask(positions, causal)
 
         num_core, k, context = shortlist
         routed = 0 < k < assistant.config.num_clusters
@@ -102,7 +86,8 @@ class GraphDrafter:
             with torch.cuda.stream(self.router_stream) if streams else nullcontext():
                 cluster_ids = self._clusters(self.previous, ids[:, -1], k)
         states = assistant.drafter(
-            input_ids=ids, attention_mask=mask, position_ids=positions[None], past_key_values=self.cache, use_cache=True
+            input_ids=ids, attention_mask=mask, position_ids=positions[None], past_key_values=self.body.cache,
+            use_cache=True
         ).last_hidden_state[0]
         hidden = states[-1:]
         if routed and num_tokens > 1:
@@ -119,22 +104,6 @@ class GraphDrafter:
         self.logits.copy_(assistant._spread(*head))
         self.previous.copy_(hidden)
 
-    def _attention_mask(self, positions: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Additive masks over the static cache: causal, and within the window for sliding-window layers (keys
-        beyond the write position, left by a rollback, are masked too). Transformers uses a 4D mask as given."""
-        keys, queries = self.key_positions[None, :], positions[:, None]
-        causal = keys <= queries
-        if self.window is None:
-            return self._additive(causal)
-        windowed = self._additive(causal & (keys > queries - self.window))
-        if self.masks_by_layer_type:  # models with `layer_types` take one mask per type
-            return {"full_attention": self._additive(causal), "sliding_attention": windowed}
-        return windowed  # every layer slides (Mistral, Phi-3)
-
-    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(allowed.shape, dtype=self.previous.dtype, device=allowed.device)
-        return mask.masked_fill_(~allowed, torch.finfo(mask.dtype).min)[None, None]
-
     def _clusters(self, previous: torch.Tensor, token_ids: torch.Tensor, k: int) -> torch.Tensor:
         if not self.route:  # for measuring the router's cost: the same head work on fixed clusters
             return torch.arange(k, device=token_ids.device)[None]
@@ -144,53 +113,19 @@ class GraphDrafter:
         """One step, replayed from its graph when it has a graph shape; head counters count it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
-        if not self.use_graphs or self.router_stream is None or ids.shape[1] > MAX_GRAPH_TOKENS:
+        if not self.use_graphs or ids.shape[1] > MAX_GRAPH_TOKENS:
             self._step(ids, shortlist)
         else:
-            self.tokens[:, : ids.shape[1]].copy_(ids)
-            key = (ids.shape[1], *shortlist)
-            if key not in self.graphs:
-                self.graphs[key] = self._capture(ids.shape[1], shortlist)
-            if self.graphs[key] is None:
-                self._step(ids, shortlist)
-            else:
-                self.graphs[key].replay()
+            tokens = self.tokens[:, : ids.shape[1]]
+            tokens.copy_(ids)
+            self.body.run((ids.shape[1], *shortlist), lambda: self._step(tokens, shortlist), keep=(self.previous,))
         num_core, k, context = shortlist
         head.rows_computed = rows + num_core + k * self.assistant.config.cluster_size + context
         head.calls = calls + 1
 
-    def _capture(self, num_tokens: int, shortlist: tuple[int, int, int]) -> torch.cuda.CUDAGraph:
-        """Warm up on a side stream (as CUDA graphs require), then capture; nothing it ran is kept."""
-        start, previous = self.cache.layers[0].cumulative_length.clone(), self.previous.clone()
-        ids = self.tokens[:, :num_tokens]
-        side = torch.cuda.Stream(self.previous.device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._step(ids, shortlist)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        collecting = gc.isenabled()
-        gc.disable()  # a collection during capture could free another graph, which invalidates this capture
-        try:
-            with torch.cuda.graph(graph):
-                self._step(ids, shortlist)
-        except RuntimeError as error:  # a step shape that cannot be captured still runs, eagerly
-            warnings.warn(f"Draft step ({num_tokens} tokens, shortlist {shortlist}) runs eagerly: capture failed "
-                          f"({error}).")
-            graph = None
-        finally:
-            if collecting:
-                gc.enable()
-        self._set_length(start)
-        self.previous.copy_(previous)
-        return graph
-
     def release(self) -> None:
         """Free the captured graphs now, outside any capture (the schedule they were captured for changed)."""
-        for graph in self.graphs.values():
-            if graph is not None:
-                graph.reset()
-        self.graphs.clear()
+        self.body.release()
 
     @torch.no_grad()
     def draft(self, *args, **kwargs) -> GenerateDecoderOnlyOutput:
@@ -220,7 +155,7 @@ class GraphDrafter:
         start = min(max(length - 2, 0), cache.length)
         if start == 0:
             self.previous.zero_()
-        self._set_length(start)
+        self.body.set_length(start)
         if self.context.shape[1]:
             self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
         sequences, scores = input_ids, []

@@ -1,17 +1,12 @@
 """`dynaspec_hf.generate`: speculative decoding with DySpec token trees, one target pass per tree.
 
-transformers' assisted loop verifies one chain of drafts; this loop drafts a token tree (`tree.draft_tree`) and
-verifies all of it in a single target forward with a tree attention mask and explicit positions:
-
-    committed tokens not yet in the target's cache (causal) + tree nodes (each sees the prefix and its ancestors)
+transformers' assisted loop verifies one chain of drafts on the target's dynamic cache; this loop drafts a token
+tree (`tree.draft_tree`; a chain is drafted by the assistant's own, CUDA-graph, chain drafter) and verifies all of
+it in a single target pass on a static cache, replayed from a CUDA graph (`verification.py`).
 
 Acceptance walks down the tree. Greedy: follow the child equal to the target's argmax, so the output is the
 target's own greedy output. Sampling: recursive rejection sampling over the children, drawn without replacement
 from q (Jeon et al., 2024; as in SpecInfer and DySpec), so each token follows the target's distribution exactly.
-
-Both caches keep only committed tokens: after a pass the target's cache is cropped back to before the tree, and
-the accepted tokens are fed again (as the causal chain) at the start of the next pass, which costs a few more
-positions in a pass that is memory-bound anyway and needs nothing but `Cache.crop`.
 """
 
 from __future__ import annotations
@@ -21,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from .modeling_dynaspec import crop_cache, drafting_temperature, rollback_cache, sampling_processors
-from .tree import TokenTree, additive_mask, draft_tree
+from .modeling_dynaspec import drafting_temperature, rollback_cache, sampling_processors
+from .tree import TokenTree, draft_chain, draft_tree
+from .verification import tree_verifier
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
 _UNSUPPORTED_OPTIONS = {
@@ -57,7 +53,7 @@ _CUSTOM_MASK_FREE_ATTENTION = ("flash_attention_2", "flash_attention_3")
 class TreeConfig:
     """Shape of the draft tree. `max_children=1` with `num_nodes == max_depth` drafts a plain chain."""
 
-    num_nodes: int = 16  # draft tokens per tree (the target verifies num_nodes + 1 positions and the re-fed ones)
+    num_nodes: int = 16  # draft tokens per tree (the target verifies them with up to max_depth + 1 re-fed ones)
     max_depth: int = 8  # longest draft path
     width: int = 4  # nodes drafted per drafter forward
     max_children: int | None = None  # per node; None: as many as the budget and their probability earn
@@ -65,6 +61,16 @@ class TreeConfig:
     @classmethod
     def chain(cls, length: int) -> "TreeConfig":
         return cls(num_nodes=length, max_depth=length, width=1, max_children=1)
+
+    @property
+    def is_chain(self) -> bool:
+        return self.max_children == 1
+
+    @property
+    def verified_tokens(self) -> int:
+        """Tokens of one verification pass after the prompt: the re-fed accepted ones and the target's, then the
+        drafts (a chain drafts at most `max_depth`)."""
+        return self.max_depth + 1 + (min(self.num_nodes, self.max_depth) if self.is_chain else self.num_nodes)
 
     def validate(self) -> None:
         if self.num_nodes < 1 or self.max_depth < 1 or self.width < 1 or (self.max_children or 1) < 1:
@@ -122,25 +128,22 @@ def generate(
 def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree_config,
                   temperature) -> list[int]:
     """New tokens for one unpadded prompt; `temperature` picks the assistant's schedule."""
-    target_cache = rollback_cache(target.config)
-    drafter_cache = rollback_cache(assistant.config.drafter_config)
+    verifier = tree_verifier(target, prompt.shape[0] + max_new_tokens + tree_config.verified_tokens,
+                             tree_config.verified_tokens)
+    drafter_cache = None if tree_config.is_chain else rollback_cache(assistant.config.drafter_config)
     committed = prompt.to(target.device)
     produced: list[int] = []
     while len(produced) < max_new_tokens:
-        tree = draft_tree(
-            assistant,
-            committed.to(assistant.device),
-            drafter_cache,
-            num_nodes=min(tree_config.num_nodes, max(max_new_tokens - len(produced) - 1, 1)),
-            max_depth=tree_config.max_depth,
-            width=tree_config.width,
-            max_children=tree_config.max_children,
-            do_sample=do_sample,
-            processors=processors,
-            temperature=temperature,
-        )
-        logits = verify_tree(target, committed, target_cache, tree)
-        new = accept(tree, logits, do_sample, processors)
+        budget = min(tree_config.num_nodes, max(max_new_tokens - len(produced) - 1, 1))
+        options = dict(do_sample=do_sample, processors=processors, temperature=temperature)
+        if tree_config.is_chain:
+            tree, drafter_cache = draft_chain(assistant, committed.to(assistant.device), drafter_cache,
+                                              num_nodes=min(budget, tree_config.max_depth), **options)
+        else:
+            tree = draft_tree(assistant, committed.to(assistant.device), drafter_cache, num_nodes=budget,
+                              max_depth=tree_config.max_depth, width=tree_config.width,
+                              max_children=tree_config.max_children, **options)
+        new = accept(tree, verifier.verify(committed, tree), do_sample, processors)
         new = new[: max_new_tokens - len(produced)]
         stop = next((i for i, token in enumerate(new) if token in eos), None)
         if stop is not None:
@@ -152,42 +155,18 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     return produced
 
 
-def verify_tree(target, committed: torch.Tensor, cache, tree: TokenTree) -> torch.Tensor:
-    """Target logits (float32 `[len(tree), vocab]`) after the root and after every draft node, in one forward.
-
-    On return the cache holds exactly `committed`.
-    """
-    device, cached = committed.device, cache.get_seq_length()
-    chain = committed[cached:]
-    tokens = torch.cat([chain, torch.tensor(tree.tokens[1:], dtype=committed.dtype, device=device)])
-    n_chain, total = chain.shape[0], tokens.shape[0]
-    allowed = torch.zeros(total, cached + total, dtype=torch.bool, device=device)
-    allowed[:, : cached + n_chain] = True
-    allowed[:n_chain, cached:] = torch.ones(n_chain, total, dtype=torch.bool, device=device).tril_()
-    allowed[n_chain:, cached + n_chain :] = tree.ancestor_mask(device)
-    positions = torch.cat([torch.arange(cached, cached + n_chain, device=device), tree.positions(device)])
-    out = target(
-        input_ids=tokens[None],
-        attention_mask=additive_mask(allowed, target.dtype),
-        position_ids=positions[None],
-        past_key_values=cache,
-        use_cache=True,
-    )
-    crop_cache(cache, committed.shape[0])
-    return out.logits[0, n_chain - 1 :].float()
-
-
 def accept(tree: TokenTree, logits: torch.Tensor, do_sample: bool, processors) -> list[int]:
     """Walk the tree with the target's `logits`: the accepted draft tokens, then one token from the target."""
+    best = None if do_sample else logits.argmax(-1).tolist()  # greedy: one device sync for the whole tree
     node, tokens = 0, []
     while True:
         children = tree.children[node]
         if do_sample:
             p = processors(None, logits[node : node + 1])[0].softmax(-1)
-            token, index = recursive_rejection_sample(p, tree.probs[node].to(p.device), [tree.tokens[c] for c in children])
+            token, index = recursive_rejection_sample(p, tree.probs[node], [tree.tokens[c] for c in children])
             child = None if index is None else children[index]
         else:
-            token = int(logits[node].argmax())
+            token = best[node]
             child = next((c for c in children if tree.tokens[c] == token), None)
         tokens.append(token)
         if child is None:
@@ -195,13 +174,15 @@ def accept(tree: TokenTree, logits: torch.Tensor, do_sample: bool, processors) -
         node = child
 
 
-def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: list[int]) -> tuple[int, int | None]:
+def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor | None, candidates: list[int]) -> tuple[int, int | None]:
     """One token distributed exactly as `p`, given `candidates` drawn in order from `q` without replacement.
 
     Candidate i is accepted with probability min(1, p_i(x)/q_i(x)); after a rejection p becomes the normalized
     residual max(p_i - q_i, 0) and x is removed from q. Returns `(token, index of the accepted candidate or None)`.
+    `q` may be None when there are no candidates (a leaf).
     """
-    q = q.clone()
+    if candidates:
+        q = q.to(p.device, copy=True)
     for index, token in enumerate(candidates):
         if float(torch.rand((), device=p.device)) * float(q[token]) < float(p[token]):
             return token, index

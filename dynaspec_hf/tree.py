@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .draft_output import output_cache
 from .modeling_dynaspec import crop_cache
 
 
@@ -72,6 +73,25 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """
     bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+@torch.no_grad()
+def draft_chain(assistant, committed: torch.Tensor, cache, *, num_nodes: int, do_sample: bool, processors=None,
+                temperature: float = 0.0) -> tuple[TokenTree, object]:
+    """A chain of `num_nodes` drafts after `committed` as a `TokenTree`, from the assistant's chain drafter
+    (`draft_block`: CUDA-graph steps where it can), so chains in this loop draft as in transformers' loop.
+
+    `cache` is what the previous call returned (None at first); returns the tree and the cache for the next call.
+    """
+    length = committed.shape[0]
+    out = assistant.draft_block(committed[None], num_nodes, cache, do_sample=do_sample, logits_processor=processors,
+                                temperature=temperature)
+    tree = TokenTree(root_position=length - 1)
+    node = tree.add(int(committed[-1]), -1)
+    for token, logits in zip(out.sequences[0, length:].tolist(), out.scores):
+        tree.probs[node] = logits[0].softmax(-1)
+        node = tree.add(token, node)
+    return tree, output_cache(out)
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@ from transformers import AutoModelForCausalLM
 
 import dynaspec_hf
 from dynaspec_hf import TreeConfig
-from dynaspec_hf.generation import recursive_rejection_sample, verify_tree
+from dynaspec_hf.generation import recursive_rejection_sample
+from dynaspec_hf.verification import TreeVerifier
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import draft_tree
 from transformers import DynamicCache
@@ -37,18 +38,21 @@ def test_tree_greedy_equals_target(family, setting, shape):
     assert passes < produced, "no draft token was ever accepted: the test would not exercise the accept path"
 
 
-def test_tree_verification_logits_equal_plain_forward():
-    """The tree mask and positions must give every node the logits of a plain forward over its own path."""
+@pytest.mark.parametrize("size", [0, 24])
+def test_tree_verification_logits_equal_plain_forward(size):
+    """The tree mask and positions must give every node the logits of a plain forward over its own path, on the
+    unpadded path (the prompt's pass, size 0) and the padded one (later passes), mid-generation."""
     target, drafter = tiny_pair("llama", seed=2)
     assistant = make_assistant(drafter, "routed")
     committed = torch.randint(0, VOCAB, (11,), generator=torch.Generator().manual_seed(3))
-    target_cache = DynamicCache(config=target.config)
-    target(committed[None, :7], past_key_values=target_cache)  # a partly cached prefix, as mid-generation
-    tree = draft_tree(assistant, committed, DynamicCache(config=drafter.config), num_nodes=14, max_depth=4, width=3, max_children=3,
-                      do_sample=False)
+    verifier = TreeVerifier(target, max_length=64, size=size)
+    verifier.verify(committed[:7], draft_tree(assistant, committed[:7], DynamicCache(config=drafter.config),
+                                              num_nodes=5, max_depth=3, width=2, do_sample=False))
+    tree = draft_tree(assistant, committed, DynamicCache(config=drafter.config), num_nodes=14, max_depth=4, width=3,
+                      max_children=3, do_sample=False)
     assert len(tree) == 15 and max(tree.depths) <= 4 and max(tree.depths) >= 2 and max(map(len, tree.children)) >= 2
-    logits = verify_tree(target, committed, target_cache, tree)
-    assert target_cache.get_seq_length() == committed.shape[0]
+    logits = verifier.verify(committed, tree)
+    assert verifier.model.write_position == committed.shape[0]
     for node in range(len(tree)):
         path, ancestor = [], node
         while ancestor > 0:
@@ -99,17 +103,33 @@ def test_perfect_drafter_chain_is_fully_accepted():
     assert calls[0] == 6, f"{calls[0]} target passes for 30 tokens in blocks of 4 + 1"
 
 
-def test_custom_generate_entry_point(tmp_path):
-    """`target.generate(custom_generate=dynaspec_hf.custom_generate_path())` runs the tree loop."""
+def test_own_loop_chain_drafts_with_the_graph_drafter(monkeypatch):
+    """Chains in the own loop come from the assistant's chain drafter (the CUDA-graph one on the GPU; here its
+    static-cache steps run eagerly) and stay exact across rounds of the padded, static-cache verifier."""
+    from dynaspec_hf.fast_draft import GraphDrafter
+
+    target, drafter = tiny_pair("qwen2", seed=9)
+    assistant = make_assistant(drafter, "routed")
+    engine = GraphDrafter(assistant, max_length=128)
+    monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args: engine)
+    for ids, new_tokens in random_cases(8):
+        got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TreeConfig.chain(5))
+        assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=new_tokens))
+    assert engine.active is not None, "the chain was not drafted by the graph drafter"
+    assert target.__dict__["_dynaspec_tree_verifier"].size == TreeConfig.chain(5).verified_tokens == 11
+
+
+@pytest.mark.parametrize("tree", [{"num_nodes": 8, "max_depth": 4, "width": 2}, TreeConfig.chain(4)])
+def test_custom_generate_entry_point(tmp_path, tree):
+    """`target.generate(custom_generate=dynaspec_hf.custom_generate_path())` runs the own loop (tree or chain)."""
     target, drafter = tiny_pair("mistral", seed=8, sliding_window=64)
     make_assistant(drafter, "routed").save_pretrained(tmp_path)
     assistant = AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(4))
-    with count_forward_calls(target) as calls:
-        got = target.generate(ids, assistant_model=assistant, custom_generate=dynaspec_hf.custom_generate_path(),
-                              trust_remote_code=True, max_new_tokens=20, tree={"num_nodes": 8, "max_depth": 4, "width": 2})
+    got = target.generate(ids, assistant_model=assistant, custom_generate=dynaspec_hf.custom_generate_path(),
+                          trust_remote_code=True, max_new_tokens=20, tree=tree)
     assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=20))
-    assert calls[0] < 20  # the tree loop ran (plain decoding takes 20 passes and accepts nothing)
+    assert "_dynaspec_tree_verifier" in target.__dict__, "the own loop did not run"
 
 
 def test_unsupported_options_are_refused():
@@ -149,23 +169,25 @@ def test_recursive_rejection_sampling_is_exact():
 # sampling through the whole loop (slow): first token and second-token marginal against the exact target
 
 
-def draw_tree(target, assistant, draws):
+SAMPLING_SHAPES = {"tree": TreeConfig(num_nodes=6, max_depth=2, width=3), "chain": TreeConfig.chain(2)}
+
+
+def draw_tree(target, assistant, draws, tree=SAMPLING_SHAPES["tree"]):
     torch.manual_seed(4321)
-    tree = TreeConfig(num_nodes=6, max_depth=2, width=3)
     out = [dynaspec_hf.generate(target, assistant, SAMPLE_PROMPT, do_sample=True, max_new_tokens=3, tree=tree)
            for _ in range(draws)]
     return torch.cat(out)[:, SAMPLE_PROMPT.shape[1] : SAMPLE_PROMPT.shape[1] + 2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", ["full", "routed"])
-def test_tree_sampling_keeps_target_distribution(sampling_pair, setting):
+@pytest.mark.parametrize("setting,shape", [("full", "tree"), ("routed", "tree"), ("routed", "chain")])
+def test_tree_sampling_keeps_target_distribution(sampling_pair, setting, shape):
     target, drafter = sampling_pair
     assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
     first, second = exact_distributions(target)
-    tokens = draw_tree(target, assistant, 3000)
+    tokens = draw_tree(target, assistant, 3000, SAMPLING_SHAPES[shape])
     p_first, p_second = chi_square_p_value(tokens[:, 0], first), chi_square_p_value(tokens[:, 1], second)
-    print(f"tree {setting}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
+    print(f"{shape} {setting}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
     assert p_first > 1e-3 and p_second > 1e-3
 
 

@@ -1,0 +1,118 @@
+"""A model on a static KV cache whose forwards replay CUDA graphs: what the fast drafter and the fast verifier share.
+
+The forwards speculative decoding runs (a small drafter over one token, a target over a few) are bound by Python
+and kernel launches, not by the GPU; one graph replay per forward removes both. A graph needs fixed addresses and
+shapes, so the cache is static: rolling back is moving the write position back, and entries beyond it are masked.
+The caller keeps a forward's inputs (tokens, positions, which of them see which) in buffers it fills before a
+replay; the mask over the cache is computed inside the graph from the write position, so it follows rollbacks.
+
+Every layer keeps every position, sliding-window layers too (a ring buffer would overwrite what a rollback needs):
+the window is applied by the mask, one per layer type for models that interleave local and global attention.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from typing import Callable, Hashable
+
+import torch
+from transformers.cache_utils import Cache, StaticLayer
+
+
+class StaticCacheModel:
+    """`model` (a transformers body or causal LM) on a static cache of `max_length` positions, batch 1."""
+
+    def __init__(self, model, max_length: int):
+        config = model.config.get_text_config()
+        self.model, self.max_length = model, max_length
+        self.device, self.dtype = model.device, model.dtype
+        self.cache = Cache(layers=[StaticLayer(max_cache_len=max_length) for _ in range(config.num_hidden_layers)])
+        self.window = getattr(config, "sliding_window", None)
+        self.masks_by_layer_type = getattr(config, "layer_types", None) is not None
+        self.key_slots = torch.arange(max_length, device=self.device)
+        self.graphs: dict[Hashable, torch.cuda.CUDAGraph | None] = {}
+
+    @property
+    def write_position(self) -> torch.Tensor | int:
+        """Where the next forward writes: the length of the cached text (a device tensor once allocated)."""
+        layer = self.cache.layers[0]
+        return layer.cumulative_length if layer.is_initialized else 0
+
+    def set_length(self, length: int | torch.Tensor) -> None:
+        """Keep the first `length` cached positions (what follows is overwritten by the next forward)."""
+        for layer in self.cache.layers:
+            if isinstance(length, torch.Tensor):
+                layer.cumulative_length.copy_(length)
+            elif layer.is_initialized:
+                layer.cumulative_length.fill_(length)
+
+    def attention_mask(self, positions: torch.Tensor, block: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Additive masks for a forward of `len(positions)` tokens written at the write position.
+
+        Cached keys (before the write position) are seen by every token, within the window; the forward's own keys
+        as `block` (`[T, T]` bool, query row sees key column) says: a causal chain, or a token tree. Keys beyond
+        the forward, left by a rollback, are masked. Transformers uses a 4D mask as given.
+        """
+        count = positions.shape[0]
+        relative = self.key_slots - self.write_position
+        own = block[:, relative.clamp(0, count - 1)] & ((relative >= 0) & (relative < count))[None]
+        allowed = (relative < 0)[None] | own
+        if self.window is None:
+            return self._additive(allowed)
+        windowed = self._additive(allowed & (self.key_slots[None] > positions[:, None] - self.window))
+        if self.masks_by_layer_type:  # models with `layer_types` take one mask per type
+            return {"full_attention": self._additive(allowed), "sliding_attention": windowed}
+        return windowed  # every layer slides (Mistral, Phi-3)
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
+        return mask.masked_fill_(~allowed, torch.finfo(mask.dtype).min)[None, None]
+
+    def run(self, key: Hashable | None, step: Callable[[], None], keep: tuple[torch.Tensor, ...] = ()) -> None:
+        """Run `step` (device work only, reading and writing static buffers), replayed from the graph captured for
+        `key` on CUDA. `key=None` (shapes that vary) and the CPU run it eagerly. `keep`: buffers the step writes
+        that must hold their values from before the capture (the warm-up runs the step once for real)."""
+        if key is None or self.device.type != "cuda":
+            step()
+            return
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(key, step, keep)
+        graph = self.graphs[key]
+        if graph is None:
+            step()
+        else:
+            graph.replay()
+
+    def _capture(self, key, step, keep) -> torch.cuda.CUDAGraph | None:
+        """Warm up on a side stream (as CUDA graphs require), then capture; nothing it ran is kept."""
+        start, saved = self.write_position, [tensor.clone() for tensor in keep]
+        start = start.clone() if isinstance(start, torch.Tensor) else start  # an int: the layers allocate now
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        collecting = gc.isenabled()
+        gc.disable()  # a collection during capture could free another graph, which invalidates this capture
+        try:
+            with torch.cuda.graph(graph):
+                step()
+        except RuntimeError as error:  # a shape that cannot be captured still runs, eagerly
+            warnings.warn(f"{type(self.model).__name__} forward {key} runs eagerly: CUDA graph capture failed ({error}).")
+            graph = None
+        finally:
+            if collecting:
+                gc.enable()
+        self.set_length(start)
+        for tensor, value in zip(keep, saved):
+            tensor.copy_(value)
+        return graph
+
+    def release(self) -> None:
+        """Free the captured graphs now, outside any capture."""
+        for graph in self.graphs.values():
+            if graph is not None:
+                graph.reset()
+        self.graphs.clear()

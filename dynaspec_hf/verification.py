@@ -1,0 +1,93 @@
+"""`TreeVerifier`: the target's verification pass of the package's own loop, on a static cache, replayed from a graph.
+
+One pass reads the committed tokens the target has not cached yet (the previous round's accepted tokens and the
+target's own token, as a causal chain) and the draft tree (each node sees the prefix and its ancestors), at
+explicit positions. The pass is padded to a fixed number of tokens, `size`, so every round after the prompt replays
+one CUDA graph: a padding token sees only itself, is written beyond the committed text and is overwritten by the
+next pass. The prompt's pass, longer than `size`, runs eagerly. The cache keeps only committed tokens: the accepted
+ones are fed again in the next pass, which costs a few positions in a pass that reads all the weights anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .static_cache import StaticCacheModel
+from .tree import TokenTree
+
+
+class TreeVerifier:
+    """Verifies token trees of up to `size` tokens (re-fed chain + nodes) for one `target` at batch 1."""
+
+    def __init__(self, target, max_length: int, size: int):
+        self.model = StaticCacheModel(target, max_length)
+        self.size, self.cached = size, 0
+        device = target.device
+        self.ids = torch.zeros(1, size, dtype=torch.long, device=device)
+        self.positions = torch.zeros(1, size, dtype=torch.long, device=device)
+        self.block = torch.zeros(size, size, dtype=torch.bool, device=device)
+        self.logits = torch.zeros(size, target.config.get_text_config().vocab_size, dtype=torch.float32, device=device)
+
+    def start(self) -> None:
+        """Begin a generation: nothing is cached."""
+        self.cached = 0
+
+    @torch.no_grad()
+    def verify(self, committed: torch.Tensor, tree: TokenTree) -> torch.Tensor:
+        """Target logits (float32 `[len(tree), vocab]`) after the root and after every draft node, in one forward.
+
+        `committed` (1-D) extends what the previous call committed; on return the cache holds exactly it.
+        """
+        device = self.ids.device
+        committed = committed.to(device)
+        chain = committed[self.cached :]
+        tokens = torch.cat([chain, torch.tensor(tree.tokens[1:], dtype=chain.dtype, device=device)])
+        n_chain, count = chain.shape[0], tokens.shape[0]
+        block = torch.zeros(count, count, dtype=torch.bool, device=device)
+        block[:, :n_chain] = torch.ones(count, n_chain, dtype=torch.bool, device=device).tril_()
+        block[n_chain:, n_chain:] = tree.ancestor_mask(device)
+        positions = torch.cat([torch.arange(self.cached, self.cached + n_chain, device=device), tree.positions(device)])
+        self.model.set_length(self.cached)
+        if count > self.size:  # the prompt
+            logits = self._forward(tokens[None], positions[None], block, keep=len(tree))
+        else:
+            self.ids.zero_()
+            self.ids[0, :count] = tokens
+            self.positions.zero_()
+            self.positions[0, :count] = positions
+            self.block.copy_(torch.eye(self.size, dtype=torch.bool, device=device))
+            self.block[:count, :count] = block
+            self.model.run(self.size, self._replayed_step)
+            logits = self.logits[n_chain - 1 : count].clone()
+        self.cached = committed.shape[0]
+        self.model.set_length(self.cached)
+        return logits
+
+    def _replayed_step(self) -> None:
+        self.logits.copy_(self._forward(self.ids, self.positions, self.block, keep=0))
+
+    def _forward(self, ids, positions, block, keep: int) -> torch.Tensor:
+        """The target over `ids` written at the cache's write position; float32 logits of the last `keep` (0: all)."""
+        out = self.model.model(
+            input_ids=ids,
+            attention_mask=self.model.attention_mask(positions[0], block),
+            position_ids=positions,
+            past_key_values=self.model.cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        return out.logits[0].float()
+
+
+def tree_verifier(target, length: int, size: int) -> TreeVerifier:
+    """The target's verifier, kept on the target between calls so its graph is captured once; rebuilt when a
+    generation needs a longer cache or another padded size."""
+    verifier = target.__dict__.get("_dynaspec_tree_verifier")
+    if (verifier is None or verifier.model.max_length < length or verifier.size != size
+            or verifier.model.device != target.device or verifier.model.dtype != target.dtype):
+        if verifier is not None:
+            verifier.model.release()
+        verifier = TreeVerifier(target, max(256, 2 * length), size)
+        target.__dict__["_dynaspec_tree_verifier"] = verifier
+    verifier.start()
+    return verifier
