@@ -32,6 +32,8 @@ class StaticCacheModel:
         self.masks_by_layer_type = getattr(config, "layer_types", None) is not None
         self.key_slots = torch.arange(max_length, device=self.device)
         self.graphs: dict[Hashable, torch.cuda.CUDAGraph | None] = {}
+        # one graph captures one device's work: a model spread over GPUs (`device_map`) runs eagerly
+        self.capturable = self.device.type == "cuda" and len(set(getattr(model, "hf_device_map", {}).values())) <= 1
 
     @property
     def write_position(self) -> torch.Tensor | int:
@@ -71,9 +73,9 @@ class StaticCacheModel:
 
     def run(self, key: Hashable | None, step: Callable[[], None], keep: tuple[torch.Tensor, ...] = ()) -> None:
         """Run `step` (device work only, reading and writing static buffers), replayed from the graph captured for
-        `key` on CUDA. `key=None` (shapes that vary) and the CPU run it eagerly. `keep`: buffers the step writes
-        that must hold their values from before the capture (the warm-up runs the step once for real)."""
-        if key is None or self.device.type != "cuda":
+        `key` on one GPU. `key=None` (shapes that vary), the CPU and several GPUs run it eagerly. `keep`: buffers
+        the step writes that must hold their values from before the capture (the warm-up runs it once for real)."""
+        if key is None or not self.capturable:
             step()
             return
         if key not in self.graphs:
