@@ -20,7 +20,7 @@ from transformers import LogitsProcessorList
 from transformers.generation import GenerateDecoderOnlyOutput
 
 from .draft_output import draft_output
-from .static_cache import StaticCacheModel
+from .static_cache import StaticCacheModel, causal
 
 MAX_GRAPH_TOKENS = 16  # body inputs per captured step; longer re-reads (the first prompt) run eagerly
 
@@ -74,10 +74,8 @@ class GraphDrafter:
         """
         assistant, num_tokens = self.assistant, ids.shape[1]
         positions = torch.arange(num_tokens, device=ids.device) + self.body.write_position
-        causal = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=ids.device).tril_()
-        mask = self.body.attention_mask(positions, causal)
 
-        num_core, k, context = shortlist
+        k = shortlist[1]
         routed = 0 < k < assistant.config.num_clusters
         streams = self.router_stream is not None
         if routed and num_tokens == 1:  # inputs ready now: route while the body runs
@@ -85,10 +83,7 @@ class GraphDrafter:
                 self.router_stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.router_stream) if streams else nullcontext():
                 cluster_ids = self._clusters(self.previous, ids[:, -1], k)
-        states = assistant.drafter(
-            input_ids=ids, attention_mask=mask, position_ids=positions[None], past_key_values=self.body.cache,
-            use_cache=True
-        ).last_hidden_state[0]
+        states = self.body.forward(ids, positions, causal(num_tokens, ids.device)).last_hidden_state[0]
         hidden = states[-1:]
         if routed and num_tokens > 1:
             cluster_ids = self._clusters(states[-2:-1], ids[:, -1], k)
@@ -99,9 +94,8 @@ class GraphDrafter:
                 cluster_ids.record_stream(main)
         elif not routed:
             cluster_ids = ids.new_empty(1, 0) if k == 0 else None
-        context_ids = self.context[:, :context] if context else None  # the most recent `context` of the buffer
-        head = assistant.lm_head(hidden, cluster_ids, num_core, self.index, context_ids)
-        self.logits.copy_(assistant._spread(*head))
+        # a step with c context slots reads the first c (most recent) of the buffer
+        self.logits.copy_(assistant.shortlist_logits(hidden, cluster_ids, shortlist, self.index, self.context))
         self.previous.copy_(hidden)
 
     def _clusters(self, previous: torch.Tensor, token_ids: torch.Tensor, k: int) -> torch.Tensor:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from .modeling_dynaspec import drafting_temperature, rollback_cache, sampling_processors
+from .modeling_dynaspec import drafting_temperature, sampling_processors
+from .static_cache import StaticCacheModel
 from .tree import TokenTree, draft_chain, draft_tree
 from .verification import tree_verifier
 
@@ -130,7 +131,8 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     """New tokens for one unpadded prompt; `temperature` picks the assistant's schedule."""
     verifier = tree_verifier(target, prompt.shape[0] + max_new_tokens + tree_config.verified_tokens,
                              tree_config.verified_tokens)
-    drafter_cache = None if tree_config.is_chain else rollback_cache(assistant.config.drafter_config)
+    drafter_cache = None if tree_config.is_chain else StaticCacheModel(
+        assistant.drafter, prompt.shape[0] + max_new_tokens + tree_config.num_nodes + 1)
     committed = prompt.to(target.device)
     produced: list[int] = []
     while len(produced) < max_new_tokens:

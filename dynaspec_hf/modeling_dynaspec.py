@@ -279,7 +279,15 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
                              f"(`context_tokens`).")
         if index is None and (num_core or context):
             index = self.lm_head.index()
-        cluster_ids = self.route(previous_hidden, token_ids, k)
+        return self.shortlist_logits(hidden, self.route(previous_hidden, token_ids, k), (num_core, k, context), index,
+                                     context_ids)
+
+    def shortlist_logits(self, hidden: torch.Tensor, cluster_ids: torch.Tensor | None, shortlist: tuple[int, int, int],
+                         index: ShortlistIndex | None, context_ids: torch.Tensor | None) -> torch.Tensor:
+        """The head half of every draft step (eager or graph-replayed, chain or tree): float32 `[B, vocab]` logits,
+        `-inf` outside `shortlist` (core tokens, routed clusters `cluster_ids`, the first context slots of
+        `context_ids`: `config.shortlist_at`)."""
+        num_core, _, context = shortlist
         context_ids = context_ids[:, :context] if context else None
         return self._spread(*self.lm_head(hidden, cluster_ids, num_core, index, context_ids))
 

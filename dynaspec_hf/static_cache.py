@@ -49,16 +49,18 @@ class StaticCacheModel:
             elif layer.is_initialized:
                 layer.cumulative_length.fill_(length)
 
-    def attention_mask(self, positions: torch.Tensor, block: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def attention_mask(self, positions: torch.Tensor, block: torch.Tensor,
+                       base: int | torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """Additive masks for a forward of `len(positions)` tokens written at the write position.
 
-        Cached keys (before the write position) are seen by every token, within the window; the forward's own keys
-        as `block` (`[T, T]` bool, query row sees key column) says: a causal chain, or a token tree. Keys beyond
-        the forward, left by a rollback, are masked. Transformers uses a 4D mask as given.
+        Keys before `base` (default: the write position), the committed text, are seen by every token, within the
+        window. The `S` keys from `base` on (`S - T` written by earlier forwards of a token tree, then the forward's
+        own `T`) are seen as `block` (`[T, S]` bool, query row sees key column) says: a causal chain, or a token
+        tree. Keys beyond, left by a rollback, are masked. Transformers uses a 4D mask as given.
         """
-        count = positions.shape[0]
-        relative = self.key_slots - self.write_position
-        own = block[:, relative.clamp(0, count - 1)] & ((relative >= 0) & (relative < count))[None]
+        span = block.shape[1]
+        relative = self.key_slots - (self.write_position if base is None else base)
+        own = block[:, relative.clamp(0, span - 1)] & ((relative >= 0) & (relative < span))[None]
         allowed = (relative < 0)[None] | own
         if self.window is None:
             return self._additive(allowed)
@@ -66,6 +68,13 @@ class StaticCacheModel:
         if self.masks_by_layer_type:  # models with `layer_types` take one mask per type
             return {"full_attention": self._additive(allowed), "sliding_attention": windowed}
         return windowed  # every layer slides (Mistral, Phi-3)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, block: torch.Tensor,
+                base: int | torch.Tensor | None = None, **kwargs):
+        """The model over `ids` `[1, T]` at `positions` `[T]`, written at the write position (masks as
+        `attention_mask` says)."""
+        return self.model(input_ids=ids, attention_mask=self.attention_mask(positions, block, base),
+                          position_ids=positions[None], past_key_values=self.cache, use_cache=True, **kwargs)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
@@ -118,3 +127,8 @@ class StaticCacheModel:
             if graph is not None:
                 graph.reset()
         self.graphs.clear()
+
+
+def causal(count: int, device=None) -> torch.Tensor:
+    """`[count, count]` bool block of a chain: each token sees itself and the tokens before it."""
+    return torch.ones(count, count, dtype=torch.bool, device=device).tril_()

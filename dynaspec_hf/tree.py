@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .draft_output import output_cache
-from .modeling_dynaspec import crop_cache
+from .static_cache import StaticCacheModel, causal
 
 
 @dataclass
@@ -66,15 +66,6 @@ class TokenTree:
         return torch.tensor(self.depths[1:], dtype=torch.long, device=device) + self.root_position
 
 
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`[Q, K]` bool (query may attend to key) -> `[1, 1, Q, K]` additive mask, as transformers takes custom masks.
-
-    Float rather than bool because eager attention adds the mask to its scores.
-    """
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
-
-
 @torch.no_grad()
 def draft_chain(assistant, committed: torch.Tensor, cache, *, num_nodes: int, do_sample: bool, processors=None,
                 temperature: float = 0.0) -> tuple[TokenTree, object]:
@@ -98,7 +89,7 @@ def draft_chain(assistant, committed: torch.Tensor, cache, *, num_nodes: int, do
 def draft_tree(
     assistant,
     committed: torch.Tensor,
-    cache,
+    cache: StaticCacheModel,
     *,
     num_nodes: int,
     max_depth: int,
@@ -110,15 +101,17 @@ def draft_tree(
 ) -> TokenTree:
     """Grow a tree of at most `num_nodes` draft tokens after `committed` (1-D ids on the assistant's device).
 
-    `cache` is the assistant's cache for a prefix of `committed`; on return it holds exactly `committed`.
+    `cache` is a `StaticCacheModel` of `assistant.drafter` holding a prefix of `committed` (the static cache and
+    masks the chain drafter and the verifier use); on return it holds exactly `committed`.
     Under sampling, q is the processed (temperature / top-k / top-p) shortlist distribution the children were
     drawn from; greedy trees take each node's most probable tokens first. `temperature` (0: greedy) picks the
     shortlist schedule.
     """
     device, length = committed.device, committed.shape[0]
-    start = max(min(cache.get_seq_length(), length - 2), 0)
-    crop_cache(cache, start)
-    states = assistant.drafter(input_ids=committed[None, start:], past_key_values=cache, use_cache=True).last_hidden_state[0]
+    start = max(min(int(cache.write_position), length - 2), 0)  # re-read two tokens: the router's input
+    cache.set_length(start)
+    positions = torch.arange(start, length, device=device)
+    states = cache.forward(committed[None, start:], positions, causal(length - start, device)).last_hidden_state[0]
     root_previous = states[-2] if states.shape[0] > 1 else torch.zeros_like(states[-1])
 
     index = assistant.lm_head.index()
@@ -170,17 +163,12 @@ def draft_tree(
             values.append(values[parent] * float(tree.probs[parent][token]))
             opened.append(tree.add(token, parent))
             offer(parent)
-        # One drafter forward for the opened nodes: each sees the committed prefix, its ancestors and itself.
-        ancestors = tree.ancestor_mask(device)[opened[0] - 1 :]
-        allowed = torch.cat([ancestors.new_ones(len(opened), length), ancestors], dim=1)
-        out = assistant.drafter(
-            input_ids=torch.tensor([[tree.tokens[n] for n in opened]], device=device),
-            attention_mask=additive_mask(allowed, states.dtype),
-            position_ids=tree.positions(device)[None, opened[0] - 1 :],
-            past_key_values=cache,
-            use_cache=True,
-        )
+        # One drafter forward for the opened nodes: each sees the committed prefix, its ancestors and itself (the
+        # nodes so far sit after the committed text, in creation order).
+        out = cache.forward(torch.tensor([[tree.tokens[n] for n in opened]], device=device),
+                            tree.positions(device)[opened[0] - 1 :], tree.ancestor_mask(device)[opened[0] - 1 :],
+                            base=length)
         hidden.extend(out.last_hidden_state[0])
         fill_distributions(opened, [hidden[tree.parents[n]] for n in opened])
-    crop_cache(cache, length)
+    cache.set_length(length)
     return tree

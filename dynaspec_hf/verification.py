@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .static_cache import StaticCacheModel
+from .static_cache import StaticCacheModel, causal
 from .tree import TokenTree
 
 
@@ -44,7 +44,7 @@ class TreeVerifier:
         tokens = torch.cat([chain, torch.tensor(tree.tokens[1:], dtype=chain.dtype, device=device)])
         n_chain, count = chain.shape[0], tokens.shape[0]
         block = torch.zeros(count, count, dtype=torch.bool, device=device)
-        block[:, :n_chain] = torch.ones(count, n_chain, dtype=torch.bool, device=device).tril_()
+        block[:, :n_chain] = causal(count, device)[:, :n_chain]  # drafts see the whole chain
         block[n_chain:, n_chain:] = tree.ancestor_mask(device)
         positions = torch.cat([torch.arange(self.cached, self.cached + n_chain, device=device), tree.positions(device)])
         self.model.set_length(self.cached)
@@ -68,15 +68,7 @@ class TreeVerifier:
 
     def _forward(self, ids, positions, block, keep: int) -> torch.Tensor:
         """The target over `ids` written at the cache's write position; float32 logits of the last `keep` (0: all)."""
-        out = self.model.model(
-            input_ids=ids,
-            attention_mask=self.model.attention_mask(positions[0], block),
-            position_ids=positions,
-            past_key_values=self.model.cache,
-            use_cache=True,
-            logits_to_keep=keep,
-        )
-        return out.logits[0].float()
+        return self.model.forward(ids, positions[0], block, logits_to_keep=keep).logits[0].float()
 
 
 def tree_verifier(target, length: int, size: int) -> TreeVerifier:

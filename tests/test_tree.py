@@ -10,7 +10,7 @@ from dynaspec_hf.generation import recursive_rejection_sample
 from dynaspec_hf.verification import TreeVerifier
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import draft_tree
-from transformers import DynamicCache
+from dynaspec_hf.static_cache import StaticCacheModel
 from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
 from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_distributions
 
@@ -46,9 +46,9 @@ def test_tree_verification_logits_equal_plain_forward(size):
     assistant = make_assistant(drafter, "routed")
     committed = torch.randint(0, VOCAB, (11,), generator=torch.Generator().manual_seed(3))
     verifier = TreeVerifier(target, max_length=64, size=size)
-    verifier.verify(committed[:7], draft_tree(assistant, committed[:7], DynamicCache(config=drafter.config),
+    verifier.verify(committed[:7], draft_tree(assistant, committed[:7], StaticCacheModel(assistant.drafter, 64),
                                               num_nodes=5, max_depth=3, width=2, do_sample=False))
-    tree = draft_tree(assistant, committed, DynamicCache(config=drafter.config), num_nodes=14, max_depth=4, width=3,
+    tree = draft_tree(assistant, committed, StaticCacheModel(assistant.drafter, 64), num_nodes=14, max_depth=4, width=3,
                       max_children=3, do_sample=False)
     assert len(tree) == 15 and max(tree.depths) <= 4 and max(tree.depths) >= 2 and max(map(len, tree.children)) >= 2
     logits = verifier.verify(committed, tree)
@@ -66,7 +66,7 @@ def test_tree_shape_limits():
     _, drafter = tiny_pair("qwen2", seed=1)
     assistant = make_assistant(drafter, "routed")
     committed = torch.arange(5)
-    tree = draft_tree(assistant, committed, DynamicCache(config=drafter.config), num_nodes=9, max_depth=3, width=2,
+    tree = draft_tree(assistant, committed, StaticCacheModel(assistant.drafter, 64), num_nodes=9, max_depth=3, width=2,
                       max_children=2, do_sample=True)
     assert len(tree) == 10 and max(tree.depths) <= 3 and max(map(len, tree.children)) <= 2
     for node, children in enumerate(tree.children):
