@@ -80,7 +80,8 @@ def draft_chain(assistant, committed: torch.Tensor, cache, *, num_nodes: int, do
     tree = TokenTree(root_position=length - 1)
     node = tree.add(int(committed[-1]), -1)
     for token, logits in zip(out.sequences[0, length:].tolist(), out.scores):
-        tree.probs[node] = logits[0].softmax(-1)
+        if do_sample:  # q for rejection sampling; greedy acceptance reads only the tokens
+            tree.probs[node] = logits[0].softmax(-1)
         node = tree.add(token, node)
     return tree, output_cache(out)
 

@@ -23,8 +23,8 @@ class TreeVerifier:
         self.model = StaticCacheModel(target, max_length)
         self.size, self.cached = size, 0
         device = target.device
-        self.ids = torch.zeros(1, size, dtype=torch.long, device=device)
-        self.positions = torch.zeros(1, size, dtype=torch.long, device=device)
+        self.ids = torch.zeros(size, dtype=torch.long, device=device)
+        self.positions = torch.zeros(size, dtype=torch.long, device=device)
         self.block = torch.zeros(size, size, dtype=torch.bool, device=device)
         self.logits = torch.zeros(size, target.config.get_text_config().vocab_size, dtype=torch.float32, device=device)
 
@@ -41,22 +41,23 @@ class TreeVerifier:
         device = self.ids.device
         committed = committed.to(device)
         chain = committed[self.cached :]
-        tokens = torch.cat([chain, torch.tensor(tree.tokens[1:], dtype=chain.dtype, device=device)])
-        n_chain, count = chain.shape[0], tokens.shape[0]
-        block = torch.zeros(count, count, dtype=torch.bool, device=device)
-        block[:, :n_chain] = causal(count, device)[:, :n_chain]  # drafts see the whole chain
-        block[n_chain:, n_chain:] = tree.ancestor_mask(device)
-        positions = torch.cat([torch.arange(self.cached, self.cached + n_chain, device=device), tree.positions(device)])
+        n_chain, count = chain.shape[0], chain.shape[0] + len(tree) - 1
+        padded = max(count, self.size)  # the prompt's pass is longer than `size`: it runs unpadded, eagerly
+        ids = torch.zeros(padded, dtype=torch.long, device=device)
+        ids[:count] = torch.cat([chain, torch.tensor(tree.tokens[1:], dtype=chain.dtype, device=device)])
+        positions = torch.zeros(padded, dtype=torch.long, device=device)
+        positions[:count] = torch.cat([torch.arange(self.cached, self.cached + n_chain, device=device),
+                                       tree.positions(device)])
+        block = torch.eye(padded, dtype=torch.bool, device=device)  # a padding token sees only itself
+        block[:count, :n_chain] = causal(count, device)[:, :n_chain]  # drafts see the whole chain
+        block[n_chain:count, n_chain:count] = tree.ancestor_mask(device)
         self.model.set_length(self.cached)
-        if count > self.size:  # the prompt
-            logits = self._forward(tokens[None], positions[None], block, keep=len(tree))
+        if padded > self.size:
+            logits = self._forward(ids, positions, block, keep=len(tree))
         else:
-            self.ids.zero_()
-            self.ids[0, :count] = tokens
-            self.positions.zero_()
-            self.positions[0, :count] = positions
-            self.block.copy_(torch.eye(self.size, dtype=torch.bool, device=device))
-            self.block[:count, :count] = block
+            self.ids.copy_(ids)
+            self.positions.copy_(positions)
+            self.block.copy_(block)
             self.model.run(self.size, self._replayed_step)
             logits = self.logits[n_chain - 1 : count].clone()
         self.cached = committed.shape[0]
@@ -67,8 +68,9 @@ class TreeVerifier:
         self.logits.copy_(self._forward(self.ids, self.positions, self.block, keep=0))
 
     def _forward(self, ids, positions, block, keep: int) -> torch.Tensor:
-        """The target over `ids` written at the cache's write position; float32 logits of the last `keep` (0: all)."""
-        return self.model.forward(ids, positions[0], block, logits_to_keep=keep).logits[0].float()
+        """The target over `ids` `[T]` written at the cache's write position; float32 logits of the last `keep`
+        (0: all)."""
+        return self.model.forward(ids[None], positions, block, logits_to_keep=keep).logits[0].float()
 
 
 def tree_verifier(target, length: int, size: int) -> TreeVerifier:
