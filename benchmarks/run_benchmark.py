@@ -54,7 +54,6 @@ from summarize import summary  # noqa: E402
 DRAFT_TOKENS = 6
 LAUNCHER_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                       "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU"}
-TREE = TreeConfig(num_nodes=16, max_depth=8, width=4)
 FRACTIONS = {"1/64": 64, "1/32": 32, "1/16": 16}  # shortlist sizes compared, as fractions of the vocabulary
 
 
@@ -78,10 +77,10 @@ def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str
 # ------------------------------------------------------------------------------------------------ methods
 
 
-def methods(calibration: dict, trees: bool = True) -> list[dict]:
+def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = None) -> list[dict]:
     """Every compared method: its engine, shortlist schedule, which assistant drafts, and the temperatures at which
     τ is measured (`temperatures`) and tokens/s are timed (`timed_temperatures`). `trees=False` leaves out the
-    tree rows (the slowest to measure)."""
+    tree rows (the slowest to measure); `tree`: their shape (default: `TreeConfig()`, the package's)."""
     num_clusters, cluster_size, vocab = (calibration[k] for k in ("num_clusters", "cluster_size", "vocab_size"))
     ks = calibration["ks"]
 
@@ -126,7 +125,9 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
     dynaspec_16 = next(m for m in out if m["method"] == "DynaSpec 1/16")
     out.append(dict(dynaspec_16, method="DynaSpec 1/16, eager drafting", engine="dynaspec-eager"))
     for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")] if trees else []:
-        out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=TREE))
+        out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=tree or TreeConfig()))
+    out.append(dict(dynaspec_16, method="chain (own loop): DynaSpec 1/16", engine="dynaspec-tree",
+                    tree=TreeConfig.chain(DRAFT_TOKENS)))
     # τ at T = 1 for the chain methods that shortlists change; the one-machine time budget leaves trees at T = 0
     sampled_only = {f"DynaSpec {name}, {label} split when sampling" for name in ("1/16", "1/64")
                     for label in ("greedy", "sampled")}  # τ at T = 0 is DynaSpec's by construction
@@ -134,12 +135,14 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
         "full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
         "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "DynaSpec 1/16, no context tokens",
         "static frequency 1/64", "VocabTrim 1/64", "DynaSpec 1/64", "DynaSpec 1/64, no context tokens",
-        "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32"}
+        "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32", "tree: DynaSpec 1/16",
+        "chain (own loop): DynaSpec 1/16"}
     timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
              "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec 1/16, no context tokens", "DynaSpec position-aware",
-             "DynaSpec 1/16, eager drafting", "tree: DynaSpec 1/16"}
+             "DynaSpec 1/16, eager drafting", "tree: DynaSpec 1/16", "chain (own loop): DynaSpec 1/16"}
     timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "static frequency 1/16",
-                     "DynaSpec 1/16", "DynaSpec 1/16, greedy split when sampling"}
+                     "DynaSpec 1/16", "DynaSpec 1/16, greedy split when sampling", "tree: DynaSpec 1/16",
+                     "chain (own loop): DynaSpec 1/16"}
     for method in out:
         name = method["method"]
         measured = name not in ("autoregressive", "DynaSpec 1/16, eager drafting")  # τ 1 by definition / = graph's
@@ -149,9 +152,10 @@ def methods(calibration: dict, trees: bool = True) -> list[dict]:
     return out
 
 
-def chosen_methods(calibration: dict, names: list[str] | None, trees: bool = True) -> list[dict]:
+def chosen_methods(calibration: dict, names: list[str] | None, trees: bool = True,
+                   tree: TreeConfig | None = None) -> list[dict]:
     """`methods`, or only those named (`--methods`: a run of a few rows, e.g. an ablation on a retrained pair)."""
-    every = methods(calibration, trees)
+    every = methods(calibration, trees, tree)
     if not names:
         return every
     unknown = set(names) - {m["method"] for m in every}
@@ -169,7 +173,8 @@ def generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor,
     if method["engine"] != "transformers":
         assistant = assistants[method.get("assistant", "dynaspec")]
         assistant.set_schedule(**method["schedule"])
-        assistant.use_cuda_graphs = method["engine"] == "dynaspec-graph"
+        assistant.use_cuda_graphs = method["engine"] in ("dynaspec-graph", "dynaspec-tree")  # the own loop's
+        # chains draft with the graph drafter; its trees replay graphs of their own wherever they can
     elif method["method"] != "autoregressive":
         assistant = drafter
     with count_forward_calls(target) as calls:
@@ -178,6 +183,10 @@ def generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor,
         else:
             out = target.generate(ids, assistant_model=assistant, **options)
     return out[0, ids.shape[1] :].cpu(), calls[0]
+
+
+def tree_config(args) -> TreeConfig | None:
+    return TreeConfig(*args.tree) if args.tree else None
 
 
 def load_models(args, device: str, with_assistants: bool = True):
@@ -189,6 +198,8 @@ def load_models(args, device: str, with_assistants: bool = True):
     drafter.generation_config.assistant_confidence_threshold = 0.0
     assistants = {}
     for name in ("dynaspec", "vocabtrim", "argmax") if with_assistants else ():
+        if not (args.pair / f"assistant-{name}").exists():  # calibrated for named rows that do not use it
+            continue
         assistant = DynaSpecAssistant.from_pretrained(args.pair / f"assistant-{name}", dtype=dtype).to(device)
         assistant.generation_config.num_assistant_tokens = DRAFT_TOKENS
         assistant.generation_config.assistant_confidence_threshold = 0.0
@@ -229,27 +240,39 @@ def run_calibration(args) -> None:
     options = dict(domains=domains, num_clusters=args.num_clusters, frequency_counts=counts, core_size=core_size,
                    router_hidden_size=512, continuation_tokens=0, epochs=6, seed=args.seed, progress=False,
                    cache_dir=args.pair / "features")
+    # a run of named rows (`--methods`) builds only what they use: the argmax router, VocabTrim and the sampling
+    # band checks at the other sizes each cost minutes
+    named = " ".join(args.methods) if args.methods else None
     assistant, report = calibrate(target, drafter, sequences, **options)  # the mass objective, the default
-    argmax_assistant, argmax_report = calibrate(target, drafter, sequences, objective="argmax", check_prompts=0,
-                                                **options)
+    argmax_report = {}
+    if named is None or "argmax router" in named:
+        argmax_assistant, argmax_report = calibrate(target, drafter, sequences, objective="argmax", check_prompts=0,
+                                                    **options)
+        argmax_assistant.save_pretrained(args.pair / "assistant-argmax")
     calibrated = time.time() - started
     # the sampling band's end-to-end check at every compared size (calibrate ran it at 1/16, what it saves)
     default = dict(assistant.config.schedule(), temperature_bands=assistant.config.temperature_bands)
     checks = {str(ks["1/16"]): report["sampling_check"]}
-    for k in ks.values():
-        if str(k) not in checks:
-            checks[str(k)] = check_sampling_band(target, assistant, report["splits"][str(k)],
-                                                 report["sampled_splits"][str(k)],
-                                                 [sequences[i] for i in report["heldout"][:32]], 128)
+    for name, k in ks.items():
+        if str(k) in checks:
+            continue
+        if named is not None and name not in named:
+            checks[str(k)] = dict(kept=False, reason="not checked: no named row drafts at this size")
+            continue
+        checks[str(k)] = check_sampling_band(target, assistant, report["splits"][str(k)],
+                                             report["sampled_splits"][str(k)],
+                                             [sequences[i] for i in report["heldout"][:32]], 128)
     assistant.set_schedule(**default)
     checked = time.time() - started - calibrated
     assistant.save_pretrained(args.pair / "assistant-dynaspec")
-    argmax_assistant.save_pretrained(args.pair / "assistant-argmax")
-    trim_counts = drafter_output_counts(drafter, sequences[::4])
-    clusters = dynaspec_hf.TokenClusters(assistant.lm_head.cluster_token_ids.cpu(), torch.zeros(0, dtype=torch.long), vocab)
-    vocabtrim = DynaSpecAssistant.from_drafter(drafter, clusters.with_core(trim_counts, core_size),
-                                               k_by_position=[0], core_by_position=[core_size])
-    vocabtrim.save_pretrained(args.pair / "assistant-vocabtrim")
+    trim_counts = torch.zeros(vocab)
+    if named is None or "VocabTrim" in named:
+        trim_counts = drafter_output_counts(drafter, sequences[::4])
+        clusters = dynaspec_hf.TokenClusters(assistant.lm_head.cluster_token_ids.cpu(), torch.zeros(0, dtype=torch.long),
+                                             vocab)
+        vocabtrim = DynaSpecAssistant.from_drafter(drafter, clusters.with_core(trim_counts, core_size),
+                                                   k_by_position=[0], core_by_position=[core_size])
+        vocabtrim.save_pretrained(args.pair / "assistant-vocabtrim")
     calibration = dict(num_clusters=args.num_clusters, cluster_size=cluster_size, vocab_size=vocab, ks=ks,
                        k_by_position=report["k_by_position"], splits=report["splits"],
                        sampled_splits=report["sampled_splits"], sampling_checks=checks, check_seconds=checked,
@@ -285,6 +308,7 @@ def run_tau(args, state) -> None:
                    "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures), "--dtype", args.dtype,
                    *(["--tau-per-category", str(args.tau_per_category)] if args.tau_per_category else []),
                    *(["--methods", *args.methods] if args.methods else []), *(["--no-trees"] if args.no_trees else []),
+                   *(["--tree", *map(str, args.tree)] if args.tree else []),
                    "--device", args.device, "--worker", f"{index}/{total}"]
         env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}  # a worker is a process of its own
         env["OMP_NUM_THREADS"] = "1"
@@ -325,7 +349,7 @@ def run_worker(args) -> None:
     done = {(r["method"], r["category"], r["prompt"], r["temperature"]) for r in records}
     shortlist_ranks = frequency_ranks(assistants["dynaspec"], calibration)
     for temperature in args.temperatures:
-        for method in chosen_methods(calibration, args.methods, not args.no_trees):
+        for method in chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args)):
             if temperature not in method["temperatures"]:
                 continue
             for category, number, prompt in prompts:
@@ -386,7 +410,7 @@ def run_timing(args) -> None:
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods, not args.no_trees)
+    timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args))
              if t in m["timed_temperatures"]]
     temperatures = ",".join(str(t) for t in args.temperatures)
     progress_file = args.pair / f"timing-progress-T{temperatures}.json"
@@ -437,7 +461,7 @@ def merge(args) -> dict:
         timing += json.loads(path.read_text())
     speed = {(r["method"], r["category"], r["temperature"]): r for r in timing}
     rows = []
-    for method in chosen_methods(calibration, args.methods, not args.no_trees):
+    for method in chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args)):
         for temperature in sorted(set(method["temperatures"] + method["timed_temperatures"])):
             for category in sorted({r["category"] for r in records}):
                 mine = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
@@ -574,6 +598,8 @@ def main(argv=None):
                         help="float32 keeps greedy verification exact (bf16 numerics differ between pass shapes)")
     parser.add_argument("--methods", nargs="+", help="run only these methods (names as in the results' rows)")
     parser.add_argument("--no-trees", action="store_true", help="leave out the tree rows")
+    parser.add_argument("--tree", type=int, nargs=3, metavar=("NODES", "DEPTH", "WIDTH"),
+                        help="the tree rows' shape (default: TreeConfig(), the package's default)")
     parser.add_argument("--tau-per-category", type=int, default=None,
                         help="measure τ on the first N prompts of each category's sample (default: all)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """`dynaspec_hf.generate`: speculative decoding with DySpec token trees, one target pass per tree.
 
 transformers' assisted loop verifies one chain of drafts on the target's dynamic cache; this loop drafts a token
-tree (`tree.draft_tree`; a chain is drafted by the assistant's own, CUDA-graph, chain drafter) and verifies all of
+tree (`tree.TreeDrafter`; a chain is drafted by the assistant's own, CUDA-graph, chain drafter) and verifies all of
 it in a single target pass on a static cache, replayed from a CUDA graph (`verification.py`).
 
 Acceptance walks down the tree. Greedy: follow the child equal to the target's argmax, so the output is the
@@ -17,8 +17,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
 from .modeling_dynaspec import drafting_temperature, sampling_processors
-from .static_cache import StaticCacheModel
-from .tree import TokenTree, draft_chain, draft_tree
+from .tree import SiblingAcceptance, TokenTree, draft_chain, tree_drafter
 from .verification import tree_verifier
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
@@ -55,9 +54,9 @@ class TreeConfig:
     """Shape of the draft tree. `max_children=1` with `num_nodes == max_depth` drafts a plain chain."""
 
     num_nodes: int = 16  # draft tokens per tree (the target verifies them with up to max_depth + 1 re-fed ones)
-    max_depth: int = 8  # longest draft path
-    width: int = 4  # nodes drafted per drafter forward
-    max_children: int | None = None  # per node; None: as many as the budget and their probability earn
+    max_depth: int = 8  # longest draft path: the drafter forwards this many times per tree
+    width: int = 4  # nodes each drafter forward takes, and candidate children per node
+    max_children: int | None = None  # per node, when fewer than `width`
 
     @classmethod
     def chain(cls, length: int) -> "TreeConfig":
@@ -131,21 +130,22 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     """New tokens for one unpadded prompt; `temperature` picks the assistant's schedule."""
     verifier = tree_verifier(target, prompt.shape[0] + max_new_tokens + tree_config.verified_tokens,
                              tree_config.verified_tokens)
-    drafter_cache = None if tree_config.is_chain else StaticCacheModel(
-        assistant.drafter, prompt.shape[0] + max_new_tokens + tree_config.num_nodes + 1)
+    drafter = None if tree_config.is_chain else tree_drafter(
+        assistant, prompt.shape[0] + max_new_tokens, tree_config.max_depth, tree_config.width)
+    chain_cache = None
     committed = prompt.to(target.device)
     produced: list[int] = []
+    rates = SiblingAcceptance()  # sampled trees take their shape from this generation's verified outcomes
     while len(produced) < max_new_tokens:
         budget = min(tree_config.num_nodes, max(max_new_tokens - len(produced) - 1, 1))
         options = dict(do_sample=do_sample, processors=processors, temperature=temperature)
         if tree_config.is_chain:
-            tree, drafter_cache = draft_chain(assistant, committed.to(assistant.device), drafter_cache,
-                                              num_nodes=min(budget, tree_config.max_depth), **options)
+            tree, chain_cache = draft_chain(assistant, committed.to(assistant.device), chain_cache,
+                                            num_nodes=min(budget, tree_config.max_depth), **options)
         else:
-            tree = draft_tree(assistant, committed.to(assistant.device), drafter_cache, num_nodes=budget,
-                              max_depth=tree_config.max_depth, width=tree_config.width,
-                              max_children=tree_config.max_children, **options)
-        new = accept(tree, verifier.verify(committed, tree), do_sample, processors)
+            tree = drafter.draft(committed.to(assistant.device), num_nodes=budget,
+                                 max_children=tree_config.max_children, sibling_acceptance=rates, **options)
+        new = accept(tree, verifier.verify(committed, tree), do_sample, processors, rates)
         new = new[: max_new_tokens - len(produced)]
         stop = next((i for i, token in enumerate(new) if token in eos), None)
         if stop is not None:
@@ -157,8 +157,10 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     return produced
 
 
-def accept(tree: TokenTree, logits: torch.Tensor, do_sample: bool, processors) -> list[int]:
-    """Walk the tree with the target's `logits`: the accepted draft tokens, then one token from the target."""
+def accept(tree: TokenTree, logits: torch.Tensor, do_sample: bool, processors,
+           rates: SiblingAcceptance | None = None) -> list[int]:
+    """Walk the tree with the target's `logits`: the accepted draft tokens, then one token from the target.
+    Under sampling, each node's outcome is counted in `rates`."""
     best = None if do_sample else logits.argmax(-1).tolist()  # greedy: one device sync for the whole tree
     node, tokens = 0, []
     while True:
@@ -166,6 +168,8 @@ def accept(tree: TokenTree, logits: torch.Tensor, do_sample: bool, processors) -
         if do_sample:
             p = processors(None, logits[node : node + 1])[0].softmax(-1)
             token, index = recursive_rejection_sample(p, tree.probs[node], [tree.tokens[c] for c in children])
+            if rates is not None and children:
+                rates.record(len(children), index)
             child = None if index is None else children[index]
         else:
             token = best[node]

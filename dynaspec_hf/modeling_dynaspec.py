@@ -135,9 +135,10 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         self.config = config
         if unchanged:
             return self
-        stale = self.__dict__.pop("_graph_drafter", None)
-        if stale is not None:
-            stale.release()  # its graphs were captured for the old schedule
+        for name in ("_graph_drafter", "_dynaspec_tree_drafter"):
+            stale = self.__dict__.pop(name, None)
+            if stale is not None:
+                stale.release()  # its graphs were captured for the old schedule
         return self
 
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import dynaspec_hf
 from dynaspec_hf.demo import llama_pair, stdlib_texts, train_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmark.py"
@@ -75,7 +76,7 @@ def test_tau_phase_two_processes_equal_one(tmp_path):
         runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
     # every greedy τ method (autoregressive and eager drafting need none), one prompt per category: Spec-Bench's
     # six, HumanEval and the out-of-domain headers
-    assert len(runs[1]) == 19 * 8
+    assert len(runs[1]) == 20 * 8
     assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers"}
     assert runs[1] == runs[2]
     assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
@@ -92,7 +93,7 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
     assert "(round 2/2)" in printed
     rows = json.loads((pair / "timing-T0.0.json").read_text())
     assert len({r["category"] for r in rows}) == 8  # Spec-Bench's six, HumanEval, the out-of-domain headers
-    assert len({r["method"] for r in rows}) == 10
+    assert len({r["method"] for r in rows}) == 11
     assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
     assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding
     (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
@@ -134,7 +135,11 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
     assert chosen[5]["schedule"] == dict(k_by_position=[16], core_by_position=[0], num_context_tokens=0,
                                          temperature_bands=[])
     assert chosen[6]["schedule"] == calibrated and chosen[6]["assistant"] == "argmax"
+    tree, own_chain = chosen_methods(calibration, ["chain (own loop): DynaSpec 1/16", "tree: DynaSpec 1/16"],
+                                     tree=dynaspec_hf.TreeConfig(24, 9, 3))
+    assert own_chain["schedule"] == tree["schedule"] == calibrated and own_chain["engine"] == tree["engine"] == "dynaspec-tree"
+    assert own_chain["tree"] == dynaspec_hf.TreeConfig.chain(6) and tree["tree"] == dynaspec_hf.TreeConfig(24, 9, 3)
     assert len(chosen_methods(calibration, None)) == len(chosen_methods(calibration, []))
-    assert not any(m["engine"] == "dynaspec-tree" for m in chosen_methods(calibration, None, trees=False))
+    assert not any(m["method"].startswith("tree") for m in chosen_methods(calibration, None, trees=False))
     with pytest.raises(SystemExit, match="Unknown method"):
         chosen_methods(calibration, ["DynaSpec 1/7"])

@@ -9,8 +9,7 @@ from dynaspec_hf import TreeConfig
 from dynaspec_hf.generation import recursive_rejection_sample
 from dynaspec_hf.verification import TreeVerifier
 from dynaspec_hf.measure import count_forward_calls
-from dynaspec_hf.tree import draft_tree
-from dynaspec_hf.static_cache import StaticCacheModel
+from dynaspec_hf.tree import SiblingAcceptance, TreeDrafter
 from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
 from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_distributions
 
@@ -46,10 +45,9 @@ def test_tree_verification_logits_equal_plain_forward(size):
     assistant = make_assistant(drafter, "routed")
     committed = torch.randint(0, VOCAB, (11,), generator=torch.Generator().manual_seed(3))
     verifier = TreeVerifier(target, max_length=64, size=size)
-    verifier.verify(committed[:7], draft_tree(assistant, committed[:7], StaticCacheModel(assistant.drafter, 64),
-                                              num_nodes=5, max_depth=3, width=2, do_sample=False))
-    tree = draft_tree(assistant, committed, StaticCacheModel(assistant.drafter, 64), num_nodes=14, max_depth=4, width=3,
-                      max_children=3, do_sample=False)
+    drafter = TreeDrafter(assistant, 64, max_depth=4, width=3)
+    verifier.verify(committed[:7], drafter.draft(committed[:7], num_nodes=5, do_sample=False))
+    tree = drafter.draft(committed, num_nodes=14, max_children=3, do_sample=False)
     assert len(tree) == 15 and max(tree.depths) <= 4 and max(tree.depths) >= 2 and max(map(len, tree.children)) >= 2
     logits = verifier.verify(committed, tree)
     assert verifier.model.write_position == committed.shape[0]
@@ -66,13 +64,73 @@ def test_tree_shape_limits():
     _, drafter = tiny_pair("qwen2", seed=1)
     assistant = make_assistant(drafter, "routed")
     committed = torch.arange(5)
-    tree = draft_tree(assistant, committed, StaticCacheModel(assistant.drafter, 64), num_nodes=9, max_depth=3, width=2,
-                      max_children=2, do_sample=True)
+    tree = TreeDrafter(assistant, 64, max_depth=3, width=2).draft(committed, num_nodes=9, max_children=2,
+                                                                  do_sample=True)
     assert len(tree) == 10 and max(tree.depths) <= 3 and max(map(len, tree.children)) <= 2
     for node, children in enumerate(tree.children):
         tokens = [tree.tokens[c] for c in children]
         assert len(set(tokens)) == len(tokens), "siblings must be drawn without replacement"
         assert all(float(tree.probs[node][t]) > 0 for t in tokens), "children must come from the node's shortlist"
+
+
+@pytest.mark.parametrize("setting", ["routed", "context"])
+def test_tree_drafter_q_equals_plain_drafting(setting):
+    """Every forwarded node's q (cache, mask, positions, the router's previous state) must be what the assistant
+    computes from a plain forward of the drafter over the committed text and the node's path."""
+    _, drafter = tiny_pair("llama", seed=4)
+    assistant = make_assistant(drafter, setting)
+    committed = torch.randint(0, VOCAB, (12,), generator=torch.Generator().manual_seed(5))
+    tree_drafter = TreeDrafter(assistant, 64, max_depth=4, width=3)
+    tree_drafter.draft(committed[:8], num_nodes=6, do_sample=False)  # mid-generation: a cached prefix
+    tree = tree_drafter.draft(committed, num_nodes=12, do_sample=False)
+    forwarded = [node for node in range(len(tree)) if tree.probs[node] is not None]
+    assert len(forwarded) >= 4 and max(tree.depths[n] for n in forwarded) >= 2
+    for node in forwarded:
+        path = torch.tensor([tree.tokens[n] for n in tree.paths[node]], dtype=torch.long)
+        ids = torch.cat([committed, path])[None]
+        states = assistant.drafter(input_ids=ids).last_hidden_state[0]
+        logits = assistant.next_token_logits(states[-1:], states[-2:-1], ids[:, -1], tree.depths[node],
+                                             context_ids=assistant.context_tokens(committed[None]))
+        torch.testing.assert_close(tree.probs[node], logits[0].softmax(-1), atol=1e-5, rtol=1e-4)
+
+
+def test_tree_depth_costs_one_drafter_forward_per_level():
+    """Leaves take no forward: a tree of depth d costs d drafter forwards however many nodes it has."""
+    _, drafter = tiny_pair("llama", seed=4)
+    assistant = make_assistant(drafter, "routed")
+    tree_drafter = TreeDrafter(assistant, 64, max_depth=5, width=4)
+    with count_forward_calls(assistant.drafter) as calls:
+        chain = tree_drafter.draft(torch.arange(6), num_nodes=20, max_children=1, do_sample=False)
+    assert len(chain) == 6 and max(chain.depths) == 5 and calls[0] == 5
+    with count_forward_calls(assistant.drafter) as calls:
+        tree = tree_drafter.draft(torch.arange(7), num_nodes=20, do_sample=False)
+    assert len(tree) == 21 and calls[0] <= 5
+
+
+def test_sampled_tree_shape_does_not_depend_on_drafted_tokens():
+    """Under sampling the shape comes from sibling acceptance rates, never from q of the drawn tokens (which would
+    bias rejection sampling): trees drawn with different seeds differ in tokens, not in shape."""
+    _, drafter = tiny_pair("qwen2", seed=1)
+    assistant = make_assistant(drafter, "routed")
+    rates = SiblingAcceptance(accepted=[60, 10, 3], reached=[100, 40, 30])
+    shapes, token_sets = set(), set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        tree = TreeDrafter(assistant, 64, max_depth=4, width=3).draft(torch.arange(5), num_nodes=10, do_sample=True,
+                                                                      sibling_acceptance=rates)
+        shapes.add(tuple(tree.parents))
+        token_sets.add(tuple(tree.tokens))
+    assert len(shapes) == 1 and len(token_sets) > 1
+
+
+def test_sibling_acceptance_counts_tried_children():
+    rates = SiblingAcceptance()
+    assert rates.rate(0) == rates.rate(3) == 0.5  # no evidence yet
+    rates.record(3, 1)  # child 0 rejected, child 1 accepted, child 2 never tried
+    rates.record(2, None)  # both rejected
+    assert (rates.reached, rates.accepted) == ([2, 2], [0, 1])
+    assert rates.rate(0) == 1 / 4 and rates.rate(1) == 2 / 4 and rates.rate(2) == 0.5
+    assert rates.scores(3) == [1 / 4, 1 / 4, 1 / 4], "a later child is never valued above an earlier one"
 
 
 def test_batch_rows_equal_their_own_generation():
