@@ -180,6 +180,7 @@ def generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor,
     with count_forward_calls(target) as calls:
         if method["engine"] == "dynaspec-tree":
             out = dynaspec_hf.generate(target, assistant, ids, tree=method["tree"], **options)
+            calls[0] = target.__dict__["_dynaspec_tree_verifier"].passes  # replayed passes call no forward
         else:
             out = target.generate(ids, assistant_model=assistant, **options)
     return out[0, ids.shape[1] :].cpu(), calls[0]

@@ -28,7 +28,7 @@ from dynaspec_hf import TreeConfig  # noqa: E402
 SHAPES = ["16,8,4", "24,8,4", "32,8,4", "32,10,4", "48,10,6", "64,12,8"]
 
 
-def measure(args) -> list[dict]:
+def measure(args, saved) -> list[dict]:
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafter, assistants = load_models(args, args.device)
     base = chosen_methods(calibration, ["DynaSpec 1/16"])[0]
@@ -55,8 +55,16 @@ def measure(args) -> list[dict]:
             rows.append(dict(shape=name, num_nodes=tree.num_nodes, max_depth=tree.max_depth, width=tree.width,
                              temperature=temperature, tau=tokens / calls, tokens_per_s=tokens / seconds,
                              prompts=len(prompts), tokens=tokens))
+            saved(rows)
             print(f"T={temperature:g} {name}: τ {tokens / calls:.2f}, {tokens / seconds:.1f} tokens/s", flush=True)
     return rows
+
+
+def save(rows: list[dict], args) -> None:
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    (args.out / "tree_budgets.json").write_text(json.dumps(dict(hardware=hardware_block(), settings=settings,
+                                                                rows=rows), indent=2))
+    (args.out / "tree_budgets.md").write_text(table(rows))
 
 
 def best_shape(rows: list[dict]) -> dict:
@@ -111,13 +119,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
-    rows = measure(args)
-    best = best_shape(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.out / "tree_budgets.json").write_text(json.dumps(dict(hardware=hardware_block(), settings=settings, rows=rows,
-                                                                best=best), indent=2))
-    (args.out / "tree_budgets.md").write_text(table(rows))
+    rows = measure(args, lambda rows: save(rows, args))  # saved after every shape: a time limit keeps what ran
+    best = best_shape(rows)
     (args.out / "best.txt").write_text(f"{best['num_nodes']} {best['max_depth']} {best['width']}\n")
     print(table(rows))
     print(f"best: {best['num_nodes']} {best['max_depth']} {best['width']}")

@@ -21,7 +21,7 @@ class TreeVerifier:
 
     def __init__(self, target, max_length: int, size: int):
         self.model = StaticCacheModel(target, max_length)
-        self.size, self.cached = size, 0
+        self.size, self.cached, self.passes = size, 0, 0  # passes: this generation's, replays included
         device = target.device
         self.ids = torch.zeros(size, dtype=torch.long, device=device)
         self.positions = torch.zeros(size, dtype=torch.long, device=device)
@@ -30,7 +30,7 @@ class TreeVerifier:
 
     def start(self) -> None:
         """Begin a generation: nothing is cached."""
-        self.cached = 0
+        self.cached = self.passes = 0
 
     @torch.no_grad()
     def verify(self, committed: torch.Tensor, tree: TokenTree) -> torch.Tensor:
@@ -62,6 +62,7 @@ class TreeVerifier:
             logits = self.logits[n_chain - 1 : count].clone()
         self.cached = committed.shape[0]
         self.model.set_length(self.cached)
+        self.passes += 1
         return logits
 
     def _replayed_step(self) -> None:

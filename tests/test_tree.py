@@ -32,6 +32,7 @@ def test_tree_greedy_equals_target(family, setting, shape):
             got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TREES[shape])
         if not torch.equal(expected, got):
             mismatches.append((i, ids.shape[1], new_tokens))
+        assert target.__dict__["_dynaspec_tree_verifier"].passes == calls[0]  # how the benchmark counts τ
         passes, produced = passes + calls[0], produced + new_tokens
     assert not mismatches, f"{len(mismatches)}/{PROMPTS} prompts differ: {mismatches[:5]}"
     assert passes < produced, "no draft token was ever accepted: the test would not exercise the accept path"
