@@ -34,7 +34,7 @@ class TokenTree:
     parents: list[int] = field(default_factory=list)
     depths: list[int] = field(default_factory=list)
     children: list[list[int]] = field(default_factory=list)
-    probs: list[torch.Tensor | None] = field(default_factory=list)  # q at each node (None until drafted)
+    probs: list[torch.Tensor | None] = field(default_factory=list)  # q at each node (None: took no forward)
     paths: list[list[int]] = field(default_factory=list)  # draft nodes from the root's child down to the node
 
     def add(self, token: int, parent: int) -> int:
@@ -221,16 +221,16 @@ class TreeDrafter:
             if do_sample and processors:
                 logits = processors(None, logits)
             q = logits.softmax(-1)
-            children = min(per_node, int((q > 0).sum(-1).min()))
-            if do_sample:
-                drawn = torch.multinomial(q, children).tolist()  # without replacement, in order
-                scores = [rates.scores(children)] * len(nodes)
+            counts = (q > 0).sum(-1).clamp(max=per_node).tolist()  # per node: a top-k / top-p q has few tokens
+            if do_sample:  # Gumbel-top-k: the order of draws from q without replacement, every row at once
+                drawn = (q.log() - torch.empty_like(q).exponential_().log()).topk(per_node).indices.tolist()
+                scores = [rates.scores(per_node)] * len(nodes)
             else:
-                top = q.topk(children)
+                top = q.topk(per_node)
                 drawn, scores = top.indices.tolist(), top.values.tolist()
-            for node, row, row_tokens, row_scores in zip(nodes, q, drawn, scores):
+            for node, row, count, row_tokens, row_scores in zip(nodes, q, counts, drawn, scores):
                 probs[node] = row
-                for token, score in zip(row_tokens, row_scores):
+                for token, score in zip(row_tokens[:count], row_scores[:count]):
                     tokens.append(token)
                     parents.append(node)
                     depths.append(depths[node] + 1)

@@ -74,6 +74,18 @@ def test_tree_shape_limits():
         assert all(float(tree.probs[node][t]) > 0 for t in tokens), "children must come from the node's shortlist"
 
 
+def test_sampled_children_stay_inside_a_truncated_q():
+    """With top-k sampling a node has at most k children, each with q > 0, however wide the tree."""
+    from transformers import LogitsProcessorList, TopKLogitsWarper
+
+    _, drafter = tiny_pair("qwen2", seed=1)
+    assistant = make_assistant(drafter, "routed")
+    tree = TreeDrafter(assistant, 64, max_depth=3, width=4).draft(
+        torch.arange(5), num_nodes=12, do_sample=True, processors=LogitsProcessorList([TopKLogitsWarper(2)]))
+    assert max(map(len, tree.children)) == 2
+    assert all(float(tree.probs[n][tree.tokens[c]]) > 0 for n, cs in enumerate(tree.children) for c in cs)
+
+
 @pytest.mark.parametrize("setting", ["routed", "context"])
 def test_tree_drafter_q_equals_plain_drafting(setting):
     """Every forwarded node's q (cache, mask, positions, the router's previous state) must be what the assistant
