@@ -14,7 +14,7 @@ which keeps PAIR_DIR.) Prompts: Spec-Bench's six categories + HumanEval, a fixed
 visible GPUs: drafting is bound by Python and kernel launches, so several processes share a GPU, and τ does not
 depend on timing. Tokens/s are measured afterwards by one process alone on the first `--timing-per-category`
 prompts of each category. Every method goes through the unchanged `target.generate(assistant_model=...)`, except
-the tree rows, which use the package's own loop (`dynaspec_hf.generate`).
+the tree rows and "chain (own loop)", which use the package's own loop (`dynaspec_hf.generate`).
 
 Beside τ, every prompt yields the realism statistics of the pair (`corpora.py` and BENCHMARKS.md say why they
 matter): on the target's greedy continuation, the fraction of its tokens inside the static frequency shortlists;
@@ -128,7 +128,7 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
         out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=tree or TreeConfig()))
     out.append(dict(dynaspec_16, method="chain (own loop): DynaSpec 1/16", engine="dynaspec-tree",
                     tree=TreeConfig.chain(DRAFT_TOKENS)))
-    # τ at T = 1 for the chain methods that shortlists change; the one-machine time budget leaves trees at T = 0
+    # τ at T = 1 for the methods that shortlists or the own loop change
     sampled_only = {f"DynaSpec {name}, {label} split when sampling" for name in ("1/16", "1/64")
                     for label in ("greedy", "sampled")}  # τ at T = 0 is DynaSpec's by construction
     sampled = sampled_only | {
