@@ -186,6 +186,17 @@ def generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor,
     return out[0, ids.shape[1] :].cpu(), calls[0]
 
 
+def timed_generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor, temperature: float,
+                   new_tokens: int):
+    """`generate`, timed from an idle device to its last kernel: (new tokens, target passes, seconds)."""
+    synchronize = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    out, calls = generate(method, target, drafter, assistants, ids, temperature, new_tokens)
+    synchronize()
+    return out, calls, time.perf_counter() - start
+
+
 def tree_config(args) -> TreeConfig | None:
     return TreeConfig(*args.tree) if args.tree else None
 
@@ -410,7 +421,6 @@ def run_timing(args) -> None:
     target, drafter, assistants = load_models(args, args.device)
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
-    synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args))
              if t in m["timed_temperatures"]]
     temperatures = ",".join(str(t) for t in args.temperatures)
@@ -427,12 +437,9 @@ def run_timing(args) -> None:
                                           dict(tokens=0, seconds=0.0, exact=0, runs=0))
                 for number, prompt in enumerate(prompts):
                     torch.manual_seed(args.seed + number)
-                    synchronize()
-                    start = time.perf_counter()
-                    out, _ = generate(method, target, drafter, assistants, prompt[None].to(args.device), temperature,
-                                      args.max_new_tokens)
-                    synchronize()
-                    total["seconds"] += time.perf_counter() - start
+                    out, _, seconds = timed_generate(method, target, drafter, assistants, prompt[None].to(args.device),
+                                                     temperature, args.max_new_tokens)
+                    total["seconds"] += seconds
                     total["tokens"] += out.numel()
                     total["runs"] += 1
                     if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
@@ -562,16 +569,21 @@ def plot(rows: list[dict], path: Path) -> None:
         chosen = [r for r in rows if r["temperature"] == temperature and r.get(key) is not None]
         categories = sorted({r["category"] for r in chosen})
         names = list(dict.fromkeys(r["method"] for r in chosen))
-        width = 0.8 / len(names)
-        for i, name in enumerate(names):
-            values = [next((r[key] for r in chosen if r["method"] == name and r["category"] == c), 0) for c in categories]
-            ax.bar([x + i * width for x in range(len(categories))], values, width, label=name)
-        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=20)
+        grouped_bars(ax, categories, {name: [next((r[key] for r in chosen if r["method"] == name and r["category"] == c),
+                                                  0) for c in categories] for name in names})
         ax.set_ylabel(label)
         ax.set_ylim(0.5 if key == "recovery" else 0, None)
         ax.legend(fontsize=6, ncol=2, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def grouped_bars(ax, groups: list[str], series: dict[str, list[float]]) -> None:
+    """One bar per series in each group, side by side, groups labelled on the x axis."""
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(groups))], values, width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], groups, rotation=20, fontsize=8)
 
 
 def main(argv=None):

@@ -14,14 +14,14 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmark import DRAFT_TOKENS, chosen_methods, encoded_prompts, generate, hardware_block, load_models  # noqa: E402
+from run_benchmark import (DRAFT_TOKENS, chosen_methods, encoded_prompts, generate, grouped_bars,  # noqa: E402
+                           hardware_block, load_models, timed_generate)
 
 from dynaspec_hf import TreeConfig  # noqa: E402
 
@@ -35,7 +35,6 @@ def measure(args, saved) -> list[dict]:
     shapes = {"chain (own loop)": TreeConfig.chain(DRAFT_TOKENS)}
     shapes.update({f"tree {shape}": TreeConfig(*map(int, shape.split(","))) for shape in args.shapes})
     prompts = [p for ps in encoded_prompts(args).values() for p in ps]
-    synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     rows = []
     for temperature in args.temperatures:
         for name, tree in tqdm(shapes.items(), desc=f"T={temperature:g}"):
@@ -45,13 +44,9 @@ def measure(args, saved) -> list[dict]:
             seconds = 0.0
             for number, prompt in enumerate(prompts):
                 torch.manual_seed(args.seed + number)
-                synchronize()
-                start = time.perf_counter()
-                out, passes = generate(method, target, drafter, assistants, prompt[None].to(args.device), temperature,
-                                       args.max_new_tokens)
-                synchronize()
-                seconds += time.perf_counter() - start
-                tokens, calls = tokens + out.numel(), calls + passes
+                out, passes, spent = timed_generate(method, target, drafter, assistants, prompt[None].to(args.device),
+                                                    temperature, args.max_new_tokens)
+                tokens, calls, seconds = tokens + out.numel(), calls + passes, seconds + spent
             rows.append(dict(shape=name, num_nodes=tree.num_nodes, max_depth=tree.max_depth, width=tree.width,
                              temperature=temperature, tau=tokens / calls, tokens_per_s=tokens / seconds,
                              prompts=len(prompts), tokens=tokens))
@@ -95,11 +90,8 @@ def plot(rows: list[dict], path: Path) -> None:
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     temperatures = sorted({r["temperature"] for r in rows})
     for ax, key, label in ((axes[0], "tau", "τ (tokens per target pass)"), (axes[1], "tokens_per_s", "tokens/s")):
-        width = 0.8 / len(temperatures)
-        for i, t in enumerate(temperatures):
-            values = [next(r[key] for r in rows if r["shape"] == s and r["temperature"] == t) for s in shapes]
-            ax.bar([x + i * width for x in range(len(shapes))], values, width, label=f"T = {t:g}")
-        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))], shapes, rotation=25, fontsize=8)
+        grouped_bars(ax, shapes, {f"T = {t:g}": [next((r[key] for r in rows if r["shape"] == s and r["temperature"] == t),
+                                                      0) for s in shapes] for t in temperatures})
         ax.set_ylabel(label)
         ax.legend()
     fig.tight_layout()

@@ -241,8 +241,8 @@ class TreeDrafter:
 
         expand([0], self.logits[:1].clone())
         for forward in range(self.max_depth - 1):
-            kept = set(ranked(range(1, len(tokens)))[:num_nodes])  # a node outside them has no child inside them
-            batch = [n for n in ranked(kept) if n not in slot and depths[n] < self.max_depth][:width]
+            kept = ranked(range(1, len(tokens)))[:num_nodes]  # a node outside them has no child inside them
+            batch = [n for n in kept if n not in slot and depths[n] < self.max_depth][:width]
             if not batch:
                 break
             # each node sees the committed prefix, its forwarded ancestors and itself; padding sees only itself
