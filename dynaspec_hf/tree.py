@@ -125,36 +125,59 @@ class SiblingAcceptance:
 
 
 class TreeDrafter:
-    """Drafts token trees for one `DynaSpecAssistant` at batch 1, on a static cache of its drafter.
+    """Drafts token trees for one `DynaSpecAssistant` at batch 1, on a static cache of its drafter, on the device.
 
-    Two phases per tree. Expansion: up to `max_depth` drafter forwards, the first over the committed tokens not
-    cached yet, then each over the `width` most valuable nodes not forwarded yet (any depth), which gives each of
-    them `min(width, max_children)` candidate children. Selection: the most valuable candidates form the tree. A
-    node's value estimates the probability that its path is accepted: greedy, the product of q along it (DySpec);
-    sampling, the product of `SiblingAcceptance` rates of the child indices along it. Leaves need no forward, so a
-    tree of depth d costs d drafter forwards, like a chain of d.
+    Two graph replays per tree. The prefix: one forward over the committed tokens not cached yet, which gives the
+    root's q. The expansion: `max_depth - 1` drafter forwards, each over the `width` most valuable
+    candidates not forwarded yet (any depth), which gives each of them `min(width, max_children)` candidate
+    children; then the most valuable candidates form the tree. A candidate's value estimates the probability that
+    its path is accepted: greedy, the product of q along it (DySpec); sampling, the product of `SiblingAcceptance`
+    rates of the child indices along it. Leaves need no forward, so a tree of depth d costs d drafter forwards,
+    like a chain of d.
 
-    Every forward reads and writes static buffers (a node forward is padded to `width` nodes, and all its nodes
-    share the shortlist of its shallowest node's draft position), so on one GPU each replays a CUDA graph; the
-    host only chooses the next nodes.
+    The candidates live in fixed device buffers (a pool: the root, its children, then `width` children per node of
+    each node forward), and the choice of the next nodes (a sort by value) runs on the device too, so the whole
+    expansion is one CUDA-graph replay and the host reads the tree once, at the end. A node forward whose nodes
+    are all padding (every chosen candidate already forwarded) still runs: static shapes cost one spare forward.
+    Each node gets the shortlist of its own draft position: a forward computes the head once per distinct
+    shortlist its nodes' positions use (once, for a schedule that does not change with the position).
     """
 
     def __init__(self, assistant, max_length: int, max_depth: int, width: int):
         self.assistant, self.max_depth, self.width = assistant, max_depth, width
-        self.capacity = width * max(max_depth - 1, 1)  # cache positions the node forwards of one tree take
+        self.forwards = max(max_depth - 1, 1)  # node forwards per tree
+        self.capacity = width * self.forwards  # cache positions the node forwards of one tree take
         self.max_length = max_length
         self.cache = StaticCacheModel(assistant.drafter, max_length + self.capacity)
         self.device, self.dtype = device, dtype = assistant.device, assistant.dtype
         hidden_size, vocab = assistant.config.drafter_config.hidden_size, assistant.config.vocab_size
-        self.prefix = torch.zeros(1, max_depth + 2, dtype=torch.long, device=device)  # re-read + accepted + bonus
-        self.ids = torch.zeros(1, width, dtype=torch.long, device=device)
-        self.positions = torch.zeros(width, dtype=torch.long, device=device)
+        long = dict(dtype=torch.long, device=device)
+        self.prefix = torch.zeros(1, max_depth + 2, **long)  # re-read + accepted + bonus
+        self.base = torch.zeros((), **long)  # the committed length: where the nodes start in the cache
+        self.budget = torch.zeros((), **long)  # draft nodes wanted
+        self.child_scores = torch.ones(width, dtype=torch.float32, device=device)  # sampling: SiblingAcceptance
+        # one node forward's inputs
+        self.ids = torch.zeros(1, width, **long)
+        self.positions = torch.zeros(width, **long)
         self.block = torch.zeros(width, self.capacity, dtype=torch.bool, device=device)
-        self.parent_rows = torch.zeros(width, dtype=torch.long, device=device)
-        self.rows = torch.zeros(width, dtype=torch.long, device=device)
-        self.base = torch.zeros((), dtype=torch.long, device=device)  # where the nodes start in the cache
-        self.states = torch.zeros(2 + self.capacity, hidden_size, dtype=dtype, device=device)  # before root, root, nodes
-        self.logits = torch.zeros(width, vocab, dtype=torch.float32, device=device)
+        self.parent_rows = torch.zeros(width, **long)
+        # body outputs and q by row: 0 unused (padding writes there), 1 the root, 2 + slot a forwarded node; the
+        # body output before the root is row 0 of `states`
+        self.states = torch.zeros(2 + self.capacity, hidden_size, dtype=dtype, device=device)
+        self.q = torch.zeros(2 + self.capacity, vocab, dtype=torch.float32, device=device)
+        self.root_logits = torch.zeros(1, vocab, dtype=torch.float32, device=device)
+        # the candidate pool: the root, its children, then each node forward's (`width` per forwarded node)
+        size = 1 + width + self.forwards * width * width
+        self.token, self.parent, self.depth = (torch.zeros(size, **long) for _ in range(3))
+        self.row = torch.zeros(size, **long)  # the node's row once forwarded
+        self.value = torch.zeros(size, dtype=torch.float32, device=device)
+        self.forwarded = torch.zeros(size, dtype=torch.bool, device=device)
+        self.ancestors = torch.zeros(size, self.capacity, dtype=torch.bool, device=device)  # forwarded ancestors' slots
+        self.result = torch.zeros(4, size, **long)  # what the host reads: chosen, token, parent, row
+        self.pool_index = torch.arange(size, device=device)
+        self.child_index = torch.arange(width, device=device)
+        self.slots = torch.arange(self.capacity, device=device).view(self.forwards, width)
+        self.own_slots = torch.eye(self.capacity, dtype=torch.bool, device=device).view(self.forwards, width, -1)
         self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
         self.index = assistant.lm_head.index()
         self.cached = 0
@@ -163,25 +186,109 @@ class TreeDrafter:
         """Begin a generation: nothing is cached."""
         self.cached = 0
 
-    def _prefix_step(self, ids: torch.Tensor, temperature: float) -> None:
-        """Body over `ids` `[1, count]`; the root's body output and its logits (into row 0)."""
+    def _prefix_step(self, ids: torch.Tensor, shortlist: tuple[int, int, int]) -> None:
+        """Body over `ids` `[1, count]`; the root's body output, token and logits."""
         count = ids.shape[1]
         positions = torch.arange(count, device=self.device) + self.cache.write_position
         states = self.cache.forward(ids, positions, causal(count, self.device)).last_hidden_state[0]
         self.states[1].copy_(states[-1])
         if count > 1:
             self.states[0].copy_(states[-2])
-        self.logits[:1].copy_(self._head(self.states[1:2], self.states[0:1], ids[:, -1], 0, temperature))
+        self.token[:1].copy_(ids[0, -1:])
+        self.root_logits.copy_(self._head(self.states[1:2], self.states[0:1], ids[:, -1], shortlist))
 
-    def _node_step(self, depth: int, temperature: float) -> None:
-        """Body over the padded node batch; every node's body output and logits."""
-        states = self.cache.forward(self.ids, self.positions, self.block, base=self.base).last_hidden_state[0]
-        self.states.index_copy_(0, self.rows, states)
-        self.logits.copy_(self._head(states, self.states[self.parent_rows], self.ids[0], depth, temperature))
+    def _head(self, hidden, previous, token_ids, shortlist: tuple[int, int, int]) -> torch.Tensor:
+        context = self.context.expand(hidden.shape[0], -1) if shortlist[2] else None
+        clusters = self.assistant.route(previous, token_ids, shortlist[1])
+        return self.assistant.shortlist_logits(hidden, clusters, shortlist, self.index, context)
 
-    def _head(self, hidden, previous, token_ids, depth: int, temperature: float) -> torch.Tensor:
-        context = self.context.expand(hidden.shape[0], -1) if self.context.shape[1] else None
-        return self.assistant.next_token_logits(hidden, previous, token_ids, depth, self.index, context, temperature)
+    def _expansion(self, plan: list[list[tuple[tuple[int, int, int], list[int]]]], do_sample: bool, per_node: int,
+                   processors) -> None:
+        """The whole expansion and the final choice, device work only (what the graph captures). `plan[f]` lists
+        node forward f's shortlists with the draft positions that use them."""
+        self.value.fill_(float("-inf"))
+        self.value[:1].fill_(1.0)  # the root: always ranked first, and already forwarded (the prefix)
+        self.forwarded.zero_()
+        self.forwarded[:1].fill_(True)
+        self.depth[:1].zero_()
+        self.row[:1].fill_(1)
+        self._grow(1, self.root_logits, self.pool_index[:1], self.forwarded[:1], self.ancestors[:1].zero_(),
+                   self.row[:1], do_sample, per_node, processors)
+        for forward, shortlists in enumerate(plan):
+            batch, valid = self._choose()
+            rows = torch.where(valid, 2 + self.slots[forward], 0)
+            self.forwarded[batch] = self.forwarded[batch] | valid
+            self.row[batch] = torch.where(valid, rows, self.row[batch])
+            # each node sees the committed text, its forwarded ancestors and itself; padding sees only itself
+            self.ids[0] = torch.where(valid, self.token[batch], 0)
+            self.positions.copy_(torch.where(valid, self.base - 1 + self.depth[batch], self.base))
+            self.block.copy_((self.ancestors[batch] & valid[:, None]) | self.own_slots[forward])
+            self.parent_rows.copy_(torch.where(valid, self.row[self.parent[batch]], 1))
+            states = self.cache.forward(self.ids, self.positions, self.block, base=self.base).last_hidden_state[0]
+            first = 2 + forward * self.width
+            self.states[first : first + self.width].copy_(states)
+            previous, depths = self.states[self.parent_rows], self.depth[batch]
+            logits = None
+            for shortlist, positions in shortlists:
+                part = self._head(states, previous, self.ids[0], shortlist)
+                if logits is None:
+                    logits = part
+                else:
+                    uses = torch.zeros_like(valid)
+                    for position in positions:
+                        uses = uses | (depths == position)
+                    logits = torch.where(uses[:, None], part, logits)
+            self._grow(1 + self.width + forward * self.width * self.width, logits, batch, valid, self.block, rows,
+                       do_sample, per_node, processors)
+        chosen = (self._rank() <= self.budget) & (self.value > float("-inf"))
+        self.result.copy_(torch.stack([chosen.long(), self.token, self.parent, self.row]))
+
+    def _rank(self) -> torch.Tensor:
+        """Every candidate's rank by value (ties: earlier first, so a parent ranks before its children)."""
+        order = torch.sort(self.value, descending=True, stable=True).indices
+        return torch.empty_like(order).scatter_(0, order, self.pool_index)
+
+    def _choose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next forward's nodes: the `width` best candidates among the `budget` best that are not forwarded
+        (a candidate outside those has no descendant inside them), padded; and which of them are real."""
+        rank = self._rank()
+        eligible = ((rank <= self.budget) & (self.value > float("-inf")) & ~self.forwarded
+                    & (self.depth < self.max_depth))
+        batch = torch.where(eligible, rank, rank + rank.shape[0]).topk(self.width, largest=False).indices
+        return batch, eligible[batch]
+
+    def _grow(self, start: int, logits: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor,
+              ancestors: torch.Tensor, rows: torch.Tensor, do_sample: bool, per_node: int, processors) -> None:
+        """q of the forwarded `parents` (real where `valid`) into their `rows`, and their candidate children into
+        the pool from `start` (`width` each; `ancestors`: the slots each child sees)."""
+        if do_sample and processors:
+            logits = processors(None, logits)
+        q = (logits - logits.logsumexp(-1, keepdim=True)).exp()  # softmax; its CUDA kernel runs one block per row
+        self.q.index_copy_(0, rows, q)
+        if do_sample:  # Gumbel-top-k: the order of draws from q without replacement, every row at once
+            tokens = (q.log() - torch.empty_like(q).exponential_().log()).topk(self.width).indices
+            scores = self.child_scores.expand(q.shape[0], -1)
+        else:
+            scores, tokens = q.topk(self.width)
+        count = (q > 0).sum(-1, keepdim=True).clamp(max=per_node)  # a top-k / top-p q has few tokens
+        exists = valid[:, None] & (self.child_index < count)
+        span = slice(start, start + q.shape[0] * self.width)
+        self.token[span] = tokens.flatten()
+        self.parent[span] = parents.repeat_interleave(self.width)
+        self.depth[span] = (self.depth[parents] + 1).repeat_interleave(self.width)
+        self.value[span] = torch.where(exists, self.value[parents][:, None] * scores, float("-inf")).flatten()
+        self.ancestors[span] = ancestors.repeat_interleave(self.width, dim=0)
+
+    def _plan(self, temperature: float) -> list[list[tuple[tuple[int, int, int], list[int]]]]:
+        """Per node forward, the distinct shortlists of the draft positions its nodes can have (forward f takes
+        nodes of depth 1..f+1, and a node of depth d drafts position d)."""
+        plan = []
+        for forward in range(self.max_depth - 1):
+            shortlists: dict[tuple[int, int, int], list[int]] = {}
+            for position in range(1, forward + 2):
+                shortlists.setdefault(self.assistant.config.shortlist_at(position, temperature), []).append(position)
+            plan.append(list(shortlists.items()))
+        return plan
 
     @torch.no_grad()
     def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, max_children: int | None = None,
@@ -191,7 +298,7 @@ class TreeDrafter:
         extend those of the previous call since `start`). Under sampling, children are drawn without replacement
         from q, the processed (temperature / top-k / top-p) shortlist distribution; greedy trees take each node's
         most probable tokens. `temperature` (0: greedy) picks the shortlist schedule."""
-        device, length, width = self.device, committed.shape[0], self.width
+        length = committed.shape[0]
         start = max(min(self.cached, length - 2), 0)  # re-read two tokens: the router's input
         count = length - start
         self.cache.set_length(start)
@@ -199,87 +306,47 @@ class TreeDrafter:
             self.states[0].zero_()
         if self.context.shape[1]:
             self.context.copy_(self.assistant.context_tokens(committed[None], size=self.context.shape[1]))
+        root_shortlist = self.assistant.config.shortlist_at(0, temperature)
         if start > 0 and count <= self.prefix.shape[1]:
             ids = self.prefix[:, :count]
             ids.copy_(committed[None, start:])
-            shortlist = self.assistant.config.shortlist_at(0, temperature)
-            self.cache.run(("prefix", count, *shortlist), lambda: self._prefix_step(ids, temperature))
+            self.cache.run(("prefix", count, *root_shortlist), lambda: self._prefix_step(ids, root_shortlist))
         else:  # the prompt, eagerly (its first forward also allocates the static cache)
-            self._prefix_step(committed[None, start:], temperature)
+            self._prefix_step(committed[None, start:], root_shortlist)
         self.cached = length
         self.base.fill_(length)
-
-        rates = sibling_acceptance or SiblingAcceptance()
-        per_node = min(width, max_children or width)
-        # every candidate node: token, parent, depth, value; q once the node is forwarded
-        tokens, parents, depths, values = [int(committed[-1])], [-1], [0], [1.0]
-        probs: dict[int, torch.Tensor] = {}
-        slot: dict[int, int] = {}  # forwarded node -> its cache position after `length`
-
-        def expand(nodes: list[int], logits: torch.Tensor) -> None:
-            """q for the forwarded `nodes` from their logits, then their candidate children."""
-            if do_sample and processors:
-                logits = processors(None, logits)
-            q = logits.softmax(-1)
-            counts = (q > 0).sum(-1).clamp(max=per_node).tolist()  # per node: a top-k / top-p q has few tokens
-            if do_sample:  # Gumbel-top-k: the order of draws from q without replacement, every row at once
-                drawn = (q.log() - torch.empty_like(q).exponential_().log()).topk(per_node).indices.tolist()
-                scores = [rates.scores(per_node)] * len(nodes)
-            else:
-                top = q.topk(per_node)
-                drawn, scores = top.indices.tolist(), top.values.tolist()
-            for node, row, count, row_tokens, row_scores in zip(nodes, q, counts, drawn, scores):
-                probs[node] = row
-                for token, score in zip(row_tokens[:count], row_scores[:count]):
-                    tokens.append(token)
-                    parents.append(node)
-                    depths.append(depths[node] + 1)
-                    values.append(values[node] * score)
-
-        def ranked(nodes) -> list[int]:
-            return sorted(nodes, key=lambda n: (-values[n], n))  # ties: earlier first, so parents precede children
-
-        expand([0], self.logits[:1].clone())
-        for forward in range(self.max_depth - 1):
-            kept = ranked(range(1, len(tokens)))[:num_nodes]  # a node outside them has no child inside them
-            batch = [n for n in kept if n not in slot and depths[n] < self.max_depth][:width]
-            if not batch:
-                break
-            # each node sees the committed prefix, its forwarded ancestors and itself; padding sees only itself
-            before = forward * width
-            ids, positions = [0] * width, [length] * width
-            parent_rows, block = [1] * width, torch.zeros(width, self.capacity, dtype=torch.bool)
-            block[torch.arange(width), torch.arange(before, before + width)] = True
-            for i, node in enumerate(batch):
-                slot[node] = before + i
-                ids[i], positions[i] = tokens[node], length - 1 + depths[node]
-                parent = parents[node]
-                parent_rows[i] = 1 if parent == 0 else 2 + slot[parent]
-                while parent > 0:
-                    block[i, slot[parent]] = True
-                    parent = parents[parent]
-            self.ids.copy_(torch.tensor([ids]))
-            self.positions.copy_(torch.tensor(positions))
-            self.parent_rows.copy_(torch.tensor(parent_rows))
-            self.rows.copy_(torch.arange(2 + before, 2 + before + width))
-            self.block.copy_(block)
-            depth = min(depths[n] for n in batch)
-            shortlist = self.assistant.config.shortlist_at(depth, temperature)
-            self.cache.run(("nodes", *shortlist), lambda: self._node_step(depth, temperature))
-            expand(batch, self.logits[: len(batch)].clone())
+        self.budget.fill_(num_nodes)
+        if do_sample:
+            scores = (sibling_acceptance or SiblingAcceptance()).scores(self.width)
+            self.child_scores.copy_(torch.tensor(scores, dtype=torch.float32))
+        per_node = min(self.width, max_children or self.width)
+        plan = self._plan(temperature)
+        key = ("tree", do_sample, per_node, processors_key(processors) if do_sample else (), repr(plan))
+        self.cache.run(key, lambda: self._expansion(plan, do_sample, per_node, processors))
         self.cache.set_length(length)
 
+        chosen, tokens, parents, rows = self.result.tolist()  # the one read of the tree
+        q = self.q.clone()  # the tree keeps its q past the next draft
         tree = TokenTree(root_position=length - 1)
         number = {0: tree.add(tokens[0], -1)}
-        for node in sorted(ranked(range(1, len(tokens)))[:num_nodes]):  # creation order: parents first
-            number[node] = tree.add(tokens[node], number[parents[node]])
-        for node, row in probs.items():
-            if node in number:
-                tree.probs[number[node]] = row
+        tree.probs[0] = q[1]
+        for node in range(1, len(chosen)):  # pool order: parents first
+            if chosen[node]:
+                number[node] = tree.add(tokens[node], number[parents[node]])
+                if rows[node]:
+                    tree.probs[number[node]] = q[rows[node]]
         return tree
 
     def release(self) -> None:
         self.cache.release()
+
+
+def processors_key(processors) -> tuple:
+    """A hashable description of sampling processors (transformers' warpers keep their settings as plain
+    attributes), so a graph that applies them is reused only by processors with the same settings."""
+    return tuple((type(p).__name__, tuple(sorted((name, value) for name, value in vars(p).items()
+                                                 if isinstance(value, (bool, int, float, str)))))
+                 for p in processors or ())
 
 
 def tree_drafter(assistant, length: int, max_depth: int, width: int) -> TreeDrafter:

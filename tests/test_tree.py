@@ -107,6 +107,27 @@ def test_tree_drafter_q_equals_plain_drafting(setting):
         torch.testing.assert_close(tree.probs[node], logits[0].softmax(-1), atol=1e-5, rtol=1e-4)
 
 
+def test_tree_nodes_of_one_forward_get_their_own_positions_shortlists():
+    """A node forward holds nodes of several depths; under a schedule that changes with the position, each node's q
+    must come from the shortlist of its own draft position."""
+    _, drafter = tiny_pair("llama", seed=4)
+    assistant = make_assistant(drafter, "routed")
+    assistant.set_schedule(k_by_position=[6, 5, 4, 3, 2], core_by_position=[16, 12, 8, 4, 0])
+    committed = torch.randint(0, VOCAB, (9,), generator=torch.Generator().manual_seed(6))
+    tree_drafter = TreeDrafter(assistant, 64, max_depth=5, width=2)
+    plan = tree_drafter._plan(0.0)
+    assert max(len(shortlists) for shortlists in plan) >= 3  # forwards whose nodes use different shortlists
+    tree = tree_drafter.draft(committed, num_nodes=14, do_sample=False)
+    forwarded = [node for node in range(1, len(tree)) if tree.probs[node] is not None]
+    assert len({tree.depths[node] for node in forwarded}) >= 3
+    for node in forwarded:
+        path = torch.tensor([tree.tokens[n] for n in tree.paths[node]], dtype=torch.long)
+        ids = torch.cat([committed, path])[None]
+        states = assistant.drafter(input_ids=ids).last_hidden_state[0]
+        logits = assistant.next_token_logits(states[-1:], states[-2:-1], ids[:, -1], tree.depths[node])
+        torch.testing.assert_close(tree.probs[node], logits[0].softmax(-1), atol=1e-5, rtol=1e-4)
+
+
 def test_tree_depth_costs_one_drafter_forward_per_level():
     """Leaves take no forward: a tree of depth d costs d drafter forwards however many nodes it has."""
     _, drafter = tiny_pair("llama", seed=4)
