@@ -27,7 +27,7 @@ class ShortlistHead(nn.Module):
         self.weight = nn.Parameter(torch.zeros(core_size + num_clusters * cluster_size, hidden_size))
         self.register_buffer("core_token_ids", torch.arange(core_size, dtype=torch.long))
         self.register_buffer("cluster_token_ids", torch.full((num_clusters, cluster_size), -1, dtype=torch.long))
-        # "triton": read the chosen blocks in place (CUDA, batch 1; see triton_head.py); "gather": portable path.
+        # "triton": read the chosen blocks in place (CUDA; see triton_head.py); "gather": portable path.
         self.kernel = "triton"
         self.reset_counters()
 

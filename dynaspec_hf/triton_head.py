@@ -1,4 +1,4 @@
-"""A Triton kernel for the shortlist head at batch 1: logits of the chosen cluster blocks, read in place.
+"""A Triton kernel for the shortlist head: logits of the chosen cluster blocks, read in place.
 
 `ShortlistHead`'s portable path gathers the chosen blocks into a new tensor and multiplies it, which reads and
 writes every chosen row once more than needed. Here each program reads its rows straight from the cluster-ordered
@@ -18,15 +18,16 @@ except ImportError:  # CPU-only installs
 
 
 def triton_kernel_applies(hidden: torch.Tensor) -> bool:
-    return triton is not None and hidden.is_cuda and hidden.shape[0] == 1
+    return triton is not None and hidden.is_cuda
 
 
 if triton is not None:
 
     @triton.jit
-    def _block_logits_kernel(hidden_ptr, blocks_ptr, cluster_ids_ptr, out_ptr, cluster_size, hidden_size,
+    def _block_logits_kernel(hidden_ptr, blocks_ptr, cluster_ids_ptr, out_ptr, num_chosen, cluster_size, hidden_size,
                              BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-        slot = tl.program_id(0)
+        slot = tl.program_id(0)  # (batch row, chosen cluster), row-major
+        hidden_ptr += (slot // num_chosen) * hidden_size
         rows = tl.program_id(1) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
         row_mask = rows < cluster_size
         cluster = tl.load(cluster_ids_ptr + slot).to(tl.int64)
@@ -48,14 +49,15 @@ LAUNCH = dict(block_rows=4, block_d=512, num_warps=2)
 
 
 def block_logits(hidden: torch.Tensor, blocks: torch.Tensor, cluster_ids: torch.Tensor, **launch) -> torch.Tensor:
-    """`hidden` [1, d], `blocks` [C, s, d] contiguous, `cluster_ids` [1, k] -> logits [1, k * s] in hidden's dtype."""
+    """`hidden` [B, d], `blocks` [C, s, d] contiguous, `cluster_ids` [B, k] (each row its own clusters) -> logits
+    [B, k * s] in hidden's dtype."""
     launch = {**LAUNCH, **launch}
-    num_chosen, (_, cluster_size, hidden_size) = cluster_ids.shape[1], blocks.shape
-    out = torch.empty(num_chosen * cluster_size, dtype=torch.float32, device=hidden.device)
+    (batch, num_chosen), (_, cluster_size, hidden_size) = cluster_ids.shape, blocks.shape
+    out = torch.empty(batch, num_chosen * cluster_size, dtype=torch.float32, device=hidden.device)
     if num_chosen == 0:
-        return out.to(hidden.dtype)[None]
-    grid = (num_chosen, triton.cdiv(cluster_size, launch["block_rows"]))
-    _block_logits_kernel[grid](hidden.contiguous(), blocks, cluster_ids.contiguous(), out, cluster_size, hidden_size,
-                               BLOCK_ROWS=launch["block_rows"], BLOCK_D=launch["block_d"],
+        return out.to(hidden.dtype)
+    grid = (batch * num_chosen, triton.cdiv(cluster_size, launch["block_rows"]))
+    _block_logits_kernel[grid](hidden.contiguous(), blocks, cluster_ids.contiguous(), out, num_chosen, cluster_size,
+                               hidden_size, BLOCK_ROWS=launch["block_rows"], BLOCK_D=launch["block_d"],
                                num_warps=launch["num_warps"])
-    return out.to(hidden.dtype)[None]
+    return out.to(hidden.dtype)
