@@ -7,7 +7,9 @@
    verified from a CUDA graph on a static cache) on the GPU, and
    graph drafts equal to eager drafts on a 128,256-token random pair (Triton and gather heads) and, for the
    sliding-window families, to eager static-cache steps and the drafter's own uncached greedy tokens.
-2. Sampling (float32): chi-square of the first token and the second-token marginal with the graph drafter.
+2. Head (float32): the Triton shortlist head equals the gather path at batch 1, 4 and 8.
+   Sampling (float32): chi-square of the first token and the second-token marginal with the graph drafter, and
+   with the own loop's tree (its expansion, sampling included, replayed from a CUDA graph).
 3. Anatomy (bf16, random weights, batch 1): per draft step body / full head / shortlist head (gather, Triton) /
    router, and whole graph-replayed steps with the full head, a static 1/16 shortlist and DynaSpec 1/16 (router on
    its side stream; and with fixed clusters, which gives the router's overhead); eager steps for comparison;
@@ -195,6 +197,29 @@ def check_graph_drafts(log) -> dict:
     return results
 
 
+@torch.no_grad()
+def check_head(log) -> dict:
+    """The Triton head equals the gather path at every batch size (a tree's node forward heads several rows, each
+    with its own clusters), float32, 128,256 tokens, 1/16 of the vocabulary."""
+    clusters = random_clusters()
+    results = {}
+    for batch in (1, 4, 8):
+        head = DynaSpecAssistant.from_drafter(random_pair(llama_config(768, 1, 2048), None, torch.float32)[1],
+                                              clusters, k_by_position=[16]).lm_head
+        head.weight.normal_()
+        hidden = torch.randn(batch, 768, device="cuda")
+        cluster_ids = torch.stack([torch.randperm(256, device="cuda")[:16] for _ in range(batch)])
+        outputs = {}
+        for kernel in ("triton", "gather"):
+            head.kernel = kernel
+            outputs[kernel] = head(hidden, cluster_ids, 0)
+        difference = float((outputs["triton"][0] - outputs["gather"][0]).abs().max())
+        same_tokens = torch.equal(outputs["triton"][1], outputs["gather"][1])
+        results[batch] = dict(max_abs_difference=difference, same_tokens=same_tokens)
+        log(f"| {batch} | {difference:.2e} | {same_tokens} |")
+    return results
+
+
 def check_sampling(log) -> dict:
     from conftest import make_assistant, tiny_pair
     from test_sampling import PROMPT, VOCAB as SMALL, chi_square_p_value
@@ -216,6 +241,14 @@ def check_sampling(log) -> dict:
         p1, p2 = chi_square_p_value(draws[:, 0], first.cpu()), chi_square_p_value(draws[:, 1], second.cpu())
         results[setting] = dict(p_first=p1, p_second=p2, draws=3000, graph_drafter=used)
         log(f"| {setting} | {p1:.3g} | {p2:.3g} | {used} |")
+        # the own loop's tree, its expansion replayed from a CUDA graph (sampling inside the graph)
+        draws = torch.cat([dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3)
+                           for _ in range(3000)])[:, 4:6].cpu()
+        graphs = assistant.__dict__["_dynaspec_tree_drafter"].cache.graphs
+        used = any(key[0] == "tree" and graph is not None for key, graph in graphs.items())
+        p1, p2 = chi_square_p_value(draws[:, 0], first.cpu()), chi_square_p_value(draws[:, 1], second.cpu())
+        results[f"own loop tree, {setting}"] = dict(p_first=p1, p_second=p2, draws=3000, graph_drafter=used)
+        log(f"| own loop tree, {setting} | {p1:.3g} | {p2:.3g} | {used} |")
     return results
 
 
@@ -460,7 +493,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["exactness", "drafts", "sliding", "sampling", "anatomy", "rounds"])
+                        choices=["exactness", "drafts", "sliding", "head", "sampling", "anatomy", "rounds"])
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -481,6 +514,8 @@ def main(argv=None):
         ("sliding", "## Sliding-window drafters: graph drafts equal eager static-cache drafts and the drafter's own "
                     "(float32, window 8, prompt 40)\n\n| family | schedule | graph = eager blocks | = drafter's "
                     "greedy | graphs captured |\n|---|---|---|---|---|", check_sliding_window_drafts),
+        ("head", "## Triton head equals the gather path (float32, 1/16 of 128,256 tokens)\n\n| batch | max abs "
+                 "difference | same token ids |\n|---|---|---|", check_head),
         ("sampling", "## Sampling with the graph drafter (chi-square p-values, 3,000 draws)\n\n| schedule | first "
                      "token | second token | graph drafter used |\n|---|---|---|---|", check_sampling),
         ("anatomy", "## Draft-step anatomy (bf16, batch 1, context 256; median ms)\n\n| shape | part | ms |\n"

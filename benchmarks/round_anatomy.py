@@ -1,0 +1,154 @@
+"""Where a round of the package's own loop spends its time: drafting, verification, acceptance and the rest.
+
+    python benchmarks/round_anatomy.py --out DIR [--pair PAIR_DIR] [--dtype float32] [--compile]
+
+Runs `dynaspec_hf.generate` (chain of 6, and the default tree) on the trained pair's shapes (random weights unless
+`--pair` gives the trained pair) and reports, per round: wall milliseconds of each part (each timed from an idle
+device to its last kernel, so parts do not overlap), and the device's busy time (kernel time from the profiler) over
+the whole round, and the kernels that take most of it. Wall time well above busy time is host work the device
+waits for. Writes DIR/round_anatomy.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import dynaspec_hf  # noqa: E402
+from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig, generation  # noqa: E402
+from dynaspec_hf.tree import TreeDrafter  # noqa: E402
+from dynaspec_hf.verification import TreeVerifier  # noqa: E402
+
+VOCAB = 128_256
+LOOPS = {"chain of 6": TreeConfig.chain(6), "tree 16/8/4": TreeConfig()}
+
+
+def pair_shaped(hidden: int, layers: int, dtype) -> torch.nn.Module:
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, max_position_embeddings=4096, tie_word_embeddings=False,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    with torch.device("cuda"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def models(args):
+    dtype = getattr(torch, args.dtype)
+    if args.pair:
+        target = AutoModelForCausalLM.from_pretrained(args.pair / "target", dtype=dtype).cuda().eval()
+        assistant = DynaSpecAssistant.from_pretrained(args.pair / "assistant-dynaspec", dtype=dtype).cuda().eval()
+        return target, assistant
+    target, drafter = pair_shaped(768, 12, dtype), pair_shaped(768, 4, dtype)
+    ranking = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(0)).float()
+    clusters = TokenClusters.from_frequencies(ranking, 256, core_size=16 * -(-VOCAB // 256))
+    return target, DynaSpecAssistant.from_drafter(drafter, clusters, k_by_position=[16])
+
+
+@contextmanager
+def timed_parts(totals: dict):
+    """Time each part of a round (wall, device synchronized before and after) while the block runs."""
+    patches = [(generation, "draft_chain", "draft"), (TreeDrafter, "draft", "draft"),
+               (TreeVerifier, "verify", "verify"), (generation, "accept", "accept")]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+
+    def wrap(function, part):
+        def timed(*args, **kwargs):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = function(*args, **kwargs)
+            torch.cuda.synchronize()
+            totals[part] += time.perf_counter() - start
+            totals[part + " calls"] += 1
+            return out
+        return timed
+
+    for (owner, name, part), (_, _, original) in zip(patches, originals):
+        setattr(owner, name, wrap(original, part))
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+def measure(target, assistant, tree: TreeConfig, prompt, new_tokens: int) -> dict:
+    run = lambda: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=new_tokens, tree=tree)  # noqa: E731
+    started = time.perf_counter()
+    run()  # captures the graphs
+    warm_up = time.perf_counter() - started
+    totals: dict = defaultdict(float)
+    with timed_parts(totals):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = run()
+        torch.cuda.synchronize()
+        totals["round"] = time.perf_counter() - start
+    rounds = totals["verify calls"]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    unsynchronized = time.perf_counter() - start
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        run()
+        torch.cuda.synchronize()
+    events = profile.key_averages()
+    busy = sum(event.self_device_time_total for event in events) / 1e3  # ms
+    kernels = sum(event.count for event in events if event.self_device_time_total > 0)
+    per_round = {part: totals[part] * 1e3 / rounds for part in ("draft", "verify", "accept")}
+    per_round["rest (loop bookkeeping)"] = totals["round"] * 1e3 / rounds - sum(per_round.values())
+    per_round["whole round, parts synchronized"] = totals["round"] * 1e3 / rounds
+    per_round["whole round, as generate runs"] = unsynchronized * 1e3 / rounds
+    per_round["device busy (kernel time)"] = busy / rounds
+    heaviest = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)
+    top = [dict(kernel=e.key[:120], per_round=e.count / rounds, ms_per_round=e.self_device_time_total / 1e3 / rounds)
+           for e in heaviest[:25]]
+    return dict(rounds=rounds, tokens=out.shape[1] - prompt.shape[1], ms=per_round, kernels_per_round=kernels / rounds,
+                warm_up_s=warm_up, heaviest_kernels=top)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--pair", type=Path, help="the trained pair (recipe.py --out); default: random weights")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the two bodies (inductor's kernels "
+                        "replayed inside the package's own graphs)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    target, assistant = models(args)
+    if args.compile:  # both bodies run one code object, which counts their shapes against one recompile limit
+        torch._dynamo.config.recompile_limit = 64
+        target.model.compile()
+        assistant.drafter.compile()
+    prompt = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(0)).cuda()
+    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype,
+               "weights": "trained pair" if args.pair else "random (trained pair's shapes)", "loops": {}}
+    for name, tree in LOOPS.items():
+        results["loops"][name] = measure(target, assistant, tree, prompt, args.new_tokens)
+    parts = list(next(iter(results["loops"].values()))["ms"])
+    lines = [f"GPU: {results['gpu']}, torch {results['torch']}, {args.dtype}, {results['weights']}\n",
+             "| ms per round | " + " | ".join(results["loops"]) + " |", "|---|" + "---|" * len(results["loops"])]
+    lines += [f"| {part} | " + " | ".join(f"{loop['ms'][part]:.2f}" for loop in results["loops"].values()) + " |"
+              for part in parts]
+    lines.append("| rounds (tokens) | " + " | ".join(f"{loop['rounds']} ({loop['tokens']})"
+                                                   for loop in results["loops"].values()) + " |")
+    for name, loop in results["loops"].items():
+        lines += [f"\n{name}: the heaviest kernels\n", "| kernel | per round | ms per round |", "|---|---|---|"]
+        lines += [f"| `{k['kernel']}` | {k['per_round']:.1f} | {k['ms_per_round']:.3f} |" for k in loop["heaviest_kernels"]]
+    (args.out / "round_anatomy.json").write_text(json.dumps(results, indent=2))
+    (args.out / "round_anatomy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
