@@ -32,6 +32,7 @@ from .draft_output import draft_output
 from .logit_transform import LogitTransform
 from .router import ClusterRouter
 from .shortlist_head import ShortlistHead, ShortlistIndex
+from .static_cache import cache_keyword
 
 # Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
 DEFAULT_DRAFT_TOKENS = 6
@@ -219,11 +220,11 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        kwargs[cache_keyword(self.drafter)] = kwargs.pop("cache", past_key_values)  # newer transformers' name
         outputs = self.drafter(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -333,12 +334,13 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             attention_mask = None  # no padding: let the model derive positions from the cache
         positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+        cache_name = cache_keyword(self.drafter)
         out = self.drafter(
             input_ids=input_ids[:, start:],
-            past_key_values=past_key_values,
             attention_mask=attention_mask,
             position_ids=None if positions is None else positions[:, start:],
             use_cache=True,
+            **{cache_name: past_key_values},
         )
         cache = out.past_key_values
         hidden = out.last_hidden_state[:, -1]
@@ -368,10 +370,10 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
                 positions = positions[:, -1:] + 1
             out = self.drafter(
                 input_ids=token,
-                past_key_values=cache,
                 attention_mask=attention_mask,
                 position_ids=positions,
                 use_cache=True,
+                **{cache_name: cache},
             )
             previous, hidden = hidden, out.last_hidden_state[:, -1]
         return draft_output(sequences, tuple(scores), cache)

@@ -12,7 +12,9 @@ the window is applied by the mask, one per layer type for models that interleave
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import warnings
 from contextlib import nullcontext
 from typing import Callable, Hashable
@@ -28,6 +30,17 @@ from transformers.cache_utils import Cache, StaticLayer
 # matrix products the round took 0.59 of the time. In bf16 the math backend measured slower (it computes in
 # float32; gpu_checks.py rounds: 36.4 against 27.7 ms), so half-precision forwards keep SDPA's choice.
 SHORT_FORWARD = 64
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(forward) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def cache_keyword(model) -> str:
+    """The keyword a transformers model's forward takes its KV cache by: `cache` where the model has it (newer
+    transformers deprecate `past_key_values`, to be removed in 5.40), else `past_key_values`."""
+    return _cache_keyword(type(model).forward)
 
 
 class StaticCacheModel:
@@ -84,9 +97,10 @@ class StaticCacheModel:
         """The model over `ids` `[1, T]` at `positions` `[T]`, written at the write position (masks as
         `attention_mask` says)."""
         short = ids.shape[1] <= SHORT_FORWARD and self.dtype == torch.float32
+        kwargs[cache_keyword(self.model)] = self.cache
         with sdpa_kernel([SDPBackend.MATH]) if short else nullcontext():
             return self.model(input_ids=ids, attention_mask=self.attention_mask(positions, block, base),
-                              position_ids=positions[None], past_key_values=self.cache, use_cache=True, **kwargs)
+                              position_ids=positions[None], use_cache=True, **kwargs)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
