@@ -25,7 +25,9 @@ from run_benchmark import (DRAFT_TOKENS, chosen_methods, encoded_prompts, genera
 
 from dynaspec_hf import TreeConfig  # noqa: E402
 
-SHAPES = ["16,8,4", "24,8,4", "32,8,4", "32,10,4", "48,10,6", "64,12,8"]
+# Every level costs a drafter forward, and a width-4 forward about 1.4 chain steps (results/engine/): shallower and
+# narrower trees than the 2026-11-30 sweep tried (16-64 nodes, depth 8-12; 16/8/4 won) may pay now.
+SHAPES = ["12,6,3", "16,6,4", "16,7,4", "16,8,4", "16,8,2", "24,8,4"]
 
 
 def measure(args, saved) -> list[dict]:
