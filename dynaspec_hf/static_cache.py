@@ -28,7 +28,7 @@ from transformers.cache_utils import Cache, StaticLayer
 # streams every key of the static cache through one block per head. Measured on an H200 (round_anatomy.py, 12
 # heads, up to 2,048 cached keys): 0.2 ms per layer, 60 % of a round's device time; with the math backend's batched
 # matrix products the round took 0.59 of the time. In bf16 the math backend measured slower (it computes in
-# float32; gpu_checks.py rounds: 36.4 against 27.7 ms), so half-precision forwards keep SDPA's choice.
+# float32; gpu_checks.py rounds: 36.4 against 27.2 ms), so half-precision forwards keep SDPA's choice.
 SHORT_FORWARD = 64
 
 
