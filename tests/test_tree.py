@@ -74,6 +74,20 @@ def test_tree_shape_limits():
         assert all(float(tree.probs[node][t]) > 0 for t in tokens), "children must come from the node's shortlist"
 
 
+def test_tree_graphs_are_keyed_by_the_sampling_settings():
+    """The expansion graph applies the warpers inside it: warpers with other settings must not reuse it."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
+    from dynaspec_hf.tree import processors_key
+
+    def key(*processors):
+        return processors_key(LogitsProcessorList(processors))
+
+    assert key(TopKLogitsWarper(2)) == key(TopKLogitsWarper(2))
+    assert key(TopKLogitsWarper(2)) != key(TopKLogitsWarper(3))
+    assert key(TemperatureLogitsWarper(0.7)) != key(TemperatureLogitsWarper(0.8))
+    assert key(TemperatureLogitsWarper(0.7), TopKLogitsWarper(2)) != key(TemperatureLogitsWarper(0.7))
+
+
 def test_sampled_children_stay_inside_a_truncated_q():
     """With top-k sampling a node has at most k children, each with q > 0, however wide the tree."""
     from transformers import LogitsProcessorList, TopKLogitsWarper
