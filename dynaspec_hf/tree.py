@@ -227,33 +227,38 @@ class TreeDrafter:
             states = self.cache.forward(self.ids, self.positions, self.block, base=self.base).last_hidden_state[0]
             first = 2 + forward * self.width
             self.states[first : first + self.width].copy_(states)
-            previous, depths = self.states[self.parent_rows], self.depth[batch]
-            logits = None
-            for shortlist, positions in shortlists:
-                part = self._head(states, previous, self.ids[0], shortlist)
-                if logits is None:
-                    logits = part
-                else:
-                    uses = torch.zeros_like(valid)
-                    for position in positions:
-                        uses = uses | (depths == position)
-                    logits = torch.where(uses[:, None], part, logits)
+            logits = self._node_logits(states, self.depth[batch], shortlists)
             self._grow(1 + self.width + forward * self.width * self.width, logits, batch, valid, self.block, rows,
                        do_sample, per_node, processors)
-        chosen = (self._rank() <= self.budget) & (self.value > float("-inf"))
-        self.result.copy_(torch.stack([chosen.long(), self.token, self.parent, self.row]))
+        self.result.copy_(torch.stack([self._kept()[1].long(), self.token, self.parent, self.row]))
 
-    def _rank(self) -> torch.Tensor:
-        """Every candidate's rank by value (ties: earlier first, so a parent ranks before its children)."""
+    def _node_logits(self, states: torch.Tensor, depths: torch.Tensor, shortlists) -> torch.Tensor:
+        """The head over a node forward's body outputs, each node's row from the shortlist of its own position."""
+        previous, token_ids = self.states[self.parent_rows], self.ids[0]
+        logits = None
+        for shortlist, positions in shortlists:
+            part = self._head(states, previous, token_ids, shortlist)
+            if logits is None:  # the first shortlist also serves the padding
+                logits = part
+                continue
+            uses = torch.zeros_like(depths, dtype=torch.bool)
+            for position in positions:
+                uses = uses | (depths == position)
+            logits = torch.where(uses[:, None], part, logits)
+        return logits
+
+    def _kept(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every candidate's rank by value (ties: earlier first, so a parent ranks before its children), and
+        whether it is among the root and the `budget` best (a candidate outside those has no descendant inside)."""
         order = torch.sort(self.value, descending=True, stable=True).indices
-        return torch.empty_like(order).scatter_(0, order, self.pool_index)
+        rank = torch.empty_like(order).scatter_(0, order, self.pool_index)
+        return rank, (rank <= self.budget) & (self.value > float("-inf"))
 
     def _choose(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next forward's nodes: the `width` best candidates among the `budget` best that are not forwarded
-        (a candidate outside those has no descendant inside them), padded; and which of them are real."""
-        rank = self._rank()
-        eligible = ((rank <= self.budget) & (self.value > float("-inf")) & ~self.forwarded
-                    & (self.depth < self.max_depth))
+        """The next forward's nodes: the `width` best kept candidates not forwarded yet, padded; and which of them
+        are real."""
+        rank, kept = self._kept()
+        eligible = kept & ~self.forwarded & (self.depth < self.max_depth)
         batch = torch.where(eligible, rank, rank + rank.shape[0]).topk(self.width, largest=False).indices
         return batch, eligible[batch]
 
