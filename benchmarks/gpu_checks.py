@@ -201,12 +201,11 @@ def check_graph_drafts(log) -> dict:
 def check_head(log) -> dict:
     """The Triton head equals the gather path at every batch size (a tree's node forward heads several rows, each
     with its own clusters), float32, 128,256 tokens, 1/16 of the vocabulary."""
-    clusters = random_clusters()
+    head = DynaSpecAssistant.from_drafter(random_pair(llama_config(768, 1, 2048), None, torch.float32)[1],
+                                          random_clusters(), k_by_position=[16]).lm_head
+    head.weight.normal_()
     results = {}
     for batch in (1, 4, 8):
-        head = DynaSpecAssistant.from_drafter(random_pair(llama_config(768, 1, 2048), None, torch.float32)[1],
-                                              clusters, k_by_position=[16]).lm_head
-        head.weight.normal_()
         hidden = torch.randn(batch, 768, device="cuda")
         cluster_ids = torch.stack([torch.randperm(256, device="cuda")[:16] for _ in range(batch)])
         outputs = {}
@@ -232,23 +231,24 @@ def check_sampling(log) -> dict:
         continued = torch.cat([prompt.expand(SMALL, -1), torch.arange(SMALL, device="cuda")[:, None]], dim=1)
         second = first @ target(continued).logits[:, -1].softmax(-1)
     results = {}
+
+    def record(name: str, generate, graph_used) -> None:
+        draws = torch.cat([generate() for _ in range(3000)])[:, 4:6].cpu()
+        p1, p2 = chi_square_p_value(draws[:, 0], first.cpu()), chi_square_p_value(draws[:, 1], second.cpu())
+        used = graph_used()
+        results[name] = dict(p_first=p1, p_second=p2, draws=3000, graph_drafter=used)
+        log(f"| {name} | {p1:.3g} | {p2:.3g} | {used} |")
+
     for setting in ("full", "routed"):
         assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
         torch.manual_seed(1234)
-        draws = torch.cat([target.generate(prompt, assistant_model=assistant, do_sample=True, max_new_tokens=3)
-                           for _ in range(3000)])[:, 4:6].cpu()
-        used = "_graph_drafter" in assistant.__dict__
-        p1, p2 = chi_square_p_value(draws[:, 0], first.cpu()), chi_square_p_value(draws[:, 1], second.cpu())
-        results[setting] = dict(p_first=p1, p_second=p2, draws=3000, graph_drafter=used)
-        log(f"| {setting} | {p1:.3g} | {p2:.3g} | {used} |")
+        record(setting, lambda: target.generate(prompt, assistant_model=assistant, do_sample=True, max_new_tokens=3),
+               lambda: "_graph_drafter" in assistant.__dict__)
         # the own loop's tree, its expansion replayed from a CUDA graph (sampling inside the graph)
-        draws = torch.cat([dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3)
-                           for _ in range(3000)])[:, 4:6].cpu()
-        graphs = assistant.__dict__["_dynaspec_tree_drafter"].cache.graphs
-        used = any(key[0] == "tree" and graph is not None for key, graph in graphs.items())
-        p1, p2 = chi_square_p_value(draws[:, 0], first.cpu()), chi_square_p_value(draws[:, 1], second.cpu())
-        results[f"own loop tree, {setting}"] = dict(p_first=p1, p_second=p2, draws=3000, graph_drafter=used)
-        log(f"| own loop tree, {setting} | {p1:.3g} | {p2:.3g} | {used} |")
+        record(f"own loop tree, {setting}",
+               lambda: dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3),
+               lambda: any(key[0] == "tree" and graph is not None
+                           for key, graph in assistant.__dict__["_dynaspec_tree_drafter"].cache.graphs.items()))
     return results
 
 
