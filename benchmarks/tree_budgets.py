@@ -3,8 +3,9 @@
     python benchmarks/tree_budgets.py --pair PAIR_DIR --data DATA_DIR --out DIR [--shapes 16,8,4 32,8,4 ...]
 
 Every shape (draft nodes, depth, width: `TreeConfig`) drafts with the "DynaSpec 1/16" assistant in the package's own
-loop (`dynaspec_hf.generate`), beside the own loop's chain of 6 drafts, at T = 0 and T = 1, on prompts sampled with
-another seed than the benchmark's. Writes DIR/tree_budgets.{json,md,png} and prints the shape with the highest
+loop (`dynaspec_hf.generate`), beside the own loop's chain of 6 drafts (the benchmark's, the ratios' base) and chains
+of other lengths (`--chains`, so a tree is weighed against the best chain too), at T = 0 and T = 1, on prompts sampled
+with another seed than the benchmark's. Writes DIR/tree_budgets.{json,md,png} and prints the shape with the highest
 geometric mean of tokens/s over the temperatures, the one to make `TreeConfig`'s default.
 """
 
@@ -35,6 +36,7 @@ def measure(args, saved) -> list[dict]:
     target, drafter, assistants = load_models(args, args.device)
     base = chosen_methods(calibration, ["DynaSpec 1/16"])[0]
     shapes = {"chain (own loop)": TreeConfig.chain(DRAFT_TOKENS)}
+    shapes.update({f"chain of {length}": TreeConfig.chain(length) for length in args.chains if length != DRAFT_TOKENS})
     shapes.update({f"tree {shape}": TreeConfig(*map(int, shape.split(","))) for shape in args.shapes})
     prompts = [p for ps in encoded_prompts(args).values() for p in ps]
     rows = []
@@ -106,6 +108,7 @@ def main(argv=None):
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="NODES,DEPTH,WIDTH per tree")
+    parser.add_argument("--chains", type=int, nargs="*", default=[4, 8], help="further chain lengths to time")
     parser.add_argument("--per-category", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
