@@ -29,7 +29,8 @@ from dynaspec_hf.tree import TreeDrafter  # noqa: E402
 from dynaspec_hf.verification import TreeVerifier  # noqa: E402
 
 VOCAB = 128_256
-LOOPS = {"chain of 6": TreeConfig.chain(6), "tree 16/8/4": TreeConfig()}
+_TREE = TreeConfig()
+LOOPS = {"chain of 6": TreeConfig.chain(6), f"tree {_TREE.num_nodes}/{_TREE.max_depth}/{_TREE.width}": _TREE}
 
 
 def pair_shaped(hidden: int, layers: int, dtype) -> torch.nn.Module:
