@@ -6,7 +6,8 @@ Runs `dynaspec_hf.generate` (chain of 6, and the default tree) on the trained pa
 `--pair` gives the trained pair) and reports, per round: wall milliseconds of each part (each timed from an idle
 device to its last kernel, so parts do not overlap), and the device's busy time (kernel time from the profiler) over
 the whole round, and the kernels that take most of it. Wall time well above busy time is host work the device
-waits for. Writes DIR/round_anatomy.{json,md}.
+waits for. Then it splits the last tree's expansion into the node forwards' bodies, their heads and the tree's own
+work (graphs of each part replayed alone). Writes DIR/round_anatomy.{json,md}.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig, generation  # noqa: E402
+from dynaspec_hf.static_cache import causal  # noqa: E402
 from dynaspec_hf.tree import TreeDrafter  # noqa: E402
 from dynaspec_hf.verification import TreeVerifier  # noqa: E402
 
@@ -116,6 +118,54 @@ def measure(target, assistant, tree: TreeConfig, prompt, new_tokens: int) -> dic
                 warm_up_s=warm_up, heaviest_kernels=top)
 
 
+def replay_ms(graph: torch.cuda.CUDAGraph, cache, length: torch.Tensor, replays: int = 200) -> float:
+    """Milliseconds per replay of `graph`, `cache` rolled back to `length` before each (a tree's node forwards
+    write past the committed text)."""
+    times = []
+    for _ in range(replays + 1):
+        cache.set_length(length)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[replays // 2] * 1e3
+
+
+def node_forward_parts(drafter, width: int, heads: bool):
+    """Device work of a tree's node forwards without the tree: the bodies over `width` tokens each (the last
+    tree's inputs, or one token each: a chain step's body), and with `heads`, the head over their outputs."""
+    one = causal(1, drafter.device)
+
+    def step():
+        for shortlists in drafter._plan(0.0):
+            if width == drafter.width:
+                states = drafter.cache.forward(drafter.ids, drafter.positions, drafter.block, base=drafter.base)
+            else:
+                states = drafter.cache.forward(drafter.ids[:, :width], drafter.positions[:width], one)
+            if heads:
+                drafter._node_logits(states.last_hidden_state[0], drafter.depth[:width], shortlists)
+    return step
+
+
+@torch.no_grad()
+def tree_forward_split(assistant) -> dict:
+    """Where a tree node forward's time goes, from the tree drafter the last greedy tree generation left on
+    `assistant`: its whole expansion graph (median replay) against graphs of the same node forwards' bodies alone,
+    bodies and heads, and bodies over one token each. What the expansion adds to bodies and heads is the tree's
+    own work: choosing the next nodes, growing the candidate pool, q."""
+    drafter = assistant.__dict__["_dynaspec_tree_drafter"]
+    cache = drafter.cache
+    key = next(k for k in cache.graphs if k[0] == "tree" and not k[1])
+    out = {"node forwards": drafter.forwards, "whole expansion": replay_ms(cache.graphs[key], cache, drafter.base)}
+    for name, width, heads in (("bodies", drafter.width, False), ("bodies and heads", drafter.width, True),
+                               ("bodies over one token", 1, False)):
+        cache.set_length(drafter.base)
+        cache.run(("split", name), node_forward_parts(drafter, width, heads))
+        out[name] = replay_ms(cache.graphs[("split", name)], cache, drafter.base)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -136,6 +186,7 @@ def main(argv=None):
                "weights": "trained pair" if args.pair else "random (trained pair's shapes)", "loops": {}}
     for name, tree in LOOPS.items():
         results["loops"][name] = measure(target, assistant, tree, prompt, args.new_tokens)
+    results["tree expansion split (ms per tree)"] = split = tree_forward_split(assistant)
     parts = list(next(iter(results["loops"].values()))["ms"])
     lines = [f"GPU: {results['gpu']}, torch {results['torch']}, {args.dtype}, {results['weights']}\n",
              "| ms per round | " + " | ".join(results["loops"]) + " |", "|---|" + "---|" * len(results["loops"])]
@@ -143,6 +194,10 @@ def main(argv=None):
               for part in parts]
     lines.append("| rounds (tokens) | " + " | ".join(f"{loop['rounds']} ({loop['tokens']})"
                                                    for loop in results["loops"].values()) + " |")
+    lines += ["\nThe last tree's expansion, replayed alone, against graphs of its node forwards' parts (ms per tree, "
+              f"{split['node forwards']} node forwards)\n", "| graph | ms | per node forward |", "|---|---|---|"]
+    lines += [f"| {name} | {ms:.3f} | {ms / split['node forwards']:.3f} |" for name, ms in split.items()
+              if name != "node forwards"]
     for name, loop in results["loops"].items():
         lines += [f"\n{name}: the heaviest kernels\n", "| kernel | per round | ms per round |", "|---|---|---|"]
         lines += [f"| `{k['kernel']}` | {k['per_round']:.1f} | {k['ms_per_round']:.3f} |" for k in loop["heaviest_kernels"]]
