@@ -41,8 +41,10 @@ from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2C
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig  # noqa: E402
+from dynaspec_hf.draft_output import output_cache  # noqa: E402
 from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache  # noqa: E402
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
+from dynaspec_hf.static_cache import cache_keyword  # noqa: E402
 
 VOCAB = 128_256
 BLOCK = 6  # drafts per round, as benchmarks/roofline.py composes
@@ -145,7 +147,7 @@ def check_sliding_window_drafts(log) -> dict:
                             token = drafter(reference, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
                         reference = torch.cat([reference, token], dim=1)
                     own += torch.equal(fast.sequences, reference)
-                graph_cache, eager_cache = fast.past_key_values, slow.past_key_values
+                graph_cache, eager_cache = output_cache(fast), output_cache(slow)
                 ids = torch.cat([fast.sequences[:, : ids.shape[1] + accepted], ids[:, -1:] * 0 + 11], dim=1)
                 for cache in (graph_cache, eager_cache):
                     cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
@@ -188,7 +190,7 @@ def check_graph_drafts(log) -> dict:
                 eager = assistant.draft(ids, 6, past_key_values=eager_cache)
                 fast = engine.draft(ids, 6, fast_cache)
                 same += torch.equal(eager.sequences, fast.sequences)
-                eager_cache, fast_cache = eager.past_key_values, fast.past_key_values
+                eager_cache, fast_cache = output_cache(eager), output_cache(fast)
                 ids = torch.cat([eager.sequences[:, : ids.shape[1] + accepted], ids[:, -1:] * 0 + 11], dim=1)
                 for cache in (eager_cache, fast_cache):
                     cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
@@ -354,13 +356,13 @@ def target_times(target, context: int = 256) -> dict:
 
     ids = torch.randint(0, VOCAB, (1, context), device="cuda")
     cache = DynamicCache(config=target.config)
-    target(ids, past_key_values=cache)
+    target(ids, **{cache_keyword(target): cache})
     out = {}
     for tokens in (1, 7, 17):
         new = ids[:, :tokens]
 
         def forward():
-            target(new, past_key_values=cache)
+            target(new, **{cache_keyword(target): cache})
             cache.crop(-tokens)
 
         out[f"target forward, {tokens} token(s), eager"] = cuda_ms(forward, repeats=30)

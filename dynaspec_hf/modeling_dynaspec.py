@@ -28,7 +28,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .clusters import TokenClusters
 from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig
 from .context_tokens import recent_distinct_tokens
-from .draft_output import draft_output
+from .draft_output import cache_field, draft_output, output_cache
 from .logit_transform import LogitTransform
 from .router import ClusterRouter
 from .shortlist_head import ShortlistHead, ShortlistIndex
@@ -230,7 +230,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden = outputs.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else outputs.last_hidden_state
-        return CausalLMOutputWithPast(logits=self.full_vocabulary_logits(hidden), past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(logits=self.full_vocabulary_logits(hidden),
+                                      **{cache_field(CausalLMOutputWithPast): output_cache(outputs)})
 
     def _spread(self, row_logits: torch.Tensor, row_tokens: torch.Tensor) -> torch.Tensor:
         """Shortlist logits -> float32 `[B, vocab]` with `-inf` elsewhere (rows with token id -1 are dropped)."""
@@ -342,7 +343,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             use_cache=True,
             **{cache_name: past_key_values},
         )
-        cache = out.past_key_values
+        cache = output_cache(out)
         hidden = out.last_hidden_state[:, -1]
         previous = out.last_hidden_state[:, -2] if out.last_hidden_state.shape[1] > 1 else torch.zeros_like(hidden)
         index = self.lm_head.index()

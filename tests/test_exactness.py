@@ -1,8 +1,11 @@
 """Greedy output with the assistant must equal the target's own greedy output, token for token."""
 
+import logging
+
 import pytest
 import torch
 
+import dynaspec_hf
 from dynaspec_hf.measure import count_forward_calls
 from conftest import SETTINGS, VOCAB, make_assistant, random_cases, rollback_limited, tiny_pair
 
@@ -72,3 +75,17 @@ def test_perfect_drafter_is_fully_accepted():
         got = target.generate(ids, assistant_model=assistant, do_sample=False, max_new_tokens=30)
     assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=30))
     assert calls[0] == -(-30 // (block + 1)), f"{calls[0]} target passes for 30 tokens in blocks of {block}"
+
+
+def test_neither_loop_uses_the_deprecated_cache_name(monkeypatch):
+    """Newer transformers (5.24) rename `past_key_values` to `cache` and warn on the old name, to be removed in
+    5.40: the assisted loop and the own loop must pass and read caches by the installed version's name."""
+    messages = []
+    monkeypatch.setattr(logging.Logger, "warning_once", lambda self, message, *args, **kwargs: messages.append(message))
+    target, drafter = tiny_pair("llama")
+    assistant = make_assistant(drafter, "routed")
+    ids = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(0))
+    target.generate(ids, assistant_model=assistant, do_sample=False, max_new_tokens=12)
+    for tree in (dynaspec_hf.TreeConfig(), dynaspec_hf.TreeConfig.chain(4)):
+        dynaspec_hf.generate(target, assistant, ids, max_new_tokens=12, tree=tree)
+    assert not [m for m in messages if "past_key_values" in str(m)], messages
