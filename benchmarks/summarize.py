@@ -37,20 +37,35 @@ def summary_table(rows: list[dict]) -> str:
 def side_by_side_table(rows: list[dict], reference: str = ASSISTED) -> str:
     """Tokens/s of each timed method over `reference`'s, prompt set by prompt set in the same run: geometric mean,
     lowest and highest over the categories. Steadier than speedups over plain decoding, whose launch-bound speed
-    moves between runs and within one."""
+    moves between runs and within one. Where rows give their timed tokens, also pooled: all timed tokens over all
+    their seconds, which weighs a prompt that ends after a few tokens by those tokens only."""
     speed = {(r["temperature"], r["method"], r["category"]): r["tokens_per_s"] for r in rows if r.get("tokens_per_s")}
     groups = defaultdict(list)
     for (temperature, method, category), value in speed.items():
         base = speed.get((temperature, reference, category))
         if base and method != reference:
             groups[(temperature, method)].append(value / base)
-    lines = [f"| T | method | categories | tokens/s over {reference}: geometric mean | lowest | highest |",
-             "|---|---|---|---|---|---|"]
+    pooled = pooled_tokens_per_s(rows)
+    lines = [f"| T | method | categories | tokens/s over {reference}: geometric mean | lowest | highest | "
+             "pooled tokens/s | pooled over the reference's |", "|---|---|---|---|---|---|---|---|"]
     for (temperature, method), ratios in groups.items():
         mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        mine, base = pooled.get((temperature, method)), pooled.get((temperature, reference))
         lines.append(f"| {temperature:.0f} | {method} | {len(ratios)} | {mean:.2f} | {min(ratios):.2f} | "
-                     f"{max(ratios):.2f} |")
+                     f"{max(ratios):.2f} | {'-' if mine is None else f'{mine:.1f}'} | "
+                     f"{'-' if mine is None or base is None else f'{mine / base:.2f}'} |")
     return "\n".join(lines) + "\n"
+
+
+def pooled_tokens_per_s(rows: list[dict]) -> dict:
+    """Per (temperature, method): timed tokens over timed seconds, summed over the categories."""
+    tokens, seconds = defaultdict(float), defaultdict(float)
+    for r in rows:
+        if r.get("tokens_per_s") and r.get("timed_tokens"):
+            key = (r["temperature"], r["method"])
+            tokens[key] += r["timed_tokens"]
+            seconds[key] += r["timed_tokens"] / r["tokens_per_s"]
+    return {key: tokens[key] / seconds[key] for key in tokens}
 
 
 def realism_table(realism: dict) -> str:

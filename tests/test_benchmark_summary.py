@@ -11,9 +11,9 @@ summarize = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(summarize)
 
 
-def row(method, category, tokens_per_s, temperature=0.0):
+def row(method, category, tokens_per_s, temperature=0.0, timed_tokens=None):
     return dict(method=method, category=category, temperature=temperature, tokens_per_s=tokens_per_s,
-                shortlist_fraction=None, tau=None, recovery=None, speedup=None)
+                shortlist_fraction=None, tau=None, recovery=None, speedup=None, timed_tokens=timed_tokens)
 
 
 def test_side_by_side_is_the_geometric_mean_of_per_category_ratios():
@@ -24,4 +24,14 @@ def test_side_by_side_is_the_geometric_mean_of_per_category_ratios():
     assert len(lines) == 3  # header, separator, one method: the reference itself is not listed
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[1] == "mine" and cells[2] == "2"
-    assert [float(c) for c in cells[3:]] == pytest.approx([4.0, 2.0, 8.0])
+    assert [float(c) for c in cells[3:6]] == pytest.approx([4.0, 2.0, 8.0])
+    assert cells[6:] == ["-", "-"]  # no timed token counts: nothing to pool
+
+
+def test_side_by_side_pools_timed_tokens_over_timed_seconds():
+    rows = [row(summarize.ASSISTED, "a", 100.0, timed_tokens=200), row(summarize.ASSISTED, "b", 10.0, timed_tokens=1),
+            row("mine", "a", 400.0, timed_tokens=200), row("mine", "b", 10.0, timed_tokens=1)]
+    cells = [c.strip() for c in summarize.side_by_side_table(rows).splitlines()[2].strip("|").split("|")]
+    # geometric mean of 4 and 1 is 2; pooled, the one-token prompt barely counts: 201 / 0.6 s against 201 / 2.1 s
+    assert float(cells[3]) == pytest.approx(2.0)
+    assert float(cells[6]) == pytest.approx(201 / 0.6, abs=0.05) and float(cells[7]) == pytest.approx(2.1 / 0.6, abs=0.005)
