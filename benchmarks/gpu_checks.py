@@ -45,24 +45,10 @@ from dynaspec_hf.draft_output import output_cache  # noqa: E402
 from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache  # noqa: E402
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from dynaspec_hf.static_cache import cache_keyword  # noqa: E402
+from timing import cuda_ms  # noqa: E402
 
 VOCAB = 128_256
 BLOCK = 6  # drafts per round, as benchmarks/roofline.py composes
-
-
-def cuda_ms(fn, repeats: int = 100, warmup: int = 10) -> float:
-    """Median time of `fn()` in milliseconds, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(torch.tensor(times).median())
 
 
 def graph_ms(fn, inner: int = 20) -> float:

@@ -29,6 +29,7 @@ from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig, generation
 from dynaspec_hf.static_cache import causal  # noqa: E402
 from dynaspec_hf.tree import TreeDrafter  # noqa: E402
 from dynaspec_hf.verification import TreeVerifier  # noqa: E402
+from timing import cuda_ms  # noqa: E402
 
 VOCAB = 128_256
 _TREE = TreeConfig()
@@ -118,20 +119,6 @@ def measure(target, assistant, tree: TreeConfig, prompt, new_tokens: int) -> dic
                 warm_up_s=warm_up, heaviest_kernels=top)
 
 
-def replay_ms(graph: torch.cuda.CUDAGraph, cache, length: torch.Tensor, replays: int = 200) -> float:
-    """Milliseconds per replay of `graph`, `cache` rolled back to `length` before each (a tree's node forwards
-    write past the committed text)."""
-    times = []
-    for _ in range(replays + 1):
-        cache.set_length(length)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        graph.replay()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[replays // 2] * 1e3
-
-
 def node_forward_parts(drafter, width: int, heads: bool):
     """Device work of a tree's node forwards without the tree: the bodies over `width` tokens each (the last
     tree's inputs, or one token each: a chain step's body), and with `heads`, the head over their outputs."""
@@ -157,12 +144,14 @@ def tree_forward_split(assistant) -> dict:
     drafter = assistant.__dict__["_dynaspec_tree_drafter"]
     cache = drafter.cache
     key = next(k for k in cache.graphs if k[0] == "tree" and not k[1])
-    out = {"node forwards": drafter.forwards, "whole expansion": replay_ms(cache.graphs[key], cache, drafter.base)}
+    rollback = lambda: cache.set_length(drafter.base)  # noqa: E731  (node forwards write past the committed text)
+    out = {"node forwards": drafter.forwards,
+           "whole expansion": cuda_ms(cache.graphs[key].replay, repeats=200, before=rollback)}
     for name, width, heads in (("bodies", drafter.width, False), ("bodies and heads", drafter.width, True),
                                ("bodies over one token", 1, False)):
-        cache.set_length(drafter.base)
+        rollback()
         cache.run(("split", name), node_forward_parts(drafter, width, heads))
-        out[name] = replay_ms(cache.graphs[("split", name)], cache, drafter.base)
+        out[name] = cuda_ms(cache.graphs[("split", name)].replay, repeats=200, before=rollback)
     return out
 
 
