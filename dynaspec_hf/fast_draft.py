@@ -42,10 +42,11 @@ class StaticDraftCache:
 class GraphDrafter:
     """Drafts blocks for one `DynaSpecAssistant` on CUDA (batch 1) with CUDA-graph-replayed steps."""
 
-    def __init__(self, assistant, max_length: int = 2048, use_graphs: bool = True, route: bool = True):
+    def __init__(self, assistant, max_length: int = 2048, use_graphs: bool = True, route: bool = True,
+                 compile_options: dict | None = None):
         self.assistant, self.max_length, self.use_graphs, self.route = assistant, max_length, use_graphs, route
         self.device, self.dtype = device, dtype = assistant.device, assistant.dtype
-        self.body = StaticCacheModel(assistant.drafter, max_length)
+        self.body = StaticCacheModel(assistant.drafter, max_length, compile_options)
         hidden_size = assistant.config.drafter_config.hidden_size
         self.tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.previous = torch.zeros(1, hidden_size, dtype=dtype, device=device)  # body output of the last step

@@ -423,15 +423,19 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         output = self.draft_block(input_ids, max(int(max_new_tokens), 0), past_key_values, attention_mask, **options)
         return output if generation_config.return_dict_in_generate else output.sequences
 
-    def draft_block(self, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None, **options):
-        """`draft`, replayed from CUDA graphs when this call can use the fast path (see `_graph_drafter_for`)."""
-        graph_drafter = self._graph_drafter_for(input_ids, max_new_tokens, attention_mask, past_key_values)
+    def draft_block(self, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None,
+                    compile_options: dict | None = None, **options):
+        """`draft`, replayed from CUDA graphs when this call can use the fast path (see `_graph_drafter_for`), with
+        the body's steps compiled by `torch.compile(**compile_options)` when they are given."""
+        graph_drafter = self._graph_drafter_for(input_ids, max_new_tokens, attention_mask, past_key_values,
+                                                compile_options)
         if graph_drafter is not None:
             return graph_drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
         return self.draft(input_ids, max_new_tokens, past_key_values=past_key_values, attention_mask=attention_mask,
                           **options)
 
-    def _graph_drafter_for(self, input_ids, max_new_tokens, attention_mask, past_key_values):
+    def _graph_drafter_for(self, input_ids, max_new_tokens, attention_mask, past_key_values,
+                           compile_options: dict | None = None):
         """The CUDA-graph drafter when this call can use it (CUDA, batch 1, no padding), else None."""
         from .fast_draft import GraphDrafter, StaticDraftCache
 
@@ -444,11 +448,12 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         needed = input_ids.shape[1] + max_new_tokens
         drafter = self.__dict__.get("_graph_drafter")
         stale = (drafter is None or drafter.max_length < needed or drafter.device != self.device
-                 or drafter.dtype != self.dtype or drafter.context.shape[1] < self.config.max_context_tokens)
+                 or drafter.dtype != self.dtype or drafter.context.shape[1] < self.config.max_context_tokens
+                 or drafter.body.compile_options != compile_options)
         if stale:
             if drafter is not None:
                 drafter.release()
-            drafter = GraphDrafter(self, max_length=max(2048, 2 * needed))
+            drafter = GraphDrafter(self, max_length=max(2048, 2 * needed), compile_options=compile_options)
             self.__dict__["_graph_drafter"] = drafter
         return drafter
 

@@ -6,6 +6,10 @@ shapes, so the cache is static: rolling back is moving the write position back, 
 The caller keeps a forward's inputs (tokens, positions, which of them see which) in buffers it fills before a
 replay; the mask over the cache is computed inside the graph from the write position, so it follows rollbacks.
 
+A graph removes launches but not kernels: a transformers layer at batch 1 is some 40 small kernels. With
+`compile_options`, the forwards of keyed steps (those graphs are captured for) go through `torch.compile`, whose
+fused kernels the graph then replays; prompts run unkeyed and eagerly, so they never trigger a compile.
+
 Every layer keeps every position, sliding-window layers too (a ring buffer would overwrite what a rollback needs):
 the window is applied by the mask, one per layer type for models that interleave local and global attention.
 """
@@ -32,6 +36,14 @@ from transformers.cache_utils import Cache, StaticLayer
 SHORT_FORWARD = 64
 
 
+def _many_compiled_shapes():
+    """Dynamo's recompile limit raised while fixed-shape steps run: models of one class share their compiled
+    entries' count (verifiers and drafters rebuilt for longer caches, several pairs in one process), and past the
+    default limit of 8 dynamo would run every new shape uncompiled."""
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    return torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), 64)})
+
+
 @functools.lru_cache(maxsize=None)
 def _cache_keyword(forward) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
@@ -44,11 +56,18 @@ def cache_keyword(model) -> str:
 
 
 class StaticCacheModel:
-    """`model` (a transformers body or causal LM) on a static cache of `max_length` positions, batch 1."""
+    """`model` (a transformers body or causal LM) on a static cache of `max_length` positions, batch 1.
+    `compile_options`: `torch.compile` keyword arguments for the fixed-shape forwards (None: not compiled)."""
 
-    def __init__(self, model, max_length: int):
+    def __init__(self, model, max_length: int, compile_options: dict | None = None):
         config = model.config.get_text_config()
-        self.model, self.max_length = model, max_length
+        self.model, self.max_length, self.compile_options = model, max_length, compile_options
+        # the model itself is left as it is. torch's default `dynamic=None` compiles a step's first length (one
+        # token, the tree's width, the padded verification pass) for that length alone and the re-reads of
+        # accepted tokens, whose lengths vary, once for all lengths: about 3 compiles per model (7 for a chain
+        # drafter with `dynamic=False`, counted on the CPU), each up to ~40 s for a 16-layer 2,048-wide body
+        self.compiled = None if compile_options is None else torch.compile(model, **compile_options)
+        self._fixed_shape = False  # inside `run` with a key: the forward may be the compiled one
         self.device, self.dtype = model.device, model.dtype
         self.cache = Cache(layers=[StaticLayer(max_cache_len=max_length) for _ in range(config.num_hidden_layers)])
         self.window = getattr(config, "sliding_window", None)
@@ -98,9 +117,10 @@ class StaticCacheModel:
         `attention_mask` says)."""
         short = ids.shape[1] <= SHORT_FORWARD and self.dtype == torch.float32
         kwargs[cache_keyword(self.model)] = self.cache
+        model = self.compiled if self._fixed_shape and self.compiled is not None else self.model
         with sdpa_kernel([SDPBackend.MATH]) if short else nullcontext():
-            return self.model(input_ids=ids, attention_mask=self.attention_mask(positions, block, base),
-                              position_ids=positions[None], use_cache=True, **kwargs)
+            return model(input_ids=ids, attention_mask=self.attention_mask(positions, block, base),
+                         position_ids=positions[None], use_cache=True, **kwargs)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
@@ -109,17 +129,26 @@ class StaticCacheModel:
     def run(self, key: Hashable | None, step: Callable[[], None], keep: tuple[torch.Tensor, ...] = ()) -> None:
         """Run `step` (device work only, reading and writing static buffers), replayed from the graph captured for
         `key` on one GPU. `key=None` (shapes that vary), the CPU and several GPUs run it eagerly. `keep`: buffers
-        the step writes that must hold their values from before the capture (the warm-up runs it once for real)."""
-        if key is None or not self.capturable:
+        the step writes that must hold their values from before the capture (the warm-up runs it once for real).
+        A keyed step's forwards have fixed shapes: they are the compiled ones where `compile_options` asks for it."""
+        if key is None:
             step()
             return
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(key, step, keep)
-        graph = self.graphs[key]
-        if graph is None:
-            step()
-        else:
-            graph.replay()
+        self._fixed_shape = True
+        try:
+            with _many_compiled_shapes() if self.compiled is not None else nullcontext():
+                if not self.capturable:
+                    step()
+                    return
+                if key not in self.graphs:
+                    self.graphs[key] = self._capture(key, step, keep)
+                graph = self.graphs[key]
+                if graph is None:
+                    step()
+                else:
+                    graph.replay()
+        finally:
+            self._fixed_shape = False
 
     def _capture(self, key, step, keep) -> torch.cuda.CUDAGraph | None:
         """Warm up on a side stream (as CUDA graphs require), then capture; nothing it ran is kept."""

@@ -68,7 +68,7 @@ class TokenTree:
 
 @torch.no_grad()
 def draft_chain(assistant, committed: torch.Tensor, cache, *, num_nodes: int, do_sample: bool, processors=None,
-                temperature: float = 0.0) -> tuple[TokenTree, object]:
+                temperature: float = 0.0, compile_options: dict | None = None) -> tuple[TokenTree, object]:
     """A chain of `num_nodes` drafts after `committed` as a `TokenTree`, from the assistant's chain drafter
     (`draft_block`: CUDA-graph steps where it can), so chains in this loop draft as in transformers' loop.
 
@@ -76,7 +76,7 @@ def draft_chain(assistant, committed: torch.Tensor, cache, *, num_nodes: int, do
     """
     length = committed.shape[0]
     out = assistant.draft_block(committed[None], num_nodes, cache, do_sample=do_sample, logits_processor=processors,
-                                temperature=temperature)
+                                temperature=temperature, compile_options=compile_options)
     tree = TokenTree(root_position=length - 1)
     node = tree.add(int(committed[-1]), -1)
     for token, logits in zip(out.sequences[0, length:].tolist(), out.scores):
@@ -143,12 +143,12 @@ class TreeDrafter:
     shortlist its nodes' positions use (once, for a schedule that does not change with the position).
     """
 
-    def __init__(self, assistant, max_length: int, max_depth: int, width: int):
+    def __init__(self, assistant, max_length: int, max_depth: int, width: int, compile_options: dict | None = None):
         self.assistant, self.max_depth, self.width = assistant, max_depth, width
         self.forwards = max(max_depth - 1, 1)  # node forwards per tree
         self.capacity = width * self.forwards  # cache positions the node forwards of one tree take
         self.max_length = max_length
-        self.cache = StaticCacheModel(assistant.drafter, max_length + self.capacity)
+        self.cache = StaticCacheModel(assistant.drafter, max_length + self.capacity, compile_options)
         self.device, self.dtype = device, dtype = assistant.device, assistant.dtype
         hidden_size, vocab = assistant.config.drafter_config.hidden_size, assistant.config.vocab_size
         long = dict(dtype=torch.long, device=device)
@@ -354,16 +354,18 @@ def processors_key(processors) -> tuple:
                  for p in processors or ())
 
 
-def tree_drafter(assistant, length: int, max_depth: int, width: int) -> TreeDrafter:
+def tree_drafter(assistant, length: int, max_depth: int, width: int,
+                 compile_options: dict | None = None) -> TreeDrafter:
     """The assistant's tree drafter, kept on it between calls so its graphs are captured once; rebuilt when a
-    generation needs a longer cache or another tree shape."""
+    generation needs a longer cache, another tree shape or other compile options."""
     drafter = assistant.__dict__.get("_dynaspec_tree_drafter")
     if (drafter is None or drafter.max_length < length or (drafter.max_depth, drafter.width) != (max_depth, width)
             or drafter.device != assistant.device or drafter.dtype != assistant.dtype
-            or drafter.context.shape[1] < assistant.config.max_context_tokens):
+            or drafter.context.shape[1] < assistant.config.max_context_tokens
+            or drafter.cache.compile_options != compile_options):
         if drafter is not None:
             drafter.release()
-        drafter = TreeDrafter(assistant, max(256, 2 * length), max_depth, width)
+        drafter = TreeDrafter(assistant, max(256, 2 * length), max_depth, width, compile_options)
         assistant.__dict__["_dynaspec_tree_drafter"] = drafter
     drafter.start()
     return drafter

@@ -17,10 +17,11 @@ from .tree import TokenTree
 
 
 class TreeVerifier:
-    """Verifies token trees of up to `size` tokens (re-fed chain + nodes) for one `target` at batch 1."""
+    """Verifies token trees of up to `size` tokens (re-fed chain + nodes) for one `target` at batch 1.
+    `compile_options`: `torch.compile` options for the replayed pass (`StaticCacheModel`)."""
 
-    def __init__(self, target, max_length: int, size: int):
-        self.model = StaticCacheModel(target, max_length)
+    def __init__(self, target, max_length: int, size: int, compile_options: dict | None = None):
+        self.model = StaticCacheModel(target, max_length, compile_options)
         self.size, self.cached, self.passes = size, 0, 0  # passes: this generation's, replays included
         device = target.device
         self.ids = torch.zeros(size, dtype=torch.long, device=device)
@@ -74,15 +75,16 @@ class TreeVerifier:
         return self.model.forward(ids[None], positions, block, logits_to_keep=keep).logits[0].float()
 
 
-def tree_verifier(target, length: int, size: int) -> TreeVerifier:
+def tree_verifier(target, length: int, size: int, compile_options: dict | None = None) -> TreeVerifier:
     """The target's verifier, kept on the target between calls so its graph is captured once; rebuilt when a
-    generation needs a longer cache or another padded size."""
+    generation needs a longer cache, another padded size or other compile options."""
     verifier = target.__dict__.get("_dynaspec_tree_verifier")
     if (verifier is None or verifier.model.max_length < length or verifier.size != size
-            or verifier.model.device != target.device or verifier.model.dtype != target.dtype):
+            or verifier.model.device != target.device or verifier.model.dtype != target.dtype
+            or verifier.model.compile_options != compile_options):
         if verifier is not None:
             verifier.model.release()
-        verifier = TreeVerifier(target, max(256, 2 * length), size)
+        verifier = TreeVerifier(target, max(256, 2 * length), size, compile_options)
         target.__dict__["_dynaspec_tree_verifier"] = verifier
     verifier.start()
     return verifier

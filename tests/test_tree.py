@@ -225,6 +225,31 @@ def test_own_loop_chain_drafts_with_the_graph_drafter(monkeypatch):
     assert target.__dict__["_dynaspec_tree_verifier"].size == TreeConfig.chain(5).verified_tokens == 11
 
 
+@pytest.mark.parametrize("shape", sorted(TREES))
+def test_compiled_fixed_shape_forwards_stay_exact(shape):
+    """`compile=` sends the fixed-shape forwards (the padded verification pass, the tree's node and prefix
+    forwards) through torch.compile, here with a backend that records each graph it gets, and never a prompt."""
+    token_counts = []
+
+    def recording_backend(graph_module, example_inputs):
+        token_counts.extend(x.shape[-1] for x in example_inputs if isinstance(x, torch.Tensor) and x.ndim == 2
+                            and x.dtype == torch.long)
+        return graph_module.forward
+
+    target, drafter = tiny_pair("llama", seed=4)
+    assistant = make_assistant(drafter, "routed")
+    verified = TREES[shape].verified_tokens
+    for length in (verified + 2, verified + 5):  # longer than any fixed shape: a compiled prompt would show
+        ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(length))
+        got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=12, tree=TREES[shape],
+                                   compile={"backend": recording_backend})
+        assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=12))
+    assert verified in token_counts, "the verification pass was not compiled"
+    assert max(token_counts) == verified, f"a variable-length forward was compiled: {sorted(set(token_counts))}"
+    if shape == "tree":
+        assert TREES[shape].width in token_counts, "the tree's node forwards were not compiled"
+
+
 @pytest.mark.parametrize("tree", [{"num_nodes": 8, "max_depth": 4, "width": 2}, TreeConfig.chain(4)])
 def test_custom_generate_entry_point(tmp_path, tree):
     """`target.generate(custom_generate=dynaspec_hf.custom_generate_path())` runs the own loop (tree or chain)."""
@@ -248,6 +273,8 @@ def test_unsupported_options_are_refused():
         dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, frobnicate=True)
     with pytest.raises(ValueError, match="at least 1"):
         dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, tree=TreeConfig(num_nodes=0))
+    with pytest.raises(TypeError, match="torch.compile options"):
+        dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, compile="max-autotune")
     other, _ = tiny_pair("llama", vocab_size=VOCAB + 8)
     with pytest.raises(ValueError, match="vocabulary"):
         dynaspec_hf.generate(other, assistant, ids, max_new_tokens=4)
