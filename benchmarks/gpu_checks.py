@@ -4,10 +4,12 @@
 
 1. Exactness (float32): tiny Llama/Qwen2 pairs and sliding-window drafters (Mistral, Gemma-2/3) through the
    unchanged `target.generate(assistant_model=...)` with the CUDA-graph drafter, the own loop (chain and tree,
-   verified from a CUDA graph on a static cache) on the GPU, and
+   verified from a CUDA graph on a static cache; and with `compile=True`, routed schedule) on the GPU, and
    graph drafts equal to eager drafts on a 128,256-token random pair (Triton and gather heads) and, for the
    sliding-window families, to eager static-cache steps and the drafter's own uncached greedy tokens.
 2. Head (float32): the Triton shortlist head equals the gather path at batch 1, 4 and 8.
+   bf16: greedy through transformers' assisted loop and the own loop against plain bf16 greedy, and the target's
+   top-two logit gap where they differ.
    Sampling (float32): chi-square of the first token and the second-token marginal with the graph drafter, and
    with the own loop's tree (its expansion, sampling included, replayed from a CUDA graph).
 3. Anatomy (bf16, random weights, batch 1): per draft step body / full head / shortlist head (gather, Triton) /
@@ -16,8 +18,8 @@
    Llama-, EAGLE-, Qwen2.5-0.5B- and Gemma-2-2B-shaped drafters; the Llama-3-8B-shaped target's forward for 1, 7
    and 17 tokens.
 4. Rounds (bf16, random weights): milliseconds per speculative round on the Llama-3-8B-shaped target with
-   Llama-3.2-1B-shaped and EAGLE-like drafters, through transformers' assisted loop and the own loop, against
-   the weight-reading floor at the measured copy bandwidth.
+   Llama-3.2-1B-shaped and EAGLE-like drafters, through transformers' assisted loop and the own loop (its
+   forwards eager-kernelled, and compiled), against the weight-reading floor at the measured copy bandwidth.
 
 Writes gpu_checks.json / gpu_checks.md.
 """
@@ -25,6 +27,7 @@ Writes gpu_checks.json / gpu_checks.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -49,6 +52,7 @@ from timing import cuda_ms  # noqa: E402
 
 VOCAB = 128_256
 BLOCK = 6  # drafts per round, as benchmarks/roofline.py composes
+COMPILED = {"eager kernels": None, "compiled": {}}  # the own loop's `compile_options`: off, torch.compile defaults
 
 
 def graph_ms(fn, inner: int = 20) -> float:
@@ -95,13 +99,18 @@ def check_exactness(log) -> dict:
         own = {}  # the own loop: chain drafted by the graph drafter, tree drafted eagerly, both verified from a graph
         if family in ("llama", "qwen2"):  # sliding-window drafters are checked on the CPU there
             prompts = [torch.randint(0, 192, (1, 9), generator=generator).cuda() for _ in range(10)]
-            for shape, tree in (("tree", TreeConfig()), ("chain", TreeConfig.chain(6))):
-                own[shape] = sum(torch.equal(target.generate(ids, do_sample=False, max_new_tokens=20),
-                                             dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20, tree=tree))
-                                 for ids in prompts)
+            compiled = (False, True) if setting == "routed" else (False,)  # compile=True: one setting per family
+            for (shape, tree), compile in itertools.product((("tree", TreeConfig()), ("chain", TreeConfig.chain(6))),
+                                                            compiled):
+                own[shape + ", compiled" * compile] = sum(
+                    torch.equal(target.generate(ids, do_sample=False, max_new_tokens=20),
+                                dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20, tree=tree,
+                                                     compile=compile))
+                    for ids in prompts)
             own["verifier graphs"] = len(target.__dict__["_dynaspec_tree_verifier"].model.graphs)
         results[f"{family}/{setting}"] = dict(exact=exact, prompts=total, graphs=graphs, own_loop=own, own_prompts=10)
-        own_text = " | ".join(f"{own[shape]}/10" if own else "-" for shape in ("chain", "tree"))
+        own_text = " | ".join(f"{own[shape]}/10" if shape in own else "-"
+                              for shape in ("chain", "tree", "chain, compiled", "tree, compiled"))
         log(f"| {family} | {setting} | {exact}/{total} | {graphs} | {own_text} | {own.get('verifier graphs', '-')} |")
     return results
 
@@ -207,6 +216,54 @@ def check_head(log) -> dict:
     return results
 
 
+@torch.no_grad()
+def check_bf16(log) -> dict:
+    """Greedy speculative decoding in bf16 against plain bf16 greedy (20 prompts of 12 tokens, 40 new), on tiny
+    pairs whose logits are peaked like a trained model's (initializer range 0.2): prompts whose outputs are equal,
+    and where they differ, the plain target's top-two logit gap at the first differing token, against the median
+    gap over all its steps. A pass over several tokens rounds differently from one-token decoding, so in half
+    precision a near tie may break the other way: float32 is the setting in which the loops are exact."""
+    from conftest import make_assistant, tiny_pair
+
+    results, new = {}, 40
+    for family in ("llama", "qwen2"):
+        target, drafter = tiny_pair(family, initializer_range=0.2)
+        assistant = make_assistant(drafter, "routed").to("cuda", torch.bfloat16)
+        target = target.to("cuda", torch.bfloat16)
+
+        def own(tree, compile=False):
+            return lambda ids: dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new, tree=tree,
+                                                    compile=compile)
+
+        loops = {"transformers' assisted loop, graph drafter": lambda ids: target.generate(
+                     ids, assistant_model=assistant, do_sample=False, max_new_tokens=new),
+                 "own loop, chain of 6": own(TreeConfig.chain(6)), "own loop, default tree": own(TreeConfig()),
+                 "own loop, chain of 6, compiled": own(TreeConfig.chain(6), True)}
+        generator = torch.Generator().manual_seed(2)
+        prompts = [torch.randint(0, 192, (1, 12), generator=generator).cuda() for _ in range(20)]
+        plain = [target.generate(ids, do_sample=False, max_new_tokens=new, output_scores=True,
+                                 return_dict_in_generate=True) for ids in prompts]
+
+        def top_two_gap(scores: torch.Tensor) -> torch.Tensor:
+            values = scores.float().topk(2, dim=-1).values
+            return values[..., 0] - values[..., 1]
+
+        median_gap = float(torch.cat([top_two_gap(torch.cat(r.scores)) for r in plain]).median())
+        for name, loop in loops.items():
+            exact, gaps = 0, []
+            for ids, reference in zip(prompts, plain):
+                differ = (loop(ids)[0, 12:] != reference.sequences[0, 12:]).nonzero()
+                if len(differ) == 0:
+                    exact += 1
+                else:
+                    gaps.append(float(top_two_gap(reference.scores[int(differ[0])][0])))
+            results[f"{family}/{name}"] = dict(exact=exact, prompts=len(prompts), gaps_at_first_difference=gaps,
+                                               median_gap=median_gap)
+            log(f"| {family} | {name} | {exact}/{len(prompts)} | "
+                f"{', '.join(f'{gap:.3f}' for gap in sorted(gaps)) or '-'} | {median_gap:.3f} |")
+    return results
+
+
 def check_sampling(log) -> dict:
     from conftest import make_assistant, tiny_pair
     from test_sampling import PROMPT, VOCAB as SMALL, chi_square_p_value
@@ -273,6 +330,7 @@ DRAFTERS = {
     "Gemma-2-2B-shaped (26 x 2304, 256,000 tied, sliding)": gemma2_2b_config(),
 }
 TARGET_8B = llama_config(4096, 32, 14336, 32, 8)
+ROUND_DRAFTERS = ("Llama-3.2-1B-shaped (16 x 2048)", "EAGLE-like (1 x 4096)")
 
 
 @torch.no_grad()
@@ -416,9 +474,10 @@ def per_round_ms(generate, count_rounds) -> float:
 
 
 @torch.no_grad()
-def round_times(log) -> dict:
+def round_times(log, drafters=ROUND_DRAFTERS) -> dict:
     """Time per speculative round (6 drafts + one target pass) with the Llama-3-8B-shaped target, bf16, random
-    weights (so about one token per round), against the weight-reading floor at the measured copy bandwidth."""
+    weights (so about one token per round), against the weight-reading floor at the measured copy bandwidth; the
+    own loop's forwards eager-kernelled and compiled (`compile=True`), side by side."""
     from dynaspec_hf.tree import TokenTree
     from dynaspec_hf.verification import TreeVerifier, tree_verifier
 
@@ -429,45 +488,55 @@ def round_times(log) -> dict:
     target_floor = floor_ms(sum(p.numel() for p in target.parameters()) - target.get_input_embeddings().weight.numel())
     prompt = torch.randint(0, VOCAB, (1, 256), device="cuda")
     results = {"copy bandwidth (GB/s)": bandwidth / 1e9, "target floor (ms)": target_floor, **target_times(target)}
-    verifier = tree_verifier(target, 256 + 16, TreeConfig.chain(6).verified_tokens)
+    log(f"| target | copy bandwidth {bandwidth / 1e9:.0f} GB/s; eager forward of 7 tokens "
+        f"{results['target forward, 7 token(s), eager']:.2f} ms | - | {target_floor:.2f} | - |")
     chain = TokenTree(root_position=255)
     for token in range(7):
         chain.add(token, token - 1)
-    verifier.verify(prompt[0], chain)  # the prompt's pass, eager
+    for kernels, options in COMPILED.items():
+        started = time.perf_counter()
+        verifier = tree_verifier(target, 256 + 16, TreeConfig.chain(BLOCK).verified_tokens, options)
+        verifier.verify(prompt[0], chain)  # the prompt's pass, eager
 
-    def verify_round():
-        verifier.cached = 255  # the last prompt token re-fed, then six drafts: a padded 13-token pass
-        verifier.verify(prompt[0], chain)
+        def verify_round():
+            verifier.cached = 255  # the last prompt token re-fed, then six drafts: a padded 13-token pass
+            verifier.verify(prompt[0], chain)
 
-    results["verification pass, padded to 13 tokens, CUDA graph"] = cuda_ms(verify_round, repeats=30)
-    log(f"| target | copy bandwidth {bandwidth / 1e9:.0f} GB/s, weight floor {target_floor:.2f} ms | "
-        f"7 tokens eager {results['target forward, 7 token(s), eager']:.2f} ms, 13-token graph pass "
-        f"{results['verification pass, padded to 13 tokens, CUDA graph']:.2f} ms | | |")
-    for shape in ("Llama-3.2-1B-shaped (16 x 2048)", "EAGLE-like (1 x 4096)"):
+        verify_round()  # captures the graph (and compiles)
+        name = f"verification pass, padded to 13 tokens, CUDA graph, {kernels}"
+        results[name] = ms = cuda_ms(verify_round, repeats=30)
+        log(f"| target | {name} (warm-up {time.perf_counter() - started:.0f} s) | {ms:.2f} | {target_floor:.2f} | "
+            f"{ms / target_floor:.2f} |")
+    for shape in drafters:
         _, drafter = random_pair(DRAFTERS[shape], None, torch.bfloat16)
         assistant = DynaSpecAssistant.from_drafter(drafter, random_clusters(), router_hidden_size=512, k_by_position=[16])
         body = sum(p.numel() for p in drafter.model.parameters()) - drafter.get_input_embeddings().weight.numel()
         draft_floor = floor_ms(body + VOCAB // 16 * drafter.config.hidden_size)
         round_floor = BLOCK * draft_floor + target_floor
         assistant.generation_config.num_assistant_tokens = BLOCK
-        loops = {
-            "transformers' assisted loop, graph-drafted chain": (
-                lambda new: target.generate(prompt, assistant_model=assistant, do_sample=False, max_new_tokens=new),
-                lambda: count_forward_calls(target)),
-            f"own loop, chain of {BLOCK}, graph-verified": (
-                lambda new: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=new,
-                                                 tree=TreeConfig.chain(BLOCK)),
-                lambda: counting(TreeVerifier, "verify")),
-        }
-        engine = assistant._graph_drafter_for(prompt, BLOCK, None, None)
-        cache = StaticDraftCache(engine)
-        engine.draft(prompt, BLOCK, cache)  # the prompt, eagerly; then blocks that re-read two tokens
-        times = {"round floor (ms)": round_floor,
-                 f"draft block of {BLOCK}, graph drafter": cuda_ms(lambda: engine.draft(prompt, BLOCK, cache), repeats=30),
-                 "draft steps that failed capture": sum(graph is None for graph in engine.graphs.values())}
-        log(f"| {shape} | draft block of {BLOCK} alone ({times['draft steps that failed capture']} steps "
-            f"uncaptured) | {times[f'draft block of {BLOCK}, graph drafter']:.2f} | {BLOCK * draft_floor:.2f} | "
-            f"{times[f'draft block of {BLOCK}, graph drafter'] / (BLOCK * draft_floor):.2f} |")
+        times = {"round floor (ms)": round_floor}
+        for kernels, options in COMPILED.items():
+            started = time.perf_counter()
+            engine = assistant._graph_drafter_for(prompt, BLOCK, None, None, options)
+            cache = StaticDraftCache(engine)
+            engine.draft(prompt, BLOCK, cache)  # the prompt, eagerly; then blocks that re-read two tokens
+            engine.draft(prompt, BLOCK, cache)  # captures the graphs (and compiles)
+            name = f"draft block of {BLOCK}, graph drafter, {kernels}"
+            times[name] = ms = cuda_ms(lambda: engine.draft(prompt, BLOCK, cache), repeats=30)
+            failed = sum(graph is None for graph in engine.graphs.values())
+            log(f"| {shape} | {name} (warm-up {time.perf_counter() - started:.0f} s; {failed} steps uncaptured) | "
+                f"{ms:.2f} | {BLOCK * draft_floor:.2f} | {ms / (BLOCK * draft_floor):.2f} |")
+
+        def own_loop(options):
+            return lambda new: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=new,
+                                                    tree=TreeConfig.chain(BLOCK), compile=options or options == {})
+
+        loops = {"transformers' assisted loop, graph-drafted chain": (
+            lambda new: target.generate(prompt, assistant_model=assistant, do_sample=False, max_new_tokens=new),
+            lambda: count_forward_calls(target))}
+        for kernels, options in COMPILED.items():
+            loops[f"own loop, chain of {BLOCK}, graph-verified, {kernels}"] = (
+                own_loop(options), lambda: counting(TreeVerifier, "verify"))
         for loop, (generate, count_rounds) in loops.items():
             times[loop] = per_round_ms(generate, count_rounds)
             log(f"| {shape} | {loop} | {times[loop]:.2f} | {round_floor:.2f} | {times[loop] / round_floor:.2f} |")
@@ -481,7 +550,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["exactness", "drafts", "sliding", "head", "sampling", "anatomy", "rounds"])
+                        choices=["exactness", "drafts", "sliding", "head", "bf16", "sampling", "anatomy", "rounds"])
+    parser.add_argument("--round-drafters", nargs="+", default=ROUND_DRAFTERS, choices=ROUND_DRAFTERS,
+                        help="drafter shapes the rounds section times")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -495,8 +566,8 @@ def main(argv=None):
                             "transformers": transformers.__version__}}
     sections = [
         ("exactness", "## Greedy exactness with the graph drafter (float32)\n\n| family | schedule | exact | graphs "
-                      "captured | own loop chain exact | own loop tree exact | verifier graphs |\n"
-                      "|---|---|---|---|---|---|---|", check_exactness),
+                      "captured | own loop chain exact | own loop tree exact | the same, compiled: chain | tree | "
+                      "verifier graphs |\n|---|---|---|---|---|---|---|---|---|", check_exactness),
         ("drafts", "## Graph drafts equal eager drafts (float32, 128,256 tokens)\n\n| head kernel | schedule | "
                    "equal blocks |\n|---|---|---|", check_graph_drafts),
         ("sliding", "## Sliding-window drafters: graph drafts equal eager static-cache drafts and the drafter's own "
@@ -504,12 +575,16 @@ def main(argv=None):
                     "greedy | graphs captured |\n|---|---|---|---|---|", check_sliding_window_drafts),
         ("head", "## Triton head equals the gather path (float32, 1/16 of 128,256 tokens)\n\n| batch | max abs "
                  "difference | same token ids |\n|---|---|---|", check_head),
+        ("bf16", "## Greedy in bf16 against plain bf16 greedy (tiny pairs, initializer range 0.2)\n\n| family | loop | "
+                 "equal outputs | top-two logit gap where they first differ | median gap, all steps |\n"
+                 "|---|---|---|---|---|", check_bf16),
         ("sampling", "## Sampling with the graph drafter (chi-square p-values, 3,000 draws)\n\n| schedule | first "
                      "token | second token | graph drafter used |\n|---|---|---|---|", check_sampling),
         ("anatomy", "## Draft-step anatomy (bf16, batch 1, context 256; median ms)\n\n| shape | part | ms |\n"
                     "|---|---|---|", anatomy),
         ("rounds", "## Time per round on the Llama-3-8B-shaped target (bf16, random weights, prompt 256; ms)\n\n"
-                   "| drafter | loop | ms per round | weight floor | ratio |\n|---|---|---|---|---|", round_times),
+                   "| drafter | loop | ms per round | weight floor | ratio |\n|---|---|---|---|---|",
+                   lambda log: round_times(log, args.round_drafters)),
     ]
     for name, header, fn in sections:
         if name in args.skip:

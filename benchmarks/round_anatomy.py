@@ -83,8 +83,9 @@ def timed_parts(totals: dict):
             setattr(owner, name, original)
 
 
-def measure(target, assistant, tree: TreeConfig, prompt, new_tokens: int) -> dict:
-    run = lambda: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=new_tokens, tree=tree)  # noqa: E731
+def measure(target, assistant, tree: TreeConfig, prompt, new_tokens: int, compile: bool = False) -> dict:
+    run = lambda: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=new_tokens, tree=tree,  # noqa: E731
+                                       compile=compile)
     started = time.perf_counter()
     run()  # captures the graphs
     warm_up = time.perf_counter() - started
@@ -161,20 +162,16 @@ def main(argv=None):
     parser.add_argument("--pair", type=Path, help="the trained pair (recipe.py --out); default: random weights")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the two bodies (inductor's kernels "
-                        "replayed inside the package's own graphs)")
+    parser.add_argument("--compile", action="store_true", help="generate(compile=True): the loop's forwards compiled "
+                        "by torch.compile, their kernels replayed inside the package's own graphs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     target, assistant = models(args)
-    if args.compile:  # both bodies run one code object, which counts their shapes against one recompile limit
-        torch._dynamo.config.recompile_limit = 64
-        target.model.compile()
-        assistant.drafter.compile()
     prompt = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(0)).cuda()
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype,
                "weights": "trained pair" if args.pair else "random (trained pair's shapes)", "loops": {}}
     for name, tree in LOOPS.items():
-        results["loops"][name] = measure(target, assistant, tree, prompt, args.new_tokens)
+        results["loops"][name] = measure(target, assistant, tree, prompt, args.new_tokens, args.compile)
     results["tree expansion split (ms per tree)"] = split = tree_forward_split(assistant)
     parts = list(next(iter(results["loops"].values()))["ms"])
     lines = [f"GPU: {results['gpu']}, torch {results['torch']}, {args.dtype}, {results['weights']}\n",
