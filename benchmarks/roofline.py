@@ -1,10 +1,13 @@
 """Compose measured draft-step times with measured τ, next to the memory-bound roofline, for realistic shapes.
 
-    python benchmarks/roofline.py benchmarks/results/gpu_checks.json benchmarks/results/latest.json
+    python benchmarks/roofline.py benchmarks/results/gpu_checks.json benchmarks/results/latest.json \
+        [--rounds benchmarks/results/engine/gpu_checks_rounds_compile_static.json]
 
 Speedup over plain decoding = τ · t(target, 1 token) / (block · t(draft step) + t(target, block + 1 tokens)). The
 roofline uses the same formula with every forward at its weight-reading floor (bf16 weights read once at
-`--bandwidth` bytes/s; the KV cache and activations are ignored).
+`--bandwidth` bytes/s; the KV cache and activations are ignored). `--rounds` (a `gpu_checks.py` rounds file)
+composes whole measured rounds instead: τ · t(plain decoding) / t(round), against the eager plain decoding of the
+same run and against plain decoding at its weight floor, which no plain decoder beats (a lower bound).
 """
 
 import argparse
@@ -28,6 +31,7 @@ def main():
     parser.add_argument("anatomy")
     parser.add_argument("latest")
     parser.add_argument("--bandwidth", type=float, default=3.0e12, help="bytes/s (the H100's measured copy rate)")
+    parser.add_argument("--rounds", help="gpu_checks.json with a rounds section: compose its measured rounds")
     args = parser.parse_args()
     anatomy = json.load(open(args.anatomy))["anatomy"]
     rows = json.load(open(args.latest))["rows"]
@@ -54,6 +58,23 @@ def main():
             draft_floor = floor(body_parameters(*dims) + head_rows * dims[0])
             roofline = tau[method] * target_floor / (BLOCK * draft_floor + target_floor)
             print(f"| {shape} | {head} | {step:.3f} | {composed:.2f}x | {roofline:.2f}x |")
+    if args.rounds:
+        compose_rounds(json.load(open(args.rounds))["rounds"], tau["DynaSpec 1/16"])
+
+
+def compose_rounds(rounds: dict, tau: float) -> None:
+    """Measured rounds (6 drafts + one verification pass) composed with the pair's τ. The rounds ran on random
+    weights (about one token per round), but a round's work hardly depends on τ: the pass is padded to a fixed
+    size and the chain always drafts 6; only the drafter's re-read grows with the accepted tokens."""
+    plain, floor = rounds["target forward, 1 token(s), eager"], rounds["target floor (ms)"]
+    print(f"\nMeasured rounds (τ {tau:.2f}, DynaSpec 1/16, chain of {BLOCK}); plain decoding in the same run: eager "
+          f"{plain:.1f} ms per token, weight floor {floor:.2f} ms\n")
+    print("| drafter | loop | ms per round | speedup over eager plain decoding | over plain decoding at its floor |\n"
+          "|---|---|---|---|---|")
+    for shape in SHAPES:
+        for loop, ms in rounds.get(shape, {}).items():
+            if "loop" in loop:
+                print(f"| {shape} | {loop} | {ms:.2f} | {tau * plain / ms:.2f}x | {tau * floor / ms:.2f}x |")
 
 
 if __name__ == "__main__":
