@@ -528,8 +528,9 @@ def round_times(log, drafters=ROUND_DRAFTERS) -> dict:
                 f"{ms:.2f} | {BLOCK * draft_floor:.2f} | {ms / (BLOCK * draft_floor):.2f} |")
 
         def own_loop(options):
+            compile = False if options is None else options
             return lambda new: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=new,
-                                                    tree=TreeConfig.chain(BLOCK), compile=options or options == {})
+                                                    tree=TreeConfig.chain(BLOCK), compile=compile)
 
         loops = {"transformers' assisted loop, graph-drafted chain": (
             lambda new: target.generate(prompt, assistant_model=assistant, do_sample=False, max_new_tokens=new),
