@@ -1,9 +1,9 @@
 """Where a round of the package's own loop spends its time: drafting, verification, acceptance and the rest.
 
-    python benchmarks/round_anatomy.py --out DIR [--pair PAIR_DIR] [--dtype float32] [--compile]
+    python benchmarks/round_anatomy.py --out DIR [--pair PAIR_DIR | --shape 8b-1b] [--dtype float32] [--compile]
 
 Runs `dynaspec_hf.generate` (chain of 6, and the default tree) on the trained pair's shapes (random weights unless
-`--pair` gives the trained pair) and reports, per round: wall milliseconds of each part (each timed from an idle
+`--pair` gives the trained pair; `--shape` picks other shapes) and reports, per round: wall milliseconds of each part (each timed from an idle
 device to its last kernel, so parts do not overlap), and the device's busy time (kernel time from the profiler) over
 the whole round, and the kernels that take most of it. Wall time well above busy time is host work the device
 waits for. Then it splits the last tree's expansion into the node forwards' bodies, their heads and the tree's own
@@ -21,14 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dynaspec_hf  # noqa: E402
-from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig, generation  # noqa: E402
+from dynaspec_hf import DynaSpecAssistant, TreeConfig, generation  # noqa: E402
 from dynaspec_hf.static_cache import causal  # noqa: E402
 from dynaspec_hf.tree import TreeDrafter  # noqa: E402
 from dynaspec_hf.verification import TreeVerifier  # noqa: E402
+from gpu_checks import DRAFTERS, TARGET_8B, llama_config, random_clusters  # noqa: E402
 from timing import cuda_ms  # noqa: E402
 
 VOCAB = 128_256
@@ -36,12 +37,11 @@ _TREE = TreeConfig()
 LOOPS = {"chain of 6": TreeConfig.chain(6), f"tree {_TREE.num_nodes}/{_TREE.max_depth}/{_TREE.width}": _TREE}
 
 
-def pair_shaped(hidden: int, layers: int, dtype) -> torch.nn.Module:
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, max_position_embeddings=4096, tie_word_embeddings=False,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    with torch.device("cuda"):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+SHAPES = {  # --shape: (target config, drafter config), random weights
+    "pair": (llama_config(768, 12, 3072), llama_config(768, 4, 3072)),  # the trained pair's shapes
+    "8b-1b": (TARGET_8B, DRAFTERS["Llama-3.2-1B-shaped (16 x 2048)"]),
+    "8b-eagle": (TARGET_8B, DRAFTERS["EAGLE-like (1 x 4096)"]),
+}
 
 
 def models(args):
@@ -50,10 +50,9 @@ def models(args):
         target = AutoModelForCausalLM.from_pretrained(args.pair / "target", dtype=dtype).cuda().eval()
         assistant = DynaSpecAssistant.from_pretrained(args.pair / "assistant-dynaspec", dtype=dtype).cuda().eval()
         return target, assistant
-    target, drafter = pair_shaped(768, 12, dtype), pair_shaped(768, 4, dtype)
-    ranking = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(0)).float()
-    clusters = TokenClusters.from_frequencies(ranking, 256, core_size=16 * -(-VOCAB // 256))
-    return target, DynaSpecAssistant.from_drafter(drafter, clusters, k_by_position=[16])
+    with torch.device("cuda"):
+        target, drafter = (AutoModelForCausalLM.from_config(config, dtype=dtype).eval() for config in SHAPES[args.shape])
+    return target, DynaSpecAssistant.from_drafter(drafter, random_clusters(), k_by_position=[16])
 
 
 @contextmanager
@@ -160,6 +159,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--pair", type=Path, help="the trained pair (recipe.py --out); default: random weights")
+    parser.add_argument("--shape", default="pair", choices=sorted(SHAPES), help="random weights' shapes: the trained "
+                        "pair's, or a Llama-3-8B-shaped target with a Llama-3.2-1B-shaped or EAGLE-like drafter")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="generate(compile=True): the loop's forwards compiled "
@@ -169,7 +170,8 @@ def main(argv=None):
     target, assistant = models(args)
     prompt = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(0)).cuda()
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype,
-               "weights": "trained pair" if args.pair else "random (trained pair's shapes)", "loops": {}}
+               "weights": "trained pair" if args.pair else f"random ({args.shape} shapes)", "loops": {},
+               "compiled": args.compile}
     for name, tree in LOOPS.items():
         results["loops"][name] = measure(target, assistant, tree, prompt, args.new_tokens, args.compile)
     results["tree expansion split (ms per tree)"] = split = tree_forward_split(assistant)
