@@ -37,9 +37,10 @@ SHORT_FORWARD = 64
 
 
 def _many_compiled_shapes():
-    """Dynamo's recompile limit raised while fixed-shape steps run: models of one class share their compiled
-    entries' count (verifiers and drafters rebuilt for longer caches, several pairs in one process), and past the
-    default limit of 8 dynamo would run every new shape uncompiled."""
+    """Dynamo's recompile limit raised while keyed steps may compile (never around a replay: a patch of dynamo's
+    config costs ~0.1 ms of host time). Models of one class share their compiled entries' count (verifiers and
+    drafters rebuilt for longer caches, several pairs in one process), and past the default limit of 8 dynamo would
+    run every new shape uncompiled."""
     name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
     return torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), 64)})
 
@@ -136,17 +137,15 @@ class StaticCacheModel:
             return
         self._fixed_shape = True
         try:
-            with _many_compiled_shapes() if self.compiled is not None else nullcontext():
-                if not self.capturable:
-                    step()
-                    return
-                if key not in self.graphs:
-                    self.graphs[key] = self._capture(key, step, keep)
-                graph = self.graphs[key]
-                if graph is None:
-                    step()
-                else:
-                    graph.replay()
+            graph = self.graphs.get(key)
+            if graph is None:  # not captured yet, not capturable, or its capture failed: this may compile
+                with _many_compiled_shapes() if self.compiled is not None else nullcontext():
+                    if self.capturable and key not in self.graphs:
+                        self.graphs[key] = graph = self._capture(key, step, keep)
+                    if graph is None:
+                        step()
+            if graph is not None:
+                graph.replay()
         finally:
             self._fixed_shape = False
 
