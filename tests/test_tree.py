@@ -252,15 +252,19 @@ def test_compiled_fixed_shape_forwards_stay_exact(shape):
 
 @pytest.mark.parametrize("tree", [{"num_nodes": 8, "max_depth": 4, "width": 2}, TreeConfig.chain(4)])
 def test_custom_generate_entry_point(tmp_path, tree):
-    """`target.generate(custom_generate=dynaspec_hf.custom_generate_path())` runs the own loop (tree or chain)."""
+    """`target.generate(custom_generate=dynaspec_hf.custom_generate_path())` runs the own loop (tree or chain),
+    and passes `compile` on to it."""
     target, drafter = tiny_pair("mistral", seed=8, sliding_window=64)
     make_assistant(drafter, "routed").save_pretrained(tmp_path)
     assistant = AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(4))
+    compiled = []
+    backend = lambda graph_module, example_inputs: compiled.append(graph_module) or graph_module.forward  # noqa: E731
     got = target.generate(ids, assistant_model=assistant, custom_generate=dynaspec_hf.custom_generate_path(),
-                          trust_remote_code=True, max_new_tokens=20, tree=tree)
+                          trust_remote_code=True, max_new_tokens=20, tree=tree, compile={"backend": backend})
     assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=20))
     assert "_dynaspec_tree_verifier" in target.__dict__, "the own loop did not run"
+    assert compiled, "`compile` did not reach the own loop"
 
 
 def test_unsupported_options_are_refused():
