@@ -3,9 +3,9 @@
     python benchmarks/round_anatomy.py --out DIR [--pair PAIR_DIR | --shape 8b-1b] [--dtype float32] [--compile]
 
 Runs `dynaspec_hf.generate` (chain of 6, and the default tree) on the trained pair's shapes (random weights unless
-`--pair` gives the trained pair; `--shape` picks other shapes) and reports, per round: wall milliseconds of each part (each timed from an idle
-device to its last kernel, so parts do not overlap), and the device's busy time (kernel time from the profiler) over
-the whole round, and the kernels that take most of it. Wall time well above busy time is host work the device
+`--pair` gives the trained pair; `--shape` picks other shapes) and reports, per round: wall milliseconds of each
+part (each timed from an idle device to its last kernel, so parts do not overlap), and the device's busy time
+(kernel time from the profiler) over the whole round, and the kernels that take most of it. Wall time well above busy time is host work the device
 waits for. Then it splits the last tree's expansion into the node forwards' bodies, their heads and the tree's own
 work (graphs of each part replayed alone). Writes DIR/round_anatomy.{json,md}.
 """
