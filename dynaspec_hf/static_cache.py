@@ -74,6 +74,7 @@ class StaticCacheModel:
         self.window = getattr(config, "sliding_window", None)
         self.masks_by_layer_type = getattr(config, "layer_types", None) is not None
         self.key_slots = torch.arange(max_length, device=self.device)
+        self._length = torch.zeros((), dtype=torch.long, device=self.device)  # `set_length`'s source
         self.graphs: dict[Hashable, torch.cuda.CUDAGraph | None] = {}
         # one graph captures one device's work: a model spread over GPUs (`device_map`) runs eagerly
         self.capturable = self.device.type == "cuda" and len(set(getattr(model, "hf_device_map", {}).values())) <= 1
@@ -85,12 +86,15 @@ class StaticCacheModel:
         return layer.cumulative_length if layer.is_initialized else 0
 
     def set_length(self, length: int | torch.Tensor) -> None:
-        """Keep the first `length` cached positions (what follows is overwritten by the next forward)."""
-        for layer in self.cache.layers:
-            if isinstance(length, torch.Tensor):
-                layer.cumulative_length.copy_(length)
-            elif layer.is_initialized:
-                layer.cumulative_length.fill_(length)
+        """Keep the first `length` cached positions (what follows is overwritten by the next forward). Every layer
+        keeps its own write position; one multi-tensor copy sets them all (a fill per layer was 32 launches for an
+        8B target, about 0.3 ms of host time). A device scalar `length` may be read inside a captured graph."""
+        lengths = [layer.cumulative_length for layer in self.cache.layers if layer.is_initialized]
+        if not lengths:
+            return
+        if not isinstance(length, torch.Tensor):
+            length = self._length.fill_(length)
+        torch._foreach_copy_(lengths, [length] * len(lengths))
 
     def attention_mask(self, positions: torch.Tensor, block: torch.Tensor,
                        base: int | torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:

@@ -24,9 +24,14 @@ class TreeVerifier:
         self.model = StaticCacheModel(target, max_length, compile_options)
         self.size, self.cached, self.passes = size, 0, 0  # passes: this generation's, replays included
         device = target.device
-        self.ids = torch.zeros(size, dtype=torch.long, device=device)
-        self.positions = torch.zeros(size, dtype=torch.long, device=device)
-        self.block = torch.zeros(size, size, dtype=torch.bool, device=device)
+        # a replayed pass's inputs, written on the host and sent in one copy (building them with device operations
+        # was ~15 launches, about 1 ms of host time with the device idle, per round): tokens, positions, which
+        # token sees which (`[size, size]`, as 0/1) and the write position, which the graph sets itself
+        self.staged = torch.zeros(2 * size + size * size + 1, dtype=torch.long, device=device)
+        self.host = torch.zeros(self.staged.shape, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.sent = None  # the event after the last copy out of `host`: its end frees `host` for the next pass
+        self.ids, self.positions = self.staged[:size], self.staged[size : 2 * size]
+        self.block, self.length = self.staged[2 * size : -1].view(size, size), self.staged[-1]
         self.logits = torch.zeros(size, target.config.get_text_config().vocab_size, dtype=torch.float32, device=device)
 
     def start(self) -> None:
@@ -39,26 +44,24 @@ class TreeVerifier:
 
         `committed` (1-D) extends what the previous call committed; on return the cache holds exactly it.
         """
-        device = self.ids.device
-        committed = committed.to(device)
-        chain = committed[self.cached :]
-        n_chain, count = chain.shape[0], chain.shape[0] + len(tree) - 1
-        padded = max(count, self.size)  # the prompt's pass is longer than `size`: it runs unpadded, eagerly
-        ids = torch.zeros(padded, dtype=torch.long, device=device)
-        ids[:count] = torch.cat([chain, torch.tensor(tree.tokens[1:], dtype=chain.dtype, device=device)])
-        positions = torch.zeros(padded, dtype=torch.long, device=device)
-        positions[:count] = torch.cat([torch.arange(self.cached, self.cached + n_chain, device=device),
-                                       tree.positions(device)])
-        block = torch.eye(padded, dtype=torch.bool, device=device)  # a padding token sees only itself
-        block[:count, :n_chain] = causal(count, device)[:, :n_chain]  # drafts see the whole chain
-        block[n_chain:count, n_chain:count] = tree.ancestor_mask(device)
-        self.model.set_length(self.cached)
-        if padded > self.size:
+        chain = committed[self.cached :].tolist()  # the tokens committed since the last pass: a few
+        n_chain, count = len(chain), len(chain) + len(tree) - 1
+        if count > self.size:  # the prompt's pass: longer than `size`, unpadded and eager, built on the device
+            ids, positions, block = _pass_inputs(chain, tree, self.cached, count, self.ids.device)
+            self.model.set_length(self.cached)
             logits = self._forward(ids, positions, block, keep=len(tree))
         else:
-            self.ids.copy_(ids)
-            self.positions.copy_(positions)
-            self.block.copy_(block)
+            if self.sent is not None:
+                self.sent.synchronize()
+            ids, positions, block = _pass_inputs(chain, tree, self.cached, self.size, "cpu")
+            size = self.size
+            self.host[:size], self.host[size : 2 * size] = ids, positions
+            self.host[2 * size : -1] = block.flatten()
+            self.host[-1] = self.cached
+            self.staged.copy_(self.host, non_blocking=True)
+            if self.staged.is_cuda:
+                self.sent = torch.cuda.Event()
+                self.sent.record()
             self.model.run(self.size, self._replayed_step)
             logits = self.logits[n_chain - 1 : count].clone()
         self.cached = committed.shape[0]
@@ -67,12 +70,29 @@ class TreeVerifier:
         return logits
 
     def _replayed_step(self) -> None:
-        self.logits.copy_(self._forward(self.ids, self.positions, self.block, keep=0))
+        self.model.set_length(self.length)
+        self.logits.copy_(self._forward(self.ids, self.positions, self.block.bool(), keep=0))
 
     def _forward(self, ids, positions, block, keep: int) -> torch.Tensor:
         """The target over `ids` `[T]` written at the cache's write position; float32 logits of the last `keep`
         (0: all)."""
         return self.model.forward(ids[None], positions, block, logits_to_keep=keep).logits[0].float()
+
+
+def _pass_inputs(chain: list[int], tree: TokenTree, cached: int, padded: int, device):
+    """A pass's tokens, positions and `[padded, padded]` visibility: the committed `chain` from position `cached`
+    as a causal chain, then the tree's drafts (each sees the chain and its ancestors); a padding token sees only
+    itself."""
+    n_chain, count = len(chain), len(chain) + len(tree) - 1
+    ids = torch.zeros(padded, dtype=torch.long, device=device)
+    ids[:count] = torch.tensor(chain + tree.tokens[1:], dtype=torch.long, device=device)
+    positions = torch.zeros(padded, dtype=torch.long, device=device)
+    positions[:n_chain] = torch.arange(cached, cached + n_chain, device=device)
+    positions[n_chain:count] = tree.positions(device)
+    block = torch.eye(padded, dtype=torch.bool, device=device)
+    block[:count, :n_chain] = causal(count, device)[:, :n_chain]  # drafts see the whole chain
+    block[n_chain:count, n_chain:count] = tree.ancestor_mask(device)
+    return ids, positions, block
 
 
 def tree_verifier(target, length: int, size: int, compile_options: dict | None = None) -> TreeVerifier:
