@@ -54,10 +54,7 @@ class TreeVerifier:
             if self.sent is not None:
                 self.sent.synchronize()
             ids, positions, block = _pass_inputs(chain, tree, self.cached, self.size, "cpu")
-            size = self.size
-            self.host[:size], self.host[size : 2 * size] = ids, positions
-            self.host[2 * size : -1] = block.flatten()
-            self.host[-1] = self.cached
+            torch.cat([ids, positions, block.flatten(), torch.tensor([self.cached])], out=self.host)
             self.staged.copy_(self.host, non_blocking=True)
             if self.staged.is_cuda:
                 self.sent = torch.cuda.Event()
