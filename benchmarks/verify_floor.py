@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dynaspec_hf.tree import TokenTree  # noqa: E402
 from dynaspec_hf.verification import tree_verifier  # noqa: E402
-from gpu_checks import COMPILED, TARGET_8B, VOCAB, copy_bandwidth  # noqa: E402
+from gpu_checks import COMPILED, TARGET_8B, VOCAB, copy_bandwidth, graph_ms  # noqa: E402
 from timing import cuda_ms  # noqa: E402
 
 KERNEL_CLASSES = {  # by kernel name, first match wins (inductor's kernels name the operations they fuse)
@@ -39,18 +39,6 @@ KERNEL_CLASSES = {  # by kernel name, first match wins (inductor's kernels name 
 def kernel_class(name: str) -> str:
     name = name.lower()
     return next((kind for kind, marks in KERNEL_CLASSES.items() if any(m in name for m in marks)), "other")
-
-
-def captured(fn) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
 
 
 @torch.no_grad()
@@ -77,7 +65,7 @@ def products_ms(target, rows: int, concatenated: bool) -> float:
             activation @ down.T
         x @ target.lm_head.weight.T
 
-    ms = cuda_ms(captured(run).replay, repeats=30)
+    ms = graph_ms(run, inner=1)
     del weights
     torch.cuda.empty_cache()
     return ms
