@@ -294,6 +294,10 @@ def check_sampling(log) -> dict:
                lambda: dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3),
                lambda: any(key[0] == "tree" and graph is not None
                            for key, graph in assistant.__dict__["_dynaspec_tree_drafter"].cache.graphs.items()))
+        record(f"own loop chain of 2, {setting}",
+               lambda: dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3,
+                                            tree=TreeConfig.chain(2)),
+               lambda: "_graph_drafter" in assistant.__dict__)
     return results
 
 

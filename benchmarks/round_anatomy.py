@@ -1,9 +1,11 @@
 """Where a round of the package's own loop spends its time: drafting, verification, acceptance and the rest.
 
     python benchmarks/round_anatomy.py --out DIR [--pair PAIR_DIR | --shape 8b-1b] [--dtype float32] [--compile]
+        [--temperature 1]
 
-Runs `dynaspec_hf.generate` (chain of 6, and the default tree) on the trained pair's shapes (random weights unless
-`--pair` gives the trained pair; `--shape` picks other shapes) and reports, per round: wall milliseconds of each
+Runs `dynaspec_hf.generate` (chain of 6, and the default tree; greedy, or sampling at `--temperature`) on the
+trained pair's shapes (random weights unless `--pair` gives the trained pair; `--shape` picks other shapes) and
+reports, per round: wall milliseconds of each
 part (each timed from an idle device to its last kernel, so parts do not overlap), and the device's busy time
 (kernel time from the profiler) over the whole round, and the kernels that take most of it. Wall time well above busy time is host work the device
 waits for. Then it splits the last tree's expansion into the node forwards' bodies, their heads and the tree's own
@@ -59,7 +61,7 @@ def models(args):
 def timed_parts(totals: dict):
     """Time each part of a round (wall, device synchronized before and after) while the block runs."""
     patches = [(generation, "draft_chain", "draft"), (TreeDrafter, "draft", "draft"),
-               (TreeVerifier, "verify", "verify"), (generation, "accept", "accept")]
+               (TreeVerifier, "verify", "verify"), (TreeVerifier, "sample", "accept"), (generation, "accept", "accept")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
 
     def wrap(function, part):
@@ -82,9 +84,11 @@ def timed_parts(totals: dict):
             setattr(owner, name, original)
 
 
-def measure(target, assistant, tree: TreeConfig, prompt, new_tokens: int, compile: bool = False) -> dict:
+def measure(target, assistant, tree: TreeConfig, prompt, new_tokens: int, compile: bool = False,
+            temperature: float = 0.0) -> dict:
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else {}
     run = lambda: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=new_tokens, tree=tree,  # noqa: E731
-                                       compile=compile)
+                                       compile=compile, **sampling)
     started = time.perf_counter()
     run()  # captures the graphs
     warm_up = time.perf_counter() - started
@@ -137,13 +141,13 @@ def node_forward_parts(drafter, width: int, heads: bool):
 
 @torch.no_grad()
 def tree_forward_split(assistant) -> dict:
-    """Where a tree node forward's time goes, from the tree drafter the last greedy tree generation left on
+    """Where a tree node forward's time goes, from the tree drafter the last tree generation left on
     `assistant`: its whole expansion graph (median replay) against graphs of the same node forwards' bodies alone,
     bodies and heads, and bodies over one token each. What the expansion adds to bodies and heads is the tree's
     own work: choosing the next nodes, growing the candidate pool, q."""
     drafter = assistant.__dict__["_dynaspec_tree_drafter"]
     cache = drafter.cache
-    key = next(k for k in cache.graphs if k[0] == "tree" and not k[1])
+    key = next(k for k in cache.graphs if k[0] == "tree")  # the expansion this script's generations replayed
     rollback = lambda: cache.set_length(drafter.base)  # noqa: E731  (node forwards write past the committed text)
     out = {"node forwards": drafter.forwards,
            "whole expansion": cuda_ms(cache.graphs[key].replay, repeats=200, before=rollback)}
@@ -165,18 +169,22 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="generate(compile=True): the loop's forwards compiled "
                         "by torch.compile, their kernels replayed inside the package's own graphs")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampling (top-k and top-p "
+                        "off), which times recursive rejection sampling in the acceptance part")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     target, assistant = models(args)
     prompt = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(0)).cuda()
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype,
                "weights": "trained pair" if args.pair else f"random ({args.shape} shapes)", "loops": {},
-               "compiled": args.compile}
+               "compiled": args.compile, "temperature": args.temperature}
     for name, tree in LOOPS.items():
-        results["loops"][name] = measure(target, assistant, tree, prompt, args.new_tokens, args.compile)
+        results["loops"][name] = measure(target, assistant, tree, prompt, args.new_tokens, args.compile,
+                                         args.temperature)
     results["tree expansion split (ms per tree)"] = split = tree_forward_split(assistant)
     parts = list(next(iter(results["loops"].values()))["ms"])
-    lines = [f"GPU: {results['gpu']}, torch {results['torch']}, {args.dtype}, {results['weights']}\n",
+    sampling = f", sampling at T = {args.temperature:g}" if args.temperature else ", greedy"
+    lines = [f"GPU: {results['gpu']}, torch {results['torch']}, {args.dtype}, {results['weights']}{sampling}\n",
              "| ms per round | " + " | ".join(results["loops"]) + " |", "|---|" + "---|" * len(results["loops"])]
     lines += [f"| {part} | " + " | ".join(f"{loop['ms'][part]:.2f}" for loop in results["loops"].values()) + " |"
               for part in parts]

@@ -160,7 +160,8 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
         else:
             tree = drafter.draft(committed.to(assistant.device), num_nodes=budget,
                                  max_children=tree_config.max_children, sibling_acceptance=rates, **options)
-        new = accept(tree, verifier.verify(committed, tree), do_sample, processors, rates)
+        logits = verifier.verify(committed, tree)
+        new = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None, rates)
         new = new[: max_new_tokens - len(produced)]
         stop = next((i for i, token in enumerate(new) if token in eos), None)
         if stop is not None:
@@ -172,47 +173,28 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     return produced
 
 
-def accept(tree: TokenTree, logits: torch.Tensor, do_sample: bool, processors,
+def accept(tree: TokenTree, logits: torch.Tensor, outcomes: tuple[list[int], list[int]] | None = None,
            rates: SiblingAcceptance | None = None) -> list[int]:
     """Walk the tree with the target's `logits`: the accepted draft tokens, then one token from the target.
-    Under sampling, each node's outcome is counted in `rates`."""
-    best = None if do_sample else logits.argmax(-1).tolist()  # greedy: one device sync for the whole tree
-    node, tokens = 0, []
+
+    Greedy (`outcomes` None): follow the child equal to the target's argmax, read in one device sync. Sampling:
+    `outcomes` are every node's recursive rejection sampling outcome (`TreeVerifier.sample`: the index of the
+    accepted child or -1, and the node's token); each visited node's outcome is counted in `rates`."""
+    accepted, tokens = outcomes if outcomes is not None else (None, logits.argmax(-1).tolist())
+    node, out = 0, []
     while True:
         children = tree.children[node]
-        if do_sample:
-            p = processors(None, logits[node : node + 1])[0].softmax(-1)
-            token, index = recursive_rejection_sample(p, tree.probs[node], [tree.tokens[c] for c in children])
+        if accepted is not None:
+            index = accepted[node] if accepted[node] >= 0 else None
             if rates is not None and children:
                 rates.record(len(children), index)
             child = None if index is None else children[index]
         else:
-            token = best[node]
-            child = next((c for c in children if tree.tokens[c] == token), None)
-        tokens.append(token)
+            child = next((c for c in children if tree.tokens[c] == tokens[node]), None)
+        out.append(tokens[node])
         if child is None:
-            return tokens
+            return out
         node = child
-
-
-def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor | None, candidates: list[int]) -> tuple[int, int | None]:
-    """One token distributed exactly as `p`, given `candidates` drawn in order from `q` without replacement.
-
-    Candidate i is accepted with probability min(1, p_i(x)/q_i(x)); after a rejection p becomes the normalized
-    residual max(p_i - q_i, 0) and x is removed from q. Returns `(token, index of the accepted candidate or None)`.
-    `q` may be None when there are no candidates (a leaf).
-    """
-    if candidates:
-        q = q.to(p.device, copy=True)
-    for index, token in enumerate(candidates):
-        if float(torch.rand((), device=p.device)) * float(q[token]) < float(p[token]):
-            return token, index
-        residual = (p - q).clamp_(min=0)
-        if float(residual.sum()) > 0:  # zero only when p == q, where a rejection has probability zero
-            p = residual / residual.sum()
-        q[token] = 0
-        q = q / q.sum().clamp(min=torch.finfo(q.dtype).tiny)
-    return int(torch.multinomial(p, 1)), None
 
 
 def _check_supported(target, assistant, generation_config, input_ids, tree: TreeConfig) -> None:

@@ -6,6 +6,9 @@ explicit positions. The pass is padded to a fixed number of tokens, `size`, so e
 one CUDA graph: a padding token sees only itself, is written beyond the committed text and is overwritten by the
 next pass. The prompt's pass, longer than `size`, runs eagerly. The cache keeps only committed tokens: the accepted
 ones are fed again in the next pass, which costs a few positions in a pass that reads all the weights anyway.
+
+Under sampling, the verifier also runs recursive rejection sampling for every node of the tree at once, on the
+device and replayed from a graph of its own, so the loop reads the outcome of a round in one device sync.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .static_cache import StaticCacheModel, causal
-from .tree import TokenTree
+from .tree import TokenTree, processors_key
 
 
 class TreeVerifier:
@@ -33,6 +36,10 @@ class TreeVerifier:
         self.ids, self.positions = self.staged[:size], self.staged[size : 2 * size]
         self.block, self.length = self.staged[2 * size : -1].view(size, size), self.staged[-1]
         self.logits = torch.zeros(size, target.config.get_text_config().vocab_size, dtype=torch.float32, device=device)
+        # sampling's inputs and outputs, one row per tree node (`size` rows hold any tree the pass holds)
+        self.node_logits, self.node_q = torch.zeros_like(self.logits), torch.zeros_like(self.logits)
+        self.candidates = torch.full((size, size), -1, dtype=torch.long, device=device)  # children's tokens
+        self.outcomes = torch.zeros(2, size, dtype=torch.long, device=device)
 
     def start(self) -> None:
         """Begin a generation: nothing is cached."""
@@ -66,6 +73,32 @@ class TreeVerifier:
         self.passes += 1
         return logits
 
+    @torch.no_grad()
+    def sample(self, tree: TokenTree, logits: torch.Tensor, processors) -> tuple[list[int], list[int]]:
+        """Every node's outcome of recursive rejection sampling over its children, against the target's
+        distribution (`processors` applied to `logits`, as `verify` returned them): the index of the accepted child
+        or -1, and the node's token. All nodes at once, replayed from a graph: launched one by one, its ~100 small
+        operations took 1.1 ms (chain) to 3.4 ms (tree) per round on an H200. One device sync reads the outcomes."""
+        count, width = len(tree), max(1, *(len(children) for children in tree.children))
+        candidates = torch.full((self.size, width), -1, dtype=torch.long)
+        candidates[:count] = torch.tensor([[tree.tokens[c] for c in children] + [-1] * (width - len(children))
+                                           for children in tree.children], dtype=torch.long)
+        if self.candidates.is_cuda:  # pinned, so the copy does not wait for the device
+            candidates = candidates.pin_memory()
+        self.candidates[:, :width].copy_(candidates, non_blocking=True)
+        self.node_logits[:count].copy_(logits)
+        drafted = [q for q in tree.probs if q is not None]  # q of the nodes with children
+        if drafted:  # a leaf has no q: its row is never read, and another node's stands in
+            self.node_q[:count].copy_(torch.stack([q if q is not None else drafted[0] for q in tree.probs]))
+        self.model.run(("sample", width, processors_key(processors)), lambda: self._sample_step(width, processors))
+        accepted, tokens = self.outcomes[:, :count].tolist()
+        return accepted, tokens
+
+    def _sample_step(self, width: int, processors) -> None:
+        logits = processors(None, self.node_logits) if processors else self.node_logits
+        self.outcomes.copy_(torch.stack(recursive_rejection_sample(logits.softmax(-1), self.node_q,
+                                                                   self.candidates[:, :width])))
+
     def _replayed_step(self) -> None:
         self.model.set_length(self.length)
         self.logits.copy_(self._forward(self.ids, self.positions, self.block.bool(), keep=0))
@@ -90,6 +123,35 @@ def _pass_inputs(chain: list[int], tree: TokenTree, cached: int, padded: int, de
     block[:count, :n_chain] = causal(count, device)[:, :n_chain]  # drafts see the whole chain
     block[n_chain:count, n_chain:count] = tree.ancestor_mask(device)
     return ids, positions, block
+
+
+def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: torch.LongTensor
+                               ) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Per row, one token distributed exactly as `p` (`[rows, vocab]`), given the row's `candidates` (`[rows, m]`,
+    -1 for none) drawn in order from `q` (`[rows, vocab]`) without replacement (Jeon et al., 2024; SpecInfer).
+    Device work only, every row at once.
+
+    Candidate i is accepted with probability min(1, p_i(x)/q_i(x)); after a rejection p becomes the normalized
+    residual max(p_i - q_i, 0) and x is removed from q. Returns `(index of the accepted candidate or -1, token)`:
+    the candidate, or after every rejection a draw from the last residual (from p for a row without candidates).
+    """
+    rows = torch.arange(p.shape[0], device=p.device)
+    tiny = torch.finfo(q.dtype).tiny
+    accepted = torch.full_like(rows, -1)
+    for index in range(candidates.shape[1]):
+        token = candidates[:, index]
+        live = (accepted < 0) & (token >= 0)
+        x = token.clamp(min=0)
+        take = live & (torch.rand(rows.shape, device=p.device) * q[rows, x] < p[rows, x])
+        accepted = torch.where(take, index, accepted)
+        rejected = (live & ~take)[:, None]
+        residual = (p - q).clamp_(min=0)
+        mass = residual.sum(-1, keepdim=True)  # zero only when p == q, where a rejection has probability zero
+        p = torch.where(rejected & (mass > 0), residual / mass.clamp(min=tiny), p)
+        q = torch.where(rejected, q.index_put((rows, x), torch.zeros_like(rows, dtype=q.dtype)), q)
+        q = torch.where(rejected, q / q.sum(-1, keepdim=True).clamp(min=tiny), q)
+    drawn = (p / torch.empty_like(p).exponential_()).argmax(-1)  # a draw from p (the exponential race)
+    return accepted, torch.where(accepted >= 0, candidates[rows, accepted.clamp(min=0)], drawn)
 
 
 def tree_verifier(target, length: int, size: int, compile_options: dict | None = None) -> TreeVerifier:

@@ -6,8 +6,7 @@ from transformers import AutoModelForCausalLM
 
 import dynaspec_hf
 from dynaspec_hf import TreeConfig
-from dynaspec_hf.generation import recursive_rejection_sample
-from dynaspec_hf.verification import TreeVerifier
+from dynaspec_hf.verification import TreeVerifier, recursive_rejection_sample
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import SiblingAcceptance, TreeDrafter
 from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
@@ -288,18 +287,31 @@ def test_unsupported_options_are_refused():
 
 
 def test_recursive_rejection_sampling_is_exact():
-    """Two candidates drawn without replacement from q, verified against p: the output must follow p."""
+    """Two candidates drawn without replacement from q, verified against p: the output must follow p. One row per
+    draw, all verified at once, as the loop verifies every node of a tree at once."""
     torch.manual_seed(0)
-    p = torch.tensor([0.5, 0.05, 0.05, 0.3, 0.1])
-    q = torch.tensor([0.1, 0.4, 0.3, 0.1, 0.1])
-    tokens = []
-    for _ in range(20000):
-        first = int(torch.multinomial(q, 1))
-        rest = q.clone()
-        rest[first] = 0
-        second = int(torch.multinomial(rest, 1))
-        tokens.append(recursive_rejection_sample(p, q, [first, second])[0])
-    assert chi_square_p_value(torch.tensor(tokens), p) > 1e-3
+    draws = 20000
+    p = torch.tensor([0.5, 0.05, 0.05, 0.3, 0.1]).expand(draws, -1)
+    q = torch.tensor([0.1, 0.4, 0.3, 0.1, 0.1]).expand(draws, -1)
+    candidates = torch.multinomial(q, 2)  # without replacement, in the order drawn
+    accepted, tokens = recursive_rejection_sample(p, q, candidates)
+    assert chi_square_p_value(tokens, p[0]) > 1e-3
+    took = accepted >= 0
+    assert torch.equal(tokens[took], candidates[took.nonzero()[:, 0], accepted[took]])
+    assert 0.5 < took.float().mean() < 0.9  # both outcomes occur
+
+
+def test_recursive_rejection_sampling_rows_are_independent():
+    """Rows without candidates draw from their own p; a row's outcome does not depend on the other rows."""
+    torch.manual_seed(0)
+    draws = 20000
+    p = torch.tensor([[0.0, 0.0, 1.0], [0.2, 0.3, 0.5]]).repeat(draws, 1)
+    q = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).repeat(draws, 1)
+    candidates = torch.tensor([[0], [-1]]).repeat(draws, 1)
+    accepted, tokens = recursive_rejection_sample(p, q, candidates)
+    assert (accepted[0::2] == -1).all() and (tokens[0::2] == 2).all()  # p(0) = 0: always rejected, residual is 2
+    assert (accepted[1::2] == -1).all()
+    assert chi_square_p_value(tokens[1::2], p[1]) > 1e-3
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -333,9 +345,10 @@ def test_tree_broken_acceptance_rule_is_detected(sampling_pair, monkeypatch):
     """Accepting the first child whenever there is one makes the first token follow q: the test must see it."""
 
     def accept_first_child(p, q, candidates):
-        return (candidates[0], 0) if candidates else (int(torch.multinomial(p, 1)), None)
+        first = candidates[:, 0]
+        return torch.where(first >= 0, 0, -1), torch.where(first >= 0, first, torch.multinomial(p, 1)[:, 0])
 
-    monkeypatch.setattr(dynaspec_hf.generation, "recursive_rejection_sample", accept_first_child)
+    monkeypatch.setattr(dynaspec_hf.verification, "recursive_rejection_sample", accept_first_child)
     target, drafter = sampling_pair
     assistant = make_assistant(drafter, "routed", num_clusters=8, core_size=16)
     first, _ = exact_distributions(target)
