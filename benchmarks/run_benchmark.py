@@ -45,7 +45,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
-from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_band, drafter_output_counts,  # noqa: E402
+from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_schedule, drafter_output_counts,  # noqa: E402
                                    split_schedule)
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from corpora import OUT_OF_DOMAIN, header_prompts  # noqa: E402
@@ -84,11 +84,12 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
     num_clusters, cluster_size, vocab = (calibration[k] for k in ("num_clusters", "cluster_size", "vocab_size"))
     ks = calibration["ks"]
 
-    def schedule(k, core=0, context=0, sampling_split=None):  # every part named: an assistant keeps what the
-        # previous method set; `sampling_split`: the band that sampling at any temperature drafts with
+    def schedule(k, core=0, context=0, sampling_split=None, tail=0.0):  # every part named: an assistant keeps
+        # what the previous method set; `sampling_split`: the band that sampling at any temperature drafts with;
+        # `tail`: the sampling tail's weight
         bands = [] if sampling_split is None else [dict(max_temperature=None, **split_schedule(sampling_split))]
         return dict(k_by_position=k if isinstance(k, list) else [k], core_by_position=[core],
-                    num_context_tokens=context, temperature_bands=bands)
+                    num_context_tokens=context, temperature_bands=bands, sampling_tail=tail)
 
     out = [dict(method="autoregressive", engine="transformers", fraction=None),
            dict(method="transformers assisted (drafter, full head)", engine="transformers", fraction=1.0),
@@ -100,16 +101,25 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
         out.append(dict(method=f"VocabTrim {name}", engine="dynaspec-graph", fraction=rows / vocab,
                         schedule=schedule(0, rows), assistant="vocabtrim"))
         # the package's routed setting at this size: the core/routed/context split calibration chose for greedy
-        # decoding, and the one it chose for sampling as the sampling band if end-to-end τ confirmed it
+        # decoding, and the one it chose for sampling as the sampling band and the tail, where end-to-end τ
+        # confirmed them
         split, sampled = calibration["splits"][str(k)], calibration["sampled_splits"][str(k)]
-        kept = calibration["sampling_checks"][str(k)]["kept"]
-        chosen = schedule(split["k"], split["core"], split["context"], sampled if kept else None)
+        check = calibration["sampling_checks"][str(k)]
+        band = sampled if check["kept"] else None
+        tail = check["tail_weight"] if check.get("tail_kept") else 0.0
+        chosen = schedule(split["k"], split["core"], split["context"], band, tail)
         out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab, schedule=chosen))
-        if name in ("1/16", "1/64"):  # ablations of the sampling band, at T = 1
-            for label, band in (("greedy", None), ("sampled", sampled)):
+        if name in ("1/16", "1/64"):  # ablations of the sampling band and of the tail (the calibrated weight, or 1
+            # where no weight beat no tail), at T = 1
+            for label, other in (("greedy", None), ("sampled", sampled)):
                 out.append(dict(method=f"DynaSpec {name}, {label} split when sampling", engine="dynaspec-graph",
                                 fraction=rows / vocab, schedule=schedule(split["k"], split["core"], split["context"],
-                                                                         band)))
+                                                                         other, tail)))
+            weight = check.get("tail_weight") or 1.0
+            for label, value in (("no tail", 0.0), ("with tail", weight)):
+                out.append(dict(method=f"DynaSpec {name}, {label} when sampling", engine="dynaspec-graph",
+                                fraction=rows / vocab, schedule=schedule(split["k"], split["core"], split["context"],
+                                                                         band, value)))
         if name in ("1/16", "1/64"):  # ablations: no context tokens; routed clusters only; the argmax router
             plain = calibration["splits_without_context"][str(k)]
             out.append(dict(method=f"DynaSpec {name}, no context tokens", engine="dynaspec-graph",
@@ -129,19 +139,18 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
     out.append(dict(dynaspec_16, method="chain (own loop): DynaSpec 1/16", engine="dynaspec-tree",
                     tree=TreeConfig.chain(DRAFT_TOKENS)))
     # τ at T = 1 for the methods that shortlists or the own loop change
-    sampled_only = {f"DynaSpec {name}, {label} split when sampling" for name in ("1/16", "1/64")
-                    for label in ("greedy", "sampled")}  # τ at T = 0 is DynaSpec's by construction
+    sampled_only = {m["method"] for m in out if m["method"].endswith("when sampling")}  # τ at T = 0 is DynaSpec's
     sampled = sampled_only | {
         "full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
         "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "DynaSpec 1/16, no context tokens",
-        "static frequency 1/64", "VocabTrim 1/64", "DynaSpec 1/64", "DynaSpec 1/64, no context tokens",
+        "static frequency 1/64", "VocabTrim 1/64", "DynaSpec 1/64",
         "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32", "tree: DynaSpec 1/16",
         "chain (own loop): DynaSpec 1/16"}
     timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
-             "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec 1/16, no context tokens", "DynaSpec position-aware",
-             "DynaSpec 1/16, eager drafting", "tree: DynaSpec 1/16", "chain (own loop): DynaSpec 1/16"}
+             "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware", "DynaSpec 1/16, eager drafting",
+             "tree: DynaSpec 1/16", "chain (own loop): DynaSpec 1/16"}
     timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "static frequency 1/16",
-                     "DynaSpec 1/16", "DynaSpec 1/16, greedy split when sampling", "tree: DynaSpec 1/16",
+                     "DynaSpec 1/16", "DynaSpec 1/16, no tail when sampling", "tree: DynaSpec 1/16",
                      "chain (own loop): DynaSpec 1/16"}
     for method in out:
         name = method["method"]
@@ -262,18 +271,21 @@ def run_calibration(args) -> None:
                                                     **options)
         argmax_assistant.save_pretrained(args.pair / "assistant-argmax")
     calibrated = time.time() - started
-    # the sampling band's end-to-end check at every compared size (calibrate ran it at 1/16, what it saves)
-    default = dict(assistant.config.schedule(), temperature_bands=assistant.config.temperature_bands)
+    # the sampling band's and tail's end-to-end checks at every compared size (calibrate ran them at 1/16, what it
+    # saves)
+    default = dict(assistant.config.schedule(), temperature_bands=assistant.config.temperature_bands,
+                   sampling_tail=assistant.config.sampling_tail)
     checks = {str(ks["1/16"]): report["sampling_check"]}
     for name, k in ks.items():
         if str(k) in checks:
             continue
-        if named is not None and name not in named:
-            checks[str(k)] = dict(kept=False, reason="not checked: no named row drafts at this size")
+        if (named is not None and name not in named) or name not in args.sampling_checks:
+            checks[str(k)] = dict(kept=False, reason="not checked: no named row drafts at this size"
+                                  if name in args.sampling_checks else "not checked (--sampling-checks)")
             continue
-        checks[str(k)] = check_sampling_band(target, assistant, report["splits"][str(k)],
-                                             report["sampled_splits"][str(k)],
-                                             [sequences[i] for i in report["heldout"][:32]], 128)
+        checks[str(k)] = check_sampling_schedule(target, assistant, report["splits"][str(k)],
+                                                 report["sampled_splits"][str(k)],
+                                                 [sequences[i] for i in report["heldout"][:32]], 128)
     assistant.set_schedule(**default)
     checked = time.time() - started - calibrated
     assistant.save_pretrained(args.pair / "assistant-dynaspec")
@@ -295,7 +307,8 @@ def run_calibration(args) -> None:
     (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
     print(f"calibrated on {report['train_pairs']} positions in {calibrated:.0f}s; position-aware k: "
           f"{report['k_by_position']}; splits {report['splits']}; sampled splits {report['sampled_splits']}; "
-          f"sampling bands kept {({k: c['kept'] for k, c in checks.items()})} ({checked:.0f}s); "
+          f"sampling bands kept {({k: c['kept'] for k, c in checks.items()})}, tails kept "
+          f"{({k: c.get('tail_weight') if c.get('tail_kept') else 0 for k, c in checks.items()})} ({checked:.0f}s); "
           f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
 
 
@@ -530,7 +543,8 @@ def pooled_realism(records: list[dict]) -> dict:
 def write_results(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
-    table, means = markdown_table(results["rows"]), summary(results["rows"], results.get("realism"))
+    table, means = markdown_table(results["rows"]), summary(results["rows"], results.get("realism"),
+                                                                      results.get("calibration"))
     (out / "latest.md").write_text(table)
     (out / "summary.md").write_text(means)
     plot(results["rows"], out / "latest.png")
@@ -610,6 +624,9 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="float32 keeps greedy verification exact (bf16 numerics differ between pass shapes)")
     parser.add_argument("--methods", nargs="+", help="run only these methods (names as in the results' rows)")
+    parser.add_argument("--sampling-checks", nargs="+", default=list(FRACTIONS), choices=list(FRACTIONS),
+                        help="sizes whose sampling band and tail calibration checks end to end (1/16 always: the "
+                             "assistant's own); the others sample with their greedy split and no tail")
     parser.add_argument("--no-trees", action="store_true", help="leave out the tree rows")
     parser.add_argument("--tree", type=int, nargs=3, metavar=("NODES", "DEPTH", "WIDTH"),
                         help="the tree rows' shape (default: TreeConfig(), the package's default)")

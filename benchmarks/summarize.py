@@ -83,11 +83,57 @@ def realism_table(realism: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(rows: list[dict], realism: dict | None = None) -> str:
+def recovery_table(rows: list[dict], temperature: float) -> str:
+    """Recovery of the full vocabulary's τ per category at `temperature`, for every shortlist row (static,
+    VocabTrim, DynaSpec and its ablations), and the mean over categories."""
+    shortlists = [r for r in rows if r["temperature"] == temperature and r.get("recovery") is not None
+                  and r["shortlist_fraction"] is not None and r["shortlist_fraction"] < 1]
+    methods = list(dict.fromkeys(r["method"] for r in shortlists))
+    if not methods:
+        return ""
+    recovery = {(r["method"], r["category"]): r["recovery"] for r in shortlists}
+    categories = sorted({r["category"] for r in shortlists})
+    lines = [f"Recovery at T = {temperature:.0f}:", "", "| category | " + " | ".join(methods) + " |",
+             "|---" * (len(methods) + 1) + "|"]
+    for category in categories:
+        values = [recovery.get((m, category)) for m in methods]
+        lines.append(f"| {category} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
+    means = [[recovery[(m, c)] for c in categories if (m, c) in recovery] for m in methods]
+    lines.append("| **mean** | " + " | ".join(f"{sum(v) / len(v):.3f}" if v else "-" for v in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sampled_acceptance_table(calibration: dict) -> str:
+    """Per shortlist size, calibration's exact held-out sampled acceptance at T = 1 (sum_x min(p, q) over the whole
+    vocabulary): the full head, the sampling schedule without and with the tail at each weight tried, the best
+    possible shortlist of the same size, and the target mass inside the shortlists; then the tail's τ check."""
+    checks = {k: c for k, c in (calibration or {}).get("sampling_checks", {}).items() if c.get("acceptance")}
+    if not checks:
+        return ""
+    weights = list(next(iter(checks.values()))["acceptance"]["tail"])
+    header = (["shortlist rows", "full head"] + [f"tail {w}" if float(w) else "schedule, no tail" for w in weights]
+              + ["best possible shortlist", "target mass in shortlist", "target mass in best shortlist",
+                 "tail kept (τ without → with)"])
+    lines = ["Exact held-out sampled acceptance at T = 1 (calibration):", "", "| " + " | ".join(header) + " |",
+             "|---" * len(header) + "|"]
+    for _, check in sorted(checks.items(), key=lambda item: int(item[0])):
+        a = check["acceptance"]
+        without = check.get("tau_sampled_split") if check.get("kept") else check.get("tau_greedy_split")
+        kept = ("no weight beat no tail" if "tau_tail" not in check else
+                f"{check['tail_weight'] if check['tail_kept'] else 'no'} ({without:.3f} → {check['tau_tail']:.3f})")
+        values = ([a["shortlist_size"], f"{a['full']:.3f}"] + [f"{a['tail'][w]:.3f}" for w in weights]
+                  + [f"{a[key]:.3f}" for key in ("best_shortlist", "target_mass_in_shortlist",
+                                                  "target_mass_in_best_shortlist")] + [kept])
+        lines.append("| " + " | ".join(map(str, values)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict], realism: dict | None = None, calibration: dict | None = None) -> str:
     tables = [summary_table(rows), side_by_side_table(rows)] + ([realism_table(realism)] if realism else [])
-    return "\n".join(tables)
+    tables += [recovery_table(rows, 0.0), recovery_table(rows, 1.0), sampled_acceptance_table(calibration)]
+    return "\n".join(table for table in tables if table)
 
 
 if __name__ == "__main__":
     results = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json"))
-    print(summary(results["rows"], results.get("realism")))
+    print(summary(results["rows"], results.get("realism"), results.get("calibration")))

@@ -10,9 +10,11 @@ Calibration also chooses, for every shortlist size, how to split it between the 
 and context tokens (the text's most recent distinct tokens), twice: by held-out greedy acceptance (the drafter's
 best shortlist token is the target's) for greedy decoding, and by held-out sampled acceptance (the overlap
 sum_x min(p(x), q_S(x)) of the target's distribution p with the drafter's q renormalized on the shortlist S, at
-T = 1) for sampling. The calibrated assistant drafts with the first and keeps the second as its sampling band
-(`DynaSpecConfig.temperature_bands`). It also reports how much target mass the router's clusters cover against
-the best possible clusters of the same number.
+T = 1) for sampling. The calibrated assistant drafts with the first; the second becomes its sampling band
+(`DynaSpecConfig.temperature_bands`), and the tail estimate (`DynaSpecConfig.sampling_tail`, with each token's
+share of its cluster from the corpus counts) is switched on, only where end-to-end τ at T = 1 confirms them. It
+also reports how much target mass the router's clusters cover against the best possible clusters of the same
+number.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ OBJECTIVES = ("mass", "argmax")
 SPLIT_FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # routed share of a shortlist's clusters tried by calibration
 CONTEXT_SIZES = (0, 128, 256)  # context-token slots tried by calibration
 TOP_TOKENS = 512  # the target's most probable tokens kept per held-out row, for sampled acceptance
+TAIL_WEIGHTS = (0.0, 0.1, 0.3, 1.0)  # sampling-tail weights calibration compares by exact sampled acceptance
 CRITERIA = ("acceptance", "sampled_acceptance")  # what a split is chosen by: greedy, or sampled (T = 1)
 _SCORES = ("recall", *CRITERIA)  # the columns shortlist_curves scores every shortlist by
 
@@ -442,9 +445,9 @@ def calibrate(
     for the report and the core/routed/context splits of every size (`report["splits"]` by greedy acceptance,
     `report["sampled_splits"]` by sampled acceptance over the target's `top_tokens` most probable tokens; the
     context sizes tried are `context_sizes`). The assistant drafts greedily with the split of the size nearest
-    `shortlist_fraction` of the vocabulary; the sampled split becomes its sampling band if end-to-end τ at T = 1
-    on `check_prompts` held-out prompts (`check_tokens` new tokens each) confirms it (`report["sampling_check"]`:
-    it is kept only if it does not lose τ against the greedy split). The router learns `objective` (see
+    `shortlist_fraction` of the vocabulary; the sampled split becomes its sampling band, and the tail is switched
+    on, if end-to-end τ at T = 1 on `check_prompts` held-out prompts (`check_tokens` new tokens each) confirms
+    them (`check_sampling_schedule`; `report["sampling_check"]`). The router learns `objective` (see
     `train_router`). With
     `cache_dir`, collected features are kept there (keyed by the caller: use one folder per target/drafter/data
     combination) so an interrupted run resumes.
@@ -474,6 +477,7 @@ def calibrate(
         device=next(drafter.parameters()).device, progress=progress,
     )
     assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router.to(next(drafter.parameters()).dtype))
+    assistant.lm_head.set_token_shares(frequency_counts)
     report = {"train_pairs": len(features), "objective": objective}
     if heldout:
         heldout_features = collect_features(
@@ -489,8 +493,8 @@ def calibrate(
                                          target_retention)
         splits, sampled_splits = best_splits(curves), best_splits(curves, criterion="sampled_acceptance")
         size = str(min(ks, key=lambda k: abs(k - shortlist_fraction * num_clusters)))
-        check = check_sampling_band(target, assistant, splits[size], sampled_splits[size],
-                                    [sequences[i] for i in heldout[:check_prompts]], check_tokens)
+        check = check_sampling_schedule(target, assistant, splits[size], sampled_splits[size],
+                                        [sequences[i] for i in heldout[:check_prompts]], check_tokens)
         report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=position_aware,
                       splits=splits, sampled_splits=sampled_splits, sampling_check=check, heldout=heldout)
     return assistant, report
@@ -502,28 +506,106 @@ def split_schedule(split: dict) -> dict:
 
 
 @torch.no_grad()
-def check_sampling_band(target, assistant: DynaSpecAssistant, greedy_split: dict, sampled_split: dict,
-                        sequences: list[torch.Tensor], new_tokens: int, seed: int = 0) -> dict:
-    """Set `assistant`'s schedule: `greedy_split`, with `sampled_split` as its band for every temperature when it
-    differs and end-to-end τ at T = 1 from the first halves of held-out `sequences` (the same seed for both)
-    confirms it: the band is kept only if its τ is at least that of drafting with `greedy_split` when sampling too.
-    (A tolerance of 1 % kept a band that lost 0.8 points of recovery on the benchmark: BENCHMARKS.md.)"""
-    assistant.set_schedule(**split_schedule(greedy_split), temperature_bands=[])
-    prompts = [s[: max(len(s) // 2, 1)] for s in sequences]
-    if sampled_split == greedy_split or not prompts:
-        return {"kept": False, "reason": "the sampled split is the greedy one" if prompts else "no prompts"}
-    band = [dict(max_temperature=None, **split_schedule(sampled_split))]
-    options = dict(max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
-    tau = {}
-    for name, bands in (("greedy_split", []), ("sampled_split", band)):
-        assistant.set_schedule(temperature_bands=bands)
-        torch.manual_seed(seed)
-        tau[name] = measure_generation(target, [p.to(target.device) for p in prompts], assistant, **options)["tau"]
-    kept = tau["sampled_split"] >= tau["greedy_split"]
-    assistant.set_schedule(temperature_bands=band if kept else [])
-    return {"kept": kept, "tau_greedy_split": tau["greedy_split"], "tau_sampled_split": tau["sampled_split"],
-            "prompts": len(prompts), "new_tokens": new_tokens}
+def check_sampling_schedule(target, assistant: DynaSpecAssistant, greedy_split: dict, sampled_split: dict,
+                            sequences: list[torch.Tensor], new_tokens: int, seed: int = 0,
+                            tail_weights: tuple[float, ...] = TAIL_WEIGHTS) -> dict:
+    """Set `assistant`'s schedule to `greedy_split` and choose what sampling drafts with, by end-to-end τ at T = 1
+    from the first halves of held-out `sequences` (the same seed for every measurement):
 
+    1. `sampled_split` as the band for every temperature, when it differs, if its τ is at least that of drafting
+       with `greedy_split` when sampling too (a tolerance of 1 % kept a band that lost 0.8 points of recovery on
+       the benchmark: BENCHMARKS.md);
+    2. then the tail (`sampling_tail`) at the weight among `tail_weights` with the highest exact sampled
+       acceptance on `sequences` (`sampled_acceptance`, in `check["acceptance"]`), if it raises τ above that of
+       the schedule of step 1 (the tail costs O(vocabulary) work per draft step, so a tie leaves it off).
+    """
+    assistant.set_schedule(**split_schedule(greedy_split), temperature_bands=[], sampling_tail=0.0)
+    prompts = [s[: max(len(s) // 2, 1)] for s in sequences]
+    if not prompts:
+        return {"kept": False, "tail_kept": False, "reason": "no prompts"}
+    options = dict(max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+
+    def tau() -> float:
+        torch.manual_seed(seed)
+        return measure_generation(target, [p.to(target.device) for p in prompts], assistant, **options)["tau"]
+
+    check = {"prompts": len(prompts), "new_tokens": new_tokens, "tau_greedy_split": tau()}
+    if sampled_split == greedy_split:
+        check.update(kept=False, reason="the sampled split is the greedy one")
+    else:
+        band = [dict(max_temperature=None, **split_schedule(sampled_split))]
+        assistant.set_schedule(temperature_bands=band)
+        check["tau_sampled_split"] = tau()
+        check["kept"] = check["tau_sampled_split"] >= check["tau_greedy_split"]
+        assistant.set_schedule(temperature_bands=band if check["kept"] else [])
+    without_tail = check["tau_sampled_split"] if check["kept"] else check["tau_greedy_split"]
+    check["acceptance"] = acceptance = sampled_acceptance(target, assistant, sequences, tail_weights)
+    weight = max(tail_weights, key=lambda w: (acceptance["tail"][str(w)], -w))
+    check.update(tail_weight=weight, tail_kept=False)
+    if weight > 0:
+        assistant.set_schedule(sampling_tail=weight)
+        check["tau_tail"] = tau()
+        check["tail_kept"] = check["tau_tail"] > without_tail
+    assistant.set_schedule(sampling_tail=weight if check["tail_kept"] else 0.0)
+    return check
+
+
+@torch.no_grad()
+def sampled_acceptance(target, assistant: DynaSpecAssistant, sequences: list[torch.Tensor],
+                       tail_weights: tuple[float, ...] = TAIL_WEIGHTS, temperature: float = 1.0) -> dict:
+    """Exact per-token sampled acceptance, sum_x min(p(x), q(x)) over the whole vocabulary (what speculative
+    sampling accepts at one position), teacher-forced over `sequences` at `temperature`, for q:
+
+    - `tail`: drafting with the assistant's sampling schedule (draft position 0), at each of `tail_weights`;
+    - `full`: the drafter's full head;
+    - `best_shortlist`: the full head renormalized on the best possible shortlist of the schedule's size (the
+      target's own most probable tokens), which no routing can beat without a tail.
+
+    Also `target_mass_in_shortlist` (the schedule's) and `target_mass_in_best_shortlist`. Means over positions.
+    """
+    device, vocab_size = assistant.device, assistant.config.vocab_size
+    core, k, context, _ = assistant.config.shortlist_at(0, temperature)
+    size = min(core + k * assistant.config.cluster_size + context, vocab_size)
+    index, weight_before = assistant.lm_head.index(), assistant.config.sampling_tail
+    sums, positions = {}, 0
+
+    def add(name, values):
+        sums[name] = sums.get(name, 0.0) + float(values.sum())
+
+    for sequence in sequences:
+        ids = sequence.to(device).long()
+        if ids.numel() < 3:
+            continue
+        # row i: the drafter at token ids[i + 1] (router input: the state at ids[i]) predicts ids[i + 2]
+        logits = target(input_ids=ids[None].to(target.device)).logits[0, 1:-1].to(device).float()
+        p = (logits / temperature).softmax(-1)
+        states = assistant.drafter(input_ids=ids[None]).last_hidden_state[0]
+        hidden, previous, tokens = states[1:-1], states[:-2], ids[1:-1]
+        window = torch.arange(ids.numel(), device=device)[None] > torch.arange(1, ids.numel() - 1, device=device)[:, None]
+        context_ids = assistant.context_tokens(ids[None].expand(len(tokens), -1).masked_fill(window, -1)) \
+            if assistant.config.max_context_tokens else None
+        for weight in tail_weights:
+            assistant.set_schedule(sampling_tail=weight)
+            q = assistant.next_token_logits(hidden, previous, tokens, 0, index, context_ids, temperature)
+            q = (q / temperature).softmax(-1)
+            add(f"tail/{weight}", torch.minimum(p, q).sum(-1))
+            if weight == 0:
+                add("target_mass_in_shortlist", (p * (q > 0)).sum(-1))
+        full = assistant.full_vocabulary_logits(hidden).float() / temperature
+        add("full", torch.minimum(p, full.softmax(-1)).sum(-1))
+        best = torch.zeros_like(p, dtype=torch.bool).scatter_(1, p.topk(size, dim=-1).indices, True)
+        add("best_shortlist", torch.minimum(p, full.masked_fill(~best, float("-inf")).softmax(-1)).sum(-1))
+        add("target_mass_in_best_shortlist", (p * best).sum(-1))
+        positions += len(tokens)
+    assistant.set_schedule(sampling_tail=weight_before)
+    means = {name: value / max(positions, 1) for name, value in sums.items()}
+    out = {"positions": positions, "shortlist_size": size, "tail": {}}
+    for name, value in means.items():
+        if name.startswith("tail/"):
+            out["tail"][name[5:]] = value
+        else:
+            out[name] = value
+    return out
 
 
 @torch.no_grad()

@@ -11,7 +11,9 @@ settings of this one config, so every comparison runs through the same code:
 
 These fields are the greedy schedule. ``temperature_bands`` can give sampled drafting its own: the best split of a
 shortlist can differ between greedy acceptance (the drafter's top token is the target's) and sampled acceptance
-(the drafter's renormalized distribution overlaps the target's); calibration measures both.
+(the drafter's renormalized distribution overlaps the target's); calibration measures both. ``sampling_tail``
+lets sampled drafts propose tokens outside the shortlist too, at (a weight times) the router's estimate of their
+probability.
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ class DynaSpecConfig(PretrainedConfig):
             Schedules for sampled drafting, each a dict with `max_temperature` (a float, or None for any) and the
             three fields above. Sampling at temperature t uses the first band with t <= `max_temperature`;
             greedy drafting, and sampling that no band covers, use the fields above.
+        sampling_tail (`float`, *optional*, defaults to 0):
+            When sampling with routed clusters, draft from the whole vocabulary: a token outside the shortlist gets
+            `sampling_tail` times the router's estimate of its probability (its cluster's predicted mass times its
+            share of the cluster's corpus frequency), and the shortlist keeps the rest of the mass. A shortlist
+            alone can never propose the target's mass outside it; the estimate costs O(vocabulary) additions, not
+            a head product. 0 turns it off; calibration chooses the weight. Exact at any weight: verification sees
+            the distribution each draft was sampled from.
     """
 
     model_type = "dynaspec"
@@ -63,6 +72,7 @@ class DynaSpecConfig(PretrainedConfig):
         core_by_position: list[int] | None = None,
         num_context_tokens: int = 0,
         temperature_bands: list[dict] | None = None,
+        sampling_tail: float = 0.0,
         **kwargs,
     ):
         if isinstance(drafter_config, dict):
@@ -80,6 +90,7 @@ class DynaSpecConfig(PretrainedConfig):
         self.core_by_position = list(core_by_position) if core_by_position is not None else [0]
         self.num_context_tokens = num_context_tokens
         self.temperature_bands = [dict(band) for band in temperature_bands or []]
+        self.sampling_tail = sampling_tail
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
@@ -95,15 +106,17 @@ class DynaSpecConfig(PretrainedConfig):
         """The greedy schedule, then every temperature band's."""
         return [self.schedule()] + [{name: band[name] for name in SCHEDULE_FIELDS} for band in self.temperature_bands]
 
-    def shortlist_at(self, position: int, temperature: float = 0.0) -> tuple[int, int, int]:
-        """`(core tokens, routed clusters, context tokens)` used at draft position `position` (0-based) when drafting
-        at `temperature`."""
+    def shortlist_at(self, position: int, temperature: float = 0.0) -> tuple[int, int, int, float]:
+        """`(core tokens, routed clusters, context tokens, tail weight)` used at draft position `position` (0-based)
+        when drafting at `temperature`; the tail weight (`sampling_tail` when sampling with routed clusters, else
+        0) scales the router's estimate for the rest of the vocabulary."""
         schedule = self.schedule(temperature)
         cores, ks = schedule["core_by_position"], schedule["k_by_position"]
         core, k = cores[min(position, len(cores) - 1)], ks[min(position, len(ks) - 1)]
         if k >= self.num_clusters:  # every cluster is the whole vocabulary: the rest would only duplicate it
-            return 0, self.num_clusters, 0
-        return core, k, schedule["num_context_tokens"]
+            return 0, self.num_clusters, 0, 0.0
+        tail = float(self.sampling_tail) if temperature > 0 and k > 0 else 0.0
+        return core, k, schedule["num_context_tokens"], tail
 
     @property
     def max_context_tokens(self) -> int:
@@ -134,6 +147,8 @@ class DynaSpecConfig(PretrainedConfig):
         if not ordered or len(numbers) + bounds[-1:].count(None) != len(bounds):
             raise ValueError(f"`temperature_bands` must be ordered by a positive, increasing `max_temperature` "
                              f"(None, for any temperature, only last); got {bounds}.")
+        if not isinstance(self.sampling_tail, (int, float)) or not 0 <= self.sampling_tail <= 1:
+            raise ValueError(f"`sampling_tail` must be a weight in [0, 1] (0: off), got {self.sampling_tail!r}.")
         for schedule in self.schedules():
             self._validate_one(schedule)
 

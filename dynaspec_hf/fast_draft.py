@@ -66,12 +66,12 @@ class GraphDrafter:
     def graphs(self) -> dict:
         return self.body.graphs
 
-    def _step(self, ids: torch.Tensor, shortlist: tuple[int, int, int]) -> None:
+    def _step(self, ids: torch.Tensor, shortlist: tuple[int, int, int, float]) -> None:
         """Body over `ids` at the cache's write position, then router + head over `shortlist` (core tokens, routed
-        clusters, context slots: `config.shortlist_at`).
+        clusters, context slots, tail: `config.shortlist_at`).
 
-        Writes the full-vocabulary logits (`-inf` outside the shortlist) to `self.logits` and the last hidden state
-        to `self.previous`. Only device operations: this is what the graphs capture.
+        Writes the full-vocabulary logits (`-inf` outside the shortlist, or the tail's estimate) to `self.logits`
+        and the last hidden state to `self.previous`. Only device operations: this is what the graphs capture.
         """
         assistant, num_tokens = self.assistant, ids.shape[1]
         positions = torch.arange(num_tokens, device=ids.device) + self.body.write_position
@@ -79,32 +79,36 @@ class GraphDrafter:
         k = shortlist[1]
         routed = 0 < k < assistant.config.num_clusters
         streams = self.router_stream is not None
+        routing = (ids.new_empty(1, 0) if k == 0 else None), None
         if routed and num_tokens == 1:  # inputs ready now: route while the body runs
             if streams:
                 self.router_stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.router_stream) if streams else nullcontext():
-                cluster_ids = self._clusters(self.previous, ids[:, -1], k)
+                routing = self._routing(self.previous, ids[:, -1], shortlist)
         states = self.body.forward(ids, positions, causal(num_tokens, ids.device)).last_hidden_state[0]
         hidden = states[-1:]
         if routed and num_tokens > 1:
-            cluster_ids = self._clusters(states[-2:-1], ids[:, -1], k)
+            routing = self._routing(states[-2:-1], ids[:, -1], shortlist)
         elif routed and streams:
             main = torch.cuda.current_stream()
             main.wait_stream(self.router_stream)  # the join: an event recorded on the router stream
             if not torch.cuda.is_current_stream_capturing():
-                cluster_ids.record_stream(main)
-        elif not routed:
-            cluster_ids = ids.new_empty(1, 0) if k == 0 else None
+                for tensor in routing:
+                    if tensor is not None:
+                        tensor.record_stream(main)
         # a step with c context slots reads the first c (most recent) of the buffer
-        self.logits.copy_(assistant.shortlist_logits(hidden, cluster_ids, shortlist, self.index, self.context))
+        self.logits.copy_(assistant.shortlist_logits(hidden, routing[0], shortlist, self.index, self.context,
+                                                     routing[1]))
         self.previous.copy_(hidden)
 
-    def _clusters(self, previous: torch.Tensor, token_ids: torch.Tensor, k: int) -> torch.Tensor:
+    def _routing(self, previous: torch.Tensor, token_ids: torch.Tensor, shortlist) -> tuple:
+        k, tail = shortlist[1], shortlist[3]
         if not self.route:  # for measuring the router's cost: the same head work on fixed clusters
-            return torch.arange(k, device=token_ids.device)[None]
-        return self.assistant.route(previous, token_ids, k)
+            scores = torch.zeros(1, self.assistant.config.num_clusters, device=token_ids.device)
+            return torch.arange(k, device=token_ids.device)[None], scores.log_softmax(-1) if tail else None
+        return self.assistant.routing(previous, token_ids, k, tail)
 
-    def _run(self, ids: torch.Tensor, shortlist: tuple[int, int, int]) -> None:
+    def _run(self, ids: torch.Tensor, shortlist: tuple[int, int, int, float]) -> None:
         """One step, replayed from its graph when it has a graph shape; head counters count it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
@@ -114,7 +118,7 @@ class GraphDrafter:
             tokens = self.tokens[:, : ids.shape[1]]
             tokens.copy_(ids)
             self.body.run((ids.shape[1], *shortlist), lambda: self._step(tokens, shortlist), keep=(self.previous,))
-        num_core, k, context = shortlist
+        num_core, k, context, _ = shortlist
         head.rows_computed = rows + num_core + k * self.assistant.config.cluster_size + context
         head.calls = calls + 1
 

@@ -28,7 +28,7 @@ def render_model_card(model, report: str = "") -> str | None:
     positions = max(len(config.k_by_position), len(config.core_by_position))
     rows = []
     for position in range(positions):
-        core, k, context = config.shortlist_at(position)
+        core, k, context, _ = config.shortlist_at(position)
         rows.append(core + k * config.cluster_size + context)
     return string.Template(template).safe_substitute(
         drafter_type=config.drafter_config.model_type,

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import torch
+import torch.nn.functional as F
 import transformers
 from torch import nn
 from transformers import AutoModel, DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
@@ -82,11 +84,13 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         core_by_position: list[int] | None = None,
         num_context_tokens: int = 0,
         temperature_bands: list[dict] | None = None,
+        sampling_tail: float = 0.0,
     ) -> "DynaSpecAssistant":
         """Wrap a causal LM (`AutoModelForCausalLM`) as a DynaSpec assistant.
 
         The drafter's output head is copied into the cluster-contiguous layout of `clusters`. Without `router`, a
-        freshly initialized one is created (train it with `dynaspec_hf.calibrate`).
+        freshly initialized one is created (train it with `dynaspec_hf.calibrate`). Tokens share their cluster
+        evenly for `sampling_tail` until `lm_head.set_token_shares(counts)` (calibration's) says otherwise.
         """
         head = drafter.get_output_embeddings()
         if head is None:
@@ -108,6 +112,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             core_by_position=core_by_position,
             num_context_tokens=num_context_tokens,
             temperature_bands=temperature_bands,
+            sampling_tail=sampling_tail,
         )
         config.drafter_config.vocab_size = vocab_size
         config.vocab_size = vocab_size
@@ -121,14 +126,16 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return model
 
     def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None,
-                     num_context_tokens: int | None = None, temperature_bands: list[dict] | None = None):
+                     num_context_tokens: int | None = None, temperature_bands: list[dict] | None = None,
+                     sampling_tail: float | None = None):
         """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self.
 
         The CUDA graphs captured for the current schedule are kept when the schedule does not change, so a loop
         that sets the same schedule before every `generate` does not pay a capture each time."""
         config = copy.deepcopy(self.config)
-        names = (*SCHEDULE_FIELDS, "temperature_bands")
-        for name, value in zip(names, (k_by_position, core_by_position, num_context_tokens, temperature_bands)):
+        names = (*SCHEDULE_FIELDS, "temperature_bands", "sampling_tail")
+        values = (k_by_position, core_by_position, num_context_tokens, temperature_bands, sampling_tail)
+        for name, value in zip(names, values):
             if value is not None:
                 setattr(config, name, copy.deepcopy(value))
         config.validate_schedule()
@@ -233,21 +240,34 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(logits=self.full_vocabulary_logits(hidden),
                                       **{cache_field(CausalLMOutputWithPast): output_cache(outputs)})
 
-    def _spread(self, row_logits: torch.Tensor, row_tokens: torch.Tensor) -> torch.Tensor:
-        """Shortlist logits -> float32 `[B, vocab]` with `-inf` elsewhere (rows with token id -1 are dropped)."""
+    def _spread(self, row_logits: torch.Tensor, row_tokens: torch.Tensor, tail: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Shortlist logits -> float32 `[B, vocab]` in token-id order (rows with token id -1 are dropped): `-inf`
+        outside the shortlist, or, given `tail` (`[B, vocab]` log-probabilities of every token), log-probabilities
+        that keep the tail's outside the shortlist and share the rest of the mass by the shortlist's own softmax."""
         vocab_size = self.config.vocab_size
-        logits = row_logits.new_full((row_logits.shape[0], vocab_size + 1), float("-inf"), dtype=torch.float32)
-        logits.scatter_(1, row_tokens.masked_fill(row_tokens < 0, vocab_size), row_logits.float())
-        return logits[:, :vocab_size]
+        slots = row_tokens.masked_fill(row_tokens < 0, vocab_size)
+        if tail is None:
+            logits = row_logits.new_full((row_logits.shape[0], vocab_size + 1), float("-inf"), dtype=torch.float32)
+            return logits.scatter_(1, slots, row_logits.float())[:, :vocab_size]
+        outside = F.pad(tail.float(), (0, 1), value=float("-inf")).scatter_(1, slots, float("-inf"))
+        left = 1 - outside.logsumexp(-1, keepdim=True).exp().clamp(max=1 - 1e-6)  # the shortlist's share
+        return outside.scatter_(1, slots, row_logits.float().log_softmax(-1) + left.log())[:, :vocab_size]
 
     def route(self, previous_hidden: torch.Tensor, token_ids: torch.Tensor, k: int) -> torch.Tensor | None:
         """Top-`k` cluster ids `[B, k]` for the next position (None means every cluster)."""
+        return self.routing(previous_hidden, token_ids, k)[0]
+
+    def routing(self, previous_hidden: torch.Tensor, token_ids: torch.Tensor, k: int, tail: float = 0.0
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`(route(...), the router's log-probability of every cluster [B, C] if tail else None)`: one router pass
+        for the shortlist and for the tail estimate of `shortlist_logits`."""
         if k >= self.config.num_clusters:
-            return None
+            return None, None
         if k == 0:
-            return token_ids.new_empty(token_ids.shape[0], 0)
+            return token_ids.new_empty(token_ids.shape[0], 0), None
         scores = self.router(previous_hidden, self.get_input_embeddings()(token_ids))
-        return scores.topk(k, dim=-1).indices
+        return scores.topk(k, dim=-1).indices, scores.float().log_softmax(-1) if tail else None
 
     def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        size: int | None = None) -> torch.Tensor | None:
@@ -269,30 +289,40 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         context_ids: torch.Tensor | None = None,
         temperature: float = 0.0,
     ) -> torch.Tensor:
-        """Float32 `[B, vocab]` logits for the token after `token_ids`, `-inf` outside the routed shortlist.
+        """Float32 `[B, vocab]` logits for the token after `token_ids`, `-inf` outside the routed shortlist (or the
+        tail's log-probabilities there when sampling: `config.sampling_tail`).
 
         `hidden` is the body's output at `token_ids`, `previous_hidden` the one before it (the router's input, so
         routing does not wait for `hidden`); `position` (0-based draft position) and `temperature` (0: greedy)
         pick the shortlist; `context_ids` (from `context_tokens`, at least as many as the schedule's context slots)
         fill the context slots. Pass `index` (`lm_head.index()`) to reuse it.
         """
-        num_core, k, context = self.config.shortlist_at(position, temperature)
+        shortlist = self.config.shortlist_at(position, temperature)
+        num_core, k, context, tail = shortlist
         if context and (context_ids is None or context_ids.shape[1] < context):
             raise ValueError(f"The schedule has {context} context-token slots: pass as many `context_ids` "
                              f"(`context_tokens`).")
-        if index is None and (num_core or context):
+        if index is None and (num_core or context or tail):
             index = self.lm_head.index()
-        return self.shortlist_logits(hidden, self.route(previous_hidden, token_ids, k), (num_core, k, context), index,
-                                     context_ids)
+        cluster_ids, log_mass = self.routing(previous_hidden, token_ids, k, tail)
+        return self.shortlist_logits(hidden, cluster_ids, shortlist, index, context_ids, log_mass)
 
-    def shortlist_logits(self, hidden: torch.Tensor, cluster_ids: torch.Tensor | None, shortlist: tuple[int, int, int],
-                         index: ShortlistIndex | None, context_ids: torch.Tensor | None) -> torch.Tensor:
+    def shortlist_logits(self, hidden: torch.Tensor, cluster_ids: torch.Tensor | None,
+                         shortlist: tuple[int, int, int, float], index: ShortlistIndex | None,
+                         context_ids: torch.Tensor | None, cluster_log_mass: torch.Tensor | None = None
+                         ) -> torch.Tensor:
         """The head half of every draft step (eager or graph-replayed, chain or tree): float32 `[B, vocab]` logits,
         `-inf` outside `shortlist` (core tokens, routed clusters `cluster_ids`, the first context slots of
-        `context_ids`: `config.shortlist_at`)."""
-        num_core, _, context = shortlist
+        `context_ids`: `config.shortlist_at`). With the shortlist's tail weight, log-probabilities instead: each
+        token outside gets the weight times its cluster's routed mass (`cluster_log_mass`, from `routing`) times
+        its share of the cluster (`lm_head.token_log_share`)."""
+        num_core, _, context, tail = shortlist
         context_ids = context_ids[:, :context] if context else None
-        return self._spread(*self.lm_head(hidden, cluster_ids, num_core, index, context_ids))
+        rows = self.lm_head(hidden, cluster_ids, num_core, index, context_ids)
+        if not tail:
+            return self._spread(*rows)
+        estimate = cluster_log_mass[:, index.token_cluster] + self.lm_head.token_log_share
+        return self._spread(*rows, estimate + math.log(tail))
 
     @torch.no_grad()
     def draft(

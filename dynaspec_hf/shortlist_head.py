@@ -27,6 +27,9 @@ class ShortlistHead(nn.Module):
         self.weight = nn.Parameter(torch.zeros(core_size + num_clusters * cluster_size, hidden_size))
         self.register_buffer("core_token_ids", torch.arange(core_size, dtype=torch.long))
         self.register_buffer("cluster_token_ids", torch.full((num_clusters, cluster_size), -1, dtype=torch.long))
+        # log of each token's share of its cluster's corpus frequency: spreads a cluster's routed mass over its
+        # tokens when sampling drafts from outside the shortlist (`DynaSpecConfig.sampling_tail`)
+        self.register_buffer("token_log_share", torch.zeros(vocab_size))
         # "triton": read the chosen blocks in place (CUDA; see triton_head.py); "gather": portable path.
         self.kernel = "triton"
         self.reset_counters()
@@ -60,6 +63,18 @@ class ShortlistHead(nn.Module):
         row_ids = self.row_token_ids()
         rows = full_weight.to(self.weight.device, self.weight.dtype)[row_ids.clamp(min=0)]
         self.weight.copy_(rows.masked_fill(row_ids[:, None] < 0, 0))
+        self.set_token_shares(torch.ones(self.vocab_size))
+
+    @torch.no_grad()
+    def set_token_shares(self, counts: torch.Tensor) -> None:
+        """Set `token_log_share` from corpus token counts `[vocab]` (add-one smoothed, so every token can be drawn)."""
+        counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
+        if counts.numel() != self.vocab_size or (counts < 0).any():
+            raise ValueError(f"Expected {self.vocab_size} non-negative token counts, got {counts.numel()} values.")
+        cluster = ShortlistIndex.of(self).token_cluster.cpu()
+        counts = counts + 1
+        totals = torch.zeros(self.num_clusters, dtype=torch.float64).index_add_(0, cluster, counts)
+        self.token_log_share.copy_((counts / totals[cluster]).log())
 
     def row_token_ids(self) -> torch.Tensor:
         """Token id of every stored row (-1 for padding)."""
@@ -142,6 +157,7 @@ class ShortlistIndex:
 
     token_row: torch.Tensor  # [vocab + 1] the stored row of each token's cluster entry
     core_rank: torch.Tensor  # [vocab + 1] rank of each token in the frequency core (core_size if absent)
+    token_cluster: torch.Tensor  # [vocab] the cluster of each token
 
     @classmethod
     def of(cls, head: ShortlistHead) -> "ShortlistIndex":
@@ -152,7 +168,8 @@ class ShortlistIndex:
         token_row[vocab_size] = head.core_size  # any stored row: what it reads is masked
         core_rank = torch.full((vocab_size + 1,), head.core_size, dtype=torch.long, device=device)
         core_rank[head.core_token_ids] = torch.arange(head.core_size, device=device)
-        return cls(token_row, core_rank)
+        token_cluster = (token_row[:vocab_size] - head.core_size).div(head.cluster_token_ids.shape[1], rounding_mode="floor")
+        return cls(token_row, core_rank, token_cluster)
 
     def in_core(self, token_ids: torch.Tensor, num_core: int) -> torch.Tensor:
         """Whether each token id (-1 allowed) is among the first `num_core` core tokens."""

@@ -89,12 +89,16 @@ SETTINGS = {
 }
 
 
-def make_assistant(drafter, setting: str, num_clusters: int = 16, core_size: int = 48, seed: int = 0):
+def make_assistant(drafter, setting: str, num_clusters: int = 16, core_size: int = 48, seed: int = 0, **options):
+    """An assistant of `drafter` with a fresh router and the schedule `SETTINGS[setting]` (`options`: more
+    `from_drafter` arguments, e.g. `sampling_tail=0.5`)."""
     clusters = TokenClusters.from_embeddings(drafter.get_output_embeddings().weight, num_clusters, seed=seed)
     counts = torch.arange(drafter.config.vocab_size, 0, -1).float()  # a fixed, known frequency ranking
     clusters = clusters.with_core(counts, core_size)
     torch.manual_seed(seed)
-    assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router_hidden_size=32, **SETTINGS[setting])
+    assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router_hidden_size=32,
+                                               **SETTINGS[setting], **options)
+    assistant.lm_head.set_token_shares(counts)
     assistant.generation_config.num_assistant_tokens = 4
     assistant.generation_config.assistant_confidence_threshold = 0.0
     return assistant

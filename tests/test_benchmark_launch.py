@@ -93,7 +93,7 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
     assert "(round 2/2)" in printed
     rows = json.loads((pair / "timing-T0.0.json").read_text())
     assert len({r["category"] for r in rows}) == 8  # Spec-Bench's six, HumanEval, the out-of-domain headers
-    assert len({r["method"] for r in rows}) == 11
+    assert len({r["method"] for r in rows}) == 10
     assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
     assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding
     (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
@@ -111,30 +111,33 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
                                "16": {"k": 12, "core": 1748, "context": 256}},
                        sampled_splits={"4": {"k": 4, "core": 0, "context": 0}, "8": {"k": 6, "core": 1002, "context": 0},
                                        "16": {"k": 14, "core": 746, "context": 256}},
-                       sampling_checks={"4": {"kept": False}, "8": {"kept": False}, "16": {"kept": True}},
+                       sampling_checks={"4": {"kept": False}, "8": {"kept": False},
+                                        "16": {"kept": True, "tail_kept": True, "tail_weight": 0.3}},
                        splits_without_context={"4": {"k": 4, "core": 0, "context": 0},
                                                "8": {"k": 6, "core": 1002, "context": 0},
                                                "16": {"k": 12, "core": 2004, "context": 0}})
     names = ["static frequency 1/16", "DynaSpec 1/16", "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router",
-             "DynaSpec 1/16, no context tokens", "DynaSpec 1/16, greedy split when sampling", "DynaSpec 1/64"]
+             "DynaSpec 1/16, no context tokens", "DynaSpec 1/16, greedy split when sampling", "DynaSpec 1/64",
+             "DynaSpec 1/16, no tail when sampling"]
     chosen = chosen_methods(calibration, names)
-    assert [m["method"] for m in chosen] == [names[i] for i in (6, 0, 1, 5, 4, 2, 3)]
-    # the split calibration chose for 16 clusters, with its sampled split as the band the τ check kept; every part
-    # named, so no row inherits the previous row's
+    assert [m["method"] for m in chosen] == [names[i] for i in (6, 0, 1, 5, 7, 4, 2, 3)]
+    # the split calibration chose for 16 clusters, with its sampled split as the band and the tail the τ check
+    # kept; every part named, so no row inherits the previous row's
     band = dict(max_temperature=None, k_by_position=[14], core_by_position=[746], num_context_tokens=256)
     greedy = dict(k_by_position=[12], core_by_position=[1748], num_context_tokens=256)
-    calibrated = dict(greedy, temperature_bands=[band])
+    calibrated = dict(greedy, temperature_bands=[band], sampling_tail=0.3)
     assert chosen[0]["schedule"] == dict(k_by_position=[3], core_by_position=[245], num_context_tokens=256,
-                                         temperature_bands=[])  # 1/64: the check did not keep its band
+                                         temperature_bands=[], sampling_tail=0.0)  # 1/64: no band, no tail kept
     assert chosen[1]["schedule"] == dict(k_by_position=[0], core_by_position=[16 * 501], num_context_tokens=0,
-                                         temperature_bands=[])
+                                         temperature_bands=[], sampling_tail=0.0)
     assert chosen[2]["schedule"] == calibrated and "assistant" not in chosen[2]
-    assert chosen[3]["schedule"] == dict(greedy, temperature_bands=[]) and chosen[3]["temperatures"] == [1.0]
-    assert chosen[4]["schedule"] == dict(k_by_position=[12], core_by_position=[2004], num_context_tokens=0,
-                                         temperature_bands=[])
-    assert chosen[5]["schedule"] == dict(k_by_position=[16], core_by_position=[0], num_context_tokens=0,
-                                         temperature_bands=[])
-    assert chosen[6]["schedule"] == calibrated and chosen[6]["assistant"] == "argmax"
+    assert chosen[3]["schedule"] == dict(calibrated, temperature_bands=[]) and chosen[3]["temperatures"] == [1.0]
+    assert chosen[4]["schedule"] == dict(calibrated, sampling_tail=0.0) and chosen[4]["temperatures"] == [1.0]
+    assert chosen[5]["schedule"] == dict(k_by_position=[12], core_by_position=[2004], num_context_tokens=0,
+                                         temperature_bands=[], sampling_tail=0.0)
+    assert chosen[6]["schedule"] == dict(k_by_position=[16], core_by_position=[0], num_context_tokens=0,
+                                         temperature_bands=[], sampling_tail=0.0)
+    assert chosen[7]["schedule"] == calibrated and chosen[7]["assistant"] == "argmax"
     tree, own_chain = chosen_methods(calibration, ["chain (own loop): DynaSpec 1/16", "tree: DynaSpec 1/16"],
                                      tree=dynaspec_hf.TreeConfig(24, 9, 3))
     assert own_chain["schedule"] == tree["schedule"] == calibrated and own_chain["engine"] == tree["engine"] == "dynaspec-tree"

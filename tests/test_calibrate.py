@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dynaspec_hf.calibrate import calibrate, choose_schedule
+from dynaspec_hf.calibrate import TAIL_WEIGHTS, calibrate, choose_schedule
 from dynaspec_hf.training import train_causal_lm
 from conftest import tiny_config
 
@@ -233,17 +233,60 @@ def test_context_splits_are_scored_with_each_positions_recent_tokens(two_domain_
 def test_the_sampling_band_is_kept_only_when_end_to_end_tau_confirms_it(two_domain_pair):
     """A sampled split that drafts from far fewer tokens than the greedy one loses τ at T = 1 and is not saved as
     the sampling band; one that drafts from the whole vocabulary gains and is."""
-    from dynaspec_hf.calibrate import check_sampling_band
+    from dynaspec_hf.calibrate import check_sampling_schedule
 
     target, drafter, domain_a, _ = two_domain_pair
     assistant, _ = calibrate(target, drafter, domain_a[:80], num_clusters=12, core_size=64, router_hidden_size=64,
                              epochs=5, progress=False)
     prompts = domain_a[-6:]  # 48 tokens each: prompts of 24
     small, whole = {"k": 1, "core": 0, "context": 0}, {"k": 12, "core": 0, "context": 0}
-    lost = check_sampling_band(target, assistant, whole, small, prompts, 24)
+    lost = check_sampling_schedule(target, assistant, whole, small, prompts, 24)
     assert not lost["kept"] and lost["tau_sampled_split"] < lost["tau_greedy_split"], lost
     assert assistant.config.temperature_bands == [] and assistant.config.k_by_position == [12]
-    won = check_sampling_band(target, assistant, small, whole, prompts, 24)
+    won = check_sampling_schedule(target, assistant, small, whole, prompts, 24)
     assert won["kept"] and won["tau_sampled_split"] > won["tau_greedy_split"], won
     assert assistant.config.k_by_position == [1] and assistant.config.schedule(1.0)["k_by_position"] == [12]
-    assert check_sampling_band(target, assistant, small, dict(small), prompts, 24)["kept"] is False
+    assert check_sampling_schedule(target, assistant, small, dict(small), prompts, 24)["kept"] is False
+
+
+def test_the_sampling_tail_is_switched_on_only_when_it_raises_tau(two_domain_pair):
+    """The tail's weight is the one with the best exact sampled acceptance on held-out text, and the tail stays on
+    only if it also raises end-to-end τ at T = 1. Drafting from the whole vocabulary leaves no tail: every weight
+    accepts alike, and it stays off."""
+    from dynaspec_hf.calibrate import check_sampling_schedule
+
+    target, drafter, domain_a, _ = two_domain_pair
+    assistant, report = calibrate(target, drafter, domain_a[:80], num_clusters=12, core_size=64,
+                                  router_hidden_size=64, epochs=5, progress=False)
+    prompts = domain_a[-6:]
+    small, whole = {"k": 1, "core": 0, "context": 0}, {"k": 12, "core": 0, "context": 0}
+    for check in (report["sampling_check"], check_sampling_schedule(target, assistant, small, small, prompts, 24)):
+        tail = check["acceptance"]["tail"]
+        assert check["tail_weight"] == max(TAIL_WEIGHTS, key=lambda w: (tail[str(w)], -w)), check
+        assert check["tail_kept"] == (check["tail_weight"] > 0 and check["tau_tail"] > check["tau_greedy_split"])
+    assert assistant.config.sampling_tail == (check["tail_weight"] if check["tail_kept"] else 0)
+    wide = check_sampling_schedule(target, assistant, whole, whole, prompts, 24)
+    assert len(set(wide["acceptance"]["tail"].values())) == 1 and wide["tail_weight"] == 0, wide
+    assert not wide["tail_kept"] and assistant.config.sampling_tail == 0
+
+
+def test_sampled_acceptance_is_the_exact_overlap_of_target_and_drafter(two_domain_pair):
+    """Teacher-forced, aligned with the target: the full head's overlap equals one computed from the two models'
+    own logits; a shortlist accepts at most the target mass inside it, and the best shortlist holds the most."""
+    from dynaspec_hf.calibrate import sampled_acceptance
+
+    target, drafter, domain_a, _ = two_domain_pair
+    assistant, _ = calibrate(target, drafter, domain_a[:40], num_clusters=12, core_size=64, router_hidden_size=64,
+                             epochs=2, progress=False, check_prompts=0)
+    assistant.set_schedule(k_by_position=[2], core_by_position=[8], num_context_tokens=4)
+    sequences = domain_a[-3:]
+    out = sampled_acceptance(target, assistant, sequences)
+    with torch.no_grad():
+        overlaps = [torch.minimum(target(s[None]).logits[0, 1:-1].softmax(-1), drafter(s[None]).logits[0, 1:-1]
+                                  .softmax(-1)).sum(-1) for s in sequences]
+    assert out["positions"] == sum(len(s) - 2 for s in sequences) and out["shortlist_size"] == 8 + 2 * 16 + 4
+    assert out["full"] == pytest.approx(float(torch.cat(overlaps).mean()), abs=1e-5)
+    assert out["tail"]["0.0"] <= out["target_mass_in_shortlist"] + 1e-6
+    assert out["target_mass_in_shortlist"] <= out["target_mass_in_best_shortlist"] + 1e-6
+    assert out["best_shortlist"] <= out["target_mass_in_best_shortlist"] + 1e-6
+    assert set(out["tail"]) == {str(w) for w in TAIL_WEIGHTS}

@@ -43,7 +43,7 @@ def test_shortlist_is_the_union_of_core_clusters_and_context():
     added_by_context = 0
     for position, scores in enumerate(out.scores):
         at = ids.shape[1] - 1 + position
-        core, k, slots = config.shortlist_at(position)
+        core, k, slots, _ = config.shortlist_at(position)
         clusters = assistant.route(states[at - 1][None], out.sequences[:, at], k)[0]
         routed = set(head.cluster_token_ids[clusters].flatten().tolist()) - {-1}
         expected = set(head.core_token_ids[:core].tolist()) | routed | context

@@ -21,7 +21,8 @@ def saved_assistant(tmp_path, setting="context"):
 
 
 def assert_same_assistant(a, b):
-    for key in ("vocab_size", "num_clusters", "cluster_size", "core_size", "router_hidden_size", "num_context_tokens"):
+    for key in ("vocab_size", "num_clusters", "cluster_size", "core_size", "router_hidden_size", "num_context_tokens",
+                "sampling_tail"):
         assert getattr(a.config, key) == getattr(b.config, key), key
     assert (a.config.k_by_position, a.config.core_by_position) == (b.config.k_by_position, b.config.core_by_position)
     drafter_a, drafter_b = a.config.drafter_config.to_dict(), b.config.drafter_config.to_dict()
@@ -106,4 +107,4 @@ def test_set_schedule_shares_weights_and_validates():
     assistant = make_assistant(drafter, "routed")
     weight = assistant.lm_head.weight
     assistant.set_schedule(k_by_position=[16])
-    assert assistant.lm_head.weight is weight and assistant.config.shortlist_at(0) == (0, 16, 0)
+    assert assistant.lm_head.weight is weight and assistant.config.shortlist_at(0) == (0, 16, 0, False)

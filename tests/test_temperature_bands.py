@@ -20,13 +20,13 @@ def test_the_first_band_covering_the_temperature_is_used():
     config = DynaSpecConfig(tiny_config("llama"), num_clusters=16, core_size=48, k_by_position=[6],
                             temperature_bands=[band(0.5, 2), band(1.2, 3, 8), band(None, 4, 0, 16)])
     config.validate_schedule()
-    assert config.shortlist_at(0) == (0, 6, 0)  # greedy
-    assert config.shortlist_at(0, 0.3) == config.shortlist_at(3, 0.5) == (0, 2, 0)
-    assert config.shortlist_at(0, 0.7) == (8, 3, 0)
-    assert config.shortlist_at(0, 2.0) == (0, 4, 16)
+    assert config.shortlist_at(0) == (0, 6, 0, False)  # greedy
+    assert config.shortlist_at(0, 0.3) == config.shortlist_at(3, 0.5) == (0, 2, 0, False)
+    assert config.shortlist_at(0, 0.7) == (8, 3, 0, False)
+    assert config.shortlist_at(0, 2.0) == (0, 4, 16, False)
     assert config.max_context_tokens == 16 and config.needs_router
     config.temperature_bands = [band(0.5, 2)]
-    assert config.shortlist_at(0, 0.9) == (0, 6, 0)  # no band covers 0.9: the main schedule
+    assert config.shortlist_at(0, 0.9) == (0, 6, 0, False)  # no band covers 0.9: the main schedule
 
 
 @pytest.mark.parametrize("bands, message", [

@@ -329,14 +329,15 @@ def draw_tree(target, assistant, draws, tree=SAMPLING_SHAPES["tree"]):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting,shape", [("full", "tree"), ("routed", "tree"), ("routed", "chain")])
-def test_tree_sampling_keeps_target_distribution(sampling_pair, setting, shape):
+@pytest.mark.parametrize("setting,shape,tail", [("full", "tree", False), ("routed", "tree", False),
+                                                ("routed", "chain", False), ("routed", "tree", True)])
+def test_tree_sampling_keeps_target_distribution(sampling_pair, setting, shape, tail):
     target, drafter = sampling_pair
-    assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
+    assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16, sampling_tail=0.5 if tail else 0.0)
     first, second = exact_distributions(target)
     tokens = draw_tree(target, assistant, 3000, SAMPLING_SHAPES[shape])
     p_first, p_second = chi_square_p_value(tokens[:, 0], first), chi_square_p_value(tokens[:, 1], second)
-    print(f"{shape} {setting}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
+    print(f"{shape} {setting}{' + tail' if tail else ''}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
     assert p_first > 1e-3 and p_second > 1e-3
 
 
