@@ -581,9 +581,8 @@ def sampled_acceptance(target, assistant: DynaSpecAssistant, sequences: list[tor
         p = (logits / temperature).softmax(-1)
         states = assistant.drafter(input_ids=ids[None]).last_hidden_state[0]
         hidden, previous, tokens = states[1:-1], states[:-2], ids[1:-1]
-        window = torch.arange(ids.numel(), device=device)[None] > torch.arange(1, ids.numel() - 1, device=device)[:, None]
-        context_ids = assistant.context_tokens(ids[None].expand(len(tokens), -1).masked_fill(window, -1)) \
-            if assistant.config.max_context_tokens else None
+        later = torch.arange(ids.numel(), device=device)[None] > torch.arange(1, ids.numel() - 1, device=device)[:, None]
+        context_ids = assistant.context_tokens(ids[None].expand(len(tokens), -1).masked_fill(later, -1))
         for weight in tail_weights:
             assistant.set_schedule(sampling_tail=weight)
             q = assistant.next_token_logits(hidden, previous, tokens, 0, index, context_ids, temperature)

@@ -135,7 +135,8 @@ def _report_summary(report: dict) -> str:
     lines += ["", f"Router objective: {report['objective']}.",
               f"Best core/routed/context split per size (`set_schedule(k_by_position=[k], "
               f"core_by_position=[core], num_context_tokens=context)`), by greedy acceptance: {report['splits']}; "
-              f"by sampled acceptance: {report['sampled_splits']}. The sampling band: {band}. The sampling tail: {tail}.",
+              f"by sampled acceptance: {report['sampled_splits']}. The sampling band: {band}. The sampling tail: "
+              f"{tail}.",
               f"Position-aware routed clusters (not used unless set): `k_by_position={report['k_by_position']}`."]
     return "\n".join(lines)
 

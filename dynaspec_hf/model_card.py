@@ -44,6 +44,7 @@ def render_model_card(model, report: str = "") -> str | None:
         num_context_tokens=config.num_context_tokens,
         rows_by_position=rows,
         temperature_bands=config.temperature_bands or "none: sampling uses the schedule above",
+        sampling_tail=config.sampling_tail,
         report=report,
     )
 

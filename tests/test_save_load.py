@@ -50,6 +50,7 @@ def test_round_trip_through_auto_class(tmp_path):
     )
     card = (path / "README.md").read_text()
     assert "k_by_position" in card and "[3, 2]" in card and "`num_context_tokens`" in card
+    assert "`sampling_tail`" in card
 
 
 def run_python(code: str, env: dict) -> str:
