@@ -8,8 +8,8 @@
 # sample, merge: calls of 575 s back to back on one warm machine, inside the 30 minutes a machine is held.
 # Every step is skipped once its product exists in runs/pair, and the τ and timing steps resume where they stopped,
 # so on the device tool the same command with SECONDS = the call's limit, repeated on the warm machine, goes on
-# where the last call stopped. Each call ends by merging what exists into the results folder, so a hold that ends
-# early still returns every finished measurement.
+# where the last call stopped. Each call ends by merging what exists into the results folder (a stopped timing with
+# the rounds it finished), so a hold that ends early still returns every finished measurement.
 # The fast-path checks and draft-step anatomy are a separate command: python benchmarks/gpu_checks.py --out DIR.
 set -uo pipefail
 data=${1:-.carry/data}

@@ -463,14 +463,19 @@ def run_timing(args) -> None:
             partial.write_text(json.dumps(state))
             partial.replace(progress_file)
             print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})", flush=True)
+    (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(timing_rows(totals, args.timing_per_category)))
+
+
+def timing_rows(totals: dict, prompts_per_category: int) -> list[dict]:
+    """Rows of tokens/s from the timing phase's totals (keyed "method|category|T"), whatever rounds they hold."""
     rows = []
     for key, total in totals.items():
         method, category, temperature = key.split("|")
         rows.append(dict(method=method, category=category, temperature=float(temperature),
                          tokens_per_s=total["tokens"] / total["seconds"], timed_tokens=total["tokens"],
-                         timing_prompts=total["runs"] // args.timing_rounds, timing_runs=total["runs"],
+                         timing_prompts=prompts_per_category, timing_runs=total["runs"],
                          exact=total["exact"] if float(temperature) == 0 else None))
-    (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(rows))
+    return rows
 
 
 def merge(args) -> dict:
@@ -480,6 +485,9 @@ def merge(args) -> dict:
         records += json.loads(path.read_text())
     for path in sorted(args.pair.glob("timing-T*.json")):
         timing += json.loads(path.read_text())
+    for path in sorted(args.pair.glob("timing-progress-T*.json")):  # a timing the time limit stopped: its rounds
+        if not (args.pair / path.name.replace("timing-progress-", "timing-")).exists():  # done so far
+            timing += timing_rows(json.loads(path.read_text())["totals"], args.timing_per_category)
     speed = {(r["method"], r["category"], r["temperature"]): r for r in timing}
     rows = []
     for method in chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args)):

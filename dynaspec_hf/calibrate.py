@@ -581,7 +581,8 @@ def sampled_acceptance(target, assistant: DynaSpecAssistant, sequences: list[tor
         p = (logits / temperature).softmax(-1)
         states = assistant.drafter(input_ids=ids[None]).last_hidden_state[0]
         hidden, previous, tokens = states[1:-1], states[:-2], ids[1:-1]
-        later = torch.arange(ids.numel(), device=device)[None] > torch.arange(1, ids.numel() - 1, device=device)[:, None]
+        steps = torch.arange(ids.numel(), device=device)
+        later = steps[None] > steps[1:-1, None]  # row i's text is ids[: i + 2]
         context_ids = assistant.context_tokens(ids[None].expand(len(tokens), -1).masked_fill(later, -1))
         for weight in tail_weights:
             assistant.set_schedule(sampling_tail=weight)

@@ -96,6 +96,12 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
     assert len({r["method"] for r in rows}) == 10
     assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
     assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding
+    # a merge after a time limit reads the rounds done so far from the progress file: here all of them
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from run_benchmark import timing_rows
+
+    progress = json.loads((pair / "timing-progress-T0.0.json").read_text())
+    assert timing_rows(progress["totals"], 1) == rows
     (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
     assert "timed" not in run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
     assert json.loads((pair / "timing-T0.0.json").read_text()) == rows  # resumed: nothing timed twice
