@@ -263,7 +263,8 @@ def test_the_sampling_tail_is_switched_on_only_when_it_raises_tau(two_domain_pai
     for check in (report["sampling_check"], check_sampling_schedule(target, assistant, small, small, prompts, 24)):
         tail = check["acceptance"]["tail"]
         assert check["tail_weight"] == max(TAIL_WEIGHTS, key=lambda w: (tail[str(w)], -w)), check
-        assert check["tail_kept"] == (check["tail_weight"] > 0 and check["tau_tail"] > check["tau_greedy_split"])
+        without = check["tau_sampled_split"] if check["kept"] else check["tau_greedy_split"]
+        assert check["tail_kept"] == (check["tail_weight"] > 0 and check["tau_tail"] > without)
     assert assistant.config.sampling_tail == (check["tail_weight"] if check["tail_kept"] else 0)
     wide = check_sampling_schedule(target, assistant, whole, whole, prompts, 24)
     assert len(set(wide["acceptance"]["tail"].values())) == 1 and wide["tail_weight"] == 0, wide
