@@ -54,7 +54,9 @@ def test_full_vocabulary_and_shortlist_logits_equal_the_drafters(family):
         shortlist = assistant.next_token_logits(hidden[:, -1], hidden[:, -2], ids[:, -1], position=0)
     inside = torch.isfinite(shortlist)
     assert 0 < inside[0].sum() < VOCAB  # a real shortlist, not the whole vocabulary
-    torch.testing.assert_close(shortlist[inside], expected[:, -1][inside], atol=1e-4, rtol=0)
+    # the same products summed in another order (gathered rows, not the full head): float32 rounding of logits
+    # that reach ~300 (a few units in the last place)
+    torch.testing.assert_close(shortlist[inside], expected[:, -1][inside], atol=1e-4, rtol=2e-6)
 
 
 def test_save_load_sample_and_calibrate(family, tmp_path):
