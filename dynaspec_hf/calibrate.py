@@ -566,7 +566,7 @@ def sampled_acceptance(target, assistant: DynaSpecAssistant, sequences: list[tor
     device, vocab_size = assistant.device, assistant.config.vocab_size
     core, k, context, _ = assistant.config.shortlist_at(0, temperature)
     size = min(core + k * assistant.config.cluster_size + context, vocab_size)
-    index, weight_before = assistant.lm_head.index(), assistant.config.sampling_tail
+    index = assistant.lm_head.index()
     sums, positions = {}, 0
 
     def add(name, values):
@@ -584,9 +584,11 @@ def sampled_acceptance(target, assistant: DynaSpecAssistant, sequences: list[tor
         steps = torch.arange(ids.numel(), device=device)
         later = steps[None] > steps[1:-1, None]  # row i's text is ids[: i + 2]
         context_ids = assistant.context_tokens(ids[None].expand(len(tokens), -1).masked_fill(later, -1))
-        for weight in tail_weights:
-            assistant.set_schedule(sampling_tail=weight)
-            q = assistant.next_token_logits(hidden, previous, tokens, 0, index, context_ids, temperature)
+        cluster_ids, log_mass = assistant.routing(previous, tokens, k, tail=1.0)  # one router pass for every weight
+        for weight in tail_weights:  # the step's own head, at each weight (no schedule change, no graph released)
+            tail = weight if log_mass is not None else 0.0  # no routed clusters: no tail (as `shortlist_at`)
+            q = assistant.shortlist_logits(hidden, cluster_ids, (core, k, context, tail), index, context_ids,
+                                           log_mass)
             q = (q / temperature).softmax(-1)
             add(f"tail/{weight}", torch.minimum(p, q).sum(-1))
             if weight == 0:
@@ -597,7 +599,6 @@ def sampled_acceptance(target, assistant: DynaSpecAssistant, sequences: list[tor
         add("best_shortlist", torch.minimum(p, full.masked_fill(~best, float("-inf")).softmax(-1)).sum(-1))
         add("target_mass_in_best_shortlist", (p * best).sum(-1))
         positions += len(tokens)
-    assistant.set_schedule(sampling_tail=weight_before)
     means = {name: value / max(positions, 1) for name, value in sums.items()}
     out = {"positions": positions, "shortlist_size": size, "tail": {}}
     for name, value in means.items():
