@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 from .clusters import TokenClusters, _frequency_order
 from .context_tokens import recent_distinct_tokens
 from .measure import measure_generation
-from .modeling_dynaspec import DynaSpecAssistant
+from .modeling_dynaspec import DynaSpecAssistant, rollback_cache, unrollable_window
 from .router import ClusterRouter
 
 
@@ -523,6 +524,12 @@ def check_sampling_schedule(target, assistant: DynaSpecAssistant, greedy_split: 
     prompts = [s[: max(len(s) // 2, 1)] for s in sequences]
     if not prompts:
         return {"kept": False, "tail_kept": False, "reason": "no prompts"}
+    longest = max(len(p) for p in prompts) + new_tokens
+    window = unrollable_window(rollback_cache(assistant.config.drafter_config), longest)
+    if window is not None:  # the stock loop refuses such drafts (check_rollback_possible): nothing to measure
+        return {"kept": False, "tail_kept": False,
+                "reason": f"transformers {transformers.__version__} cannot roll back the drafter's {window}-token "
+                          f"sliding window after the {longest} positions of a check"}
     options = dict(max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
 
     def tau() -> float:

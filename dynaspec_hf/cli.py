@@ -129,7 +129,8 @@ def _report_summary(report: dict) -> str:
     check = report["sampling_check"]
     band = (f"kept: τ at T = 1 {check['tau_sampled_split']:.3f} against {check['tau_greedy_split']:.3f} with the "
             f"greedy split" if check["kept"] else f"not kept ({check.get('reason') or 'it lost τ against the greedy split'})")
-    tail = ("off (no weight raised exact sampled acceptance)" if "tau_tail" not in check else
+    tail = (f"off ({check['reason']})" if "acceptance" not in check else
+            "off (no weight raised exact sampled acceptance)" if "tau_tail" not in check else
             f"weight {check['tail_weight']}, {'kept' if check['tail_kept'] else 'not kept'} (τ at T = 1 "
             f"{check['tau_tail']:.3f} with it)")
     lines += ["", f"Router objective: {report['objective']}.",

@@ -533,14 +533,23 @@ def sliding_layers_roll_back() -> bool:
     return keys.shape[-2] == 2
 
 
-def check_rollback_possible(cache, longest: int) -> None:
-    """Raise a clear error where a sliding-window cache would outgrow its window on a transformers version whose
-    sliding layers cannot then be rolled back (instead of failing deep inside attention)."""
+def unrollable_window(cache, longest: int) -> int | None:
+    """The sliding window that a draft block reaching `longest` positions would outgrow on a transformers version
+    whose sliding layers cannot then be rolled back, or None where drafting it is possible."""
     windows = [layer.sliding_window for layer in getattr(cache, "layers", ())
                if isinstance(layer, DynamicSlidingWindowLayer)]
     if windows and longest > min(windows) and not sliding_layers_roll_back():
+        return min(windows)
+    return None
+
+
+def check_rollback_possible(cache, longest: int) -> None:
+    """Raise a clear error where a sliding-window cache would outgrow its window on a transformers version whose
+    sliding layers cannot then be rolled back (instead of failing deep inside attention)."""
+    window = unrollable_window(cache, longest)
+    if window is not None:
         raise ValueError(
-            f"The drafter attends within a sliding window of {min(windows)} tokens and this draft block reaches "
+            f"The drafter attends within a sliding window of {window} tokens and this draft block reaches "
             f"{longest}: transformers {transformers.__version__} cannot roll such a cache back after several "
             f"draft steps. Upgrade transformers (5.23 can), or keep prompt + new tokens within the window."
         )
