@@ -89,6 +89,14 @@ SETTINGS = {
 }
 
 
+# (family, setting) cases of the end-to-end exactness tests: every setting on Llama, and every family with the
+# routed shortlist (its logit transform, cache and attention through the shortlist path) and, where a test asks,
+# with the full-vocabulary head; the full cross product repeated the same paths and did not fit CI's time
+FAMILY_CASES = [("llama", setting) for setting in sorted(SETTINGS)] + [
+    (family, "routed") for family in sorted(FAMILIES) if family != "llama"]
+FAMILY_CASES_WITH_FULL_HEAD = FAMILY_CASES + [(family, "full") for family in sorted(FAMILIES) if family != "llama"]
+
+
 def make_assistant(drafter, setting: str, num_clusters: int = 16, core_size: int = 48, seed: int = 0, **options):
     """An assistant of `drafter` with a fresh router and the schedule `SETTINGS[setting]` (`options`: more
     `from_drafter` arguments, e.g. `sampling_tail=0.5`)."""

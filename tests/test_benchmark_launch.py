@@ -52,18 +52,29 @@ def run(arguments: list[str], launcher: list[str] = ()) -> str:
     return result.stdout
 
 
-def calibrated_pair(tmp_path: Path) -> tuple[Path, list[str]]:
-    """A tiny pair and prompt set, calibrated by the benchmark; returns the pair folder and the common arguments."""
-    pair, data = tmp_path / "pair", tmp_path / "data"
-    build_pair(pair, data)
-    common = ["--pair", str(pair), "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu",
-              "--num-clusters", "8", "--per-category", "1", "--max-new-tokens", "8", "--temperatures", "0"]
-    run(common + ["--phase", "calibrate"], [sys.executable])
-    return pair, common
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory) -> Path:
+    """A tiny pair and prompt set, calibrated by the benchmark once for this module's tests."""
+    root = tmp_path_factory.mktemp("calibrated")
+    build_pair(root / "pair", root / "data")
+    run(arguments(root) + ["--phase", "calibrate"], [sys.executable])
+    return root
 
 
-def test_tau_phase_two_processes_equal_one(tmp_path):
-    pair, common = calibrated_pair(tmp_path)
+def arguments(root: Path) -> list[str]:
+    return ["--pair", str(root / "pair"), "--data", str(root / "data"), "--out", str(root / "out"), "--device", "cpu",
+            "--num-clusters", "8", "--per-category", "1", "--max-new-tokens", "8", "--temperatures", "0"]
+
+
+def calibrated_pair(calibrated: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the calibrated pair for one test; returns its pair folder and the common arguments."""
+    for name in ("pair", "data"):
+        shutil.copytree(calibrated / name, tmp_path / name)
+    return tmp_path / "pair", arguments(tmp_path)
+
+
+def test_tau_phase_two_processes_equal_one(calibrated, tmp_path):
+    pair, common = calibrated_pair(calibrated, tmp_path)
     runs = {}
     for processes, launcher in ((1, [sys.executable]),
                                 (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"])):
@@ -87,8 +98,8 @@ def test_tau_phase_two_processes_equal_one(tmp_path):
         assert 0 <= inside["1/64"] <= inside["1/32"] <= inside["1/16"] <= stats["positions"]
 
 
-def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes(tmp_path):
-    pair, common = calibrated_pair(tmp_path)
+def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes(calibrated, tmp_path):
+    pair, common = calibrated_pair(calibrated, tmp_path)
     printed = run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
     assert "(round 2/2)" in printed
     rows = json.loads((pair / "timing-T0.0.json").read_text())

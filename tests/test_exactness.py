@@ -7,12 +7,12 @@ import torch
 
 import dynaspec_hf
 from dynaspec_hf.measure import count_forward_calls
-from conftest import SETTINGS, VOCAB, make_assistant, random_cases, rollback_limited, tiny_pair
+from conftest import FAMILY_CASES_WITH_FULL_HEAD, SETTINGS, VOCAB, make_assistant, random_cases, rollback_limited, tiny_pair
 
 PROMPTS = 50
 
 
-@pytest.mark.parametrize("setting", sorted(SETTINGS))
+@pytest.mark.parametrize("family,setting", FAMILY_CASES_WITH_FULL_HEAD)
 def test_greedy_equals_target(family, setting):
     target, drafter = tiny_pair(family)
     assistant = make_assistant(drafter, setting)

@@ -9,7 +9,7 @@ from dynaspec_hf import TreeConfig
 from dynaspec_hf.verification import TreeVerifier, recursive_rejection_sample
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import SiblingAcceptance, TreeDrafter
-from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
+from conftest import FAMILIES, FAMILY_CASES, SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
 from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_distributions
 
 PROMPTS = 30
@@ -17,7 +17,7 @@ TREES = {"tree": TreeConfig(num_nodes=12, max_depth=5, width=3), "chain": TreeCo
 
 
 @pytest.mark.parametrize("shape", sorted(TREES))
-@pytest.mark.parametrize("setting", sorted(SETTINGS))
+@pytest.mark.parametrize("family,setting", FAMILY_CASES)
 def test_tree_greedy_equals_target(family, setting, shape):
     # the tree mask models full attention: sliding-window families run here with a window the cases stay inside
     # (beyond it the loop refuses, tested below); test_exactness.py runs them across their window
