@@ -9,7 +9,7 @@ from dynaspec_hf import TreeConfig
 from dynaspec_hf.verification import TreeVerifier, recursive_rejection_sample
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import SiblingAcceptance, TreeDrafter
-from conftest import FAMILIES, FAMILY_CASES, SETTINGS, VOCAB, make_assistant, random_cases, tiny_pair
+from conftest import FAMILIES, FAMILY_CASES, VOCAB, make_assistant, random_cases, tiny_pair
 from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_distributions
 
 PROMPTS = 30
