@@ -343,9 +343,10 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
 
         The returned `scores` are the (processed) logits each token was chosen from, spread over the full
         vocabulary with `-inf` outside the shortlist: exactly the q that speculative sampling needs. The cache is
-        reused when given; it is cropped so the body re-reads at least the last two tokens, which yields the
-        previous hidden state the router needs without keeping extra state between calls. `temperature` (0 for
-        greedy) picks the schedule (`config.schedule`); the logits processors apply the sampling itself.
+        reused when given (a `DraftCache`, as returned). The router's first input is the body output before the
+        last token: the cache keeps the last block's, so the body reads only the tokens the cache lacks, and never
+        needs a cache cropped below what the caller cropped it to (a sliding-window layer cannot be). `temperature`
+        (0 for greedy) picks the schedule (`config.schedule`); the logits processors apply the sampling itself.
         """
         batch, length = input_ids.shape
         if input_ids.numel() and int(input_ids.max()) >= self.config.vocab_size:
@@ -359,7 +360,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         if past_key_values is None:
             past_key_values = rollback_cache(self.config.drafter_config)
         check_rollback_possible(past_key_values, length + max_new_tokens)
-        start = min(max(length - 2, 0), past_key_values.get_seq_length())
+        previous = past_key_values.body_output(length - 2) if isinstance(past_key_values, DraftCache) else None
+        start = min(length - 1 if previous is not None else max(length - 2, 0), past_key_values.get_seq_length())
         crop_cache(past_key_values, start)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: let the model derive positions from the cache
@@ -375,7 +377,11 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         )
         cache = output_cache(out)
         hidden = out.last_hidden_state[:, -1]
-        previous = out.last_hidden_state[:, -2] if out.last_hidden_state.shape[1] > 1 else torch.zeros_like(hidden)
+        if out.last_hidden_state.shape[1] > 1:
+            previous = out.last_hidden_state[:, -2]
+        elif previous is None:  # the first token of the text
+            previous = torch.zeros_like(hidden)
+        outputs = [hidden]  # the body's outputs from position `length - 1` on, for the next block's router
         index = self.lm_head.index()
         context = self.context_tokens(input_ids, attention_mask)  # the verified text: fixed for the block
 
@@ -407,6 +413,9 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
                 **{cache_name: cache},
             )
             previous, hidden = hidden, out.last_hidden_state[:, -1]
+            outputs.append(hidden)
+        if isinstance(cache, DraftCache):
+            cache.keep_body_outputs(torch.stack(outputs, dim=1), first=length - 1)
         return draft_output(sequences, tuple(scores), cache)
 
     @torch.no_grad()
@@ -513,10 +522,35 @@ def check_same_distribution(drafter: PreTrainedModel, assistant: DynaSpecAssista
         )
 
 
-def rollback_cache(config) -> DynamicCache:
+class DraftCache(DynamicCache):
+    """The drafter's KV cache between draft blocks, plus the body's outputs at the last block's positions.
+
+    A block's first router input is the body output before the last committed token. Keeping it here spares the
+    block a re-read of that token, which would need the cache cropped one position below what the assisted loop
+    cropped it to: a sliding-window layer, once cropped, keeps only its window and cannot go further back.
+    """
+
+    def __init__(self, config):
+        super().__init__(config=config)
+        self._body_outputs, self._first = None, 0
+
+    def keep_body_outputs(self, outputs: torch.Tensor, first: int) -> None:
+        """`outputs` `[B, n, hidden]`: the body's outputs at sequence indices `first, ..., first + n - 1`."""
+        self._body_outputs, self._first = outputs, first
+
+    def body_output(self, index: int) -> torch.Tensor | None:
+        """`[B, hidden]` body output at sequence index `index`, if the last block computed it and the cache still
+        holds that position."""
+        kept = self._body_outputs
+        if kept is None or not self._first <= index < min(self._first + kept.shape[1], self.get_seq_length()):
+            return None
+        return kept[:, index - self._first]
+
+
+def rollback_cache(config) -> DraftCache:
     """An empty cache that speculative decoding can crop: sliding-window layers of recent transformers drop states
     past their window unless told to record them until the next `crop`."""
-    cache = DynamicCache(config=config)
+    cache = DraftCache(config)
     if hasattr(cache, "activate_past_recording"):
         cache.activate_past_recording()
     return cache
