@@ -216,10 +216,11 @@ def _check_supported(target, assistant, generation_config, input_ids, tree: Tree
                 f"Tree verification needs a custom attention mask, which {implementation} cannot take: load "
                 f"{type(model).__name__} with attn_implementation='sdpa' or 'eager'."
             )
-    window = getattr(target.config.get_text_config(), "sliding_window", None)
-    longest = input_ids.shape[1] + (generation_config.max_new_tokens or generation_config.max_length) + tree.max_depth
-    if window is not None and longest > window:
-        raise ValueError(
-            f"The target attends within a sliding window of {window} tokens, which the tree mask does not model; "
-            f"prompt + new tokens + tree depth ({longest}) must stay within it."
-        )
+    for model in (target, assistant.drafter):
+        window = getattr(model.config.get_text_config(), "sliding_window", None)
+        if window is not None and tree.max_depth >= window:
+            raise ValueError(
+                f"{type(model).__name__} attends within a sliding window of {window} tokens, and a tree of depth "
+                f"{tree.max_depth} would let a node see ancestors beyond it (the tree mask applies the window by "
+                f"cache slot): use `max_depth` below {window}."
+            )

@@ -13,16 +13,15 @@ from conftest import FAMILIES, FAMILY_CASES, VOCAB, make_assistant, random_cases
 from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_distributions
 
 PROMPTS = 30
+SLIDING = sorted(family for family, (_, kwargs) in FAMILIES.items() if "sliding_window" in kwargs)
 TREES = {"tree": TreeConfig(num_nodes=12, max_depth=5, width=3), "chain": TreeConfig.chain(4)}
 
 
 @pytest.mark.parametrize("shape", sorted(TREES))
 @pytest.mark.parametrize("family,setting", FAMILY_CASES)
 def test_tree_greedy_equals_target(family, setting, shape):
-    # the tree mask models full attention: sliding-window families run here with a window the cases stay inside
-    # (beyond it the loop refuses, tested below); test_exactness.py runs them across their window
-    window = {"sliding_window": 64} if "sliding_window" in FAMILIES[family][1] else {}
-    target, drafter = tiny_pair(family, **window)
+    # sliding-window families attend within 8 tokens: most cases outgrow the window
+    target, drafter = tiny_pair(family)
     assistant = make_assistant(drafter, setting)
     mismatches, passes, produced = [], 0, 0
     for i, (ids, new_tokens) in enumerate(random_cases(PROMPTS)):
@@ -37,11 +36,13 @@ def test_tree_greedy_equals_target(family, setting, shape):
     assert passes < produced, "no draft token was ever accepted: the test would not exercise the accept path"
 
 
+@pytest.mark.parametrize("family", ["llama", *SLIDING])
 @pytest.mark.parametrize("size", [0, 24])
-def test_tree_verification_logits_equal_plain_forward(size):
+def test_tree_verification_logits_equal_plain_forward(size, family):
     """The tree mask and positions must give every node the logits of a plain forward over its own path, on the
-    unpadded path (the prompt's pass, size 0) and the padded one (later passes), mid-generation."""
-    target, drafter = tiny_pair("llama", seed=2)
+    unpadded path (the prompt's pass, size 0) and the padded one (later passes), mid-generation; for
+    sliding-window targets, with the text beyond their 8-token window (what sampling's acceptance reads too)."""
+    target, drafter = tiny_pair(family, seed=2)
     assistant = make_assistant(drafter, "routed")
     committed = torch.randint(0, VOCAB, (11,), generator=torch.Generator().manual_seed(3))
     verifier = TreeVerifier(target, max_length=64, size=size)
@@ -198,6 +199,20 @@ def test_batch_rows_equal_their_own_generation():
         assert torch.equal(got[i, 9 : 9 + len(new)], new) and bool((got[i, 9 + len(new) :] == 0).all())
 
 
+@pytest.mark.parametrize("shape", sorted(TREES))
+@pytest.mark.parametrize("family", SLIDING)
+def test_sliding_window_targets_far_beyond_their_window(family, shape):
+    """Generations of 100+ tokens with an 8-token window (Gemma: local layers interleaved with global ones): the
+    static caches keep every position for rollbacks, and the masks apply each layer type's window."""
+    target, drafter = tiny_pair(family, seed=6, noise=0.3)
+    assistant = make_assistant(drafter, "routed")
+    generator = torch.Generator().manual_seed(6)
+    for length in (5, 40):
+        ids = torch.randint(0, VOCAB, (1, length), generator=generator)
+        got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=90, tree=TREES[shape])
+        assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=90)), f"prompt of {length}"
+
+
 def test_perfect_drafter_chain_is_fully_accepted():
     target, _ = tiny_pair("llama", seed=5)
     assistant = make_assistant(target, "full")
@@ -281,8 +296,8 @@ def test_unsupported_options_are_refused():
     other, _ = tiny_pair("llama", vocab_size=VOCAB + 8)
     with pytest.raises(ValueError, match="vocabulary"):
         dynaspec_hf.generate(other, assistant, ids, max_new_tokens=4)
-    windowed, windowed_drafter = tiny_pair("mistral", sliding_window=16)
-    with pytest.raises(ValueError, match="sliding window of 16"):
+    windowed, windowed_drafter = tiny_pair("mistral", sliding_window=6)
+    with pytest.raises(ValueError, match="sliding window of 6 tokens, and a tree of depth 7"):
         dynaspec_hf.generate(windowed, make_assistant(windowed_drafter, "routed"), ids, max_new_tokens=20)
 
 
