@@ -1,12 +1,23 @@
-"""The `dynaspec-hf` command: `demo` (embedded default, no downloads) and `calibrate` (your own pair)."""
+"""The `dynaspec-hf` command: `demo` (embedded default, no downloads) and `calibrate` (your own pair).
+
+Mistakes in what the user passed (a missing file or model, bad data, a non-empty output folder) print one line;
+`--debug` shows the traceback."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, OSError)
+
+
+class StrictFailure(Exception):
+    """`calibrate --strict` found the assistant unlikely to speed generation up."""
 
 
 def read_texts(paths: list[str], tokenizer=None) -> tuple[list[str], list[str]]:
@@ -59,18 +70,18 @@ def calibrate_command(args) -> None:
 
     from .calibrate import calibrate
     from .model_card import write_model_card
-    from .report import plot_curves
+    from .report import calibration_summary, plot_curves
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty.")
     from accelerate import PartialState
 
-    tokenizer = AutoTokenizer.from_pretrained(args.target)
+    tokenizer = load_pretrained(AutoTokenizer, args.target, "--target")
     texts, domains = read_texts(args.data, tokenizer)
     device = args.device or str(PartialState().device)  # under `accelerate launch`: this process's GPU
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=args.dtype, device_map=device)
-    drafter = AutoModelForCausalLM.from_pretrained(args.drafter, dtype=args.dtype, device_map=device)
+    target = load_pretrained(AutoModelForCausalLM, args.target, "--target", dtype=args.dtype, device_map=device)
+    drafter = load_pretrained(AutoModelForCausalLM, args.drafter, "--drafter", dtype=args.dtype, device_map=device)
     if len(tokenizer) > drafter.config.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the drafter's vocabulary has "
                          f"{drafter.config.vocab_size}.")
@@ -90,13 +101,40 @@ def calibrate_command(args) -> None:
         staging = Path(staging) / "assistant"
         assistant.save_pretrained(staging)
         (staging / "calibration_report.json").write_text(json.dumps(report, indent=2))
+        plotted = "curves" in report and plot_curves(report["curves"], staging / "calibration_recall.png")
         if "curves" in report:
-            plot_curves(report["curves"], staging / "calibration_recall.png")
             write_model_card(assistant, staging, report=_report_summary(report))
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             shutil.move(str(item), out / item.name)
-    print(f"saved the calibrated assistant to {out}")
+    table, warning = calibration_summary(report, assistant)
+    print(table)
+    print(f"\nsaved the calibrated assistant to {out} (calibration_report.json holds every number)")
+    if "curves" in report and not plotted:
+        print("no calibration_recall.png: matplotlib is not installed (pip install 'dynaspec-hf[plot]')")
+    if warning is not None:
+        print(f"WARNING: {warning}", file=sys.stderr)
+        if args.strict:
+            raise StrictFailure("--strict: the calibrated assistant is unlikely to speed generation up (see the "
+                                "warning above).")
+
+
+def load_pretrained(auto_class, name: str, option: str, **kwargs):
+    """`auto_class.from_pretrained(name)`, with errors that say whether `name` was read as a local folder or a Hub
+    model, and how to fail at once without a network."""
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if looks_local and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"{option} {name}: no such local folder.")
+    try:
+        return auto_class.from_pretrained(name, **kwargs)
+    except OSError as error:
+        if Path(name).expanduser().is_dir():
+            raise OSError(f"{option} {name}: the folder holds no loadable model ({error}).") from error
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+        hint = ("HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched" if offline else
+                "without a network, set HF_HUB_OFFLINE=1 to fail at once instead of retrying the Hub")
+        raise OSError(f"{option} {name}: neither a local folder nor a model this machine can load from the Hub "
+                      f"or its cache ({hint}).") from error
 
 
 def _feature_cache_dir(args) -> Path:
@@ -145,39 +183,57 @@ def _report_summary(report: dict) -> str:
 def main(argv=None) -> None:
     from .calibrate import OBJECTIVES
 
-    parser = argparse.ArgumentParser(prog="dynaspec-hf", description=__doc__)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="dynaspec-hf", description=__doc__, formatter_class=defaults)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train a small pair on embedded text and compare drafting methods")
-    demo.add_argument("--out", default="dynaspec-demo")
-    demo.add_argument("--steps", type=int, default=300)
-    demo.add_argument("--prompts", type=int, default=8)
+    demo = commands.add_parser("demo", help="train a small pair on embedded text and compare drafting methods",
+                               formatter_class=defaults)
+    demo.add_argument("--out", default="dynaspec-demo", help="folder for the trained pair and the results")
+    demo.add_argument("--steps", type=int, default=300, help="training steps for the target and the drafter")
+    demo.add_argument("--prompts", type=int, default=8, help="held-out prompts the comparison generates for")
     cal = commands.add_parser(
         "calibrate", help="build clusters, train the router and save a DynaSpec assistant "
-        "(data-parallel under `accelerate launch` / torchrun)")
-    cal.add_argument("--target", required=True)
-    cal.add_argument("--drafter", required=True)
-    cal.add_argument("--data", nargs="+", required=True, help=".txt or .jsonl files; each file is one domain")
-    cal.add_argument("--out", required=True)
-    cal.add_argument("--num-clusters", type=int, default=256)
-    cal.add_argument("--core-size", type=int, default=0)
-    cal.add_argument("--router-hidden-size", type=int, default=256)
-    cal.add_argument("--continuation-tokens", type=int, default=0)
-    cal.add_argument("--max-length", type=int, default=512)
+        "(data-parallel under `accelerate launch` / torchrun)", formatter_class=defaults)
+    cal.add_argument("--target", required=True, help="the target: a local folder or a Hub model id")
+    cal.add_argument("--drafter", required=True,
+                     help="the drafter, a causal LM with the target's tokenizer: a local folder or a Hub model id")
+    cal.add_argument("--data", nargs="+", required=True,
+                     help=".txt (blank-line-separated texts) or .jsonl (text / messages / turns) files; each file "
+                          "is one domain of the report")
+    cal.add_argument("--out", required=True, help="folder for the assistant (must be empty or absent)")
+    cal.add_argument("--num-clusters", type=int, default=256,
+                     help="token clusters the vocabulary is split into; the router picks some per draft step")
+    cal.add_argument("--core-size", type=int, default=0,
+                     help="most frequent tokens always in the shortlist (FR-Spec's static list); 0: none")
+    cal.add_argument("--router-hidden-size", type=int, default=256, help="the router's hidden layer width")
+    cal.add_argument("--continuation-tokens", type=int, default=0,
+                     help="tokens the target generates after each text, so the router also learns from the "
+                          "target's own continuations")
+    cal.add_argument("--max-length", type=int, default=512, help="tokens kept per text")
     cal.add_argument("--objective", choices=OBJECTIVES, default="mass",
                      help="router target: the target's probability mass per cluster, or its greedy token's cluster")
-    cal.add_argument("--epochs", type=int, default=4)
-    cal.add_argument("--seed", type=int, default=0)
-    cal.add_argument("--dtype", default="auto")
+    cal.add_argument("--epochs", type=int, default=4, help="router training epochs")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the clusters, the held-out split and training")
+    cal.add_argument("--dtype", default="auto", help="dtype both models load in (auto: their config's)")
     cal.add_argument("--device", default=None,
                      help="device_map for both models (e.g. cuda:0, auto); default: this process's accelerate device")
     cal.add_argument("--cache-dir", default=None, help="where collected features are kept (default: HF_HOME)")
+    cal.add_argument("--strict", action="store_true",
+                     help="exit with status 1 when the drafter agrees too little with the target for speculation "
+                          "to pay (the assistant is saved either way)")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import run_demo
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
 
-        run_demo(args.out, steps=args.steps, prompts=args.prompts)
-    else:
-        calibrate_command(args)
+            run_demo(args.out, steps=args.steps, prompts=args.prompts)
+        else:
+            calibrate_command(args)
+    except (*USER_ERRORS, StrictFailure) as error:
+        if args.debug:
+            raise
+        raise SystemExit(f"dynaspec-hf: error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -131,7 +131,11 @@ class DynaSpecConfig(PretrainedConfig):
     def validate_schedule(self) -> None:
         """Raise a `ValueError` naming the values when the schedule cannot be served by this layout."""
         if self.drafter_config is None:
-            raise ValueError("DynaSpecConfig needs a `drafter_config`.")
+            raise ValueError(
+                "DynaSpecConfig needs a `drafter_config`: this is not a DynaSpec assistant's config. A plain causal "
+                "LM (a drafter) becomes an assistant through `dynaspec-hf calibrate --drafter ...` or "
+                "`DynaSpecAssistant.from_drafter`."
+            )
         if self.num_clusters < 1 or self.cluster_size is None or self.num_clusters * self.cluster_size < self.vocab_size:
             raise ValueError(
                 f"{self.num_clusters} clusters of {self.cluster_size} rows cannot cover a vocabulary of "

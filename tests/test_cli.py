@@ -1,6 +1,9 @@
 """`dynaspec-hf calibrate` end to end on tiny models saved to disk, and its errors on bad input."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -26,11 +29,20 @@ def saved_pair(tmp_path_factory):
     return root
 
 
-def test_calibrate_cli_end_to_end(saved_pair, tmp_path):
+def calibrate_args(saved_pair, tmp_path, drafter="drafter", *extra):
+    return ["calibrate", "--target", str(saved_pair / "target"), "--drafter", str(saved_pair / drafter),
+            "--data", str(saved_pair / "code.txt"), str(saved_pair / "chat.jsonl"), "--out", str(tmp_path / "assistant"),
+            "--num-clusters", "8", "--router-hidden-size", "16", "--epochs", "2", "--cache-dir", str(tmp_path / "c"),
+            *extra]
+
+
+def test_calibrate_cli_end_to_end(saved_pair, tmp_path, capsys):
+    """An untrained drafter: calibration saves the assistant, prints the summary and warns that it will not pay."""
     out = tmp_path / "assistant"
-    main(["calibrate", "--target", str(saved_pair / "target"), "--drafter", str(saved_pair / "drafter"),
-          "--data", str(saved_pair / "code.txt"), str(saved_pair / "chat.jsonl"), "--out", str(out),
-          "--num-clusters", "8", "--router-hidden-size", "16", "--epochs", "2", "--cache-dir", str(tmp_path / "c")])
+    main(calibrate_args(saved_pair, tmp_path))
+    printed = capsys.readouterr()
+    assert "| full vocabulary | 289 |" in printed.out and "| static frequency shortlist of the same size |" in printed.out
+    assert "WARNING: The drafter agrees with the target on only" in printed.err
     assert len(list((tmp_path / "c").glob("*/train_features.pt"))) == 1
     report = json.loads((out / "calibration_report.json").read_text())
     assert set(report["curves"]["domains"]) >= {"all"}
@@ -41,19 +53,59 @@ def test_calibrate_cli_end_to_end(saved_pair, tmp_path):
     assert "The sampling band:" in (out / "README.md").read_text()
 
 
+def test_calibrate_cli_strict(saved_pair, tmp_path, capsys):
+    """`--strict` fails on the useless drafter (after saving it) and passes on a drafter that is the target."""
+    with pytest.raises(SystemExit, match="--strict: the calibrated assistant is unlikely to speed generation up"):
+        main(calibrate_args(saved_pair, tmp_path, "drafter", "--strict"))
+    assert (tmp_path / "assistant" / "calibration_report.json").is_file()
+    capsys.readouterr()
+    good = tmp_path / "good"
+    main(calibrate_args(saved_pair, good, "target", "--strict"))
+    printed = capsys.readouterr()
+    assert "WARNING" not in printed.err and "| full vocabulary | 289 | 1.000 | 7.00 |" in printed.out
+
+
 @pytest.mark.parametrize("content, message", [("", "No text found"), ("{not json\n", "is not valid JSON"),
                                               ('{"other": 1}\n', "none of the fields")])
 def test_calibrate_cli_bad_data_leaves_nothing(saved_pair, tmp_path, content, message):
     data = tmp_path / "bad.jsonl"
     data.write_text(content)
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SystemExit, match=f"^dynaspec-hf: error: .*{message}"):
         main(["calibrate", "--target", str(saved_pair / "target"), "--drafter", str(saved_pair / "drafter"),
               "--data", str(data), "--out", str(out), "--num-clusters", "8", "--cache-dir", str(tmp_path / "c")])
     assert not out.exists()
+    with pytest.raises(ValueError, match=message):  # --debug: the exception itself, with its traceback
+        main(["--debug", "calibrate", "--target", str(saved_pair / "target"), "--drafter",
+              str(saved_pair / "drafter"), "--data", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "c")])
 
 
-def test_calibrate_cli_missing_file(saved_pair, tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+def test_calibrate_cli_missing_inputs(saved_pair, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
         main(["calibrate", "--target", str(saved_pair / "target"), "--drafter", str(saved_pair / "drafter"),
               "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--drafter ./no-such-drafter: no such local folder"):
+        main(["calibrate", "--target", str(saved_pair / "target"), "--drafter", "./no-such-drafter",
+              "--data", str(saved_pair / "code.txt"), "--out", str(tmp_path / "out")])
+
+
+def test_missing_hub_model_fails_at_once_offline():
+    """With HF_HUB_OFFLINE set, a name in neither a folder nor the cache fails without touching the network, and
+    the message says what was searched."""
+    script = ("import time\nfrom transformers import AutoTokenizer\nfrom dynaspec_hf.cli import load_pretrained\n"
+              "start = time.perf_counter()\ntry:\n    load_pretrained(AutoTokenizer, 'nobody/no-such-model', '--target')\n"
+              "except OSError as error:\n    print(error)\nprint(time.perf_counter() - start)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    message, seconds = done.stdout.strip().splitlines()
+    assert "neither a local folder nor a model" in message and "HF_HUB_OFFLINE is set" in message
+    assert float(seconds) < 1.0
+
+
+def test_every_option_has_help_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--num-clusters", "--core-size", "--continuation-tokens", "--max-length", "--epochs", "--strict"):
+        assert option in text
+    assert "(default: 256)" in text and "(default: 512)" in text and "(default: 4)" in text
