@@ -479,7 +479,11 @@ def calibrate(
     )
     assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router.to(next(drafter.parameters()).dtype))
     assistant.lm_head.set_token_shares(frequency_counts)
-    report = {"train_pairs": len(features), "objective": objective}
+    text_config = target.config.get_text_config()
+    report = {"target": {"name_or_path": target.config.name_or_path or None,
+                         "revision": getattr(target.config, "_commit_hash", None), "vocab_size": text_config.vocab_size},
+              "train_pairs": len(features), "objective": objective}
+    assistant.calibration_report = report
     if heldout:
         heldout_features = collect_features(
             target, drafter, [sequences[i] for i in heldout], [domains[i] for i in heldout],

@@ -69,7 +69,6 @@ def calibrate_command(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .calibrate import calibrate
-    from .model_card import write_model_card
     from .report import calibration_summary, plot_curves
 
     out = Path(args.out)
@@ -97,13 +96,11 @@ def calibrate_command(args) -> None:
     )
     if not PartialState().is_main_process:
         return  # every process holds the same assistant (same gathered features, same seed); one writes it
+    report["data"] = {Path(name).name: domains.count(Path(name).stem) for name in args.data}  # texts per file
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as staging:
         staging = Path(staging) / "assistant"
-        assistant.save_pretrained(staging)
-        (staging / "calibration_report.json").write_text(json.dumps(report, indent=2))
+        assistant.save_pretrained(staging)  # weights, config, calibration_report.json and the model card
         plotted = "curves" in report and plot_curves(report["curves"], staging / "calibration_recall.png")
-        if "curves" in report:
-            write_model_card(assistant, staging, report=_report_summary(report))
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             shutil.move(str(item), out / item.name)
@@ -149,35 +146,6 @@ def _feature_cache_dir(args) -> Path:
     for name in args.data:
         digest.update(Path(name).read_bytes())
     return Path(args.cache_dir or Path(constants.HF_HOME) / "dynaspec_hf" / "features") / digest.hexdigest()[:16]
-
-
-def _report_summary(report: dict) -> str:
-    curves = report["curves"]
-    lines = ["## Calibration (held-out)", "",
-             "| domain | shortlist | rows | DynaSpec recall | static recall | DynaSpec acceptance | static acceptance "
-             "| target mass in routed clusters (best possible) |", "|---|---|---|---|---|---|---|---|"]
-    for domain, entry in curves["domains"].items():
-        routed = entry["routed"]
-        for i, k in enumerate(curves["ks"]):
-            mass = f"{routed['mass'][i]:.3f} ({routed['best_mass'][i]:.3f})" if "mass" in routed else "-"
-            lines.append(
-                f"| {domain} | {k} clusters | {k * curves['cluster_size']} | {routed['recall'][i]:.3f} | "
-                f"{entry['static']['recall'][i]:.3f} | {routed['acceptance'][i]:.3f} | "
-                f"{entry['static']['acceptance'][i]:.3f} | {mass} |")
-    check = report["sampling_check"]
-    band = (f"kept: τ at T = 1 {check['tau_sampled_split']:.3f} against {check['tau_greedy_split']:.3f} with the "
-            f"greedy split" if check["kept"] else f"not kept ({check.get('reason') or 'it lost τ against the greedy split'})")
-    tail = (f"off ({check['reason']})" if "acceptance" not in check else
-            "off (no weight raised exact sampled acceptance)" if "tau_tail" not in check else
-            f"weight {check['tail_weight']}, {'kept' if check['tail_kept'] else 'not kept'} (τ at T = 1 "
-            f"{check['tau_tail']:.3f} with it)")
-    lines += ["", f"Router objective: {report['objective']}.",
-              f"Best core/routed/context split per size (`set_schedule(k_by_position=[k], "
-              f"core_by_position=[core], num_context_tokens=context)`), by greedy acceptance: {report['splits']}; "
-              f"by sampled acceptance: {report['sampled_splits']}. The sampling band: {band}. The sampling tail: "
-              f"{tail}.",
-              f"Position-aware routed clusters (not used unless set): `k_by_position={report['k_by_position']}`."]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> None:

@@ -19,12 +19,15 @@ def _template() -> str | None:
         return None  # e.g. a copy of this file loaded with trust_remote_code, without the package
 
 
-def render_model_card(model, report: str = "") -> str | None:
-    """The card text for `model` (a `DynaSpecAssistant`), or None when the template is not installed."""
+def render_model_card(model) -> str | None:
+    """The card text for `model` (a `DynaSpecAssistant`, with its `calibration_report` if it has one), or None when
+    the template is not installed."""
     template = _template()
     if template is None:
         return None
-    config = model.config
+    config, report = model.config, model.calibration_report or {}
+    target = report.get("target", {})
+    data = report.get("data") or {}
     positions = max(len(config.k_by_position), len(config.core_by_position))
     rows = []
     for position in range(positions):
@@ -45,14 +48,48 @@ def render_model_card(model, report: str = "") -> str | None:
         rows_by_position=rows,
         temperature_bands=config.temperature_bands or "none: sampling uses the schedule above",
         sampling_tail=config.sampling_tail,
-        report=report,
+        target=target.get("name_or_path") or "<target repo>",
+        target_revision=target.get("revision") or "-",
+        target_vocab_size=target.get("vocab_size", "-"),
+        data=", ".join(f"`{name}` ({count} texts)" for name, count in data.items()) or "-",
+        report=report_section(report) if "curves" in report else "",
     )
 
 
-def write_model_card(model, save_directory, report: str = "") -> None:
-    text = render_model_card(model, report)
+def write_model_card(model, save_directory) -> None:
+    text = render_model_card(model)
     if text is not None:
         ModelCard(text).save(Path(save_directory) / "README.md")
+
+
+def report_section(report: dict) -> str:
+    """The card's calibration section: held-out recall and acceptance per domain and size, and the choices made."""
+    curves = report["curves"]
+    lines = ["## Calibration (held-out)", "",
+             "| domain | shortlist | rows | DynaSpec recall | static recall | DynaSpec acceptance | static acceptance "
+             "| target mass in routed clusters (best possible) |", "|---|---|---|---|---|---|---|---|"]
+    for domain, entry in curves["domains"].items():
+        routed = entry["routed"]
+        for i, k in enumerate(curves["ks"]):
+            mass = f"{routed['mass'][i]:.3f} ({routed['best_mass'][i]:.3f})" if "mass" in routed else "-"
+            lines.append(
+                f"| {domain} | {k} clusters | {k * curves['cluster_size']} | {routed['recall'][i]:.3f} | "
+                f"{entry['static']['recall'][i]:.3f} | {routed['acceptance'][i]:.3f} | "
+                f"{entry['static']['acceptance'][i]:.3f} | {mass} |")
+    check = report["sampling_check"]
+    band = (f"kept: τ at T = 1 {check['tau_sampled_split']:.3f} against {check['tau_greedy_split']:.3f} with the "
+            f"greedy split" if check["kept"] else f"not kept ({check.get('reason') or 'it lost τ against the greedy split'})")
+    tail = (f"off ({check['reason']})" if "acceptance" not in check else
+            "off (no weight raised exact sampled acceptance)" if "tau_tail" not in check else
+            f"weight {check['tail_weight']}, {'kept' if check['tail_kept'] else 'not kept'} (τ at T = 1 "
+            f"{check['tau_tail']:.3f} with it)")
+    lines += ["", f"Router objective: {report['objective']}.",
+              f"Best core/routed/context split per size (`set_schedule(k_by_position=[k], "
+              f"core_by_position=[core], num_context_tokens=context)`), by greedy acceptance: {report['splits']}; "
+              f"by sampled acceptance: {report['sampled_splits']}. The sampling band: {band}. The sampling tail: "
+              f"{tail}.",
+              f"Position-aware routed clusters (not used unless set): `k_by_position={report['k_by_position']}`."]
+    return "\n".join(lines)
 
 
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,7 @@ from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import cached_file
 
 from .clusters import TokenClusters
 from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig
@@ -38,6 +42,7 @@ from .static_cache import cache_keyword
 
 # Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
 DEFAULT_DRAFT_TOKENS = 6
+REPORT_NAME = "calibration_report.json"
 _IGNORED_GENERATE_KWARGS = {"position_ids", "logits_to_keep", "use_cache", "token_type_ids", "cache_position"}
 
 
@@ -68,6 +73,9 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         self.generation_config.num_assistant_tokens_schedule = "constant"
         # On CUDA, draft blocks replay captured CUDA graphs on a static cache (`fast_draft.py`); False: eager.
         self.use_cuda_graphs = True
+        # What calibration measured (`dynaspec_hf.calibrate`): saved and loaded as calibration_report.json, and
+        # summarized in the model card, so a published assistant carries its evidence.
+        self.calibration_report: dict | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     # construction, schedule, loading
@@ -184,14 +192,34 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         if other_missing:
             raise ValueError(f"{pretrained_model_name_or_path!r} lacks weights for: {', '.join(other_missing)}.")
         model.lm_head.check_layout()
+        report = cached_file(pretrained_model_name_or_path, REPORT_NAME, _raise_exceptions_for_missing_entries=False,
+                             _raise_exceptions_for_connection_errors=False, **_hub_kwargs(kwargs))
+        if report is not None:
+            model.calibration_report = json.loads(Path(report).read_text())
         return (model, info) if return_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) from the template in `hub_cards/`."""
+        """`PreTrainedModel.save_pretrained`, plus the calibration report (if any) and a model card (README.md) from
+        the template in `hub_cards/`: a load -> save round trip keeps both byte for byte."""
         super().save_pretrained(save_directory, *args, **kwargs)
         from .model_card import write_model_card
 
+        if self.calibration_report is not None:
+            (Path(save_directory) / REPORT_NAME).write_text(json.dumps(self.calibration_report, indent=2))
         write_model_card(self, save_directory)
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
+                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False, **kwargs):
+        """Upload what `save_pretrained` writes (weights, config, calibration report, the DynaSpec model card) to
+        the Hub repo `repo_id`, created if needed. `kwargs` go to `save_pretrained` (e.g. `max_shard_size`)."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, **kwargs)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+                                     commit_message=commit_message or "Upload DynaSpec assistant")
 
     def get_input_embeddings(self):
         return self.drafter.get_input_embeddings()

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +52,35 @@ def test_calibrate_cli_end_to_end(saved_pair, tmp_path, capsys):
     split = report["splits"]["1"]  # 1/16 of 8 clusters: the nearest size is 1 cluster
     assert (assistant.config.k_by_position, assistant.config.core_by_position) == ([split["k"]], [split["core"]])
     assert "The sampling band:" in (out / "README.md").read_text()
+
+
+def test_publishing_keeps_the_card_and_the_report(saved_pair, tmp_path, monkeypatch):
+    """The folder calibrate writes, a load -> save round trip of it and the folder `push_to_hub` hands to
+    huggingface_hub for upload hold the same model card and calibration report, byte for byte; the card names
+    the target and the data."""
+    import huggingface_hub
+
+    main(calibrate_args(saved_pair, tmp_path))
+    out = tmp_path / "assistant"
+    card = (out / "README.md").read_text()
+    target = str(saved_pair / "target")
+    assert f'AutoModelForCausalLM.from_pretrained("{target}")' in card and "`code.txt` (" in card
+    assert "| calibrated for the target | " in card and "289 tokens" in card and "DynaSpec recall" in card
+    loaded = DynaSpecAssistant.from_pretrained(out)
+    assert loaded.calibration_report["target"]["name_or_path"] == target
+    loaded.save_pretrained(tmp_path / "again")
+    uploaded = {}
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.update({path.name: path.read_bytes() for path in Path(folder_path).iterdir()})
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kwargs: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    loaded.push_to_hub("someone/my-assistant")
+    for name in ("README.md", "calibration_report.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes() == uploaded[name], name
+    assert {"config.json", "model.safetensors", "generation_config.json"} <= set(uploaded)
 
 
 def test_calibrate_cli_strict(saved_pair, tmp_path, capsys):
