@@ -79,6 +79,8 @@ def calibrate_command(args) -> None:
     tokenizer = load_pretrained(AutoTokenizer, args.target, "--target")
     texts, domains = read_texts(args.data, tokenizer)
     device = args.device or str(PartialState().device)  # under `accelerate launch`: this process's GPU
+    if args.dtype is None:  # bfloat16 where the models go to a GPU
+        args.dtype = "bfloat16" if torch.cuda.is_available() and not device.startswith("cpu") else "float32"
     target = load_pretrained(AutoModelForCausalLM, args.target, "--target", dtype=args.dtype, device_map=device)
     drafter = load_pretrained(AutoModelForCausalLM, args.drafter, "--drafter", dtype=args.dtype, device_map=device)
     if len(tokenizer) > drafter.config.vocab_size:
@@ -183,7 +185,8 @@ def main(argv=None) -> None:
                      help="router target: the target's probability mass per cluster, or its greedy token's cluster")
     cal.add_argument("--epochs", type=int, default=4, help="router training epochs")
     cal.add_argument("--seed", type=int, default=0, help="seed of the clusters, the held-out split and training")
-    cal.add_argument("--dtype", default="auto", help="dtype both models load in (auto: their config's)")
+    cal.add_argument("--dtype", default=None,
+                     help="dtype both models load in (auto: their config's); default: bfloat16 on CUDA, else float32")
     cal.add_argument("--device", default=None,
                      help="device_map for both models (e.g. cuda:0, auto); default: this process's accelerate device")
     cal.add_argument("--cache-dir", default=None, help="where collected features are kept (default: HF_HOME)")

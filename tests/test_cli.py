@@ -139,3 +139,21 @@ def test_every_option_has_help_with_its_default(capsys):
     for option in ("--num-clusters", "--core-size", "--continuation-tokens", "--max-length", "--epochs", "--strict"):
         assert option in text
     assert "(default: 256)" in text and "(default: 512)" in text and "(default: 4)" in text
+
+
+def test_examples_run_on_the_cpu(saved_pair, tmp_path):
+    """The README's examples as a user runs them, on a tiny pair: calibrate_your_pair.sh with the CLI's device and
+    dtype defaults, then quickstart.py with the assistant it wrote."""
+    root = Path(__file__).resolve().parents[1] / "examples"
+    out = tmp_path / "assistant"
+    env = {**os.environ, "TARGET": str(saved_pair / "target"), "DRAFTER": str(saved_pair / "drafter"),
+           "OUT": str(out), "NUM_CLUSTERS": "8", "CONTINUATION_TOKENS": "4", "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(root / "calibrate_your_pair.sh"), str(saved_pair / "code.txt")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"saved the calibrated assistant to {out}" in done.stdout
+    done = subprocess.run([sys.executable, str(root / "quickstart.py"), str(saved_pair / "target"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "identical to the target alone: True" in done.stdout
