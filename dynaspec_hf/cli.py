@@ -1,4 +1,5 @@
-"""The `dynaspec-hf` command: `demo` (embedded default, no downloads) and `calibrate` (your own pair).
+"""The `dynaspec-hf` command: `demo` (embedded default, no downloads), `calibrate` (your own pair) and `bench`
+(which way of generating is fastest on this machine).
 
 Mistakes in what the user passed (a missing file or model, bad data, a non-empty output folder) print one line;
 `--debug` shows the traceback."""
@@ -78,11 +79,9 @@ def calibrate_command(args) -> None:
 
     tokenizer = load_pretrained(AutoTokenizer, args.target, "--target")
     texts, domains = read_texts(args.data, tokenizer)
-    device = args.device or str(PartialState().device)  # under `accelerate launch`: this process's GPU
-    if args.dtype is None:  # bfloat16 where the models go to a GPU
-        args.dtype = "bfloat16" if torch.cuda.is_available() and not device.startswith("cpu") else "float32"
-    target = load_pretrained(AutoModelForCausalLM, args.target, "--target", dtype=args.dtype, device_map=device)
-    drafter = load_pretrained(AutoModelForCausalLM, args.drafter, "--drafter", dtype=args.dtype, device_map=device)
+    placement = device_and_dtype(args)
+    target = load_pretrained(AutoModelForCausalLM, args.target, "--target", **placement)
+    drafter = load_pretrained(AutoModelForCausalLM, args.drafter, "--drafter", **placement)
     if len(tokenizer) > drafter.config.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the drafter's vocabulary has "
                          f"{drafter.config.vocab_size}.")
@@ -116,6 +115,41 @@ def calibrate_command(args) -> None:
         if args.strict:
             raise StrictFailure("--strict: the calibrated assistant is unlikely to speed generation up (see the "
                                 "warning above).")
+
+
+def device_and_dtype(args) -> dict:
+    """`from_pretrained` placement: `--device` (default: this process's accelerate device, a GPU where there is
+    one) and `--dtype` (default: bfloat16 on a GPU, float32 on the CPU)."""
+    import torch
+    from accelerate import PartialState
+
+    device = args.device or str(PartialState().device)  # under `accelerate launch`: this process's GPU
+    dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() and not device.startswith("cpu") else "float32")
+    return dict(dtype=dtype, device_map=device)
+
+
+def bench_command(args) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .bench import bench, bench_table
+    from .demo import stdlib_texts
+
+    tokenizer = load_pretrained(AutoTokenizer, args.target, "--target")
+    texts = read_texts(args.prompts, tokenizer)[0] if args.prompts else stdlib_texts(200_000)
+    prompts = [ids[: args.prompt_tokens] for ids in tokenizer(texts, return_tensors=None)["input_ids"]
+               if len(ids) >= args.prompt_tokens][: args.num_prompts]
+    if not prompts:
+        raise ValueError(f"No prompt has {args.prompt_tokens} tokens: pass longer texts or a smaller --prompt-tokens.")
+    placement = device_and_dtype(args)
+    target = load_pretrained(AutoModelForCausalLM, args.target, "--target", **placement)
+    assistant = load_pretrained(AutoModelForCausalLM, args.assistant, "--assistant", **placement)
+    drafter = args.drafter and load_pretrained(AutoModelForCausalLM, args.drafter, "--drafter", **placement)
+    rows = bench(target, assistant, [torch.tensor(ids) for ids in prompts], drafter=drafter,
+                 max_new_tokens=args.max_new_tokens)
+    print(f"\n{len(prompts)} prompts of {args.prompt_tokens} tokens, {args.max_new_tokens} new tokens each, greedy, "
+          f"{placement['dtype']} on {target.device}:\n")
+    print(bench_table(rows))
 
 
 def load_pretrained(auto_class, name: str, option: str, **kwargs):
@@ -185,11 +219,27 @@ def main(argv=None) -> None:
                      help="router target: the target's probability mass per cluster, or its greedy token's cluster")
     cal.add_argument("--epochs", type=int, default=4, help="router training epochs")
     cal.add_argument("--seed", type=int, default=0, help="seed of the clusters, the held-out split and training")
-    cal.add_argument("--dtype", default=None,
-                     help="dtype both models load in (auto: their config's); default: bfloat16 on CUDA, else float32")
-    cal.add_argument("--device", default=None,
-                     help="device_map for both models (e.g. cuda:0, auto); default: this process's accelerate device")
     cal.add_argument("--cache-dir", default=None, help="where collected features are kept (default: HF_HOME)")
+    bench = commands.add_parser(
+        "bench", help="time plain decoding, transformers' assisted generation and DynaSpec's loops on your pair, "
+        "and say which to use on this machine", formatter_class=defaults)
+    bench.add_argument("--target", required=True, help="the target: a local folder or a Hub model id")
+    bench.add_argument("--assistant", required=True, help="the DynaSpec assistant: a local folder or a Hub model id")
+    bench.add_argument("--drafter", default=None,
+                       help="the plain drafter, for transformers' assisted generation as a baseline (optional)")
+    bench.add_argument("--prompts", nargs="*", default=None,
+                       help=".txt or .jsonl files of prompts (as calibrate reads them); default: a built-in sample "
+                            "of Python standard-library source")
+    bench.add_argument("--num-prompts", type=int, default=8, help="prompts to time")
+    bench.add_argument("--prompt-tokens", type=int, default=64, help="tokens kept per prompt")
+    bench.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt")
+    for command in (cal, bench):
+        command.add_argument("--dtype", default=None,
+                             help="dtype the models load in (auto: their config's); default: bfloat16 on CUDA, else "
+                                  "float32")
+        command.add_argument("--device", default=None,
+                             help="device_map for the models (e.g. cuda:0, cpu, auto); default: this process's "
+                                  "accelerate device (a GPU where there is one)")
     cal.add_argument("--strict", action="store_true",
                      help="exit with status 1 when the drafter agrees too little with the target for speculation "
                           "to pay (the assistant is saved either way)")
@@ -199,6 +249,8 @@ def main(argv=None) -> None:
             from .demo import run_demo
 
             run_demo(args.out, steps=args.steps, prompts=args.prompts)
+        elif args.command == "bench":
+            bench_command(args)
         else:
             calibrate_command(args)
     except (*USER_ERRORS, StrictFailure) as error:

@@ -82,6 +82,25 @@ class TreeConfig:
             raise ValueError(f"Every TreeConfig field must be at least 1, got {self}.")
 
 
+# What `generate` drafts when no `tree` is given: a chain, the fastest shape measured so far on the CPU and on the
+# GPU (BENCHMARKS.md); trees accept more per target pass but their bookkeeping costs more than it gains there.
+DEFAULT_TREE = TreeConfig.chain(6)
+
+
+@dataclass
+class GenerationStats:
+    """What one `generate(..., return_stats=True)` call did, summed over the batch's rows."""
+
+    new_tokens: int = 0
+    target_passes: int = 0  # verification passes, the prompt's included
+    drafted_tokens: int = 0  # draft tokens the target verified
+
+    @property
+    def tau(self) -> float:
+        """Mean accepted length: new tokens per target pass (1.0 for plain decoding)."""
+        return self.new_tokens / max(self.target_passes, 1)
+
+
 @torch.no_grad()
 def generate(
     target,
@@ -91,8 +110,9 @@ def generate(
     generation_config: GenerationConfig | None = None,
     tree: TreeConfig | None = None,
     compile: bool | dict = False,
+    return_stats: bool = False,
     **kwargs,
-) -> torch.LongTensor:
+) -> torch.LongTensor | tuple[torch.LongTensor, GenerationStats]:
     """Tree speculative decoding: `target.generate(input_ids, ...)`'s output, drafted by a DynaSpec `assistant`.
 
     Takes the usual generation options (`max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`,
@@ -103,13 +123,16 @@ def generate(
     steps through `torch.compile` (first use: 40-50 s each for an 8B-shaped target and a 1B-shaped drafter on an
     H200); prompts stay eager and the models themselves are not changed. Exact in float32; in bf16 the fused
     kernels round differently from eager ones, so a near tie may break the other way than in eager decoding.
+
+    `tree` defaults to `DEFAULT_TREE` (a chain of 6 drafts). With `return_stats=True` it returns
+    `(sequences, GenerationStats)`.
     """
     generation_config, model_kwargs = target._prepare_generation_config(generation_config, **kwargs)
     model_kwargs = {key: value for key, value in model_kwargs.items() if value is not None}
     model_kwargs.pop("use_cache", None)
     if model_kwargs:
         raise TypeError(f"dynaspec_hf.generate got unsupported arguments: {sorted(model_kwargs)}.")
-    tree = tree or TreeConfig()
+    tree = tree or DEFAULT_TREE
     tree.validate()
     if not isinstance(compile, (bool, dict)):
         raise TypeError(f"`compile` takes True, False or a dict of torch.compile options, got {compile!r}.")
@@ -124,11 +147,11 @@ def generate(
     do_sample = bool(generation_config.do_sample)
     processors = sampling_processors(generation_config) if do_sample else LogitsProcessorList()
 
-    rows = []
+    rows, stats = [], GenerationStats()
     for row in range(input_ids.shape[0]):
         prompt = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
         rows.append(_generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree,
-                                  drafting_temperature(generation_config), compile_options))
+                                  drafting_temperature(generation_config), compile_options, stats))
     longest = max(len(r) for r in rows)
     if any(len(r) < longest for r in rows) and generation_config.pad_token_id is None and not eos:
         raise ValueError("Rows finished at different lengths: set `pad_token_id` (or `eos_token_id`) to pad them.")
@@ -136,12 +159,13 @@ def generate(
     new = torch.full((len(rows), longest), pad, dtype=input_ids.dtype, device=input_ids.device)
     for row, tokens in enumerate(rows):
         new[row, : len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
-    return torch.cat([input_ids, new], dim=1)
+    sequences = torch.cat([input_ids, new], dim=1)
+    return (sequences, stats) if return_stats else sequences
 
 
 def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree_config,
-                  temperature, compile_options) -> list[int]:
-    """New tokens for one unpadded prompt; `temperature` picks the assistant's schedule."""
+                  temperature, compile_options, stats: GenerationStats) -> list[int]:
+    """New tokens for one unpadded prompt (counted into `stats`); `temperature` picks the assistant's schedule."""
     verifier = tree_verifier(target, prompt.shape[0] + max_new_tokens + tree_config.verified_tokens,
                              tree_config.verified_tokens, compile_options)
     drafter = None if tree_config.is_chain else tree_drafter(
@@ -161,6 +185,7 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
             tree = drafter.draft(committed.to(assistant.device), num_nodes=budget,
                                  max_children=tree_config.max_children, sibling_acceptance=rates, **options)
         logits = verifier.verify(committed, tree)
+        stats.target_passes, stats.drafted_tokens = stats.target_passes + 1, stats.drafted_tokens + len(tree) - 1
         new = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None, rates)
         new = new[: max_new_tokens - len(produced)]
         stop = next((i for i, token in enumerate(new) if token in eos), None)
@@ -170,6 +195,7 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
         committed = torch.cat([committed, torch.tensor(new, dtype=committed.dtype, device=committed.device)])
         if stop is not None:
             break
+    stats.new_tokens += len(produced)
     return produced
 
 

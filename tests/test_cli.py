@@ -157,3 +157,18 @@ def test_examples_run_on_the_cpu(saved_pair, tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "identical to the target alone: True" in done.stdout
+
+
+def test_bench_prints_every_method_and_a_recommendation(saved_pair, tmp_path, capsys):
+    main(calibrate_args(saved_pair, tmp_path, "target"))  # a drafter equal to the target: every draft is accepted
+    capsys.readouterr()
+    main(["bench", "--target", str(saved_pair / "target"), "--assistant", str(tmp_path / "assistant"),
+          "--drafter", str(saved_pair / "target"), "--prompts", str(saved_pair / "code.txt"),
+          "--num-prompts", "2", "--prompt-tokens", "8", "--max-new-tokens", "12"])
+    table = capsys.readouterr().out
+    for method in ("plain decoding", "transformers assisted generation, plain drafter",
+                   "DynaSpec assistant in transformers' loop", "dynaspec_hf.generate, chain of 6 (default)",
+                   "dynaspec_hf.generate, token tree"):
+        assert f"| {method} | " in table, method
+    assert table.count("| 2/2 |") == 5, "every method must reproduce plain greedy decoding"
+    assert "| plain decoding | 1.00 |" in table and "here:" in table
