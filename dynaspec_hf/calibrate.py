@@ -149,6 +149,7 @@ def collect_features(
             mask[row, : len(sequence)] = 1
         hidden = drafter.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         logits = target(input_ids=ids.to(target.device), attention_mask=mask.to(target.device)).logits
+        logits = logits[..., : drafter.get_output_embeddings().weight.shape[0]]  # a padded target's extra rows
         keep = mask.bool()
         keep[:, 0] = False  # position 0 has no previous hidden state
         kept_logits = logits[keep.to(logits.device)]
@@ -275,7 +276,7 @@ def shortlist_curves(
     static_rank = torch.empty_like(static_order)
     static_rank[static_order] = torch.arange(static_order.numel())
     static_rank = static_rank.to(device)
-    cluster_of = _token_cluster(assistant.lm_head.cluster_token_ids.cpu(), config.vocab_size).to(device)
+    cluster_of = _token_cluster(assistant.lm_head.cluster_token_ids.cpu(), config.drafter_vocab_size).to(device)
     has_mass = features.target_mass.shape[1] == config.num_clusters
     splits = {k: _splits(k, config.cluster_size, assistant.lm_head.core_size, context_sizes) for k in ks}
     rows = {"routed": {k: [] for k in ks}, "static": {k: [] for k in ks}}
@@ -283,7 +284,8 @@ def shortlist_curves(
     mass_rows = {k: [] for k in ks}
     full_accept, top_mass = [], []
     has_top = features.target_top_ids.shape[1] > 0
-    vocab_size, most_context = config.vocab_size, max(context_sizes, default=0)
+    # the drafter's vocabulary: a padded target's extra rows are never drafted
+    vocab_size, most_context = config.drafter_vocab_size, max(context_sizes, default=0)
     for start in range(0, len(features), chunk):
         chunk_rows = torch.arange(start, min(start + chunk, len(features)))
         part = features.select(chunk_rows)
@@ -299,7 +301,7 @@ def shortlist_curves(
         )
         cluster_rank = scores.argsort(dim=-1, descending=True).argsort(dim=-1)  # [n, C] rank of each cluster
         token_rank = cluster_rank.gather(1, cluster_of[None].expand(len(part), -1))  # [n, V]
-        logits = assistant.full_vocabulary_logits(part.hidden.to(device, assistant.dtype)).float()
+        logits = assistant.full_vocabulary_logits(part.hidden.to(device, assistant.dtype))[:, :vocab_size].float()
         mass = part.target_mass.to(device).float() if has_mass else None
         top_ids, top_p = part.target_top_ids.to(device).long(), part.target_top_probs.to(device).float()
         top_mass.append(top_p.sum(-1).cpu())
@@ -327,7 +329,7 @@ def shortlist_curves(
                 best = mass.topk(min(k, mass.shape[1]), dim=-1).values.sum(-1)
                 mass_rows[k].append(torch.stack([covered, best], 1).cpu())
     full_accept, top_mass = torch.cat(full_accept), torch.cat(top_mass)
-    curves = {"cluster_size": config.cluster_size, "vocab_size": config.vocab_size, "ks": ks, "domains": {}}
+    curves = {"cluster_size": config.cluster_size, "vocab_size": vocab_size, "ks": ks, "domains": {}}
     for d, name in [(None, "all")] + list(enumerate(features.domains)):
         in_domain = torch.ones(len(features), dtype=torch.bool) if d is None else features.domain == d
         if not in_domain.any():
@@ -455,8 +457,9 @@ def calibrate(
     """
     vocab_size = drafter.get_output_embeddings().weight.shape[0]
     target_vocab = target.config.get_text_config().vocab_size
-    if target_vocab != vocab_size:
-        raise ValueError(f"The target's vocabulary has {target_vocab} tokens but the drafter's has {vocab_size}.")
+    if target_vocab < vocab_size:
+        raise ValueError(f"The target's vocabulary has {target_vocab} tokens but the drafter's has {vocab_size}: "
+                         f"they do not share a tokenizer.")
     domains = domains or ["all"] * len(sequences)
     generator = torch.Generator().manual_seed(seed)
     permutation = torch.randperm(len(sequences), generator=generator).tolist()
@@ -477,7 +480,8 @@ def calibrate(
         features, token_cluster, num_clusters, router_hidden_size, objective=objective, epochs=epochs, seed=seed,
         device=next(drafter.parameters()).device, progress=progress,
     )
-    assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router.to(next(drafter.parameters()).dtype))
+    assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router.to(next(drafter.parameters()).dtype),
+                                               vocab_size=target_vocab)  # may pad the drafter's
     assistant.lm_head.set_token_shares(frequency_counts)
     text_config = target.config.get_text_config()
     report = {"target": {"name_or_path": target.config.name_or_path or None,

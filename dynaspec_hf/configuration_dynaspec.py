@@ -49,6 +49,11 @@ class DynaSpecConfig(PretrainedConfig):
             Schedules for sampled drafting, each a dict with `max_temperature` (a float, or None for any) and the
             three fields above. Sampling at temperature t uses the first band with t <= `max_temperature`;
             greedy drafting, and sampling that no band covers, use the fields above.
+        vocab_size (`int`, *optional*):
+            Tokens the assistant's logits span: the target's vocabulary. It may exceed the drafter's
+            (`drafter_config.vocab_size`, what the clusters partition) by padding rows the tokenizer never emits,
+            as Qwen2.5-7B's 152,064 rows exceed Qwen2.5-0.5B's 151,936; those are never drafted. Defaults to the
+            drafter's.
         sampling_tail (`float`, *optional*, defaults to 0):
             When sampling with routed clusters, draft from the whole vocabulary: a token outside the shortlist gets
             `sampling_tail` times the router's estimate of its probability (its cluster's predicted mass times its
@@ -73,16 +78,17 @@ class DynaSpecConfig(PretrainedConfig):
         num_context_tokens: int = 0,
         temperature_bands: list[dict] | None = None,
         sampling_tail: float = 0.0,
+        vocab_size: int | None = None,
         **kwargs,
     ):
         if isinstance(drafter_config, dict):
             drafter_config = CONFIG_MAPPING[drafter_config["model_type"]](**drafter_config)
         self.drafter_config = drafter_config
-        self.vocab_size = drafter_config.vocab_size if drafter_config is not None else None
+        self.vocab_size = vocab_size if vocab_size is not None else self.drafter_vocab_size
         self.hidden_size = drafter_config.hidden_size if drafter_config is not None else None
         self.num_clusters = num_clusters
-        if cluster_size is None and self.vocab_size is not None:
-            cluster_size = math.ceil(self.vocab_size / num_clusters)
+        if cluster_size is None and self.drafter_vocab_size is not None:
+            cluster_size = math.ceil(self.drafter_vocab_size / num_clusters)
         self.cluster_size = cluster_size
         self.core_size = core_size
         self.router_hidden_size = router_hidden_size
@@ -119,6 +125,11 @@ class DynaSpecConfig(PretrainedConfig):
         return core, k, schedule["num_context_tokens"], tail
 
     @property
+    def drafter_vocab_size(self) -> int | None:
+        """Tokens the drafter's head scores and the clusters partition (a prefix of `vocab_size`)."""
+        return self.drafter_config.vocab_size if self.drafter_config is not None else None
+
+    @property
     def max_context_tokens(self) -> int:
         """The most context-token slots any schedule uses (the size of a buffer that serves them all)."""
         return max(schedule["num_context_tokens"] for schedule in self.schedules())
@@ -136,11 +147,15 @@ class DynaSpecConfig(PretrainedConfig):
                 "LM (a drafter) becomes an assistant through `dynaspec-hf calibrate --drafter ...` or "
                 "`DynaSpecAssistant.from_drafter`."
             )
-        if self.num_clusters < 1 or self.cluster_size is None or self.num_clusters * self.cluster_size < self.vocab_size:
+        if (self.num_clusters < 1 or self.cluster_size is None
+                or self.num_clusters * self.cluster_size < self.drafter_vocab_size):
             raise ValueError(
                 f"{self.num_clusters} clusters of {self.cluster_size} rows cannot cover a vocabulary of "
-                f"{self.vocab_size} tokens."
+                f"{self.drafter_vocab_size} tokens."
             )
+        if self.vocab_size < self.drafter_vocab_size:
+            raise ValueError(f"`vocab_size` ({self.vocab_size}) must be at least the drafter's vocabulary "
+                             f"({self.drafter_vocab_size}): the target's vocabulary extends the drafter's.")
         for band in self.temperature_bands:
             if not isinstance(band, dict) or set(band) != {"max_temperature", *SCHEDULE_FIELDS}:
                 raise ValueError(f"Each of `temperature_bands` must be a dict with keys max_temperature, "

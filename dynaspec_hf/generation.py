@@ -170,6 +170,7 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
                              tree_config.verified_tokens, compile_options)
     drafter = None if tree_config.is_chain else tree_drafter(
         assistant, prompt.shape[0] + max_new_tokens, tree_config.max_depth, tree_config.width, compile_options)
+    assistant.check_token_ids(prompt)
     chain_cache = None
     committed = prompt.to(target.device)
     produced: list[int] = []
@@ -188,6 +189,7 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
         stats.target_passes, stats.drafted_tokens = stats.target_passes + 1, stats.drafted_tokens + len(tree) - 1
         new = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None, rates)
         new = new[: max_new_tokens - len(produced)]
+        assistant.check_token_ids(new)  # the target may emit a padding row the drafter cannot read
         stop = next((i for i, token in enumerate(new) if token in eos), None)
         if stop is not None:
             new = new[: stop + 1]

@@ -65,8 +65,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         self.drafter = AutoModel.from_config(drafter_config)
         hidden = drafter_config.hidden_size
         self.router = ClusterRouter(hidden, hidden, config.num_clusters, config.router_hidden_size)
-        self.lm_head = ShortlistHead(hidden, config.vocab_size, config.num_clusters, config.cluster_size, config.core_size,
-                                     LogitTransform.from_config(drafter_config))
+        self.lm_head = ShortlistHead(hidden, config.drafter_vocab_size, config.num_clusters, config.cluster_size,
+                                     config.core_size, LogitTransform.from_config(drafter_config))
         self.post_init()
         # Draft block length for `target.generate(assistant_model=...)`; saved in generation_config.json.
         self.generation_config.num_assistant_tokens = DEFAULT_DRAFT_TOKENS
@@ -93,25 +93,33 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         num_context_tokens: int = 0,
         temperature_bands: list[dict] | None = None,
         sampling_tail: float = 0.0,
+        vocab_size: int | None = None,
     ) -> "DynaSpecAssistant":
         """Wrap a causal LM (`AutoModelForCausalLM`) as a DynaSpec assistant.
 
         The drafter's output head is copied into the cluster-contiguous layout of `clusters`. Without `router`, a
         freshly initialized one is created (train it with `dynaspec_hf.calibrate`). Tokens share their cluster
         evenly for `sampling_tail` until `lm_head.set_token_shares(counts)` (calibration's) says otherwise.
+        `vocab_size`: the target's vocabulary (`target.config.vocab_size`), when it pads the drafter's with rows the
+        tokenizer never emits; the assistant's logits then span it, and the padding is never drafted.
         """
         head = drafter.get_output_embeddings()
         if head is None:
             raise ValueError(f"{type(drafter).__name__} has no output head; pass a causal LM (AutoModelForCausalLM).")
-        vocab_size = head.weight.shape[0]
-        if clusters.vocab_size != vocab_size:
+        if clusters.vocab_size != head.weight.shape[0]:
             raise ValueError(
-                f"The clusters cover {clusters.vocab_size} tokens but the drafter's head has {vocab_size} rows."
+                f"The clusters cover {clusters.vocab_size} tokens but the drafter's head has {head.weight.shape[0]} "
+                f"rows."
+            )
+        if vocab_size is not None and vocab_size < head.weight.shape[0]:
+            raise ValueError(
+                f"The target's vocabulary ({vocab_size} tokens) is smaller than the drafter's ({head.weight.shape[0]}):"
+                f" they do not share a tokenizer, and a DynaSpec assistant needs the target's tokenizer."
             )
         if router is not None:
             router_hidden_size = router.net[0].out_features if isinstance(router.net, nn.Sequential) else 0
         config = DynaSpecConfig(
-            drafter_config=copy.deepcopy(drafter.config),
+            drafter_config=_with_vocab_size(drafter.config, head.weight.shape[0]),
             num_clusters=clusters.num_clusters,
             cluster_size=clusters.cluster_size,
             core_size=clusters.core_size,
@@ -121,9 +129,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             num_context_tokens=num_context_tokens,
             temperature_bands=temperature_bands,
             sampling_tail=sampling_tail,
+            vocab_size=vocab_size,
         )
-        config.drafter_config.vocab_size = vocab_size
-        config.vocab_size = vocab_size
         model = cls(config)
         model.drafter.load_state_dict(drafter.base_model.state_dict())
         model.lm_head.load_full_head(head.weight, clusters)
@@ -278,7 +285,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         if tail is None:
             logits = row_logits.new_full((row_logits.shape[0], vocab_size + 1), float("-inf"), dtype=torch.float32)
             return logits.scatter_(1, slots, row_logits.float())[:, :vocab_size]
-        outside = F.pad(tail.float(), (0, 1), value=float("-inf")).scatter_(1, slots, float("-inf"))
+        outside = F.pad(tail.float(), (0, vocab_size + 1 - tail.shape[1]), value=float("-inf"))  # padding rows too
+        outside = outside.scatter_(1, slots, float("-inf"))
         left = 1 - outside.logsumexp(-1, keepdim=True).exp().clamp(max=1 - 1e-6)  # the shortlist's share
         return outside.scatter_(1, slots, row_logits.float().log_softmax(-1) + left.log())[:, :vocab_size]
 
@@ -297,6 +305,18 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         scores = self.router(previous_hidden, self.get_input_embeddings()(token_ids))
         return scores.topk(k, dim=-1).indices, scores.float().log_softmax(-1) if tail else None
 
+    def check_token_ids(self, token_ids: torch.Tensor | list[int]) -> None:
+        """Raise for token ids the drafter cannot read: beyond its vocabulary (the target's padding rows, or
+        another tokenizer's ids)."""
+        largest = max(token_ids, default=-1) if isinstance(token_ids, list) else (
+            int(token_ids.max()) if token_ids.numel() else -1)
+        if largest >= self.config.drafter_vocab_size:
+            raise ValueError(
+                f"Token id {largest} is outside the drafter's vocabulary of {self.config.drafter_vocab_size} tokens "
+                f"(the assistant's logits span {self.config.vocab_size}; ids past the drafter's are padding the "
+                f"tokenizer never emits): the assistant and the target must share one tokenizer."
+            )
+
     def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        size: int | None = None) -> torch.Tensor | None:
         """`[B, size]` most recent distinct tokens of `input_ids` (padding excluded), most recent first, or None
@@ -305,7 +325,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         if not size:
             return None
         ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
-        return recent_distinct_tokens(ids, size, self.config.vocab_size)
+        return recent_distinct_tokens(ids, size, self.config.drafter_vocab_size)
 
     def next_token_logits(
         self,
@@ -377,11 +397,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         (0 for greedy) picks the schedule (`config.schedule`); the logits processors apply the sampling itself.
         """
         batch, length = input_ids.shape
-        if input_ids.numel() and int(input_ids.max()) >= self.config.vocab_size:
-            raise ValueError(
-                f"Token id {int(input_ids.max())} is outside the assistant's vocabulary of {self.config.vocab_size} "
-                f"tokens: the assistant and the target must share one tokenizer."
-            )
+        self.check_token_ids(input_ids)
         processors = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
         eos = torch.tensor(eos_token_id or [], dtype=torch.long, device=input_ids.device)
 
@@ -497,6 +513,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         graph_drafter = self._graph_drafter_for(input_ids, max_new_tokens, attention_mask, past_key_values,
                                                 compile_options)
         if graph_drafter is not None:
+            self.check_token_ids(input_ids)
             return graph_drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
         return self.draft(input_ids, max_new_tokens, past_key_values=past_key_values, attention_mask=attention_mask,
                           **options)
@@ -532,12 +549,12 @@ def check_same_distribution(drafter: PreTrainedModel, assistant: DynaSpecAssista
     device = assistant.lm_head.weight.device
     if device.type == "meta":
         return
-    ids = (torch.arange(1, 9, device=device) % assistant.config.vocab_size)[None]
+    ids = (torch.arange(1, 9, device=device) % assistant.config.drafter_vocab_size)[None]
     was_training = drafter.training
     drafter.eval()
     try:
         theirs = drafter(input_ids=ids, use_cache=False).logits.float().softmax(-1)
-        mine = assistant(input_ids=ids, use_cache=False).logits.float().softmax(-1)
+        mine = assistant(input_ids=ids, use_cache=False).logits[..., : theirs.shape[-1]].float().softmax(-1)
     finally:
         drafter.train(was_training)
     distance = 0.5 * (theirs - mine).abs().sum(-1).max().item()
@@ -573,6 +590,13 @@ class DraftCache(DynamicCache):
         if kept is None or not self._first <= index < min(self._first + kept.shape[1], self.get_seq_length()):
             return None
         return kept[:, index - self._first]
+
+
+def _with_vocab_size(config, vocab_size: int):
+    """A copy of `config` whose `vocab_size` is the rows of the model's output head."""
+    config = copy.deepcopy(config)
+    config.vocab_size = vocab_size
+    return config
 
 
 def rollback_cache(config) -> DraftCache:

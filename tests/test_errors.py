@@ -42,7 +42,7 @@ def test_vocabulary_mismatch_in_candidate_generator(pair):
 
 def test_token_outside_assistant_vocabulary(pair):
     assistant = make_assistant(pair[1], "full")
-    with pytest.raises(ValueError, match="Token id 500 is outside the assistant's vocabulary of 192"):
+    with pytest.raises(ValueError, match="Token id 500 is outside the drafter's vocabulary of 192 tokens"):
         assistant.generate(torch.tensor([[1, 500]]), max_new_tokens=2)
 
 
