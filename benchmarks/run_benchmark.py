@@ -25,6 +25,7 @@ target's top-1 probability.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import os
@@ -41,7 +42,7 @@ from accelerate import PartialState
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
@@ -52,9 +53,19 @@ from corpora import OUT_OF_DOMAIN, header_prompts  # noqa: E402
 from summarize import summary  # noqa: E402
 
 DRAFT_TOKENS = 6
+MAX_PROMPT_TOKENS = 512  # a prompt's last tokens kept
 LAUNCHER_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                       "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU"}
 FRACTIONS = {"1/64": 64, "1/32": 32, "1/16": 16}  # shortlist sizes compared, as fractions of the vocabulary
+# what a user would pick instead of this package, each as transformers offers it (BENCHMARKS.md says how)
+COMPILED_PLAIN = "plain decoding, static cache + torch.compile"
+PROMPT_LOOKUP = "prompt lookup (transformers)"
+ASSISTED_DEFAULTS = "transformers assisted (drafter, transformers' defaults)"
+BASELINES = ("autoregressive", COMPILED_PLAIN, PROMPT_LOOKUP, ASSISTED_DEFAULTS)
+PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value; no default exists
+# the shortlists compared in the package's own loop, each a chain of DRAFT_TOKENS drafts
+OWN_LOOP_CHAINS = ("full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec 1/64")
+OWN_LOOP_ROWS = tuple(f"chain (own loop): {name}" for name in OWN_LOOP_CHAINS)
 
 
 def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str]]:
@@ -92,6 +103,10 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
                     num_context_tokens=context, temperature_bands=bands, sampling_tail=tail)
 
     out = [dict(method="autoregressive", engine="transformers", fraction=None),
+           # what a speed-minded user would pick instead (BASELINES)
+           dict(method=COMPILED_PLAIN, engine="compiled-plain", fraction=None),
+           dict(method=PROMPT_LOOKUP, engine="prompt-lookup", fraction=None),
+           dict(method=ASSISTED_DEFAULTS, engine="transformers", fraction=1.0, drafter="defaults"),
            dict(method="transformers assisted (drafter, full head)", engine="transformers", fraction=1.0),
            dict(method="full vocabulary", engine="dynaspec-graph", fraction=1.0, schedule=schedule(num_clusters))]
     for name, k in ks.items():
@@ -136,25 +151,28 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
     out.append(dict(dynaspec_16, method="DynaSpec 1/16, eager drafting", engine="dynaspec-eager"))
     for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")] if trees else []:
         out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=tree or TreeConfig()))
-    out.append(dict(dynaspec_16, method="chain (own loop): DynaSpec 1/16", engine="dynaspec-tree",
-                    tree=TreeConfig.chain(DRAFT_TOKENS)))
+    for name in OWN_LOOP_CHAINS:  # the package's own loop, where drafting is a large share of a round
+        method = next(m for m in out if m["method"] == name)
+        out.append(dict(method, method=f"chain (own loop): {name}", engine="dynaspec-tree",
+                        tree=TreeConfig.chain(DRAFT_TOKENS)))
     # τ at T = 1 for the methods that shortlists or the own loop change
     sampled_only = {m["method"] for m in out if m["method"].endswith("when sampling")}  # τ at T = 0 is DynaSpec's
     sampled = sampled_only | {
         "full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
         "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "DynaSpec 1/16, no context tokens",
         "static frequency 1/64", "VocabTrim 1/64", "DynaSpec 1/64",
-        "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32", "tree: DynaSpec 1/16",
-        "chain (own loop): DynaSpec 1/16"}
+        "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32", "tree: DynaSpec 1/16", PROMPT_LOOKUP,
+        ASSISTED_DEFAULTS, *OWN_LOOP_ROWS}
+    own_loop = set(OWN_LOOP_ROWS) | {"tree: DynaSpec 1/16", "tree: full vocabulary"}
     timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
              "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware", "DynaSpec 1/16, eager drafting",
-             "tree: DynaSpec 1/16", "chain (own loop): DynaSpec 1/16"}
+             *BASELINES, *own_loop}
     timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "static frequency 1/16",
-                     "DynaSpec 1/16", "DynaSpec 1/16, no tail when sampling", "tree: DynaSpec 1/16",
-                     "chain (own loop): DynaSpec 1/16"}
+                     "DynaSpec 1/16", "DynaSpec 1/16, no tail when sampling", *BASELINES, *own_loop}
     for method in out:
         name = method["method"]
-        measured = name not in ("autoregressive", "DynaSpec 1/16, eager drafting")  # τ 1 by definition / = graph's
+        # τ 1 by definition (plain decoding) / equal to the graph drafter's
+        measured = name not in ("autoregressive", COMPILED_PLAIN, "DynaSpec 1/16, eager drafting")
         method["temperatures"] = ([1.0] if name in sampled_only else [0.0, 1.0] if name in sampled else [0.0]
                                   ) if measured else []
         method["timed_temperatures"] = [t for t in (0.0, 1.0) if name in (timed_sampled if t else timed)]
@@ -173,35 +191,43 @@ def chosen_methods(calibration: dict, names: list[str] | None, trees: bool = Tru
     return [m for m in every if m["method"] in names]
 
 
-def generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor, temperature: float, new_tokens: int):
+def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.Tensor, temperature: float,
+             new_tokens: int):
     """One generation with `method`; returns the new tokens and the number of target forward passes."""
     options = dict(do_sample=temperature > 0, max_new_tokens=new_tokens)
     if temperature > 0:
         options.update(temperature=temperature, top_k=0, top_p=1.0)
     assistant = None
-    if method["engine"] != "transformers":
-        assistant = assistants[method.get("assistant", "dynaspec")]
+    if method["engine"].startswith("dynaspec"):
+        assistant = assistants[method["method"]] if method["method"] in assistants else assistants[
+            method.get("assistant", "dynaspec")]  # the timing phase gives each method an instance of its own
         assistant.set_schedule(**method["schedule"])
         assistant.use_cuda_graphs = method["engine"] in ("dynaspec-graph", "dynaspec-tree")  # the own loop's
         # chains draft with the graph drafter; its trees replay graphs of their own wherever they can
-    elif method["method"] != "autoregressive":
-        assistant = drafter
+    elif method["engine"] == "transformers" and method["method"] != "autoregressive":
+        assistant = drafters[method.get("drafter", "like-for-like")]
+    elif method["engine"] == "prompt-lookup":
+        options["prompt_lookup_num_tokens"] = PROMPT_LOOKUP_TOKENS
+    elif method["engine"] == "compiled-plain":  # transformers compiles the decoding step for a static cache on
+        # CUDA; one cache size for every prompt, so the compiled step is built once
+        options.update(cache_implementation="static", max_cache_len=MAX_PROMPT_TOKENS + new_tokens)
     with count_forward_calls(target) as calls:
         if method["engine"] == "dynaspec-tree":
-            out = dynaspec_hf.generate(target, assistant, ids, tree=method["tree"], **options)
-            calls[0] = target.__dict__["_dynaspec_tree_verifier"].passes  # replayed passes call no forward
+            out, stats = dynaspec_hf.generate(target, assistant, ids, tree=method["tree"], return_stats=True,
+                                              **options)
+            calls[0] = stats.target_passes  # replayed passes call no forward
         else:
             out = target.generate(ids, assistant_model=assistant, **options)
     return out[0, ids.shape[1] :].cpu(), calls[0]
 
 
-def timed_generate(method: dict, target, drafter, assistants: dict, ids: torch.Tensor, temperature: float,
+def timed_generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.Tensor, temperature: float,
                    new_tokens: int):
     """`generate`, timed from an idle device to its last kernel: (new tokens, target passes, seconds)."""
     synchronize = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     synchronize()
     start = time.perf_counter()
-    out, calls = generate(method, target, drafter, assistants, ids, temperature, new_tokens)
+    out, calls = generate(method, target, drafters, assistants, ids, temperature, new_tokens)
     synchronize()
     return out, calls, time.perf_counter() - start
 
@@ -211,9 +237,16 @@ def tree_config(args) -> TreeConfig | None:
 
 
 def load_models(args, device: str, with_assistants: bool = True):
+    """The target, the plain drafter twice (`drafters["like-for-like"]` drafts blocks of DRAFT_TOKENS as the
+    assistants do; `drafters["defaults"]` keeps transformers' assisted-generation defaults) and the calibrated
+    assistants by kind."""
     dtype = getattr(torch, args.dtype)
     target = AutoModelForCausalLM.from_pretrained(args.pair / "target", dtype=dtype).to(device).eval()
-    drafter = AutoModelForCausalLM.from_pretrained(args.pair / "drafter", dtype=dtype).to(device).eval()
+    drafters = {name: AutoModelForCausalLM.from_pretrained(args.pair / "drafter", dtype=dtype).to(device).eval()
+                for name in ("like-for-like", "defaults")}
+    # transformers' own assisted-generation settings (20 tokens, confidence threshold 0.4, as a user gets them)
+    drafters["defaults"].generation_config = GenerationConfig.from_model_config(drafters["defaults"].config)
+    drafter = drafters["like-for-like"]
     drafter.generation_config.num_assistant_tokens = DRAFT_TOKENS
     drafter.generation_config.num_assistant_tokens_schedule = "constant"
     drafter.generation_config.assistant_confidence_threshold = 0.0
@@ -225,13 +258,14 @@ def load_models(args, device: str, with_assistants: bool = True):
         assistant.generation_config.num_assistant_tokens = DRAFT_TOKENS
         assistant.generation_config.assistant_confidence_threshold = 0.0
         assistants[name] = assistant.eval()
-    return target, drafter, assistants
+    return target, drafters, assistants
 
 
 def encoded_prompts(args) -> dict[str, list[torch.Tensor]]:
     tokenizer = AutoTokenizer.from_pretrained(args.pair / "target")
     prompts = load_prompts(args.data, args.per_category, args.seed)
-    return {c: [torch.tensor(tokenizer(t)["input_ids"][-512:]) for t in texts] for c, texts in prompts.items()}
+    return {c: [torch.tensor(tokenizer(t)["input_ids"][-MAX_PROMPT_TOKENS:]) for t in texts]
+            for c, texts in prompts.items()}
 
 
 # ------------------------------------------------------------------------------------------------ phases
@@ -245,7 +279,8 @@ def hardware_block() -> dict:
 
 def run_calibration(args) -> None:
     started = time.time()
-    target, drafter, _ = load_models(args, args.device, with_assistants=False)
+    target, drafters, _ = load_models(args, args.device, with_assistants=False)
+    drafter = drafters["like-for-like"]
     tokens = torch.load(args.pair / "tokens.pt")
     vocab = target.config.vocab_size
     generator = torch.Generator().manual_seed(args.seed)
@@ -365,7 +400,7 @@ def run_worker(args) -> None:
     torch.set_num_threads(1)
     transformers.utils.logging.disable_progress_bar()  # progress is the parent's to show, once
     calibration = json.loads((args.pair / "calibration.json").read_text())
-    target, drafter, assistants = load_models(args, args.device)
+    target, drafters, assistants = load_models(args, args.device)
     limit = args.tau_per_category
     prompts = [(c, i, p) for c, ps in encoded_prompts(args).items() for i, p in enumerate(ps[:limit])][index::count]
     temperatures = ",".join(str(t) for t in args.temperatures)
@@ -382,11 +417,11 @@ def run_worker(args) -> None:
                     continue
                 ids = prompt[None].to(args.device)
                 torch.manual_seed(args.seed + number)
-                tokens, calls = generate(method, target, drafter, assistants, ids, temperature, args.max_new_tokens)
+                tokens, calls = generate(method, target, drafters, assistants, ids, temperature, args.max_new_tokens)
                 record = dict(method=method["method"], category=category, prompt=number, temperature=temperature,
                               tokens=tokens.numel(), target_calls=calls)
                 if method["method"] == "full vocabulary":
-                    record["realism"] = realism(target, drafter, ids, tokens.to(args.device), temperature,
+                    record["realism"] = realism(target, drafters["like-for-like"], ids, tokens.to(args.device), temperature,
                                                 shortlist_ranks)
                 records.append(record)
                 partial = shard.with_suffix(".tmp")
@@ -431,11 +466,15 @@ def run_timing(args) -> None:
     over all seconds. Progress is saved after every method's pass, so a run stopped by a time limit resumes
     there (in a new process, after its own warm-up)."""
     calibration = json.loads((args.pair / "calibration.json").read_text())
-    target, drafter, assistants = load_models(args, args.device)
+    target, drafters, assistants = load_models(args, args.device)
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
-    timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args))
+    timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods, not args.no_trees,
+                                                                       tree_config(args))
              if t in m["timed_temperatures"]]
+    for method in {m["method"]: m for _, m in timed if m["engine"].startswith("dynaspec")}.values():
+        # an assistant of its own per method: no timed call re-captures graphs for another method's schedule
+        assistants[method["method"]] = copy.deepcopy(assistants[method.get("assistant", "dynaspec")])
     temperatures = ",".join(str(t) for t in args.temperatures)
     progress_file = args.pair / f"timing-progress-T{temperatures}.json"
     state = json.loads(progress_file.read_text()) if progress_file.exists() else dict(done=[], totals={}, reference={})
@@ -444,13 +483,13 @@ def run_timing(args) -> None:
         for temperature, method in timed:
             if [round_, temperature, method["method"]] in state["done"]:
                 continue
-            generate(method, target, drafter, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
+            generate(method, target, drafters, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
             for category, prompts in sample.items():
                 total = totals.setdefault(f"{method['method']}|{category}|{temperature}",
                                           dict(tokens=0, seconds=0.0, exact=0, runs=0))
                 for number, prompt in enumerate(prompts):
                     torch.manual_seed(args.seed + number)
-                    out, _, seconds = timed_generate(method, target, drafter, assistants, prompt[None].to(args.device),
+                    out, _, seconds = timed_generate(method, target, drafters, assistants, prompt[None].to(args.device),
                                                      temperature, args.max_new_tokens)
                     total["seconds"] += seconds
                     total["tokens"] += out.numel()
@@ -629,8 +668,9 @@ def main(argv=None):
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test of the pipeline")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="float32 keeps greedy verification exact (bf16 numerics differ between pass shapes)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                        help="what users run; greedy rows then report agreement with plain bf16 decoding (bf16 "
+                             "numerics differ between pass shapes; float32 exactness is gpu_checks.py's)")
     parser.add_argument("--methods", nargs="+", help="run only these methods (names as in the results' rows)")
     parser.add_argument("--sampling-checks", nargs="+", default=list(FRACTIONS), choices=list(FRACTIONS),
                         help="sizes whose sampling band and tail calibration checks end to end (1/16 always: the "

@@ -2,16 +2,19 @@
 
 Real text that every Python install carries (the standard library's source) trains a byte-level BPE tokenizer,
 a small Llama target and a smaller drafter distilled from it; calibration builds clusters and trains the
-router; then held-out prompts run through the unchanged `target.generate(assistant_model=...)` with the full
-vocabulary, a static frequency shortlist and DynaSpec, and a table reports τ and exactness.
+router; then held-out prompts, from the standard library and from its codec tables (text it never trained on), run
+through the unchanged `target.generate(assistant_model=...)` with the plain drafter, and with the assistant's full
+vocabulary, a static frequency shortlist and DynaSpec; a table reports τ, tokens/s and exactness.
 """
 
 from __future__ import annotations
 
+import sys
 import sysconfig
 from pathlib import Path
 
 import torch
+import transformers
 
 from .calibrate import calibrate
 from .measure import measure_generation
@@ -71,28 +74,48 @@ def llama_pair(vocab_size: int, target_hidden: int, target_layers: int, drafter_
             AutoModelForCausalLM.from_config(config(drafter_hidden, drafter_layers)))
 
 
+def encoding_texts() -> list[str]:
+    """The standard library's codec modules (`encodings/*.py`, decoding tables): text the demo never trains on."""
+    root = Path(sysconfig.get_paths()["stdlib"]) / "encodings"
+    return [path.read_text(encoding="utf-8") for path in sorted(root.glob("cp*.py"))]
+
+
 def run_demo(out_dir: str = "dynaspec-demo", *, steps: int = 300, prompts: int = 8, max_new_tokens: int = 48,
              seed: int = 0) -> list[dict]:
+    """Train, calibrate, compare, save; returns the table's rows. Progress bars only on a terminal, else one line
+    per stage."""
+    progress = sys.stderr.isatty()
+    if not progress:  # transformers' own bars (loading and writing weights) too
+        transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(seed)
     texts = stdlib_texts(1_500_000)
     heldout_texts, train_texts = texts[::10], [t for i, t in enumerate(texts) if i % 10]
-    print(f"corpus: {len(train_texts)} standard-library files for training, {len(heldout_texts)} held out")
+    print(f"corpus: {len(train_texts)} standard-library files for training, {len(heldout_texts)} held out", flush=True)
     tokenizer = train_tokenizer(train_texts, vocab_size=4096)
     stream = torch.tensor(tokenizer("\n".join(train_texts))["input_ids"])
     target, drafter = llama_pair(len(tokenizer), 256, 4, 128, 1)
-    train_causal_lm(target, stream, steps=steps, batch_size=16, length=128, lr=3e-3, seed=seed, desc="target")
+    print(f"training the target and distilling the drafter ({steps} steps each)", flush=True)
+    train_causal_lm(target, stream, steps=steps, batch_size=16, length=128, lr=3e-3, seed=seed, desc="target",
+                    progress=progress)
     train_causal_lm(drafter, stream, steps=steps, batch_size=16, length=128, lr=3e-3, teacher=target, seed=seed,
-                    desc="drafter (distilled)")
+                    desc="drafter (distilled)", progress=progress)
 
+    print("calibrating: clusters, router, held-out report", flush=True)
     chunks = [stream[i : i + 128] for i in range(0, min(stream.numel(), 400 * 128), 128)]
     counts = torch.bincount(stream, minlength=len(tokenizer))
     assistant, report = calibrate(target, drafter, chunks, num_clusters=64, frequency_counts=counts, core_size=512,
-                                  router_hidden_size=128, epochs=4, seed=seed, check_prompts=0)  # greedy only
+                                  router_hidden_size=128, epochs=4, seed=seed, check_prompts=0,  # greedy only
+                                  progress=progress)
     routed_schedule = report["k_by_position"]
 
-    heldout = [torch.tensor(tokenizer(t)["input_ids"]) for t in heldout_texts]
-    prompt_ids = [t[: 64] for t in heldout if t.numel() > 64][:prompts]
-    reference = measure_generation(target, prompt_ids, max_new_tokens=max_new_tokens)
+    def prompt_ids(texts):
+        ids = [torch.tensor(tokenizer(t)["input_ids"]) for t in texts]
+        return [t[:64] for t in ids if t.numel() > 64][:prompts]
+
+    domains = {"held-out stdlib": prompt_ids(heldout_texts), "unseen codecs": prompt_ids(encoding_texts())}
+    print(f"comparing on {prompts} held-out stdlib prompts and {prompts} codec-table prompts (encodings/, never "
+          f"trained on), {max_new_tokens} new tokens each", flush=True)
+    references = {name: measure_generation(target, ids, max_new_tokens=max_new_tokens) for name, ids in domains.items()}
     size = len(tokenizer) // 8  # 1/8 of the vocabulary = 8 clusters of 64, or the 512 most frequent tokens
     settings = [
         ("full vocabulary", dict(k_by_position=[64], core_by_position=[0])),
@@ -100,24 +123,46 @@ def run_demo(out_dir: str = "dynaspec-demo", *, steps: int = 300, prompts: int =
         ("DynaSpec 1/8", dict(k_by_position=[size // assistant.config.cluster_size], core_by_position=[0])),
         ("DynaSpec position-aware", dict(k_by_position=routed_schedule, core_by_position=[0])),
     ]
-    rows = [{"method": "autoregressive", "rows_per_step": 0, "tau": reference["tau"], "exact": len(prompt_ids)}]
+    rows = [dict(method="plain decoding", rows_per_step=0, **_measured(references, references))]
+    drafter.generation_config.num_assistant_tokens = assistant.generation_config.num_assistant_tokens
+    drafter.generation_config.assistant_confidence_threshold = 0.0  # like for like with the assistant's blocks
+    rows.append(dict(method="transformers assisted generation, plain drafter", rows_per_step=len(tokenizer),
+                     **_measured(references, {name: measure_generation(
+                         target, ids, drafter, max_new_tokens=max_new_tokens, reference=references[name]["outputs"])
+                         for name, ids in domains.items()})))
     for name, schedule in settings:
         assistant.set_schedule(**schedule)
         assistant.lm_head.reset_counters()
-        result = measure_generation(target, prompt_ids, assistant, max_new_tokens=max_new_tokens,
-                                    reference=reference["outputs"])
-        rows.append({"method": name, "schedule": schedule, "tau": result["tau"], "exact": result["exact"],
-                     "rows_per_step": assistant.lm_head.rows_computed / max(assistant.lm_head.calls, 1)})
+        results = {domain: measure_generation(target, ids, assistant, max_new_tokens=max_new_tokens,
+                                              reference=references[domain]["outputs"])
+                   for domain, ids in domains.items()}
+        rows.append(dict(method=f"DynaSpec assistant: {name}", schedule=schedule,
+                         rows_per_step=assistant.lm_head.rows_computed / max(assistant.lm_head.calls, 1),
+                         **_measured(references, results)))
     print()
-    print("| method | k_by_position | core_by_position | τ (tokens per target pass) | head rows per draft step | exact |")
+    print("| method | head rows per draft step | τ held-out stdlib | τ unseen codecs | tokens/s (both) | exact |")
     print("|---|---|---|---|---|---|")
+    total = sum(len(ids) for ids in domains.values())
     for row in rows:
-        schedule = row.get("schedule", {})
-        print(f"| {row['method']} | {schedule.get('k_by_position', '-')} | {schedule.get('core_by_position', '-')} | "
-              f"{row['tau']:.2f} | {row['rows_per_step']:,.0f} | {row['exact']}/{len(prompt_ids)} |")
+        print(f"| {row['method']} | {row['rows_per_step']:,.0f} | {row['tau']['held-out stdlib']:.2f} | "
+              f"{row['tau']['unseen codecs']:.2f} | {row['tokens_per_s']:.0f} | {row['exact']}/{total} |")
+    print("\nτ: tokens per target forward pass (plain decoding: 1). transformers' assisted loop runs the target "
+          "eagerly, so on a CPU the target's forwards dominate tokens/s; `dynaspec-hf bench` times the package's "
+          "own loop too.")
     assistant.set_schedule(**settings[-1][1])
-    assistant.save_pretrained(Path(out_dir) / "assistant")
-    target.save_pretrained(Path(out_dir) / "target")
-    tokenizer.save_pretrained(Path(out_dir) / "target")
-    print(f"\nsaved the pair to {out_dir}/target and {out_dir}/assistant (load with AutoModelForCausalLM)")
+    out = Path(out_dir)
+    assistant.save_pretrained(out / "assistant")
+    for model, name in ((target, "target"), (drafter, "drafter")):
+        model.save_pretrained(out / name)
+        tokenizer.save_pretrained(out / name)
+    print(f"\nsaved {out}/target, {out}/drafter and {out}/assistant (load with AutoModelForCausalLM; "
+          f"re-calibrate with dynaspec-hf calibrate --target {out}/target --drafter {out}/drafter ...)")
     return rows
+
+
+def _measured(references: dict, results: dict) -> dict:
+    """τ per domain, tokens/s over every domain and exact outputs, from `measure_generation` results per domain."""
+    tokens = sum(result["tokens"] for result in results.values())
+    return {"tau": {name: result["tau"] for name, result in results.items()},
+            "tokens_per_s": tokens / sum(result["seconds"] for result in results.values()),
+            "exact": sum(result.get("exact", len(references[name]["outputs"])) for name, result in results.items())}

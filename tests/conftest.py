@@ -1,4 +1,5 @@
 import copy
+import os
 
 import pytest
 import torch
@@ -6,6 +7,9 @@ from transformers import (CohereConfig, Gemma2Config, Gemma3TextConfig, GraniteC
                           Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config)
 
 from dynaspec_hf import DynaSpecAssistant, TokenClusters
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker (tiny models gain nothing from two)
+    torch.set_num_threads(1)
 
 VOCAB = 192
 SAMPLING_VOCAB = 32  # vocabulary of the pair the sampling tests draw from

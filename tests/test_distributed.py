@@ -12,7 +12,7 @@ from distributed_calibrate import run
 
 def test_two_processes_equal_one(tmp_path):
     out = tmp_path / "two.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(Path(__file__).with_name("distributed_calibrate.py")), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -298,7 +298,8 @@ def test_unsupported_options_are_refused():
         dynaspec_hf.generate(other, assistant, ids, max_new_tokens=4)
     windowed, windowed_drafter = tiny_pair("mistral", sliding_window=6)
     with pytest.raises(ValueError, match="sliding window of 6 tokens, and a tree of depth 7"):
-        dynaspec_hf.generate(windowed, make_assistant(windowed_drafter, "routed"), ids, max_new_tokens=20)
+        dynaspec_hf.generate(windowed, make_assistant(windowed_drafter, "routed"), ids, max_new_tokens=20,
+                             tree=TreeConfig())
 
 
 def test_recursive_rejection_sampling_is_exact():
