@@ -199,7 +199,11 @@ def main(argv=None) -> None:
     cal = commands.add_parser(
         "calibrate", help="build clusters, train the router and save a DynaSpec assistant "
         "(data-parallel under `accelerate launch` / torchrun)", formatter_class=defaults)
-    cal.add_argument("--target", required=True, help="the target: a local folder or a Hub model id")
+    bench = commands.add_parser(
+        "bench", help="time plain decoding, transformers' assisted generation and DynaSpec's loops on your pair, "
+        "and say which to use on this machine", formatter_class=defaults)
+    for command in (cal, bench):
+        command.add_argument("--target", required=True, help="the target: a local folder or a Hub model id")
     cal.add_argument("--drafter", required=True,
                      help="the drafter, a causal LM with the target's tokenizer: a local folder or a Hub model id")
     cal.add_argument("--data", nargs="+", required=True,
@@ -220,10 +224,6 @@ def main(argv=None) -> None:
     cal.add_argument("--epochs", type=int, default=4, help="router training epochs")
     cal.add_argument("--seed", type=int, default=0, help="seed of the clusters, the held-out split and training")
     cal.add_argument("--cache-dir", default=None, help="where collected features are kept (default: HF_HOME)")
-    bench = commands.add_parser(
-        "bench", help="time plain decoding, transformers' assisted generation and DynaSpec's loops on your pair, "
-        "and say which to use on this machine", formatter_class=defaults)
-    bench.add_argument("--target", required=True, help="the target: a local folder or a Hub model id")
     bench.add_argument("--assistant", required=True, help="the DynaSpec assistant: a local folder or a Hub model id")
     bench.add_argument("--drafter", default=None,
                        help="the plain drafter, for transformers' assisted generation as a baseline (optional)")
