@@ -1,6 +1,7 @@
 """`dynaspec-hf bench`: what each way of generating makes on this machine, for your pair and your prompts.
 
-Side by side, greedy, on the same prompts: plain decoding; transformers' assisted generation with the plain
+Side by side, greedy, on the same prompts: plain decoding, eager and on a static cache (which transformers compiles
+on CUDA: the own loop's target runs on a static cache too); transformers' assisted generation with the plain
 drafter (when given); the DynaSpec assistant in transformers' loop; and the package's own loop with a chain of 6
 drafts and with a token tree. Each method runs once untimed first (CUDA graphs are captured then), and every output
 is compared with plain decoding's.
@@ -28,10 +29,11 @@ def bench(target, assistant, prompts: list[torch.Tensor], *, drafter=None, max_n
     decoding) and `exact` (prompts whose output equals plain decoding's). `prompts`: 1-D token ids."""
     device = target.device
 
-    def transformers_loop(helper):
+    def transformers_loop(helper, **options):
         def run(ids):
             with count_forward_calls(target) as calls:
-                out = target.generate(ids, assistant_model=helper, do_sample=False, max_new_tokens=max_new_tokens)
+                out = target.generate(ids, assistant_model=helper, do_sample=False, max_new_tokens=max_new_tokens,
+                                      **options)
             return out, calls[0]
         return run
 
@@ -41,7 +43,11 @@ def bench(target, assistant, prompts: list[torch.Tensor], *, drafter=None, max_n
             return out, stats.target_passes
         return run
 
-    methods = [("plain decoding", transformers_loop(None))]
+    longest = max(prompt.numel() for prompt in prompts) + max_new_tokens  # one static cache size: one compile
+    methods = [("plain decoding", transformers_loop(None)),
+               # the own loop's target runs on a static cache too: this row shows what that alone gives
+               ("plain decoding, static cache (torch.compile on CUDA)",
+                transformers_loop(None, cache_implementation="static", max_cache_len=longest))]
     if drafter is not None:
         methods.append(("transformers assisted generation, plain drafter", transformers_loop(drafter)))
     methods += [("DynaSpec assistant in transformers' loop", transformers_loop(assistant)),

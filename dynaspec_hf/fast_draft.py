@@ -22,7 +22,7 @@ from transformers.generation import GenerateDecoderOnlyOutput
 from .draft_output import draft_output
 from .static_cache import StaticCacheModel, causal
 
-MAX_GRAPH_TOKENS = 16  # body inputs per captured step; longer re-reads (the first prompt) run eagerly
+MAX_GRAPH_TOKENS = 16  # body inputs per captured step; longer re-reads run eagerly, as every prompt does
 
 
 class StaticDraftCache:
@@ -108,11 +108,12 @@ class GraphDrafter:
             return torch.arange(k, device=token_ids.device)[None], scores.log_softmax(-1) if tail else None
         return self.assistant.routing(previous, token_ids, k, tail)
 
-    def _run(self, ids: torch.Tensor, shortlist: tuple[int, int, int, float]) -> None:
-        """One step, replayed from its graph when it has a graph shape; head counters count it once."""
+    def _run(self, ids: torch.Tensor, shortlist: tuple[int, int, int, float], prompt: bool = False) -> None:
+        """One step, replayed from its graph when it has a graph shape (a `prompt`'s read, whose length varies, runs
+        eagerly: it is never captured or compiled); head counters count it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
-        if not self.use_graphs or ids.shape[1] > MAX_GRAPH_TOKENS:
+        if not self.use_graphs or prompt or ids.shape[1] > MAX_GRAPH_TOKENS:
             self._step(ids, shortlist)
         else:
             tokens = self.tokens[:, : ids.shape[1]]
@@ -160,7 +161,8 @@ class GraphDrafter:
         sequences, scores = input_ids, []
         for position in range(max_new_tokens):
             shortlist = self.assistant.config.shortlist_at(position, temperature)
-            self._run(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist)
+            self._run(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
+                      prompt=position == 0 and start == 0)
             logits = self.logits.clone()
             if len(logits_processor):
                 logits = logits_processor(sequences, logits)

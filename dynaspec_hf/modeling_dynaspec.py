@@ -507,11 +507,13 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return output if generation_config.return_dict_in_generate else output.sequences
 
     def draft_block(self, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None,
-                    compile_options: dict | None = None, **options):
+                    compile_options: dict | None = None, static_cache: bool = False, **options):
         """`draft`, replayed from CUDA graphs when this call can use the fast path (see `_graph_drafter_for`), with
-        the body's steps compiled by `torch.compile(**compile_options)` when they are given."""
+        the body's steps compiled by `torch.compile(**compile_options)` when they are given. `static_cache`: draft
+        on the graph drafter's static cache on any device, eagerly off CUDA (the own loop's chains: a static cache
+        rolls back on any transformers version)."""
         graph_drafter = self._graph_drafter_for(input_ids, max_new_tokens, attention_mask, past_key_values,
-                                                compile_options)
+                                                compile_options, anywhere=static_cache)
         if graph_drafter is not None:
             self.check_token_ids(input_ids)
             return graph_drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
@@ -519,11 +521,11 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
                           **options)
 
     def _graph_drafter_for(self, input_ids, max_new_tokens, attention_mask, past_key_values,
-                           compile_options: dict | None = None):
-        """The CUDA-graph drafter when this call can use it (CUDA, batch 1, no padding), else None."""
+                           compile_options: dict | None = None, anywhere: bool = False):
+        """The CUDA-graph drafter when this call can use it (CUDA or `anywhere`, batch 1, no padding), else None."""
         from .fast_draft import GraphDrafter, StaticDraftCache
 
-        if not self.use_cuda_graphs or self.device.type != "cuda" or input_ids.shape[0] != 1:
+        if not self.use_cuda_graphs or (self.device.type != "cuda" and not anywhere) or input_ids.shape[0] != 1:
             return None
         if past_key_values is not None and not isinstance(past_key_values, StaticDraftCache):
             return None

@@ -69,14 +69,15 @@ class TokenTree:
 @torch.no_grad()
 def draft_chain(assistant, committed: torch.Tensor, cache, *, num_nodes: int, do_sample: bool, processors=None,
                 temperature: float = 0.0, compile_options: dict | None = None) -> tuple[TokenTree, object]:
-    """A chain of `num_nodes` drafts after `committed` as a `TokenTree`, from the assistant's chain drafter
-    (`draft_block`: CUDA-graph steps where it can), so chains in this loop draft as in transformers' loop.
+    """A chain of `num_nodes` drafts after `committed` as a `TokenTree`, from the assistant's chain drafter on its
+    static cache (`draft_block`: CUDA-graph steps on CUDA, eager ones elsewhere), so chains in this loop draft as
+    in transformers' loop on the GPU.
 
     `cache` is what the previous call returned (None at first); returns the tree and the cache for the next call.
     """
     length = committed.shape[0]
     out = assistant.draft_block(committed[None], num_nodes, cache, do_sample=do_sample, logits_processor=processors,
-                                temperature=temperature, compile_options=compile_options)
+                                temperature=temperature, compile_options=compile_options, static_cache=True)
     tree = TokenTree(root_position=length - 1)
     node = tree.add(int(committed[-1]), -1)
     for token, logits in zip(out.sequences[0, length:].tolist(), out.scores):

@@ -166,9 +166,10 @@ def test_bench_prints_every_method_and_a_recommendation(saved_pair, tmp_path, ca
           "--drafter", str(saved_pair / "target"), "--prompts", str(saved_pair / "code.txt"),
           "--num-prompts", "2", "--prompt-tokens", "8", "--max-new-tokens", "12"])
     table = capsys.readouterr().out
-    for method in ("plain decoding", "transformers assisted generation, plain drafter",
+    for method in ("plain decoding", "plain decoding, static cache (torch.compile on CUDA)",
+                   "transformers assisted generation, plain drafter",
                    "DynaSpec assistant in transformers' loop", "dynaspec_hf.generate, chain of 6 (default)",
                    "dynaspec_hf.generate, token tree"):
         assert f"| {method} | " in table, method
-    assert table.count("| 2/2 |") == 5, "every method must reproduce plain greedy decoding"
+    assert table.count("| 2/2 |") == 6, "every method must reproduce plain greedy decoding"
     assert "| plain decoding | 1.00 |" in table and "here:" in table

@@ -17,7 +17,7 @@ SLIDING = sorted(family for family, (_, kwargs) in FAMILIES.items() if "sliding_
 def static_cache_assistant(drafter, setting, monkeypatch):
     assistant = make_assistant(drafter, setting)
     engine = GraphDrafter(assistant, max_length=128)
-    monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args: engine)
+    monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args, **kwargs: engine)
     return assistant, engine
 
 

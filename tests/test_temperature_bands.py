@@ -64,14 +64,14 @@ def test_sampling_drafts_with_the_band_and_greedy_with_the_main_schedule(loop, m
     assert assistant.config.schedule(1.0) == SAMPLING_BAND
     if loop == "static cache":
         engine = GraphDrafter(assistant, max_length=128)
-        monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args: engine)
+        monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args, **kwargs: engine)
     used = shortlists_used(assistant, monkeypatch)
     prompt = torch.randint(0, 192, (1, 12), generator=torch.Generator().manual_seed(0))
 
     def run(**options):
         used.clear()
         if loop == "tree":
-            dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=12, **options)
+            dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=12, tree=dynaspec_hf.TreeConfig(), **options)
         else:
             target.generate(prompt, assistant_model=assistant, max_new_tokens=12, **options)
         return set(used)

@@ -231,7 +231,7 @@ def test_own_loop_chain_drafts_with_the_graph_drafter(monkeypatch):
     target, drafter = tiny_pair("qwen2", seed=9)
     assistant = make_assistant(drafter, "routed")
     engine = GraphDrafter(assistant, max_length=128)
-    monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args: engine)
+    monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args, **kwargs: engine)
     for ids, new_tokens in random_cases(8):
         got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TreeConfig.chain(5))
         assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=new_tokens))
