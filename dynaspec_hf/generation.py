@@ -113,7 +113,8 @@ def generate(
     return_stats: bool = False,
     **kwargs,
 ) -> torch.LongTensor | tuple[torch.LongTensor, GenerationStats]:
-    """Tree speculative decoding: `target.generate(input_ids, ...)`'s output, drafted by a DynaSpec `assistant`.
+    """The package's own speculative loop: `target.generate(input_ids, ...)`'s output, drafted by a DynaSpec
+    `assistant` (a chain, or a DySpec token tree).
 
     Takes the usual generation options (`max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`,
     `eos_token_id`, `pad_token_id`, ...). Rows of a batch are decoded one after another (left padding is read

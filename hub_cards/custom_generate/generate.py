@@ -1,7 +1,8 @@
 """`custom_generate` entry point: `target.generate(..., custom_generate=<this repo>, trust_remote_code=True)`.
 
-transformers calls `generate(model=target, **generate_arguments)`; the work is done by `dynaspec_hf.generate`,
-DySpec token trees drafted by the DynaSpec assistant passed as `assistant_model`.
+transformers calls `generate(model=target, **generate_arguments)`; the work is done by `dynaspec_hf.generate`, the
+package's own loop, drafted by the DynaSpec assistant passed as `assistant_model` (a chain of 6 drafts, or the DySpec
+token tree `tree` asks for).
 """
 
 import torch
@@ -15,7 +16,7 @@ _UNUSED = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", 
 
 
 def generate(model, inputs=None, generation_config=None, assistant_model=None, tree=None, **kwargs) -> torch.LongTensor:
-    """Tree speculative decoding with `assistant_model` (a `DynaSpecAssistant`); `tree` is a `TreeConfig` or dict."""
+    """Speculative decoding with `assistant_model` (a `DynaSpecAssistant`); `tree` is a `TreeConfig` or dict."""
     given = sorted(name for name in _UNUSED if kwargs.pop(name, None) is not None)
     if given:
         raise ValueError(f"The DynaSpec tree loop does not support {given}.")
