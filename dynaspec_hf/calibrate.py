@@ -485,7 +485,8 @@ def calibrate(
     assistant.lm_head.set_token_shares(frequency_counts)
     text_config = target.config.get_text_config()
     report = {"target": {"name_or_path": target.config.name_or_path or None,
-                         "revision": getattr(target.config, "_commit_hash", None), "vocab_size": text_config.vocab_size},
+                         "revision": getattr(target.config, "_commit_hash", None),
+                         "vocab_size": text_config.vocab_size},
               "train_pairs": len(features), "objective": objective}
     assistant.calibration_report = report
     if heldout:

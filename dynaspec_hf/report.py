@@ -47,8 +47,9 @@ def calibration_summary(report: dict, assistant) -> tuple[str, str | None]:
         row("static frequency shortlist of the same size", size * config.cluster_size,
             overall["static"]["acceptance"][index])
         if "mass" in overall["routed"]:
-            lines += ["", f"Target probability mass inside the {size} routed clusters: "
-                          f"{overall['routed']['mass'][index]:.3f} (best possible {overall['routed']['best_mass'][index]:.3f})."]
+            mass, best = overall["routed"]["mass"][index], overall["routed"]["best_mass"][index]
+            lines += ["", f"Target probability mass inside the {size} routed clusters: {mass:.3f} (best possible "
+                          f"{best:.3f})."]
     if split is not None and split["acceptance"] < SHORTLIST_RETENTION * overall["full_acceptance"]:
         lines += ["", f"Note: this assistant's shortlist keeps {split['acceptance'] / overall['full_acceptance']:.0%} "
                       f"of the full head's acceptance. More calibration text trains a better router; a larger "
