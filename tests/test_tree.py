@@ -27,10 +27,12 @@ def test_tree_greedy_equals_target(family, setting, shape):
     for i, (ids, new_tokens) in enumerate(random_cases(PROMPTS)):
         expected = target.generate(ids, do_sample=False, max_new_tokens=new_tokens)
         with count_forward_calls(target) as calls:
-            got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TREES[shape])
+            got, stats = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TREES[shape],
+                                              return_stats=True)
         if not torch.equal(expected, got):
             mismatches.append((i, ids.shape[1], new_tokens))
-        assert target.__dict__["_dynaspec_tree_verifier"].passes == calls[0]  # how the benchmark counts τ
+        assert stats.target_passes == calls[0], "the stats the benchmark counts τ by"  # a replay calls no forward
+        assert stats.new_tokens == got.shape[1] - ids.shape[1] and stats.drafted_tokens >= stats.target_passes - 1
         passes, produced = passes + calls[0], produced + new_tokens
     assert not mismatches, f"{len(mismatches)}/{PROMPTS} prompts differ: {mismatches[:5]}"
     assert passes < produced, "no draft token was ever accepted: the test would not exercise the accept path"
