@@ -134,6 +134,7 @@ def bench_command(args) -> None:
 
     from .bench import bench, bench_table
     from .demo import stdlib_texts
+    from .modeling_dynaspec import DynaSpecAssistant
 
     tokenizer = load_pretrained(AutoTokenizer, args.target, "--target")
     texts = read_texts(args.prompts, tokenizer)[0] if args.prompts else stdlib_texts(200_000)
@@ -144,6 +145,9 @@ def bench_command(args) -> None:
     placement = device_and_dtype(args)
     target = load_pretrained(AutoModelForCausalLM, args.target, "--target", **placement)
     assistant = load_pretrained(AutoModelForCausalLM, args.assistant, "--assistant", **placement)
+    if not isinstance(assistant, DynaSpecAssistant):
+        raise ValueError(f"--assistant {args.assistant} is a {type(assistant).__name__}, not a DynaSpec assistant: "
+                         f"make one from that drafter with `dynaspec-hf calibrate --drafter {args.assistant} ...`.")
     drafter = args.drafter and load_pretrained(AutoModelForCausalLM, args.drafter, "--drafter", **placement)
     rows = bench(target, assistant, [torch.tensor(ids) for ids in prompts], drafter=drafter,
                  max_new_tokens=args.max_new_tokens)

@@ -173,3 +173,5 @@ def test_bench_prints_every_method_and_a_recommendation(saved_pair, tmp_path, ca
         assert f"| {method} | " in table, method
     assert table.count("| 2/2 |") == 6, "every method must reproduce plain greedy decoding"
     assert "| plain decoding | 1.00 |" in table and "here:" in table
+    with pytest.raises(SystemExit, match="is a LlamaForCausalLM, not a DynaSpec assistant"):
+        main(["bench", "--target", str(saved_pair / "target"), "--assistant", str(saved_pair / "drafter")])
