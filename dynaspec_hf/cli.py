@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, OSError)
+USER_ERRORS = (ValueError, OSError)  # OSError: missing files and folders, a folder in the way, an unloadable model
 
 
 class StrictFailure(Exception):
@@ -208,6 +208,12 @@ def main(argv=None) -> None:
         "and say which to use on this machine", formatter_class=defaults)
     for command in (cal, bench):
         command.add_argument("--target", required=True, help="the target: a local folder or a Hub model id")
+        command.add_argument("--dtype", default=None,
+                             help="dtype the models load in (auto: their config's); default: bfloat16 on CUDA, else "
+                                  "float32")
+        command.add_argument("--device", default=None,
+                             help="device_map for the models (e.g. cuda:0, cpu, auto); default: this process's "
+                                  "accelerate device (a GPU where there is one)")
     cal.add_argument("--drafter", required=True,
                      help="the drafter, a causal LM with the target's tokenizer: a local folder or a Hub model id")
     cal.add_argument("--data", nargs="+", required=True,
@@ -237,13 +243,6 @@ def main(argv=None) -> None:
     bench.add_argument("--num-prompts", type=int, default=8, help="prompts to time")
     bench.add_argument("--prompt-tokens", type=int, default=64, help="tokens kept per prompt")
     bench.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per prompt")
-    for command in (cal, bench):
-        command.add_argument("--dtype", default=None,
-                             help="dtype the models load in (auto: their config's); default: bfloat16 on CUDA, else "
-                                  "float32")
-        command.add_argument("--device", default=None,
-                             help="device_map for the models (e.g. cuda:0, cpu, auto); default: this process's "
-                                  "accelerate device (a GPU where there is one)")
     cal.add_argument("--strict", action="store_true",
                      help="exit with status 1 when the drafter agrees too little with the target for speculation "
                           "to pay (the assistant is saved either way)")
