@@ -17,6 +17,13 @@ from pathlib import Path
 USER_ERRORS = (ValueError, OSError)  # OSError: missing files and folders, a folder in the way, an unloadable model
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default, except where there is none to show (required, or said in words)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.required else super()._get_help_string(action)
+
+
 class StrictFailure(Exception):
     """`calibrate --strict` found the assistant unlikely to speed generation up."""
 
@@ -191,7 +198,7 @@ def _feature_cache_dir(args) -> Path:
 def main(argv=None) -> None:
     from .calibrate import OBJECTIVES
 
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = _HelpWithDefaults
     parser = argparse.ArgumentParser(prog="dynaspec-hf", description=__doc__, formatter_class=defaults)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
