@@ -179,16 +179,28 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
     return out
 
 
+def is_ablation(name: str) -> bool:
+    """Rows that earlier runs settled (`--no-ablations` leaves them out): DynaSpec's variants, its position-aware
+    schedule and the 1/32 size."""
+    return (name.startswith("DynaSpec") and "," in name) or "1/32" in name or name == "DynaSpec position-aware"
+
+
 def chosen_methods(calibration: dict, names: list[str] | None, trees: bool = True,
-                   tree: TreeConfig | None = None) -> list[dict]:
-    """`methods`, or only those named (`--methods`: a run of a few rows, e.g. an ablation on a retrained pair)."""
-    every = methods(calibration, trees, tree)
+                   tree: TreeConfig | None = None, ablations: bool = True) -> list[dict]:
+    """`methods`, or only those named (`--methods`: a run of a few rows, e.g. an ablation on a retrained pair);
+    `ablations=False` leaves out the rows `is_ablation` names."""
+    every = [m for m in methods(calibration, trees, tree) if ablations or not is_ablation(m["method"])]
     if not names:
         return every
     unknown = set(names) - {m["method"] for m in every}
     if unknown:
         raise SystemExit(f"Unknown method(s) {sorted(unknown)}; known: {[m['method'] for m in every]}")
     return [m for m in every if m["method"] in names]
+
+
+def run_methods(calibration: dict, args) -> list[dict]:
+    """The rows this run measures, as its options choose them."""
+    return chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args), not args.no_ablations)
 
 
 def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.Tensor, temperature: float,
@@ -299,6 +311,8 @@ def run_calibration(args) -> None:
     # a run of named rows (`--methods`) builds only what they use: the argmax router, VocabTrim and the sampling
     # band checks at the other sizes each cost minutes
     named = " ".join(args.methods) if args.methods else None
+    if named is None and args.no_ablations:  # the argmax router and the 1/32 size serve ablations alone
+        named = "full vocabulary static frequency VocabTrim DynaSpec 1/16 1/64"
     assistant, report = calibrate(target, drafter, sequences, **options)  # the mass objective, the default
     argmax_report = {}
     if named is None or "argmax router" in named:
@@ -368,6 +382,7 @@ def run_tau(args, state) -> None:
                    "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures), "--dtype", args.dtype,
                    *(["--tau-per-category", str(args.tau_per_category)] if args.tau_per_category else []),
                    *(["--methods", *args.methods] if args.methods else []), *(["--no-trees"] if args.no_trees else []),
+                   *(["--no-ablations"] if args.no_ablations else []),
                    *(["--tree", *map(str, args.tree)] if args.tree else []),
                    "--device", args.device, "--worker", f"{index}/{total}"]
         env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}  # a worker is a process of its own
@@ -409,7 +424,7 @@ def run_worker(args) -> None:
     done = {(r["method"], r["category"], r["prompt"], r["temperature"]) for r in records}
     shortlist_ranks = frequency_ranks(assistants["dynaspec"], calibration)
     for temperature in args.temperatures:
-        for method in chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args)):
+        for method in run_methods(calibration, args):
             if temperature not in method["temperatures"]:
                 continue
             for category, number, prompt in prompts:
@@ -469,8 +484,7 @@ def run_timing(args) -> None:
     target, drafters, assistants = load_models(args, args.device)
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
-    timed = [(t, m) for t in args.temperatures for m in chosen_methods(calibration, args.methods, not args.no_trees,
-                                                                       tree_config(args))
+    timed = [(t, m) for t in args.temperatures for m in run_methods(calibration, args)
              if t in m["timed_temperatures"]]
     for method in {m["method"]: m for _, m in timed if m["engine"].startswith("dynaspec")}.values():
         # an assistant of its own per method: no timed call re-captures graphs for another method's schedule
@@ -497,12 +511,25 @@ def run_timing(args) -> None:
                     if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
                         expected = reference.setdefault(f"{category}|{number}", out.tolist())
                         total["exact"] += out.tolist() == expected
+                        if out.tolist() != expected:  # bf16: how close the plain target's call was there
+                            total.setdefault("gaps", []).append(top_two_gap(target, prompt, expected, out.tolist()))
             state["done"].append([round_, temperature, method["method"]])
             partial = progress_file.with_suffix(".tmp")
             partial.write_text(json.dumps(state))
             partial.replace(progress_file)
             print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})", flush=True)
     (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(timing_rows(totals, args.timing_per_category)))
+
+
+def top_two_gap(target, prompt: torch.Tensor, expected: list[int], out: list[int]) -> float:
+    """The plain target's top-two logit gap at the first token where `out` leaves `expected` (its own greedy
+    continuation): a small gap says the two differ by rounding (a pass over several tokens rounds differently
+    from one-token decoding in bf16), a large one would say the method is wrong."""
+    first = next((i for i, (a, b) in enumerate(zip(expected, out)) if a != b), min(len(expected), len(out)))
+    ids = torch.cat([prompt, torch.tensor(expected[:first], dtype=prompt.dtype)])[None].to(target.device)
+    with torch.no_grad():
+        top = target(ids).logits[0, -1].float().topk(2).values
+    return float(top[0] - top[1])
 
 
 def timing_rows(totals: dict, prompts_per_category: int) -> list[dict]:
@@ -513,7 +540,8 @@ def timing_rows(totals: dict, prompts_per_category: int) -> list[dict]:
         rows.append(dict(method=method, category=category, temperature=float(temperature),
                          tokens_per_s=total["tokens"] / total["seconds"], timed_tokens=total["tokens"],
                          timing_prompts=prompts_per_category, timing_runs=total["runs"],
-                         exact=total["exact"] if float(temperature) == 0 else None))
+                         exact=total["exact"] if float(temperature) == 0 else None,
+                         gaps_at_first_difference=total.get("gaps", [])))
     return rows
 
 
@@ -529,7 +557,7 @@ def merge(args) -> dict:
             timing += timing_rows(json.loads(path.read_text())["totals"], args.timing_per_category)
     speed = {(r["method"], r["category"], r["temperature"]): r for r in timing}
     rows = []
-    for method in chosen_methods(calibration, args.methods, not args.no_trees, tree_config(args)):
+    for method in run_methods(calibration, args):
         for temperature in sorted(set(method["temperatures"] + method["timed_temperatures"])):
             for category in sorted({r["category"] for r in records}):
                 mine = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
@@ -550,7 +578,8 @@ def merge(args) -> dict:
                     tokens_per_s=timed and timed["tokens_per_s"],
                     speedup=timed and base and timed["tokens_per_s"] / base["tokens_per_s"],
                     timing_prompts=timed and timed["timing_prompts"], timing_runs=timed and timed["timing_runs"],
-                    timed_tokens=timed and timed["timed_tokens"]))
+                    timed_tokens=timed and timed["timed_tokens"],
+                    gaps_at_first_difference=timed and timed.get("gaps_at_first_difference")))
     hardware = calibration.pop("hardware", None) or hardware_block()  # where the measurements ran, not the merge
     return {"hardware": hardware, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "tau_prompts_per_category": {f"T={t}": {c: len({r["prompt"] for r in records if (r["category"], r["temperature"]) == (c, t)})
@@ -606,6 +635,8 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| T | method | category | τ | recovery | exact | tokens/s | speedup |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         exact = "" if r.get("exact") is None else f"{r['exact']}/{r['timing_runs']}"
+        if r.get("gaps_at_first_difference"):  # bf16 rounding: the plain target's top-two gaps where they differ
+            exact += " (gaps " + ", ".join(f"{g:.2f}" for g in sorted(r["gaps_at_first_difference"])) + ")"
         lines.append(f"| {r['temperature']:.0f} | {r['method']} | {r['category']} | {fmt(r['tau'], '.2f')} | "
                      f"{fmt(r['recovery'], '.3f')} | {exact} | {fmt(r['tokens_per_s'], '.1f')} | "
                      f"{fmt(r['speedup'], '.2f')} |")
@@ -676,6 +707,8 @@ def main(argv=None):
                         help="sizes whose sampling band and tail calibration checks end to end (1/16 always: the "
                              "assistant's own); the others sample with their greedy split and no tail")
     parser.add_argument("--no-trees", action="store_true", help="leave out the tree rows")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="leave out the rows earlier runs settled: DynaSpec's variants and the 1/32 size")
     parser.add_argument("--tree", type=int, nargs=3, metavar=("NODES", "DEPTH", "WIDTH"),
                         help="the tree rows' shape (default: TreeConfig(), the package's default)")
     parser.add_argument("--tau-per-category", type=int, default=None,
