@@ -50,17 +50,13 @@ from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_schedu
                                    split_schedule)
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from corpora import OUT_OF_DOMAIN, header_prompts  # noqa: E402
-from summarize import summary  # noqa: E402
+from summarize import ASSISTED_DEFAULTS, COMPILED_PLAIN, PROMPT_LOOKUP, summary  # noqa: E402
 
 DRAFT_TOKENS = 6
 MAX_PROMPT_TOKENS = 512  # a prompt's last tokens kept
 LAUNCHER_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                       "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU"}
 FRACTIONS = {"1/64": 64, "1/32": 32, "1/16": 16}  # shortlist sizes compared, as fractions of the vocabulary
-# what a user would pick instead of this package, each as transformers offers it (BENCHMARKS.md says how)
-COMPILED_PLAIN = "plain decoding, static cache + torch.compile"
-PROMPT_LOOKUP = "prompt lookup (transformers)"
-ASSISTED_DEFAULTS = "transformers assisted (drafter, transformers' defaults)"
 BASELINES = ("autoregressive", COMPILED_PLAIN, PROMPT_LOOKUP, ASSISTED_DEFAULTS)
 PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value; no default exists
 # the shortlists compared in the package's own loop, each a chain of DRAFT_TOKENS drafts

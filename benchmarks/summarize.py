@@ -12,6 +12,70 @@ import sys
 from collections import defaultdict
 
 ASSISTED = "transformers assisted (drafter, full head)"
+# what a user would pick instead of this package, each as transformers offers it (BENCHMARKS.md says how)
+COMPILED_PLAIN = "plain decoding, static cache + torch.compile"
+PROMPT_LOOKUP = "prompt lookup (transformers)"
+ASSISTED_DEFAULTS = "transformers assisted (drafter, transformers' defaults)"
+STRONG_BASELINES = (ASSISTED_DEFAULTS, COMPILED_PLAIN, PROMPT_LOOKUP)
+# the package's fastest default path: `dynaspec_hf.generate` (a chain) with the calibrated assistant
+PACKAGE_DEFAULT = "chain (own loop): DynaSpec 1/16"
+OWN_LOOP_REFERENCES = ("chain (own loop): full vocabulary", "chain (own loop): static frequency 1/16",
+                       "chain (own loop): VocabTrim 1/16")
+
+
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def speeds(rows: list[dict]) -> dict:
+    """Tokens/s keyed (temperature, method, category), for the timed rows."""
+    return {(r["temperature"], r["method"], r["category"]): r["tokens_per_s"] for r in rows if r.get("tokens_per_s")}
+
+
+def headline_table(rows: list[dict], method: str = PACKAGE_DEFAULT) -> str:
+    """Per temperature and category: `method`'s tokens/s over the strongest baseline a user would pick instead
+    (the fastest of STRONG_BASELINES in that category), and the geometric mean over the categories."""
+    speed = speeds(rows)
+    lines = [f"{method} against the strongest baseline per category:", "",
+             "| T | category | strongest baseline | its tokens/s | tokens/s | ratio |", "|---|---|---|---|---|---|"]
+    for temperature in sorted({t for t, m, _ in speed if m == method}):
+        ratios = []
+        for category in sorted({c for t, m, c in speed if (t, m) == (temperature, method)}):
+            timed = {b: speed[(temperature, b, category)] for b in STRONG_BASELINES
+                     if (temperature, b, category) in speed}
+            if not timed:
+                continue
+            best = max(timed, key=timed.get)
+            mine = speed[(temperature, method, category)]
+            ratios.append(mine / timed[best])
+            lines.append(f"| {temperature:.0f} | {category} | {best} | {timed[best]:.1f} | {mine:.1f} | "
+                         f"{ratios[-1]:.2f} |")
+        if ratios:
+            lines.append(f"| {temperature:.0f} | **geometric mean** | | | | **{geometric_mean(ratios):.2f}** |")
+    return "\n".join(lines) + "\n" if len(lines) > 4 else ""
+
+
+def ratio_table(rows: list[dict], method: str, references: tuple[str, ...], title: str) -> str:
+    """`method`'s tokens/s over each reference's, category by category in the same run: one column per reference,
+    and the geometric mean over the categories."""
+    speed = speeds(rows)
+    present = [r for r in references if any(m == r for _, m, _ in speed)]
+    lines = [title, "", "| T | category | " + " | ".join(f"over {r}" for r in present) + " |",
+             "|---" * (len(present) + 2) + "|"]
+    for temperature in sorted({t for t, m, _ in speed if m == method}):
+        columns = {r: [] for r in present}
+        for category in sorted({c for t, m, c in speed if (t, m) == (temperature, method)}):
+            cells = []
+            for reference in present:
+                base = speed.get((temperature, reference, category))
+                ratio = base and speed[(temperature, method, category)] / base
+                cells.append("-" if ratio is None else f"{ratio:.2f}")
+                if ratio:
+                    columns[reference].append(ratio)
+            lines.append(f"| {temperature:.0f} | {category} | " + " | ".join(cells) + " |")
+        lines.append(f"| {temperature:.0f} | **geometric mean** | " + " | ".join(
+            f"**{geometric_mean(v):.2f}**" if v else "-" for v in columns.values()) + " |")
+    return "\n".join(lines) + "\n" if present and len(lines) > 4 else ""
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -39,7 +103,7 @@ def side_by_side_table(rows: list[dict], reference: str = ASSISTED) -> str:
     lowest and highest over the categories. Steadier than speedups over plain decoding, whose launch-bound speed
     moves between runs and within one. Where rows give their timed tokens, also pooled: all timed tokens over all
     their seconds, which weighs a prompt that ends after a few tokens by those tokens only."""
-    speed = {(r["temperature"], r["method"], r["category"]): r["tokens_per_s"] for r in rows if r.get("tokens_per_s")}
+    speed = speeds(rows)
     groups = defaultdict(list)
     for (temperature, method, category), value in speed.items():
         base = speed.get((temperature, reference, category))
@@ -49,7 +113,7 @@ def side_by_side_table(rows: list[dict], reference: str = ASSISTED) -> str:
     lines = [f"| T | method | categories | tokens/s over {reference}: geometric mean | lowest | highest | "
              "pooled tokens/s | pooled over the reference's |", "|---|---|---|---|---|---|---|---|"]
     for (temperature, method), ratios in groups.items():
-        mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        mean = geometric_mean(ratios)
         mine, base = pooled.get((temperature, method)), pooled.get((temperature, reference))
         lines.append(f"| {temperature:.0f} | {method} | {len(ratios)} | {mean:.2f} | {min(ratios):.2f} | "
                      f"{max(ratios):.2f} | {'-' if mine is None else f'{mine:.1f}'} | "
@@ -129,7 +193,13 @@ def sampled_acceptance_table(calibration: dict) -> str:
 
 
 def summary(rows: list[dict], realism: dict | None = None, calibration: dict | None = None) -> str:
-    tables = [summary_table(rows), side_by_side_table(rows)] + ([realism_table(realism)] if realism else [])
+    tables = [headline_table(rows),
+              ratio_table(rows, PACKAGE_DEFAULT, STRONG_BASELINES + (ASSISTED, "autoregressive"),
+                          f"{PACKAGE_DEFAULT}: tokens/s over each baseline:"),
+              ratio_table(rows, PACKAGE_DEFAULT, OWN_LOOP_REFERENCES,
+                          "Shortlists where drafting matters (the own loop, chains of the same length): "
+                          f"{PACKAGE_DEFAULT}'s tokens/s over the other heads':"),
+              summary_table(rows), side_by_side_table(rows)] + ([realism_table(realism)] if realism else [])
     tables += [recovery_table(rows, 0.0), recovery_table(rows, 1.0), sampled_acceptance_table(calibration)]
     return "\n".join(table for table in tables if table)
 

@@ -172,3 +172,6 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
     assert not any(m["method"].startswith("tree") for m in chosen_methods(calibration, None, trees=False))
     with pytest.raises(SystemExit, match="Unknown method"):
         chosen_methods(calibration, ["DynaSpec 1/7"])
+    kept = {m["method"] for m in chosen_methods(calibration, None, trees=False, ablations=False)}
+    assert {"DynaSpec 1/16", "DynaSpec 1/64", "VocabTrim 1/16", "chain (own loop): DynaSpec 1/64"} <= kept
+    assert not any("," in name or "1/32" in name or "position-aware" in name for name in kept)

@@ -35,3 +35,26 @@ def test_side_by_side_pools_timed_tokens_over_timed_seconds():
     # geometric mean of 4 and 1 is 2; pooled, the one-token prompt barely counts: 201 / 0.6 s against 201 / 2.1 s
     assert float(cells[3]) == pytest.approx(2.0)
     assert float(cells[6]) == pytest.approx(201 / 0.6, abs=0.05) and float(cells[7]) == pytest.approx(2.1 / 0.6, abs=0.005)
+
+
+def test_headline_takes_the_fastest_baseline_per_category():
+    rows = [row(summarize.COMPILED_PLAIN, "a", 100.0), row(summarize.PROMPT_LOOKUP, "a", 150.0),
+            row(summarize.ASSISTED_DEFAULTS, "b", 80.0), row(summarize.COMPILED_PLAIN, "b", 40.0),
+            row("autoregressive", "b", 1000.0),  # not a baseline a speed-minded user picks: never the strongest
+            row(summarize.PACKAGE_DEFAULT, "a", 300.0), row(summarize.PACKAGE_DEFAULT, "b", 240.0)]
+    lines = summarize.headline_table(rows).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:]]
+    assert cells[0][1:3] == ["a", summarize.PROMPT_LOOKUP] and float(cells[0][5]) == pytest.approx(2.0)
+    assert cells[1][1:3] == ["b", summarize.ASSISTED_DEFAULTS] and float(cells[1][5]) == pytest.approx(3.0)
+    assert float(cells[2][5].strip("*")) == pytest.approx(6 ** 0.5, abs=0.005)  # geometric mean of 2 and 3
+
+
+def test_ratio_table_has_a_column_per_measured_reference():
+    rows = [row("mine", "a", 300.0), row("mine", "b", 100.0), row("x", "a", 100.0), row("x", "b", 100.0),
+            row("y", "a", 150.0)]
+    lines = summarize.ratio_table(rows, "mine", ("x", "y", "never timed"), "title").splitlines()
+    assert lines[2] == "| T | category | over x | over y |"
+    assert [c.strip() for c in lines[4].strip("|").split("|")] == ["0", "a", "3.00", "2.00"]
+    assert [c.strip() for c in lines[5].strip("|").split("|")] == ["0", "b", "1.00", "-"]  # y not timed on b
+    assert [c.strip() for c in lines[6].strip("|").split("|")] == ["0", "**geometric mean**", f"**{3 ** 0.5:.2f}**",
+                                                                   "**2.00**"]
