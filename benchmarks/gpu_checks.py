@@ -352,7 +352,7 @@ def step_times(drafter, context: int = 256) -> dict:
     blocks = head.weight[head.core_size :].view(256, clusters.cluster_size, -1)
     out = {
         "full head (in graph)": graph_ms(lambda: hidden @ full_weight.T),
-        "router, MLP + top-k (in graph)": graph_ms(lambda: assistant.route(hidden, token, 16)),
+        "router, MLP + top-k (in graph)": graph_ms(lambda: assistant.routing(hidden, token, 16)),
         "shortlist rows 1/16, gather + matmul (in graph)": graph_ms(
             lambda: torch.einsum("bd,bksd->bks", hidden, blocks[clusters16])),
         "static rows 1/16, matmul over the core prefix (in graph)": graph_ms(

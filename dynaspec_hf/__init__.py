@@ -4,8 +4,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from .candidate_generator import DynaSpecCandidateGenerator
 from .clusters import TokenClusters
-from .configuration_dynaspec import DynaSpecConfig
-from .generation import TreeConfig, generate
+from .configuration_dynaspec import DynaSpecConfig, Shortlist
+from .generation import GenerationStats, TreeConfig, generate
 from .model_card import custom_generate_path
 from .modeling_dynaspec import DynaSpecAssistant
 from .router import ClusterRouter
@@ -19,6 +19,8 @@ __all__ = [
     "DynaSpecAssistant",
     "DynaSpecCandidateGenerator",
     "DynaSpecConfig",
+    "GenerationStats",
+    "Shortlist",
     "TokenClusters",
     "TreeConfig",
     "custom_generate_path",

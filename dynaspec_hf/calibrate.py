@@ -32,6 +32,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .clusters import TokenClusters, _frequency_order
+from .configuration_dynaspec import Shortlist
 from .context_tokens import recent_distinct_tokens
 from .measure import measure_generation
 from .modeling_dynaspec import DynaSpecAssistant, rollback_cache, unrollable_window
@@ -603,8 +604,8 @@ def sampled_acceptance(target, assistant: DynaSpecAssistant, sequences: list[tor
         cluster_ids, log_mass = assistant.routing(previous, tokens, k, tail=1.0)  # one router pass for every weight
         for weight in tail_weights:  # the step's own head, at each weight (no schedule change, no graph released)
             tail = weight if log_mass is not None else 0.0  # no routed clusters: no tail (as `shortlist_at`)
-            q = assistant.shortlist_logits(hidden, cluster_ids, (core, k, context, tail), index, context_ids,
-                                           log_mass)
+            q = assistant.draft_step(hidden, previous, tokens, Shortlist(core, k, context, tail), index, context_ids,
+                                     routing=(cluster_ids, log_mass))
             q = (q / temperature).softmax(-1)
             add(f"tail/{weight}", torch.minimum(p, q).sum(-1))
             if weight == 0:

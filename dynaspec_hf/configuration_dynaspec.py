@@ -19,10 +19,21 @@ probability.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
 SCHEDULE_FIELDS = ("k_by_position", "core_by_position", "num_context_tokens")
+
+
+class Shortlist(NamedTuple):
+    """The vocabulary rows one draft step's head scores (`DynaSpecConfig.shortlist_at`). Also the key of the
+    step's captured graph: steps with equal shortlists share one."""
+
+    core: int  # the most frequent tokens: a prefix of the frequency core
+    clusters: int  # clusters the router picks; `num_clusters` is the whole vocabulary, without the router
+    context: int  # slots for the text's most recent distinct tokens
+    tail: float  # when sampling: weight of the router's estimate for the tokens outside (0: none)
 
 
 class DynaSpecConfig(PretrainedConfig):
@@ -112,17 +123,16 @@ class DynaSpecConfig(PretrainedConfig):
         """The greedy schedule, then every temperature band's."""
         return [self.schedule()] + [{name: band[name] for name in SCHEDULE_FIELDS} for band in self.temperature_bands]
 
-    def shortlist_at(self, position: int, temperature: float = 0.0) -> tuple[int, int, int, float]:
-        """`(core tokens, routed clusters, context tokens, tail weight)` used at draft position `position` (0-based)
-        when drafting at `temperature`; the tail weight (`sampling_tail` when sampling with routed clusters, else
-        0) scales the router's estimate for the rest of the vocabulary."""
+    def shortlist_at(self, position: int, temperature: float = 0.0) -> Shortlist:
+        """The shortlist of draft position `position` (0-based) when drafting at `temperature` (0: greedy); its
+        tail weight is `sampling_tail` when sampling with routed clusters, else 0."""
         schedule = self.schedule(temperature)
         cores, ks = schedule["core_by_position"], schedule["k_by_position"]
         core, k = cores[min(position, len(cores) - 1)], ks[min(position, len(ks) - 1)]
         if k >= self.num_clusters:  # every cluster is the whole vocabulary: the rest would only duplicate it
-            return 0, self.num_clusters, 0, 0.0
+            return Shortlist(0, self.num_clusters, 0, 0.0)
         tail = float(self.sampling_tail) if temperature > 0 and k > 0 else 0.0
-        return core, k, schedule["num_context_tokens"], tail
+        return Shortlist(core, k, schedule["num_context_tokens"], tail)
 
     @property
     def drafter_vocab_size(self) -> int | None:

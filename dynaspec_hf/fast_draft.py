@@ -19,6 +19,7 @@ import torch
 from transformers import LogitsProcessorList
 from transformers.generation import GenerateDecoderOnlyOutput
 
+from .configuration_dynaspec import Shortlist
 from .draft_output import draft_output
 from .static_cache import StaticCacheModel, causal
 
@@ -66,7 +67,7 @@ class GraphDrafter:
     def graphs(self) -> dict:
         return self.body.graphs
 
-    def _step(self, ids: torch.Tensor, shortlist: tuple[int, int, int, float]) -> None:
+    def _step(self, ids: torch.Tensor, shortlist: Shortlist) -> None:
         """Body over `ids` at the cache's write position, then router + head over `shortlist` (core tokens, routed
         clusters, context slots, tail: `config.shortlist_at`).
 
@@ -76,7 +77,7 @@ class GraphDrafter:
         assistant, num_tokens = self.assistant, ids.shape[1]
         positions = torch.arange(num_tokens, device=ids.device) + self.body.write_position
 
-        k = shortlist[1]
+        k = shortlist.clusters
         routed = 0 < k < assistant.config.num_clusters
         streams = self.router_stream is not None
         routing = (ids.new_empty(1, 0) if k == 0 else None), None
@@ -97,18 +98,17 @@ class GraphDrafter:
                     if tensor is not None:
                         tensor.record_stream(main)
         # a step with c context slots reads the first c (most recent) of the buffer
-        self.logits.copy_(assistant.shortlist_logits(hidden, routing[0], shortlist, self.index, self.context,
-                                                     routing[1]))
+        self.logits.copy_(assistant.draft_step(hidden, None, None, shortlist, self.index, self.context, routing))
         self.previous.copy_(hidden)
 
     def _routing(self, previous: torch.Tensor, token_ids: torch.Tensor, shortlist) -> tuple:
-        k, tail = shortlist[1], shortlist[3]
+        k, tail = shortlist.clusters, shortlist.tail
         if not self.route:  # for measuring the router's cost: the same head work on fixed clusters
             scores = torch.zeros(1, self.assistant.config.num_clusters, device=token_ids.device)
             return torch.arange(k, device=token_ids.device)[None], scores.log_softmax(-1) if tail else None
         return self.assistant.routing(previous, token_ids, k, tail)
 
-    def _run(self, ids: torch.Tensor, shortlist: tuple[int, int, int, float], prompt: bool = False) -> None:
+    def _run(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False) -> None:
         """One step, replayed from its graph when it has a graph shape (a `prompt`'s read, whose length varies, runs
         eagerly: it is never captured or compiled); head counters count it once."""
         head = self.assistant.lm_head
@@ -119,8 +119,8 @@ class GraphDrafter:
             tokens = self.tokens[:, : ids.shape[1]]
             tokens.copy_(ids)
             self.body.run((ids.shape[1], *shortlist), lambda: self._step(tokens, shortlist), keep=(self.previous,))
-        num_core, k, context, _ = shortlist
-        head.rows_computed = rows + num_core + k * self.assistant.config.cluster_size + context
+        head.rows_computed = rows + shortlist.core + shortlist.clusters * self.assistant.config.cluster_size + \
+            shortlist.context
         head.calls = calls + 1
 
     def release(self) -> None:

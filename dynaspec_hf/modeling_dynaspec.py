@@ -32,7 +32,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import cached_file
 
 from .clusters import TokenClusters
-from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig
+from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, Shortlist
 from .context_tokens import recent_distinct_tokens
 from .draft_output import cache_field, draft_output, output_cache
 from .logit_transform import LogitTransform
@@ -290,14 +290,10 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         left = 1 - outside.logsumexp(-1, keepdim=True).exp().clamp(max=1 - 1e-6)  # the shortlist's share
         return outside.scatter_(1, slots, row_logits.float().log_softmax(-1) + left.log())[:, :vocab_size]
 
-    def route(self, previous_hidden: torch.Tensor, token_ids: torch.Tensor, k: int) -> torch.Tensor | None:
-        """Top-`k` cluster ids `[B, k]` for the next position (None means every cluster)."""
-        return self.routing(previous_hidden, token_ids, k)[0]
-
     def routing(self, previous_hidden: torch.Tensor, token_ids: torch.Tensor, k: int, tail: float = 0.0
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """`(route(...), the router's log-probability of every cluster [B, C] if tail else None)`: one router pass
-        for the shortlist and for the tail estimate of `shortlist_logits`."""
+        """The router's top-`k` cluster ids `[B, k]` for the next position (None: every cluster), and its
+        log-probability of every cluster `[B, C]` when `tail` (the tail's estimate in `draft_step`), else None."""
         if k >= self.config.num_clusters:
             return None, None
         if k == 0:
@@ -327,50 +323,38 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
         return recent_distinct_tokens(ids, size, self.config.drafter_vocab_size)
 
-    def next_token_logits(
-        self,
-        hidden: torch.Tensor,
-        previous_hidden: torch.Tensor,
-        token_ids: torch.Tensor,
-        position: int,
-        index: ShortlistIndex | None = None,
-        context_ids: torch.Tensor | None = None,
-        temperature: float = 0.0,
-    ) -> torch.Tensor:
-        """Float32 `[B, vocab]` logits for the token after `token_ids`, `-inf` outside the routed shortlist (or the
-        tail's log-probabilities there when sampling: `config.sampling_tail`).
+    def next_token_logits(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
+                          position: int, index: ShortlistIndex | None = None, context_ids: torch.Tensor | None = None,
+                          temperature: float = 0.0) -> torch.Tensor:
+        """`draft_step` with the shortlist of draft position `position` (0-based) at `temperature` (0: greedy)."""
+        return self.draft_step(hidden, previous_hidden, token_ids, self.config.shortlist_at(position, temperature),
+                               index, context_ids)
 
-        `hidden` is the body's output at `token_ids`, `previous_hidden` the one before it (the router's input, so
-        routing does not wait for `hidden`); `position` (0-based draft position) and `temperature` (0: greedy)
-        pick the shortlist; `context_ids` (from `context_tokens`, at least as many as the schedule's context slots)
-        fill the context slots. Pass `index` (`lm_head.index()`) to reuse it.
+    def draft_step(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
+                   shortlist: Shortlist, index: ShortlistIndex | None = None, context_ids: torch.Tensor | None = None,
+                   routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
+        """The router + head of every draft step (eager or graph-replayed, chain or tree): float32 `[B, vocab]`
+        logits for the token after `token_ids`, `-inf` outside `shortlist`. With the shortlist's tail weight,
+        log-probabilities instead: each token outside gets the weight times its cluster's routed mass times its
+        share of the cluster (`lm_head.token_log_share`).
+
+        `hidden` is the body's output at `token_ids`, `previous_hidden` the one before it: the router's input, so
+        routing need not wait for `hidden`. `context_ids` (`context_tokens`, at least `shortlist.context` of them)
+        fill the context slots; `index` (`lm_head.index()`) may be passed to reuse it; `routing` is `routing(...)`'s
+        result where the caller ran it already (the graph drafter, on a stream of its own).
         """
-        shortlist = self.config.shortlist_at(position, temperature)
-        num_core, k, context, tail = shortlist
-        if context and (context_ids is None or context_ids.shape[1] < context):
-            raise ValueError(f"The schedule has {context} context-token slots: pass as many `context_ids` "
+        if shortlist.context and (context_ids is None or context_ids.shape[1] < shortlist.context):
+            raise ValueError(f"The schedule has {shortlist.context} context-token slots: pass as many `context_ids` "
                              f"(`context_tokens`).")
-        if index is None and (num_core or context or tail):
+        if index is None and (shortlist.core or shortlist.context or shortlist.tail):
             index = self.lm_head.index()
-        cluster_ids, log_mass = self.routing(previous_hidden, token_ids, k, tail)
-        return self.shortlist_logits(hidden, cluster_ids, shortlist, index, context_ids, log_mass)
-
-    def shortlist_logits(self, hidden: torch.Tensor, cluster_ids: torch.Tensor | None,
-                         shortlist: tuple[int, int, int, float], index: ShortlistIndex | None,
-                         context_ids: torch.Tensor | None, cluster_log_mass: torch.Tensor | None = None
-                         ) -> torch.Tensor:
-        """The head half of every draft step (eager or graph-replayed, chain or tree): float32 `[B, vocab]` logits,
-        `-inf` outside `shortlist` (core tokens, routed clusters `cluster_ids`, the first context slots of
-        `context_ids`: `config.shortlist_at`). With the shortlist's tail weight, log-probabilities instead: each
-        token outside gets the weight times its cluster's routed mass (`cluster_log_mass`, from `routing`) times
-        its share of the cluster (`lm_head.token_log_share`)."""
-        num_core, _, context, tail = shortlist
-        context_ids = context_ids[:, :context] if context else None
-        rows = self.lm_head(hidden, cluster_ids, num_core, index, context_ids)
-        if not tail:
+        cluster_ids, log_mass = routing or self.routing(previous_hidden, token_ids, shortlist.clusters, shortlist.tail)
+        context_ids = context_ids[:, : shortlist.context] if shortlist.context else None
+        rows = self.lm_head(hidden, cluster_ids, shortlist.core, index, context_ids)
+        if not shortlist.tail:
             return self._spread(*rows)
-        estimate = cluster_log_mass[:, index.token_cluster] + self.lm_head.token_log_share
-        return self._spread(*rows, estimate + math.log(tail))
+        estimate = log_mass[:, index.token_cluster] + self.lm_head.token_log_share
+        return self._spread(*rows, estimate + math.log(shortlist.tail))
 
     @torch.no_grad()
     def draft(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .configuration_dynaspec import Shortlist
 from .draft_output import output_cache
 from .static_cache import StaticCacheModel, causal
 
@@ -187,7 +188,7 @@ class TreeDrafter:
         """Begin a generation: nothing is cached."""
         self.cached = 0
 
-    def _prefix_step(self, ids: torch.Tensor, shortlist: tuple[int, int, int, float]) -> None:
+    def _prefix_step(self, ids: torch.Tensor, shortlist: Shortlist) -> None:
         """Body over `ids` `[1, count]`; the root's body output, token and logits."""
         count = ids.shape[1]
         positions = torch.arange(count, device=self.device) + self.cache.write_position
@@ -198,12 +199,11 @@ class TreeDrafter:
         self.token[:1].copy_(ids[0, -1:])
         self.root_logits.copy_(self._head(self.states[1:2], self.states[0:1], ids[:, -1], shortlist))
 
-    def _head(self, hidden, previous, token_ids, shortlist: tuple[int, int, int, float]) -> torch.Tensor:
-        context = self.context.expand(hidden.shape[0], -1) if shortlist[2] else None
-        clusters, log_mass = self.assistant.routing(previous, token_ids, shortlist[1], shortlist[3])
-        return self.assistant.shortlist_logits(hidden, clusters, shortlist, self.index, context, log_mass)
+    def _head(self, hidden, previous, token_ids, shortlist: Shortlist) -> torch.Tensor:
+        context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
+        return self.assistant.draft_step(hidden, previous, token_ids, shortlist, self.index, context)
 
-    def _expansion(self, plan: list[list[tuple[tuple[int, int, int, float], list[int]]]], do_sample: bool, per_node: int,
+    def _expansion(self, plan: list[list[tuple[Shortlist, list[int]]]], do_sample: bool, per_node: int,
                    processors) -> None:
         """The whole expansion and the final choice, device work only (what the graph captures). `plan[f]` lists
         node forward f's shortlists with the draft positions that use them."""
@@ -285,12 +285,12 @@ class TreeDrafter:
         self.value[span] = torch.where(exists, self.value[parents][:, None] * scores, float("-inf")).flatten()
         self.ancestors[span] = ancestors.repeat_interleave(self.width, dim=0)
 
-    def _plan(self, temperature: float) -> list[list[tuple[tuple[int, int, int, float], list[int]]]]:
+    def _plan(self, temperature: float) -> list[list[tuple[Shortlist, list[int]]]]:
         """Per node forward, the distinct shortlists of the draft positions its nodes can have (forward f takes
         nodes of depth 1..f+1, and a node of depth d drafts position d)."""
         plan = []
         for forward in range(self.max_depth - 1):
-            shortlists: dict[tuple[int, int, int, float], list[int]] = {}
+            shortlists: dict[Shortlist, list[int]] = {}
             for position in range(1, forward + 2):
                 shortlists.setdefault(self.assistant.config.shortlist_at(position, temperature), []).append(position)
             plan.append(list(shortlists.items()))

@@ -44,7 +44,7 @@ def test_shortlist_is_the_union_of_core_clusters_and_context():
     for position, scores in enumerate(out.scores):
         at = ids.shape[1] - 1 + position
         core, k, slots, _ = config.shortlist_at(position)
-        clusters = assistant.route(states[at - 1][None], out.sequences[:, at], k)[0]
+        clusters = assistant.routing(states[at - 1][None], out.sequences[:, at], k)[0][0]
         routed = set(head.cluster_token_ids[clusters].flatten().tolist()) - {-1}
         expected = set(head.core_token_ids[:core].tolist()) | routed | context
         finite = torch.isfinite(scores[0])
