@@ -45,6 +45,7 @@ from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2C
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig  # noqa: E402
 from dynaspec_hf.draft_output import output_cache  # noqa: E402
+from dynaspec_hf.engines import kept_engine  # noqa: E402
 from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache  # noqa: E402
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from dynaspec_hf.static_cache import cache_keyword  # noqa: E402
@@ -95,7 +96,7 @@ def check_exactness(log) -> dict:
             exact += torch.equal(plain, target.generate(ids, assistant_model=assistant, do_sample=False,
                                                         max_new_tokens=new))
             total += 1
-        graphs = len(assistant.__dict__["_graph_drafter"].graphs)
+        graphs = len(kept_engine(assistant, "chain drafter").graphs)
         own = {}  # the own loop: chain drafted by the graph drafter, tree drafted eagerly, both verified from a graph
         prompts = [torch.randint(0, 192, (1, 9), generator=generator).cuda() for _ in range(10)]
         new = 20 if family in ("llama", "qwen2") else 100
@@ -107,7 +108,7 @@ def check_exactness(log) -> dict:
                             dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new, tree=tree,
                                                  compile=compile))
                 for ids in prompts)
-        own["verifier graphs"] = len(target.__dict__["_dynaspec_tree_verifier"].model.graphs)
+        own["verifier graphs"] = len(kept_engine(target, "verifier").model.graphs)
         results[f"{family}/{setting}"] = dict(exact=exact, prompts=total, graphs=graphs, own_loop=own, own_prompts=10)
         own_text = " | ".join(f"{own[shape]}/10" if shape in own else "-"
                               for shape in ("chain", "tree", "chain, compiled", "tree, compiled"))
@@ -288,16 +289,16 @@ def check_sampling(log) -> dict:
         assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
         torch.manual_seed(1234)
         record(setting, lambda: target.generate(prompt, assistant_model=assistant, do_sample=True, max_new_tokens=3),
-               lambda: "_graph_drafter" in assistant.__dict__)
+               lambda: kept_engine(assistant, "chain drafter") is not None)
         # the own loop's tree, its expansion replayed from a CUDA graph (sampling inside the graph)
         record(f"own loop tree, {setting}",
                lambda: dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3),
                lambda: any(key[0] == "tree" and graph is not None
-                           for key, graph in assistant.__dict__["_dynaspec_tree_drafter"].cache.graphs.items()))
+                           for key, graph in kept_engine(assistant, "tree drafter").cache.graphs.items()))
         record(f"own loop chain of 2, {setting}",
                lambda: dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3,
                                             tree=TreeConfig.chain(2)),
-               lambda: "_graph_drafter" in assistant.__dict__)
+               lambda: kept_engine(assistant, "chain drafter") is not None)
     return results
 
 
@@ -521,7 +522,7 @@ def round_times(log, drafters=ROUND_DRAFTERS) -> dict:
         times = {"round floor (ms)": round_floor}
         for kernels, options in COMPILED.items():
             started = time.perf_counter()
-            engine = assistant._graph_drafter_for(prompt, BLOCK, None, None, options)
+            engine = assistant.chain_drafter(prompt.shape[1] + BLOCK, options)
             cache = StaticDraftCache(engine)
             engine.draft(prompt, BLOCK, cache)  # the prompt, eagerly; then blocks that re-read two tokens
             engine.draft(prompt, BLOCK, cache)  # captures the graphs (and compiles)

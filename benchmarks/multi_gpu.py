@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig  # noqa: E402
 from dynaspec_hf.demo import train_tokenizer  # noqa: E402
+from dynaspec_hf.engines import kept_engine  # noqa: E402
 
 
 def make_pair(data: Path, out: Path, vocab_size: int = 32_000) -> None:
@@ -79,7 +80,7 @@ def sharded_exactness(pair: Path, log) -> dict:
                                                          max_new_tokens=48))
         exact_tree += torch.equal(plain, dynaspec_hf.generate(target, assistant, ids, max_new_tokens=48,
                                                               tree=TreeConfig(num_nodes=12, max_depth=6)))
-    graphs = "_graph_drafter" in assistant.__dict__
+    graphs = kept_engine(assistant, "chain drafter") is not None
     result = dict(target_devices=devices, assistant_device=str(last), prompts=len(prompts), exact_assisted=exact_loop,
                   exact_tree=exact_tree, graph_drafter_used=graphs)
     log(f"| target on {', '.join(devices)}; assistant on {last} | {exact_loop}/{len(prompts)} | "

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig, generation  # noqa: E402
+from dynaspec_hf.engines import kept_engine  # noqa: E402
 from dynaspec_hf.static_cache import causal  # noqa: E402
 from dynaspec_hf.tree import TreeDrafter  # noqa: E402
 from dynaspec_hf.verification import TreeVerifier  # noqa: E402
@@ -145,7 +146,7 @@ def tree_forward_split(assistant) -> dict:
     `assistant`: its whole expansion graph (median replay) against graphs of the same node forwards' bodies alone,
     bodies and heads, and bodies over one token each. What the expansion adds to bodies and heads is the tree's
     own work: choosing the next nodes, growing the candidate pool, q."""
-    drafter = assistant.__dict__["_dynaspec_tree_drafter"]
+    drafter = kept_engine(assistant, "tree drafter")
     cache = drafter.cache
     key = next(k for k in cache.graphs if k[0] == "tree")  # the expansion this script's generations replayed
     rollback = lambda: cache.set_length(drafter.base)  # noqa: E731  (node forwards write past the committed text)

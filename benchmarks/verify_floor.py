@@ -24,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dynaspec_hf.engines import release_engines  # noqa: E402
 from dynaspec_hf.tree import TokenTree  # noqa: E402
 from dynaspec_hf.verification import tree_verifier  # noqa: E402
 from gpu_checks import COMPILED, TARGET_8B, VOCAB, copy_bandwidth, graph_ms  # noqa: E402
@@ -102,8 +103,7 @@ def verification_pass(target, options) -> dict:
             kernels[kind] = kernels.get(kind, 0) + event.count / passes
     out["device busy (ms)"] = sum(busy.values())
     out["busy by class (ms)"], out["kernels by class"] = busy, kernels
-    verifier.model.release()
-    target.__dict__.pop("_dynaspec_tree_verifier")
+    release_engines(target, "verifier")
     return out
 
 

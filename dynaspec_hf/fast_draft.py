@@ -59,8 +59,8 @@ class GraphDrafter:
         self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
         self.active: StaticDraftCache | None = None
         with torch.cuda.device(device) if self.router_stream is not None else nullcontext():
-            # allocate the static layers (they allocate on their first write) with one eager step at position 0
-            self._step(self.tokens[:, :1], assistant.config.shortlist_at(0))
+            # the static layers allocate on their first write: one eager forward of the body at position 0
+            self.body.forward(self.tokens[:, :1], self.tokens.new_zeros(1), causal(1, device))
             self.body.set_length(0)
 
     @property

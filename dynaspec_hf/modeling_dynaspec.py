@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from .clusters import TokenClusters
 from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, Shortlist
 from .context_tokens import recent_distinct_tokens
 from .draft_output import cache_field, draft_output, output_cache
+from .engines import engine_for, release_engines
 from .logit_transform import LogitTransform
 from .router import ClusterRouter
 from .shortlist_head import ShortlistHead, ShortlistIndex
@@ -44,6 +46,15 @@ from .static_cache import cache_keyword
 DEFAULT_DRAFT_TOKENS = 6
 REPORT_NAME = "calibration_report.json"
 _IGNORED_GENERATE_KWARGS = {"position_ids", "logits_to_keep", "use_cache", "token_type_ids", "cache_position"}
+
+
+@dataclass
+class DraftingOptions:
+    """How an assistant drafts (`assistant.drafting`); none of these changes what it drafts."""
+
+    cuda_graphs: bool = True  # draft on a static cache, each step replayed from a CUDA graph on CUDA; False: eager
+    static_cache_off_cuda: bool = False  # the static-cache drafter off CUDA too, its steps eager (the own loop's
+    # chains always draft so: a static cache rolls back on any transformers version)
 
 
 class DynaSpecPreTrainedModel(PreTrainedModel):
@@ -71,8 +82,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         # Draft block length for `target.generate(assistant_model=...)`; saved in generation_config.json.
         self.generation_config.num_assistant_tokens = DEFAULT_DRAFT_TOKENS
         self.generation_config.num_assistant_tokens_schedule = "constant"
-        # On CUDA, draft blocks replay captured CUDA graphs on a static cache (`fast_draft.py`); False: eager.
-        self.use_cuda_graphs = True
+        self.drafting = DraftingOptions()
         # What calibration measured (`dynaspec_hf.calibrate`): saved and loaded as calibration_report.json, and
         # summarized in the model card, so a published assistant carries its evidence.
         self.calibration_report: dict | None = None
@@ -158,11 +168,17 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         self.config = config
         if unchanged:
             return self
-        for name in ("_graph_drafter", "_dynaspec_tree_drafter"):
-            stale = self.__dict__.pop(name, None)
-            if stale is not None:
-                stale.release()  # its graphs were captured for the old schedule
+        release_engines(self, "chain drafter", "tree drafter")  # their graphs were captured for the old schedule
         return self
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        """`drafting.cuda_graphs`: False drafts eagerly."""
+        return self.drafting.cuda_graphs
+
+    @use_cuda_graphs.setter
+    def use_cuda_graphs(self, value: bool) -> None:
+        self.drafting.cuda_graphs = value
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -492,40 +508,31 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
 
     def draft_block(self, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None,
                     compile_options: dict | None = None, static_cache: bool = False, **options):
-        """`draft`, replayed from CUDA graphs when this call can use the fast path (see `_graph_drafter_for`), with
-        the body's steps compiled by `torch.compile(**compile_options)` when they are given. `static_cache`: draft
-        on the graph drafter's static cache on any device, eagerly off CUDA (the own loop's chains: a static cache
-        rolls back on any transformers version)."""
-        graph_drafter = self._graph_drafter_for(input_ids, max_new_tokens, attention_mask, past_key_values,
-                                                compile_options, anywhere=static_cache)
-        if graph_drafter is not None:
-            self.check_token_ids(input_ids)
-            return graph_drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
-        return self.draft(input_ids, max_new_tokens, past_key_values=past_key_values, attention_mask=attention_mask,
-                          **options)
+        """`draft` on the chain drafter's static cache (`fast_draft.GraphDrafter`, kept on the assistant) where it
+        serves (batch 1, no padding, `drafting` allows it): steps replayed from CUDA graphs on CUDA, compiled by
+        `torch.compile(**compile_options)` when they are given. `static_cache`: use it off CUDA too, eagerly (the
+        own loop's chains: a static cache rolls back on any transformers version)."""
+        from .fast_draft import StaticDraftCache
 
-    def _graph_drafter_for(self, input_ids, max_new_tokens, attention_mask, past_key_values,
-                           compile_options: dict | None = None, anywhere: bool = False):
-        """The CUDA-graph drafter when this call can use it (CUDA or `anywhere`, batch 1, no padding), else None."""
-        from .fast_draft import GraphDrafter, StaticDraftCache
+        usable = (self.drafting.cuda_graphs and input_ids.shape[0] == 1
+                  and (self.device.type == "cuda" or self.drafting.static_cache_off_cuda or static_cache)
+                  and (past_key_values is None or isinstance(past_key_values, StaticDraftCache))
+                  and (attention_mask is None or bool(attention_mask.all())))  # batch 1, no padding
+        if not usable:
+            return self.draft(input_ids, max_new_tokens, past_key_values=past_key_values,
+                              attention_mask=attention_mask, **options)
+        self.check_token_ids(input_ids)
+        drafter = self.chain_drafter(input_ids.shape[1] + max_new_tokens, compile_options)
+        return drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
 
-        if not self.use_cuda_graphs or (self.device.type != "cuda" and not anywhere) or input_ids.shape[0] != 1:
-            return None
-        if past_key_values is not None and not isinstance(past_key_values, StaticDraftCache):
-            return None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            return None
-        needed = input_ids.shape[1] + max_new_tokens
-        drafter = self.__dict__.get("_graph_drafter")
-        stale = (drafter is None or drafter.max_length < needed or drafter.device != self.device
-                 or drafter.dtype != self.dtype or drafter.context.shape[1] < self.config.max_context_tokens
-                 or drafter.body.compile_options != compile_options)
-        if stale:
-            if drafter is not None:
-                drafter.release()
-            drafter = GraphDrafter(self, max_length=max(2048, 2 * needed), compile_options=compile_options)
-            self.__dict__["_graph_drafter"] = drafter
-        return drafter
+    def chain_drafter(self, length: int, compile_options: dict | None = None):
+        """The static-cache chain drafter (`fast_draft.GraphDrafter`) for drafts reaching `length` positions, kept
+        on the assistant between calls (`engines.py`)."""
+        from .fast_draft import GraphDrafter
+
+        settings = (self.device, self.dtype, self.config.max_context_tokens, compile_options)
+        return engine_for(self, "chain drafter", length, settings,
+                          lambda size: GraphDrafter(self, size, compile_options=compile_options))
 
 
 @torch.no_grad()

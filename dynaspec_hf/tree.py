@@ -19,6 +19,7 @@ import torch
 
 from .configuration_dynaspec import Shortlist
 from .draft_output import output_cache
+from .engines import engine_for
 from .static_cache import StaticCacheModel, causal
 
 
@@ -357,16 +358,10 @@ def processors_key(processors) -> tuple:
 
 def tree_drafter(assistant, length: int, max_depth: int, width: int,
                  compile_options: dict | None = None) -> TreeDrafter:
-    """The assistant's tree drafter, kept on it between calls so its graphs are captured once; rebuilt when a
-    generation needs a longer cache, another tree shape or other compile options."""
-    drafter = assistant.__dict__.get("_dynaspec_tree_drafter")
-    if (drafter is None or drafter.max_length < length or (drafter.max_depth, drafter.width) != (max_depth, width)
-            or drafter.device != assistant.device or drafter.dtype != assistant.dtype
-            or drafter.context.shape[1] < assistant.config.max_context_tokens
-            or drafter.cache.compile_options != compile_options):
-        if drafter is not None:
-            drafter.release()
-        drafter = TreeDrafter(assistant, max(256, 2 * length), max_depth, width, compile_options)
-        assistant.__dict__["_dynaspec_tree_drafter"] = drafter
+    """The assistant's tree drafter for a generation of `length` positions, kept on it (`engines.py`)."""
+    settings = (max_depth, width, assistant.device, assistant.dtype, assistant.config.max_context_tokens,
+                compile_options)
+    drafter = engine_for(assistant, "tree drafter", length, settings,
+                         lambda size: TreeDrafter(assistant, size, max_depth, width, compile_options))
     drafter.start()
     return drafter

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .engines import engine_for
 from .static_cache import StaticCacheModel, causal
 from .tree import TokenTree, processors_key
 
@@ -25,7 +26,7 @@ class TreeVerifier:
 
     def __init__(self, target, max_length: int, size: int, compile_options: dict | None = None):
         self.model = StaticCacheModel(target, max_length, compile_options)
-        self.size, self.cached, self.passes = size, 0, 0  # passes: this generation's, replays included
+        self.size, self.cached = size, 0
         device = target.device
         # a replayed pass's inputs, written on the host and sent in one copy (building them with device operations
         # was ~15 launches, about 1 ms of host time with the device idle, per round): tokens, positions, which
@@ -43,7 +44,14 @@ class TreeVerifier:
 
     def start(self) -> None:
         """Begin a generation: nothing is cached."""
-        self.cached = self.passes = 0
+        self.cached = 0
+
+    @property
+    def max_length(self) -> int:
+        return self.model.max_length
+
+    def release(self) -> None:
+        self.model.release()
 
     @torch.no_grad()
     def verify(self, committed: torch.Tensor, tree: TokenTree) -> torch.Tensor:
@@ -70,7 +78,6 @@ class TreeVerifier:
             logits = self.logits[n_chain - 1 : count].clone()
         self.cached = committed.shape[0]
         self.model.set_length(self.cached)
-        self.passes += 1
         return logits
 
     @torch.no_grad()
@@ -155,15 +162,10 @@ def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: tor
 
 
 def tree_verifier(target, length: int, size: int, compile_options: dict | None = None) -> TreeVerifier:
-    """The target's verifier, kept on the target between calls so its graph is captured once; rebuilt when a
-    generation needs a longer cache, another padded size or other compile options."""
-    verifier = target.__dict__.get("_dynaspec_tree_verifier")
-    if (verifier is None or verifier.model.max_length < length or verifier.size != size
-            or verifier.model.device != target.device or verifier.model.dtype != target.dtype
-            or verifier.model.compile_options != compile_options):
-        if verifier is not None:
-            verifier.model.release()
-        verifier = TreeVerifier(target, max(256, 2 * length), size, compile_options)
-        target.__dict__["_dynaspec_tree_verifier"] = verifier
+    """The target's verifier for a generation of `length` positions and passes of `size` tokens, kept on the
+    target (`engines.py`)."""
+    settings = (size, target.device, target.dtype, compile_options)
+    verifier = engine_for(target, "verifier", length, settings,
+                          lambda max_length: TreeVerifier(target, max_length, size, compile_options))
     verifier.start()
     return verifier

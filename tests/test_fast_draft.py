@@ -7,18 +7,19 @@ the static cache, its crop-by-length and the position mask must already give the
 import pytest
 import torch
 
-from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache
+from dynaspec_hf.engines import kept_engine
+from dynaspec_hf.fast_draft import StaticDraftCache
 from dynaspec_hf.measure import count_forward_calls
 from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, rollback_limited, tiny_config, tiny_pair
 
 SLIDING = sorted(family for family, (_, kwargs) in FAMILIES.items() if "sliding_window" in kwargs)
 
 
-def static_cache_assistant(drafter, setting, monkeypatch):
+def static_cache_assistant(drafter, setting):
+    """An assistant that drafts on its static-cache chain drafter on the CPU too, and that drafter."""
     assistant = make_assistant(drafter, setting)
-    engine = GraphDrafter(assistant, max_length=128)
-    monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args, **kwargs: engine)
-    return assistant, engine
+    assistant.drafting.static_cache_off_cuda = True
+    return assistant, assistant.chain_drafter(128)
 
 
 def narrow_window_pair(family: str, seed: int):
@@ -34,9 +35,9 @@ def narrow_window_pair(family: str, seed: int):
 
 @pytest.mark.parametrize("family,setting", [("llama", setting) for setting in sorted(SETTINGS)]
                          + [(family, "routed") for family in SLIDING])
-def test_static_cache_drafting_equals_target(family, setting, monkeypatch):
+def test_static_cache_drafting_equals_target(family, setting):
     target, drafter = tiny_pair("llama", seed=11) if family == "llama" else narrow_window_pair(family, seed=11)
-    assistant, engine = static_cache_assistant(drafter, setting, monkeypatch)
+    assistant, engine = static_cache_assistant(drafter, setting)
     generator = torch.Generator().manual_seed(5)
     passes, produced = 0, 0
     for _ in range(15):
@@ -53,11 +54,11 @@ def test_static_cache_drafting_equals_target(family, setting, monkeypatch):
 
 @pytest.mark.parametrize("family,setting", [("qwen2", "routed"), ("qwen2", "context")]
                          + [(family, "routed") for family in SLIDING if not rollback_limited(family)])
-def test_static_cache_drafts_equal_eager_drafts(family, setting, monkeypatch):
+def test_static_cache_drafts_equal_eager_drafts(family, setting):
     """Block by block, the static-cache drafter proposes the eager drafter's tokens with the same scores (for
     sliding-window families, beyond their 8-token window; with context tokens, as the text grows)."""
     _, drafter = tiny_pair(family, seed=12)
-    assistant, engine = static_cache_assistant(drafter, setting, monkeypatch)
+    assistant, engine = static_cache_assistant(drafter, setting)
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
     eager_cache, static_cache = None, None
     for accepted in (3, 0, 5, 1):
@@ -72,11 +73,11 @@ def test_static_cache_drafts_equal_eager_drafts(family, setting, monkeypatch):
 
 
 @pytest.mark.parametrize("family", SLIDING)
-def test_static_cache_keeps_the_drafters_sliding_window(family, monkeypatch):
+def test_static_cache_keeps_the_drafters_sliding_window(family):
     """Full-vocabulary drafts on the static cache are the drafter's own greedy tokens and logits, recomputed without
     a cache, across rollbacks and beyond the 8-token window (interleaved local/global layers for Gemma)."""
     _, drafter = tiny_pair(family, seed=16)
-    assistant, engine = static_cache_assistant(drafter, "full", monkeypatch)
+    assistant, engine = static_cache_assistant(drafter, "full")
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(4))
     cache = None
     for accepted in (2, 0, 5):
@@ -93,9 +94,9 @@ def test_static_cache_keeps_the_drafters_sliding_window(family, monkeypatch):
         cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
 
 
-def test_stopping_rules_match_eager(monkeypatch):
+def test_stopping_rules_match_eager():
     _, drafter = tiny_pair("llama", seed=13)
-    assistant, engine = static_cache_assistant(drafter, "full", monkeypatch)
+    assistant, engine = static_cache_assistant(drafter, "full")
     ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
     free = assistant.draft(ids, 6).sequences[0, 9:].tolist()
     for options in (dict(eos_token_id=[free[2]]), dict(eos_token_id=[free[2]], min_new_tokens=5),
@@ -105,10 +106,10 @@ def test_stopping_rules_match_eager(monkeypatch):
         assert torch.equal(eager.sequences, fast.sequences), options
 
 
-def test_sampling_through_the_stock_loop_uses_the_static_cache(monkeypatch):
+def test_sampling_through_the_stock_loop_uses_the_static_cache():
     """The assisted loop passes its logits processors as a plain list; sampling must draft with them."""
     target, drafter = tiny_pair("llama", seed=14)
-    assistant, engine = static_cache_assistant(drafter, "routed", monkeypatch)
+    assistant, engine = static_cache_assistant(drafter, "routed")
     ids = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(2))
     torch.manual_seed(0)
     out = target.generate(ids, assistant_model=assistant, do_sample=True, temperature=0.7, top_k=20, max_new_tokens=12)
@@ -126,11 +127,11 @@ def test_static_draft_cache_crop_counts_like_dynamic_cache():
     assert cache.get_seq_length() == 0
 
 
-def test_candidate_generator_drafts_through_the_fast_path(monkeypatch):
+def test_candidate_generator_drafts_through_the_fast_path():
     from dynaspec_hf import DynaSpecCandidateGenerator
 
     _, drafter = tiny_pair("llama", seed=15)
-    assistant, engine = static_cache_assistant(drafter, "routed", monkeypatch)
+    assistant, engine = static_cache_assistant(drafter, "routed")
     ids = torch.randint(0, VOCAB, (1, 11), generator=torch.Generator().manual_seed(3))
     candidates, logits = DynaSpecCandidateGenerator(assistant).get_candidates(ids)
     assert engine.active is not None
@@ -144,8 +145,7 @@ def test_new_schedule_frees_the_old_graphs_at_once():
     (seen on the H100: 'operation not permitted when stream is capturing'); a schedule change frees them first."""
     _, drafter = tiny_pair("llama", seed=14)
     assistant = make_assistant(drafter, "routed")
-    engine = GraphDrafter(assistant, max_length=64)
-    assistant.__dict__["_graph_drafter"] = engine
+    engine = assistant.chain_drafter(64)
     freed = []
 
     class Graph:
@@ -154,7 +154,7 @@ def test_new_schedule_frees_the_old_graphs_at_once():
 
     engine.graphs.update({(1, 0, 0): Graph(), (2, 0, 0): None, (1, 1, 1): Graph()})
     assistant.set_schedule(k_by_position=list(assistant.config.k_by_position))  # the same schedule keeps them
-    assert freed == [] and assistant.__dict__["_graph_drafter"] is engine and len(engine.graphs) == 3
+    assert freed == [] and kept_engine(assistant, "chain drafter") is engine and len(engine.graphs) == 3
     assistant.set_schedule(k_by_position=[2])
     assert len(freed) == 2 and engine.graphs == {}
-    assert "_graph_drafter" not in assistant.__dict__
+    assert kept_engine(assistant, "chain drafter") is None

@@ -5,7 +5,6 @@ import torch
 
 import dynaspec_hf
 from dynaspec_hf import DynaSpecConfig
-from dynaspec_hf.fast_draft import GraphDrafter
 from conftest import SAMPLING_BAND, make_assistant, tiny_config, tiny_pair
 
 BAND = (4, 1, 8)  # SAMPLING_BAND as (core tokens, routed clusters, context slots)
@@ -63,8 +62,7 @@ def test_sampling_drafts_with_the_band_and_greedy_with_the_main_schedule(loop, m
     assistant = make_assistant(drafter, "routed")
     assert assistant.config.schedule(1.0) == SAMPLING_BAND
     if loop == "static cache":
-        engine = GraphDrafter(assistant, max_length=128)
-        monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args, **kwargs: engine)
+        assistant.drafting.static_cache_off_cuda = True
     used = shortlists_used(assistant, monkeypatch)
     prompt = torch.randint(0, 192, (1, 12), generator=torch.Generator().manual_seed(0))
 

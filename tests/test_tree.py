@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 import dynaspec_hf
 from dynaspec_hf import TreeConfig
 from dynaspec_hf.verification import TreeVerifier, recursive_rejection_sample
+from dynaspec_hf.engines import kept_engine
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import SiblingAcceptance, TreeDrafter
 from conftest import FAMILIES, FAMILY_CASES, VOCAB, make_assistant, random_cases, tiny_pair
@@ -225,20 +226,17 @@ def test_perfect_drafter_chain_is_fully_accepted():
     assert calls[0] == 6, f"{calls[0]} target passes for 30 tokens in blocks of 4 + 1"
 
 
-def test_own_loop_chain_drafts_with_the_graph_drafter(monkeypatch):
+def test_own_loop_chain_drafts_with_the_graph_drafter():
     """Chains in the own loop come from the assistant's chain drafter (the CUDA-graph one on the GPU; here its
     static-cache steps run eagerly) and stay exact across rounds of the padded, static-cache verifier."""
-    from dynaspec_hf.fast_draft import GraphDrafter
-
     target, drafter = tiny_pair("qwen2", seed=9)
     assistant = make_assistant(drafter, "routed")
-    engine = GraphDrafter(assistant, max_length=128)
-    monkeypatch.setattr(assistant, "_graph_drafter_for", lambda *args, **kwargs: engine)
+    engine = assistant.chain_drafter(128)
     for ids, new_tokens in random_cases(8):
         got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TreeConfig.chain(5))
         assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=new_tokens))
     assert engine.active is not None, "the chain was not drafted by the graph drafter"
-    assert target.__dict__["_dynaspec_tree_verifier"].size == TreeConfig.chain(5).verified_tokens == 11
+    assert kept_engine(target, "verifier").size == TreeConfig.chain(5).verified_tokens == 11
 
 
 @pytest.mark.parametrize("shape", sorted(TREES))
@@ -279,7 +277,7 @@ def test_custom_generate_entry_point(tmp_path, tree):
     got = target.generate(ids, assistant_model=assistant, custom_generate=dynaspec_hf.custom_generate_path(),
                           trust_remote_code=True, max_new_tokens=20, tree=tree, compile={"backend": backend})
     assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=20))
-    assert "_dynaspec_tree_verifier" in target.__dict__, "the own loop did not run"
+    assert kept_engine(target, "verifier") is not None, "the own loop did not run"
     assert compiled, "`compile` did not reach the own loop"
 
 
