@@ -44,11 +44,11 @@ from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2C
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig  # noqa: E402
-from dynaspec_hf.draft_output import output_cache  # noqa: E402
+from dynaspec_hf.compat import output_cache  # noqa: E402
 from dynaspec_hf.engines import kept_engine  # noqa: E402
 from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache  # noqa: E402
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
-from dynaspec_hf.static_cache import cache_keyword  # noqa: E402
+from dynaspec_hf.compat import cache_keyword  # noqa: E402
 from timing import cuda_ms  # noqa: E402
 
 VOCAB = 128_256

@@ -32,10 +32,11 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .clusters import TokenClusters, _frequency_order
+from .compat import unrollable_window
 from .configuration_dynaspec import Shortlist
 from .context_tokens import recent_distinct_tokens
 from .measure import measure_generation
-from .modeling_dynaspec import DynaSpecAssistant, rollback_cache, unrollable_window
+from .modeling_dynaspec import DynaSpecAssistant, rollback_cache
 from .router import ClusterRouter
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PretrainedConfig
 from transformers.generation.candidate_generator import CandidateGenerator
 
-from .draft_output import output_cache
+from .compat import output_cache
 from .modeling_dynaspec import DEFAULT_DRAFT_TOKENS, drafting_temperature
 
 

@@ -19,8 +19,8 @@ import torch
 from transformers import LogitsProcessorList
 from transformers.generation import GenerateDecoderOnlyOutput
 
+from .compat import draft_output
 from .configuration_dynaspec import Shortlist
-from .draft_output import draft_output
 from .static_cache import StaticCacheModel, causal
 
 MAX_GRAPH_TOKENS = 16  # body inputs per captured step; longer re-reads run eagerly, as every prompt does

@@ -14,7 +14,6 @@ One draft step (see `draft`):
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import tempfile
@@ -23,24 +22,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import nn
 from transformers import AutoModel, DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
-from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import cached_file
 
 from .clusters import TokenClusters
+from .compat import (cache_field, cache_keyword, check_rollback_possible, crop_cache, draft_output, output_cache,
+                     record_past)
 from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, Shortlist
 from .context_tokens import recent_distinct_tokens
-from .draft_output import cache_field, draft_output, output_cache
 from .engines import engine_for, release_engines
 from .logit_transform import LogitTransform
 from .router import ClusterRouter
 from .shortlist_head import ShortlistHead, ShortlistIndex
-from .static_cache import cache_keyword
 
 # Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
 DEFAULT_DRAFT_TOKENS = 6
@@ -593,52 +590,10 @@ def _with_vocab_size(config, vocab_size: int):
 
 
 def rollback_cache(config) -> DraftCache:
-    """An empty cache that speculative decoding can crop: sliding-window layers of recent transformers drop states
-    past their window unless told to record them until the next `crop`."""
+    """An empty cache that speculative decoding can crop (`compat.record_past`)."""
     cache = DraftCache(config)
-    if hasattr(cache, "activate_past_recording"):
-        cache.activate_past_recording()
+    record_past(cache)
     return cache
-
-
-@functools.cache
-def sliding_layers_roll_back() -> bool:
-    """Whether this transformers' sliding-window cache layers, recording their past, take several forwards between
-    two crops (a draft block before its rollback). Transformers 5.17 returns more states than its mask covers."""
-    layer = DynamicSlidingWindowLayer(sliding_window=2)
-    layer.activate_past_recording()
-    layer.update(torch.zeros(1, 1, 3, 1), torch.zeros(1, 1, 3, 1))
-    keys, _ = layer.update(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))
-    return keys.shape[-2] == 2
-
-
-def unrollable_window(cache, longest: int) -> int | None:
-    """The sliding window that a draft block reaching `longest` positions would outgrow on a transformers version
-    whose sliding layers cannot then be rolled back, or None where drafting it is possible."""
-    windows = [layer.sliding_window for layer in getattr(cache, "layers", ())
-               if isinstance(layer, DynamicSlidingWindowLayer)]
-    if windows and longest > min(windows) and not sliding_layers_roll_back():
-        return min(windows)
-    return None
-
-
-def check_rollback_possible(cache, longest: int) -> None:
-    """Raise a clear error where a sliding-window cache would outgrow its window on a transformers version whose
-    sliding layers cannot then be rolled back (instead of failing deep inside attention)."""
-    window = unrollable_window(cache, longest)
-    if window is not None:
-        raise ValueError(
-            f"The drafter attends within a sliding window of {window} tokens and this draft block reaches "
-            f"{longest}: transformers {transformers.__version__} cannot roll such a cache back after several "
-            f"draft steps. Upgrade transformers (5.23 can), or keep prompt + new tokens within the window."
-        )
-
-
-def crop_cache(cache, length: int) -> None:
-    """Keep the first `length` positions of `cache` (`Cache.crop` counts from the end in recent transformers)."""
-    excess = cache.get_seq_length() - length
-    if excess > 0:
-        cache.crop(-excess)
 
 
 def _hub_kwargs(kwargs: dict) -> dict:

@@ -16,9 +16,7 @@ the window is applied by the mask, one per layer type for models that interleave
 
 from __future__ import annotations
 
-import functools
 import gc
-import inspect
 import warnings
 from contextlib import nullcontext
 from typing import Callable, Hashable
@@ -27,6 +25,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.cache_utils import Cache, StaticLayer
 
+from .compat import cache_keyword, many_compiled_shapes
+
 # Float32 forwards of at most this many tokens attend through SDPA's math backend. With a mask, SDPA otherwise
 # picks its memory-efficient kernel, which splits the work by head and query block only: for a few query tokens it
 # streams every key of the static cache through one block per head. Measured on an H200 (round_anatomy.py, 12
@@ -34,26 +34,6 @@ from transformers.cache_utils import Cache, StaticLayer
 # matrix products the round took 0.59 of the time. In bf16 the math backend measured slower (it computes in
 # float32; gpu_checks.py rounds: 36.4 against 27.2 ms), so half-precision forwards keep SDPA's choice.
 SHORT_FORWARD = 64
-
-
-def _many_compiled_shapes():
-    """Dynamo's recompile limit raised while keyed steps may compile (never around a replay: a patch of dynamo's
-    config costs ~0.1 ms of host time). Models of one class share their compiled entries' count (verifiers and
-    drafters rebuilt for longer caches, several pairs in one process), and past the default limit of 8 dynamo would
-    run every new shape uncompiled."""
-    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
-    return torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), 64)})
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_keyword(forward) -> str:
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-
-
-def cache_keyword(model) -> str:
-    """The keyword a transformers model's forward takes its KV cache by: `cache` where the model has it (newer
-    transformers deprecate `past_key_values`, to be removed in 5.40), else `past_key_values`."""
-    return _cache_keyword(type(model).forward)
 
 
 class StaticCacheModel:
@@ -143,7 +123,7 @@ class StaticCacheModel:
         try:
             graph = self.graphs.get(key)
             if graph is None:  # not captured yet, not capturable, or its capture failed: this may compile
-                with _many_compiled_shapes() if self.compiled is not None else nullcontext():
+                with many_compiled_shapes() if self.compiled is not None else nullcontext():
                     if self.capturable and key not in self.graphs:
                         self.graphs[key] = graph = self._capture(key, step, keep)
                     if graph is None:

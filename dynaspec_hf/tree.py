@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .compat import output_cache
 from .configuration_dynaspec import Shortlist
-from .draft_output import output_cache
 from .engines import engine_for
 from .static_cache import StaticCacheModel, causal
 

@@ -55,7 +55,7 @@ def tiny_config(family: str, vocab_size: int = VOCAB, hidden_size: int = 64, lay
 def rollback_limited(family: str) -> bool:
     """A sliding-window family on a transformers whose sliding caches cannot roll a draft block back (5.17): the
     stock loop must refuse drafts that outgrow the window, with a clear error."""
-    from dynaspec_hf.modeling_dynaspec import sliding_layers_roll_back
+    from dynaspec_hf.compat import sliding_layers_roll_back
 
     return "sliding_window" in FAMILIES[family][1] and not sliding_layers_roll_back()
 
