@@ -30,7 +30,7 @@ import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig, generation  # noqa: E402
 from dynaspec_hf.engines import kept_engine  # noqa: E402
 from dynaspec_hf.static_cache import causal  # noqa: E402
-from dynaspec_hf.tree import TreeDrafter  # noqa: E402
+from dynaspec_hf.tree import ChainDrafter, TreeDrafter  # noqa: E402
 from dynaspec_hf.verification import TreeVerifier  # noqa: E402
 from gpu_checks import DRAFTERS, TARGET_8B, llama_config, random_clusters  # noqa: E402
 from timing import cuda_ms  # noqa: E402
@@ -61,7 +61,7 @@ def models(args):
 @contextmanager
 def timed_parts(totals: dict):
     """Time each part of a round (wall, device synchronized before and after) while the block runs."""
-    patches = [(generation, "draft_chain", "draft"), (TreeDrafter, "draft", "draft"),
+    patches = [(ChainDrafter, "draft", "draft"), (TreeDrafter, "draft", "draft"),
                (TreeVerifier, "verify", "verify"), (TreeVerifier, "sample", "accept"), (generation, "accept", "accept")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
 

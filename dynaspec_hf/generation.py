@@ -11,13 +11,13 @@ from q (Jeon et al., 2024; as in SpecInfer and DySpec), so each token follows th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
 from .modeling_dynaspec import drafting_temperature, sampling_processors
-from .tree import SiblingAcceptance, TokenTree, draft_chain, tree_drafter
+from .tree import TokenTree, drafter_for
 from .verification import tree_verifier
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
@@ -89,16 +89,33 @@ DEFAULT_TREE = TreeConfig.chain(6)
 
 @dataclass
 class GenerationStats:
-    """What one `generate(..., return_stats=True)` call did, summed over the batch's rows."""
+    """What one `generate(..., return_stats=True)` call did, over the batch's rows. Per round (one target pass;
+    the first also reads the prompt): the draft tokens verified, the longest draft path, the drafts accepted."""
 
     new_tokens: int = 0
-    target_passes: int = 0  # verification passes, the prompt's included
-    drafted_tokens: int = 0  # draft tokens the target verified
+    drafted: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+
+    @property
+    def target_passes(self) -> int:
+        """Verification passes, the prompt's included: one per round."""
+        return len(self.drafted)
+
+    @property
+    def drafted_tokens(self) -> int:
+        """Draft tokens the target verified."""
+        return sum(self.drafted)
 
     @property
     def tau(self) -> float:
         """Mean accepted length: new tokens per target pass (1.0 for plain decoding)."""
         return self.new_tokens / max(self.target_passes, 1)
+
+    def record(self, tree: TokenTree, accepted: int) -> None:
+        self.drafted.append(len(tree) - 1)
+        self.depths.append(max(tree.depths))
+        self.accepted.append(accepted)
 
 
 @torch.no_grad()
@@ -164,36 +181,23 @@ def generate(
     return (sequences, stats) if return_stats else sequences
 
 
-def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree_config,
+def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, shape: TreeConfig,
                   temperature, compile_options, stats: GenerationStats) -> list[int]:
     """New tokens for one unpadded prompt (counted into `stats`); `temperature` picks the assistant's schedule."""
-    verifier = tree_verifier(target, prompt.shape[0] + max_new_tokens + tree_config.verified_tokens,
-                             tree_config.verified_tokens, compile_options)
-    drafter = None if tree_config.is_chain else tree_drafter(
-        assistant, prompt.shape[0] + max_new_tokens, tree_config.max_depth, tree_config.width, compile_options)
+    length = prompt.shape[0] + max_new_tokens
+    verifier = tree_verifier(target, length + shape.verified_tokens, shape.verified_tokens, compile_options)
+    drafter = drafter_for(assistant, length, shape, compile_options)
     assistant.check_token_ids(prompt)
-    chain_cache = None
     committed = prompt.to(target.device)
     produced: list[int] = []
-    rates = SiblingAcceptance()  # sampled trees take their shape from this generation's verified outcomes
     while len(produced) < max_new_tokens:
-        budget = min(tree_config.num_nodes, max(max_new_tokens - len(produced) - 1, 1))
-        options = dict(do_sample=do_sample, processors=processors, temperature=temperature)
-        if tree_config.is_chain:
-            tree, chain_cache = draft_chain(assistant, committed.to(assistant.device), chain_cache,
-                                            num_nodes=min(budget, tree_config.max_depth),
-                                            compile_options=compile_options, **options)
-        else:
-            tree = drafter.draft(committed.to(assistant.device), num_nodes=budget,
-                                 max_children=tree_config.max_children, sibling_acceptance=rates, **options)
-        logits = verifier.verify(committed, tree)
-        stats.target_passes, stats.drafted_tokens = stats.target_passes + 1, stats.drafted_tokens + len(tree) - 1
-        new = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None, rates)
+        budget = min(shape.num_nodes, max(max_new_tokens - len(produced) - 1, 1))
+        new, tree = speculative_round(drafter, verifier, committed, budget, do_sample, processors, temperature)
+        stats.record(tree, len(new) - 1)
         new = new[: max_new_tokens - len(produced)]
         assistant.check_token_ids(new)  # the target may emit a padding row the drafter cannot read
         stop = next((i for i, token in enumerate(new) if token in eos), None)
-        if stop is not None:
-            new = new[: stop + 1]
+        new = new if stop is None else new[: stop + 1]
         produced += new
         committed = torch.cat([committed, torch.tensor(new, dtype=committed.dtype, device=committed.device)])
         if stop is not None:
@@ -202,27 +206,40 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     return produced
 
 
-def accept(tree: TokenTree, logits: torch.Tensor, outcomes: tuple[list[int], list[int]] | None = None,
-           rates: SiblingAcceptance | None = None) -> list[int]:
+def speculative_round(drafter, verifier, committed: torch.Tensor, budget: int, do_sample: bool, processors,
+                      temperature: float) -> tuple[list[int], TokenTree]:
+    """One round: draft a tree of at most `budget` tokens after `committed`, verify it in one target pass, accept
+    along it. Returns the new tokens (the accepted drafts, then the target's own) and the tree."""
+    tree = drafter.draft(committed.to(drafter.assistant.device), num_nodes=budget, do_sample=do_sample,
+                         processors=processors, temperature=temperature)
+    logits = verifier.verify(committed, tree)
+    new, trials = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None)
+    drafter.update(trials)
+    return new, tree
+
+
+def accept(tree: TokenTree, logits: torch.Tensor, outcomes: tuple[list[int], list[int]] | None = None
+           ) -> tuple[list[int], list[tuple[int, int | None]]]:
     """Walk the tree with the target's `logits`: the accepted draft tokens, then one token from the target.
 
     Greedy (`outcomes` None): follow the child equal to the target's argmax, read in one device sync. Sampling:
     `outcomes` are every node's recursive rejection sampling outcome (`TreeVerifier.sample`: the index of the
-    accepted child or -1, and the node's token); each visited node's outcome is counted in `rates`."""
+    accepted child or -1, and the node's token). Also returns the trials of the visited nodes with children: how
+    many children each had and which was accepted (None: none), what shapes later sampled trees."""
     accepted, tokens = outcomes if outcomes is not None else (None, logits.argmax(-1).tolist())
-    node, out = 0, []
+    node, out, trials = 0, [], []
     while True:
         children = tree.children[node]
         if accepted is not None:
             index = accepted[node] if accepted[node] >= 0 else None
-            if rates is not None and children:
-                rates.record(len(children), index)
+            if children:
+                trials.append((len(children), index))
             child = None if index is None else children[index]
         else:
             child = next((c for c in children if tree.tokens[c] == tokens[node]), None)
         out.append(tokens[node])
         if child is None:
-            return out
+            return out, trials
         node = child
 
 

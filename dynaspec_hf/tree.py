@@ -68,25 +68,34 @@ class TokenTree:
         return torch.tensor(self.depths[1:], dtype=torch.long, device=device) + self.root_position
 
 
-@torch.no_grad()
-def draft_chain(assistant, committed: torch.Tensor, cache, *, num_nodes: int, do_sample: bool, processors=None,
-                temperature: float = 0.0, compile_options: dict | None = None) -> tuple[TokenTree, object]:
-    """A chain of `num_nodes` drafts after `committed` as a `TokenTree`, from the assistant's chain drafter on its
-    static cache (`draft_block`: CUDA-graph steps on CUDA, eager ones elsewhere), so chains in this loop draft as
-    in transformers' loop on the GPU.
+class ChainDrafter:
+    """Chains, as token trees of width 1, for the own loop: drafted by the assistant's chain drafter on its static
+    cache (`draft_block`: CUDA-graph steps on CUDA, eager ones elsewhere), as in transformers' loop on the GPU."""
 
-    `cache` is what the previous call returned (None at first); returns the tree and the cache for the next call.
-    """
-    length = committed.shape[0]
-    out = assistant.draft_block(committed[None], num_nodes, cache, do_sample=do_sample, logits_processor=processors,
-                                temperature=temperature, compile_options=compile_options, static_cache=True)
-    tree = TokenTree(root_position=length - 1)
-    node = tree.add(int(committed[-1]), -1)
-    for token, logits in zip(out.sequences[0, length:].tolist(), out.scores):
-        if do_sample:  # q for rejection sampling; greedy acceptance reads only the tokens
-            tree.probs[node] = logits[0].softmax(-1)
-        node = tree.add(token, node)
-    return tree, output_cache(out)
+    def __init__(self, assistant, max_depth: int, compile_options: dict | None = None):
+        self.assistant, self.max_depth, self.compile_options = assistant, max_depth, compile_options
+        self.cache = None  # the chain drafter's cache between rounds
+
+    @torch.no_grad()
+    def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
+              temperature: float = 0.0) -> TokenTree:
+        """A chain of at most `num_nodes` (and `max_depth`) drafts after `committed` (1-D ids that extend the previous
+        call's); under sampling each node keeps q, the distribution its child was drawn from."""
+        length = committed.shape[0]
+        out = self.assistant.draft_block(committed[None], min(num_nodes, self.max_depth), self.cache,
+                                         do_sample=do_sample, logits_processor=processors, temperature=temperature,
+                                         compile_options=self.compile_options, static_cache=True)
+        self.cache = output_cache(out)
+        tree = TokenTree(root_position=length - 1)
+        node = tree.add(int(committed[-1]), -1)
+        for token, logits in zip(out.sequences[0, length:].tolist(), out.scores):
+            if do_sample:  # q for rejection sampling; greedy acceptance reads only the tokens
+                tree.probs[node] = logits[0].softmax(-1)
+            node = tree.add(token, node)
+        return tree
+
+    def update(self, trials: list[tuple[int, int | None]]) -> None:
+        """A chain's shape does not learn from outcomes."""
 
 
 @dataclass
@@ -183,11 +192,16 @@ class TreeDrafter:
         self.own_slots = torch.eye(self.capacity, dtype=torch.bool, device=device).view(self.forwards, width, -1)
         self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
         self.index = assistant.lm_head.index()
-        self.cached = 0
+        self.start()
 
-    def start(self) -> None:
-        """Begin a generation: nothing is cached."""
-        self.cached = 0
+    def start(self, max_children: int | None = None) -> None:
+        """Begin a generation: nothing cached, no sibling acceptance counted; at most `max_children` per node."""
+        self.cached, self.max_children, self.rates = 0, max_children, SiblingAcceptance()
+
+    def update(self, trials: list[tuple[int, int | None]]) -> None:
+        """Count a round's outcomes (`accept`'s trials) into the sibling acceptance that shapes sampled trees."""
+        for candidates, accepted_index in trials:
+            self.rates.record(candidates, accepted_index)
 
     def _prefix_step(self, ids: torch.Tensor, shortlist: Shortlist) -> None:
         """Body over `ids` `[1, count]`; the root's body output, token and logits."""
@@ -298,9 +312,9 @@ class TreeDrafter:
         return plan
 
     @torch.no_grad()
-    def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, max_children: int | None = None,
-              processors=None, temperature: float = 0.0, sibling_acceptance: SiblingAcceptance | None = None
-              ) -> TokenTree:
+    def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
+              temperature: float = 0.0, max_children: int | None = None,
+              sibling_acceptance: SiblingAcceptance | None = None) -> TokenTree:
         """A tree of at most `num_nodes` draft tokens after `committed` (1-D ids on the assistant's device, which
         extend those of the previous call since `start`). Under sampling, children are drawn without replacement
         from q, the processed (temperature / top-k / top-p) shortlist distribution; greedy trees take each node's
@@ -324,9 +338,9 @@ class TreeDrafter:
         self.base.fill_(length)
         self.budget.fill_(num_nodes)
         if do_sample:
-            scores = (sibling_acceptance or SiblingAcceptance()).scores(self.width)
+            scores = (sibling_acceptance or self.rates).scores(self.width)
             self.child_scores.copy_(torch.tensor(scores, dtype=torch.float32))
-        per_node = min(self.width, max_children or self.width)
+        per_node = min(self.width, max_children or self.max_children or self.width)
         plan = self._plan(temperature)
         key = ("tree", do_sample, per_node, processors_key(processors) if do_sample else (), repr(plan))
         self.cache.run(key, lambda: self._expansion(plan, do_sample, per_node, processors))
@@ -356,12 +370,14 @@ def processors_key(processors) -> tuple:
                  for p in processors or ())
 
 
-def tree_drafter(assistant, length: int, max_depth: int, width: int,
-                 compile_options: dict | None = None) -> TreeDrafter:
-    """The assistant's tree drafter for a generation of `length` positions, kept on it (`engines.py`)."""
-    settings = (max_depth, width, assistant.device, assistant.dtype, assistant.config.max_context_tokens,
+def drafter_for(assistant, length: int, shape, compile_options: dict | None = None) -> ChainDrafter | TreeDrafter:
+    """The drafting engine for a generation of `length` positions with tree shape `shape` (a `TreeConfig`): a chain
+    drafter, or the assistant's tree drafter, kept on it between generations (`engines.py`)."""
+    if shape.is_chain:
+        return ChainDrafter(assistant, shape.max_depth, compile_options)
+    settings = (shape.max_depth, shape.width, assistant.device, assistant.dtype, assistant.config.max_context_tokens,
                 compile_options)
     drafter = engine_for(assistant, "tree drafter", length, settings,
-                         lambda size: TreeDrafter(assistant, size, max_depth, width, compile_options))
-    drafter.start()
+                         lambda size: TreeDrafter(assistant, size, shape.max_depth, shape.width, compile_options))
+    drafter.start(shape.max_children)
     return drafter

@@ -34,6 +34,11 @@ def test_tree_greedy_equals_target(family, setting, shape):
             mismatches.append((i, ids.shape[1], new_tokens))
         assert stats.target_passes == calls[0], "the stats the benchmark counts τ by"  # a replay calls no forward
         assert stats.new_tokens == got.shape[1] - ids.shape[1] and stats.drafted_tokens >= stats.target_passes - 1
+        # per round: the accepted drafts and the target's token; only the last round can be cut to max_new_tokens
+        rounds = stats.target_passes
+        assert sum(stats.accepted[:-1]) + rounds - 1 < stats.new_tokens <= sum(stats.accepted) + rounds
+        assert all(a <= d <= TREES[shape].max_depth for a, d in zip(stats.accepted, stats.depths))
+        assert all(d <= n <= TREES[shape].num_nodes for d, n in zip(stats.depths, stats.drafted))
         passes, produced = passes + calls[0], produced + new_tokens
     assert not mismatches, f"{len(mismatches)}/{PROMPTS} prompts differ: {mismatches[:5]}"
     assert passes < produced, "no draft token was ever accepted: the test would not exercise the accept path"
