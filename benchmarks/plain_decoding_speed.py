@@ -4,7 +4,7 @@
 
 The recipe's target shape (Llama, 12 x 768, 128,256 tokens) with random weights, float32, 256 new tokens, five
 interleaved greedy/sampled repeats per prompt length. Written to read the benchmark's plain-decoding baselines,
-which are bound by Python and kernel launches (output: results/plain_decoding_speed.md).
+which are bound by Python and kernel launches (it prints a table; the last one is in results/history/2026-11-23-plain-decoding-speed/).
 """
 
 import statistics

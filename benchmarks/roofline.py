@@ -1,7 +1,7 @@
 """Compose measured draft-step times with measured τ, next to the memory-bound roofline, for realistic shapes.
 
-    python benchmarks/roofline.py benchmarks/results/gpu_checks.json benchmarks/results/latest.json \
-        [--rounds benchmarks/results/engine/gpu_checks_rounds_compile_static.json]
+    python benchmarks/roofline.py benchmarks/results/history/2026-11-24-gpu-checks/gpu_checks.json benchmarks/results/latest.json \
+        [--rounds benchmarks/results/history/2026-12-01-engine/gpu_checks_rounds_compile_static.json]
 
 Speedup over plain decoding = τ · t(target, 1 token) / (block · t(draft step) + t(target, block + 1 tokens)). The
 roofline uses the same formula with every forward at its weight-reading floor (bf16 weights read once at

@@ -26,9 +26,9 @@ from run_benchmark import (DRAFT_TOKENS, chosen_methods, encoded_prompts, genera
 
 from dynaspec_hf import TreeConfig  # noqa: E402
 
-# Every level costs a drafter forward, and a width-4 forward about 1.4 chain steps (results/engine/): shallower and
+# Every level costs a drafter forward, and a width-4 forward about 1.4 chain steps (results/history/2026-12-01-engine/): shallower and
 # narrower trees than the 2026-11-30 sweep tried (16-64 nodes, depth 8-12; 16/8/4 won). On 2026-12-01 16/7/4 and
-# 16/6/4 won (results/engine_pair/).
+# 16/6/4 won (results/history/2026-12-01-engine-pair/).
 SHAPES = ["12,6,3", "16,6,4", "16,7,4", "16,8,4", "16,8,2", "24,8,4"]
 
 

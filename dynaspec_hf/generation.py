@@ -53,9 +53,8 @@ _CUSTOM_MASK_FREE_ATTENTION = ("flash_attention_2", "flash_attention_3")
 class TreeConfig:
     """Shape of the draft tree. `max_children=1` with `num_nodes == max_depth` drafts a plain chain.
 
-    The default is the tree `benchmarks/tree_budgets.py` measured fastest on the trained pair (H200, float32,
-    `benchmarks/results/engine_pair/`): depth 7 made 1.06-1.15x the tokens/s of depth 8 (16 prompts, 128 and 256
-    new tokens, T = 0 and 1), and tied with depth 6 at a higher τ. There a chain of 8 was faster still at T = 0.
+    The default shape is the tree `benchmarks/tree_budgets.py` measured fastest on the trained pair (BENCHMARKS.md
+    keeps the run); `generate` drafts `DEFAULT_TREE`, a chain, unless given a tree.
     """
 
     num_nodes: int = 16  # draft tokens per tree (the target verifies them with up to max_depth + 1 re-fed ones)
