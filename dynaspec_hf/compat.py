@@ -99,8 +99,8 @@ def check_rollback_possible(cache, longest: int) -> None:
 
 
 def many_compiled_shapes():
-    """Dynamo's recompile limit raised while keyed steps may compile (never around a replay: a patch of dynamo's
-    config costs ~0.1 ms of host time). Models of one class share their compiled entries' count (verifiers and
+    """Dynamo's recompile limit raised while keyed steps may compile (never around a replay, where patching
+    dynamo's config would cost host time). Models of one class share their compiled entries' count (verifiers and
     drafters rebuilt for longer caches, several pairs in one process), and past the default limit of 8 dynamo would
     run every new shape uncompiled."""
     name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6

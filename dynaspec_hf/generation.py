@@ -137,8 +137,8 @@ def generate(
     from `attention_mask`) and returned as `target.generate` would: prompt, new tokens, right padding.
 
     `compile=True` (or a dict of `torch.compile` options) runs the target's verification pass and the drafter's
-    steps through `torch.compile` (first use: 40-50 s each for an 8B-shaped target and a 1B-shaped drafter on an
-    H200); prompts stay eager and the models themselves are not changed. Exact in float32; in bf16 the fused
+    steps through `torch.compile` (the first generation compiles, which takes tens of seconds for large models);
+    prompts stay eager and the models themselves are not changed. Exact in float32; in bf16 the fused
     kernels round differently from eager ones, so a near tie may break the other way than in eager decoding.
 
     `tree` defaults to `DEFAULT_TREE` (a chain of 6 drafts). With `return_stats=True` it returns

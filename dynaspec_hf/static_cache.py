@@ -29,10 +29,9 @@ from .compat import cache_keyword, many_compiled_shapes
 
 # Float32 forwards of at most this many tokens attend through SDPA's math backend. With a mask, SDPA otherwise
 # picks its memory-efficient kernel, which splits the work by head and query block only: for a few query tokens it
-# streams every key of the static cache through one block per head. Measured on an H200 (round_anatomy.py, 12
-# heads, up to 2,048 cached keys): 0.2 ms per layer, 60 % of a round's device time; with the math backend's batched
-# matrix products the round took 0.59 of the time. In bf16 the math backend measured slower (it computes in
-# float32; gpu_checks.py rounds: 36.4 against 27.2 ms), so half-precision forwards keep SDPA's choice.
+# streams every key of the static cache through one block per head, and attention dominates the round. In bf16 the
+# math backend, which computes in float32, is the slower one, so half-precision forwards keep SDPA's choice
+# (BENCHMARKS.md's history has the measurements).
 SHORT_FORWARD = 64
 
 
@@ -67,8 +66,8 @@ class StaticCacheModel:
 
     def set_length(self, length: int | torch.Tensor) -> None:
         """Keep the first `length` cached positions (what follows is overwritten by the next forward). Every layer
-        keeps its own write position; one multi-tensor copy sets them all (a fill per layer was 32 launches for an
-        8B target, about 0.3 ms of host time). A device scalar `length` may be read inside a captured graph."""
+        keeps its own write position; one multi-tensor copy sets them all (a fill per layer would be a launch per
+        layer). A device scalar `length` may be read inside a captured graph."""
         lengths = [layer.cumulative_length for layer in self.cache.layers if layer.is_initialized]
         if not lengths:
             return

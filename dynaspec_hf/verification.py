@@ -29,7 +29,7 @@ class TreeVerifier:
         self.size, self.cached = size, 0
         device = target.device
         # a replayed pass's inputs, written on the host and sent in one copy (building them with device operations
-        # was ~15 launches, about 1 ms of host time with the device idle, per round): tokens, positions, which
+        # would be ~15 launches of host time with the device idle, per round): tokens, positions, which
         # token sees which (`[size, size]`, as 0/1) and the write position, which the graph sets itself
         self.staged = torch.zeros(2 * size + size * size + 1, dtype=torch.long, device=device)
         self.host = torch.zeros(self.staged.shape, dtype=torch.long, pin_memory=device.type == "cuda")
@@ -84,8 +84,8 @@ class TreeVerifier:
     def sample(self, tree: TokenTree, logits: torch.Tensor, processors) -> tuple[list[int], list[int]]:
         """Every node's outcome of recursive rejection sampling over its children, against the target's
         distribution (`processors` applied to `logits`, as `verify` returned them): the index of the accepted child
-        or -1, and the node's token. All nodes at once, replayed from a graph: launched one by one, its ~100 small
-        operations took 1.1 ms (chain) to 3.4 ms (tree) per round on an H200. One device sync reads the outcomes."""
+        or -1, and the node's token. All nodes at once, replayed from a graph (its ~100 small operations, launched one
+        by one, would cost more than the pass they follow). One device sync reads the outcomes."""
         count, width = len(tree), max(1, *(len(children) for children in tree.children))
         candidates = torch.full((self.size, width), -1, dtype=torch.long)
         candidates[:count] = torch.tensor([[tree.tokens[c] for c in children] + [-1] * (width - len(children))
