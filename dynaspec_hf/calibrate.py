@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -417,31 +417,40 @@ def _token_cluster(cluster_token_ids: torch.Tensor, vocab_size: int) -> torch.Te
     return cluster_of
 
 
+@dataclass
+class CalibrationConfig:
+    """What `calibrate` does, in one place; its report keeps it, so an assistant says how it was calibrated."""
+
+    num_clusters: int  # token clusters the vocabulary is partitioned into
+    core_size: int = 0  # frequency-ranked tokens kept as an always-available core
+    router_hidden_size: int = 256  # the router MLP's width (0: one linear layer)
+    objective: str = "mass"  # what the router learns (`OBJECTIVES`; see `train_router`)
+    epochs: int = 4
+    continuation_tokens: int = 0  # target-greedy tokens appended to each sequence before collecting features
+    heldout_fraction: float = 0.1  # sequences kept out of training, for the report and every choice
+    shortlist_fraction: float = 1 / 16  # the size the assistant drafts with, as a share of the vocabulary
+    positions: int = 6  # draft positions of the position-aware schedule
+    target_retention: float = 0.98  # the acceptance share the position-aware schedule keeps
+    context_sizes: tuple[int, ...] = CONTEXT_SIZES  # context-token slots tried
+    top_tokens: int = TOP_TOKENS  # the target's most probable tokens kept per held-out row (sampled acceptance)
+    check_prompts: int = 32  # held-out prompts of the end-to-end τ check at T = 1
+    check_tokens: int = 128  # new tokens per check prompt
+    tail_weights: tuple[float, ...] = TAIL_WEIGHTS  # sampling-tail weights compared
+    seed: int = 0
+
+
 def calibrate(
     target,
     drafter,
     sequences: list[torch.Tensor],
+    config: CalibrationConfig | None = None,
     *,
-    num_clusters: int,
     domains: list[str] | None = None,
     frequency_counts: torch.Tensor | None = None,
-    core_size: int = 0,
-    router_hidden_size: int = 256,
-    continuation_tokens: int = 0,
-    heldout_fraction: float = 0.1,
-    positions: int = 6,
-    target_retention: float = 0.98,
-    objective: str = "mass",
-    context_sizes: tuple[int, ...] = CONTEXT_SIZES,
-    shortlist_fraction: float = 1 / 16,
-    top_tokens: int = TOP_TOKENS,
-    check_prompts: int = 32,
-    check_tokens: int = 128,
-    epochs: int = 4,
-    seed: int = 0,
     features: RouterFeatures | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    **options,
 ) -> tuple[DynaSpecAssistant, dict]:
     """Turn a target, a drafter and token sequences into a calibrated `DynaSpecAssistant` and a report.
 
@@ -455,8 +464,10 @@ def calibrate(
     them (`check_sampling_schedule`; `report["sampling_check"]`). The router learns `objective` (see
     `train_router`). With
     `cache_dir`, collected features are kept there (keyed by the caller: use one folder per target/drafter/data
-    combination) so an interrupted run resumes.
+    combination) so an interrupted run resumes. `options` are `CalibrationConfig` fields, over `config`'s.
     """
+    config = CalibrationConfig(**options) if config is None else replace(config, **options)
+    num_clusters, seed, objective = config.num_clusters, config.seed, config.objective
     vocab_size = drafter.get_output_embeddings().weight.shape[0]
     target_vocab = target.config.get_text_config().vocab_size
     if target_vocab < vocab_size:
@@ -465,23 +476,21 @@ def calibrate(
     domains = domains or ["all"] * len(sequences)
     generator = torch.Generator().manual_seed(seed)
     permutation = torch.randperm(len(sequences), generator=generator).tolist()
-    heldout_count = max(1, int(round(heldout_fraction * len(sequences)))) if len(sequences) > 1 else 0
+    heldout_count = max(1, int(round(config.heldout_fraction * len(sequences)))) if len(sequences) > 1 else 0
     heldout, train = permutation[:heldout_count], permutation[heldout_count:]
     if frequency_counts is None:
         frequency_counts = torch.bincount(torch.cat([sequences[i] for i in train]).long(), minlength=vocab_size)
     clusters = TokenClusters.from_embeddings(drafter.get_output_embeddings().weight, num_clusters, seed=seed)
-    clusters = clusters.with_core(frequency_counts, core_size)
+    clusters = clusters.with_core(frequency_counts, config.core_size)
     token_cluster = _token_cluster(clusters.cluster_token_ids, vocab_size)
     if features is None:
         features = collect_features(
             target, drafter, [sequences[i] for i in train], [domains[i] for i in train],
-            continuation_tokens=continuation_tokens, token_cluster=token_cluster, progress=progress,
+            continuation_tokens=config.continuation_tokens, token_cluster=token_cluster, progress=progress,
             cache_file=None if cache_dir is None else Path(cache_dir) / "train_features.pt",
         )
-    router = train_router(
-        features, token_cluster, num_clusters, router_hidden_size, objective=objective, epochs=epochs, seed=seed,
-        device=next(drafter.parameters()).device, progress=progress,
-    )
+    router = train_router(features, token_cluster, num_clusters, config.router_hidden_size, objective=objective,
+                          epochs=config.epochs, seed=seed, device=next(drafter.parameters()).device, progress=progress)
     assistant = DynaSpecAssistant.from_drafter(drafter, clusters, router.to(next(drafter.parameters()).dtype),
                                                vocab_size=target_vocab)  # may pad the drafter's
     assistant.lm_head.set_token_shares(frequency_counts)
@@ -489,24 +498,25 @@ def calibrate(
     report = {"target": {"name_or_path": target.config.name_or_path or None,
                          "revision": getattr(target.config, "_commit_hash", None),
                          "vocab_size": text_config.vocab_size},
-              "train_pairs": len(features), "objective": objective}
+              "train_pairs": len(features), "objective": objective, "config": asdict(config)}
     assistant.calibration_report = report
     if heldout:
         heldout_features = collect_features(
             target, drafter, [sequences[i] for i in heldout], [domains[i] for i in heldout],
-            continuation_tokens=continuation_tokens, token_cluster=token_cluster, top_tokens=top_tokens,
+            continuation_tokens=config.continuation_tokens, token_cluster=token_cluster, top_tokens=config.top_tokens,
             progress=progress, cache_file=None if cache_dir is None else Path(cache_dir) / "heldout_features.pt",
         )
         ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < num_clusters} | {num_clusters})
         static_order = _frequency_order(torch.as_tensor(frequency_counts).double())
-        curves = shortlist_curves(assistant, heldout_features, static_order, ks, context_sizes=context_sizes)
+        curves = shortlist_curves(assistant, heldout_features, static_order, ks, context_sizes=config.context_sizes)
         overall = curves["domains"]["all"]
-        position_aware = choose_schedule(overall["routed"]["acceptance"], overall["full_acceptance"], ks, positions,
-                                         target_retention)
+        position_aware = choose_schedule(overall["routed"]["acceptance"], overall["full_acceptance"], ks,
+                                         config.positions, config.target_retention)
         splits, sampled_splits = best_splits(curves), best_splits(curves, criterion="sampled_acceptance")
-        size = str(min(ks, key=lambda k: abs(k - shortlist_fraction * num_clusters)))
+        size = str(min(ks, key=lambda k: abs(k - config.shortlist_fraction * num_clusters)))
         check = check_sampling_schedule(target, assistant, splits[size], sampled_splits[size],
-                                        [sequences[i] for i in heldout[:check_prompts]], check_tokens)
+                                        [sequences[i] for i in heldout[: config.check_prompts]], config.check_tokens,
+                                        tail_weights=config.tail_weights)
         report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=position_aware,
                       splits=splits, sampled_splits=sampled_splits, sampling_check=check, heldout=heldout)
     return assistant, report

@@ -1,9 +1,11 @@
 """Calibration: the trained router must beat a static frequency shortlist on a domain the frequency corpus lacks."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from dynaspec_hf.calibrate import TAIL_WEIGHTS, calibrate, choose_schedule
+from dynaspec_hf.calibrate import TAIL_WEIGHTS, CalibrationConfig, calibrate, choose_schedule
 from dynaspec_hf.training import train_causal_lm
 from conftest import tiny_config
 
@@ -291,3 +293,19 @@ def test_sampled_acceptance_is_the_exact_overlap_of_target_and_drafter(two_domai
     assert out["target_mass_in_shortlist"] <= out["target_mass_in_best_shortlist"] + 1e-6
     assert out["best_shortlist"] <= out["target_mass_in_best_shortlist"] + 1e-6
     assert set(out["tail"]) == {str(w) for w in TAIL_WEIGHTS}
+
+
+def test_a_calibration_config_equals_its_options_and_travels_in_the_report(two_domain_pair):
+    target, drafter, domain_a, domain_b = two_domain_pair
+    options = dict(num_clusters=12, router_hidden_size=32, heldout_fraction=0.25, epochs=3, check_prompts=0)
+    config = CalibrationConfig(**options)
+    sequences = domain_a[:20] + domain_b[:20]
+    by_options, report = calibrate(target, drafter, sequences, progress=False, **options)
+    by_config, _ = calibrate(target, drafter, sequences, config, progress=False)
+    assert report["config"] == dataclasses.asdict(config) and report["config"]["epochs"] == 3
+    for mine, theirs in zip(by_options.router.parameters(), by_config.router.parameters()):
+        assert torch.equal(mine, theirs)
+    _, overridden = calibrate(target, drafter, sequences, config, progress=False, seed=1)  # an option over config's
+    assert overridden["config"]["seed"] == 1 and overridden["config"]["epochs"] == 3
+    with pytest.raises(TypeError, match="epoch"):
+        calibrate(target, drafter, sequences, num_clusters=12, epoch=3)
