@@ -49,6 +49,7 @@ CONTEXT_SIZES = (0, 128, 256)  # context-token slots tried by calibration
 TOP_TOKENS = 512  # the target's most probable tokens kept per held-out row, for sampled acceptance
 TAIL_WEIGHTS = (0.0, 0.1, 0.3, 1.0)  # sampling-tail weights calibration compares by exact sampled acceptance
 CRITERIA = ("acceptance", "sampled_acceptance")  # what a split is chosen by: greedy, or sampled (T = 1)
+SPLIT_RULES = ("worst", "mean")  # over the held-out domains: the worst one's score (the mean breaks ties), or the mean
 _SCORES = ("recall", *CRITERIA)  # the columns shortlist_curves scores every shortlist by
 
 
@@ -373,20 +374,34 @@ def _splits(k: int, cluster_size: int, core_size: int, context_sizes=CONTEXT_SIZ
     return out
 
 
-def best_splits(curves: dict, contexts=None, criterion: str = "acceptance") -> dict[str, dict[str, int]]:
+def best_splits(curves: dict, contexts=None, criterion: str = "acceptance", rule: str = "worst"
+                ) -> dict[str, dict[str, int]]:
     """Per shortlist size k, the split with the highest held-out `criterion` (`CRITERIA`: greedy or sampled
-    acceptance) over every domain (ties: the one routing more, then the one with fewer context tokens), among
-    those with a context size in `contexts` (None: any): `{str(k): {"k": routed clusters, "core": core tokens,
-    "context": context tokens}}`, what `set_schedule` takes (`k_by_position=[k]`, `core_by_position=[core]`,
-    `num_context_tokens=context`)."""
+    acceptance), among those with a context size in `contexts` (None: any): `{str(k): {"k": routed clusters,
+    "core": core tokens, "context": context tokens}}`, what `set_schedule` takes (`k_by_position=[k]`,
+    `core_by_position=[core]`, `num_context_tokens=context`).
+
+    `rule` (`SPLIT_RULES`): "worst" scores a split by its worst held-out domain, so no domain the calibration
+    texts hold is given up for the others, and breaks ties by the mean over every domain; "mean" by the mean alone.
+    Remaining ties go to the split routing more, then to the one with fewer context tokens."""
     if criterion not in CRITERIA:
         raise ValueError(f"Unknown split criterion {criterion!r}; choose one of {CRITERIA}.")
+    if rule not in SPLIT_RULES:
+        raise ValueError(f"Unknown split rule {rule!r}; choose one of {SPLIT_RULES}.")
+    domains = [entry for name, entry in curves["domains"].items() if name != "all"] or [curves["domains"]["all"]]
     chosen = {}
     for k, candidates in curves["domains"]["all"]["splits"].items():
-        candidates = [c for c in candidates if contexts is None or c["context"] in contexts]
         if criterion not in candidates[0]:
             raise ValueError(f"These curves have no {criterion!r}: collect the held-out features with `top_tokens`.")
-        best = max(candidates, key=lambda c: (round(c[criterion], 6), c["routed"], -c["context"]))
+
+        def score(index: int) -> tuple:
+            mean, split = round(candidates[index][criterion], 6), candidates[index]
+            worst = min(round(d["splits"][k][index][criterion], 6) for d in domains)
+            return (worst, mean, split["routed"], -split["context"]) if rule == "worst" else (
+                mean, split["routed"], -split["context"])
+
+        allowed = [i for i, c in enumerate(candidates) if contexts is None or c["context"] in contexts]
+        best = candidates[max(allowed, key=score)]
         chosen[k] = {"k": best["routed"], "core": best["core"], "context": best["context"]}
     return chosen
 
@@ -513,12 +528,15 @@ def calibrate(
         position_aware = choose_schedule(overall["routed"]["acceptance"], overall["full_acceptance"], ks,
                                          config.positions, config.target_retention)
         splits, sampled_splits = best_splits(curves), best_splits(curves, criterion="sampled_acceptance")
+        by_mean = {"splits": best_splits(curves, rule="mean"),  # what the mean alone would choose, for the report
+                   "sampled_splits": best_splits(curves, criterion="sampled_acceptance", rule="mean")}
         size = str(min(ks, key=lambda k: abs(k - config.shortlist_fraction * num_clusters)))
         check = check_sampling_schedule(target, assistant, splits[size], sampled_splits[size],
                                         [sequences[i] for i in heldout[: config.check_prompts]], config.check_tokens,
                                         tail_weights=config.tail_weights)
         report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=position_aware,
-                      splits=splits, sampled_splits=sampled_splits, sampling_check=check, heldout=heldout)
+                      splits=splits, sampled_splits=sampled_splits, splits_by_mean=by_mean, sampling_check=check,
+                      heldout=heldout)
     return assistant, report
 
 

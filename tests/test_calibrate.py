@@ -173,13 +173,36 @@ def test_calibration_chooses_the_best_core_routed_split(two_domain_pair):
         assert all(c["core"] == (k - c["routed"]) * curves["cluster_size"] - c["context"] <= 64 for c in candidates)
         routed_only = next(c for c in candidates if c["routed"] == k)
         assert routed_only["acceptance"] == overall["routed"]["acceptance"][i]
-        best = max(candidates, key=lambda c: (round(c["acceptance"], 6), c["routed"], -c["context"]))
+        # the split whose worst held-out domain accepts most (the mean over both breaks ties)
+        worst = [min(round(curves["domains"][d]["splits"][str(k)][j]["acceptance"], 6) for d in "AB")
+                 for j in range(len(candidates))]
+        best = candidates[max(range(len(candidates)), key=lambda j: (
+            worst[j], round(candidates[j]["acceptance"], 6), candidates[j]["routed"], -candidates[j]["context"]))]
         assert report["splits"][str(k)] == {"k": best["routed"], "core": best["core"], "context": best["context"]}
         assert overall["routed"]["mass"][i] <= overall["routed"]["best_mass"][i] + 1e-6
     # 8 routed; 6 + 32 core; 4 + 64 core (2 + 96 would exceed the core); none with context (too few rows for 128)
     assert len(overall["splits"]["8"]) == 3
     assert overall["routed"]["best_mass"][-1] == pytest.approx(1.0, abs=1e-2)  # every cluster: all the mass
     assert best_splits(curves) == report["splits"]
+    assert best_splits(curves, rule="mean") == report["splits_by_mean"]["splits"]
+
+
+def test_splits_are_chosen_for_the_worst_domain_and_the_mean_breaks_ties():
+    """A split that wins on the mean by giving one domain up loses to one that holds up in every domain."""
+    from dynaspec_hf.calibrate import best_splits
+
+    def split(routed, score):
+        return dict(routed=routed, core=0, context=0, acceptance=score)
+
+    def curves(a, b):  # per candidate: domain A's and B's acceptance; "all" holds their mean (equal sizes)
+        entry = lambda scores: {"splits": {"4": [split(4, scores[0]), split(2, scores[1]), split(1, scores[2])]}}
+        return {"domains": {"all": entry([(x + y) / 2 for x, y in zip(a, b)]), "A": entry(a), "B": entry(b)}}
+
+    lopsided = curves(a=[0.9, 0.55, 0.5], b=[0.3, 0.5, 0.5])  # means 0.6, 0.525, 0.5; worst 0.3, 0.5, 0.5
+    assert best_splits(lopsided, rule="mean")["4"]["k"] == 4
+    assert best_splits(lopsided)["4"]["k"] == 2  # worst 0.5 twice: the better mean (0.525) wins the tie
+    with pytest.raises(ValueError, match="split rule"):
+        best_splits(lopsided, rule="median")
 
 
 def test_context_splits_are_scored_with_each_positions_recent_tokens(two_domain_pair):
