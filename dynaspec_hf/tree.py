@@ -197,6 +197,7 @@ class TreeDrafter:
     def start(self, max_children: int | None = None) -> None:
         """Begin a generation: nothing cached, no sibling acceptance counted; at most `max_children` per node."""
         self.cached, self.max_children, self.rates = 0, max_children, SiblingAcceptance()
+        self._expansions = {}  # this generation's expansion plans and graph keys, built on its first round
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
         """Count a round's outcomes (`accept`'s trials) into the sibling acceptance that shapes sampled trees."""
@@ -341,8 +342,12 @@ class TreeDrafter:
             scores = (sibling_acceptance or self.rates).scores(self.width)
             self.child_scores.copy_(torch.tensor(scores, dtype=torch.float32))
         per_node = min(self.width, max_children or self.max_children or self.width)
-        plan = self._plan(temperature)
-        key = ("tree", do_sample, per_node, processors_key(processors) if do_sample else (), repr(plan))
+        settings = (temperature, do_sample, per_node, processors_key(processors) if do_sample else ())
+        if settings not in self._expansions:  # once per generation, not per round: host work the device waits for
+            plan = self._plan(temperature)
+            hashable = tuple(tuple((shortlist, tuple(positions)) for shortlist, positions in forward) for forward in plan)
+            self._expansions[settings] = plan, ("tree", *settings[1:], hashable)
+        plan, key = self._expansions[settings]
         self.cache.run(key, lambda: self._expansion(plan, do_sample, per_node, processors))
         self.cache.set_length(length)
 
