@@ -84,12 +84,21 @@ def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str
 # ------------------------------------------------------------------------------------------------ methods
 
 
+GREEDY, SAMPLED, BOTH, NONE = (0.0,), (1.0,), (0.0, 1.0), ()  # temperatures a row is measured at
+
+
 def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = None) -> list[dict]:
-    """Every compared method: its engine, shortlist schedule, which assistant drafts, and the temperatures at which
-    τ is measured (`temperatures`) and tokens/s are timed (`timed_temperatures`). `trees=False` leaves out the
-    tree rows (the slowest to measure); `tree`: their shape (default: `TreeConfig()`, the package's)."""
+    """Every compared method, one row each, in the order of the results: its engine, shortlist schedule, which
+    assistant drafts, and the temperatures at which τ is measured (`temperatures`) and tokens/s are timed
+    (`timed_temperatures`), both given where the row is declared. `trees=False` leaves out the tree rows (the
+    slowest to measure); `tree`: their shape (default: `TreeConfig()`, the package's)."""
     num_clusters, cluster_size, vocab = (calibration[k] for k in ("num_clusters", "cluster_size", "vocab_size"))
-    ks = calibration["ks"]
+    out = []
+
+    def row(method: str, engine: str, fraction, tau=BOTH, timed=NONE, **settings) -> dict:
+        out.append(dict(method=method, engine=engine, fraction=fraction, temperatures=list(tau),
+                        timed_temperatures=list(timed), **settings))
+        return out[-1]
 
     def schedule(k, core=0, context=0, sampling_split=None, tail=0.0):  # every part named: an assistant keeps
         # what the previous method set; `sampling_split`: the band that sampling at any temperature drafts with;
@@ -98,19 +107,20 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
         return dict(k_by_position=k if isinstance(k, list) else [k], core_by_position=[core],
                     num_context_tokens=context, temperature_bands=bands, sampling_tail=tail)
 
-    out = [dict(method="autoregressive", engine="transformers", fraction=None),
-           # what a speed-minded user would pick instead (BASELINES)
-           dict(method=COMPILED_PLAIN, engine="compiled-plain", fraction=None),
-           dict(method=PROMPT_LOOKUP, engine="prompt-lookup", fraction=None),
-           dict(method=ASSISTED_DEFAULTS, engine="transformers", fraction=1.0, drafter="defaults"),
-           dict(method="transformers assisted (drafter, full head)", engine="transformers", fraction=1.0),
-           dict(method="full vocabulary", engine="dynaspec-graph", fraction=1.0, schedule=schedule(num_clusters))]
-    for name, k in ks.items():
-        rows = k * cluster_size
-        out.append(dict(method=f"static frequency {name}", engine="dynaspec-graph", fraction=rows / vocab,
-                        schedule=schedule(0, rows)))
-        out.append(dict(method=f"VocabTrim {name}", engine="dynaspec-graph", fraction=rows / vocab,
-                        schedule=schedule(0, rows), assistant="vocabtrim"))
+    # plain decoding (τ 1 by definition) and what a speed-minded user would pick instead (BASELINES)
+    row("autoregressive", "transformers", None, tau=NONE, timed=BOTH)
+    row(COMPILED_PLAIN, "compiled-plain", None, tau=NONE, timed=BOTH)
+    row(PROMPT_LOOKUP, "prompt-lookup", None, timed=BOTH)
+    row(ASSISTED_DEFAULTS, "transformers", 1.0, timed=BOTH, drafter="defaults")
+    row("transformers assisted (drafter, full head)", "transformers", 1.0, tau=GREEDY, timed=BOTH)
+    row("full vocabulary", "dynaspec-graph", 1.0, timed=GREEDY, schedule=schedule(num_clusters))
+    for name, k in calibration["ks"].items():
+        rows, headline = k * cluster_size, name == "1/16"
+        fraction = rows / vocab
+        row(f"static frequency {name}", "dynaspec-graph", fraction, timed=BOTH if headline else NONE,
+            schedule=schedule(0, rows))
+        row(f"VocabTrim {name}", "dynaspec-graph", fraction, timed=GREEDY if headline else NONE,
+            schedule=schedule(0, rows), assistant="vocabtrim")
         # the package's routed setting at this size: the core/routed/context split calibration chose for greedy
         # decoding, and the one it chose for sampling as the sampling band and the tail, where end-to-end τ
         # confirmed them
@@ -119,59 +129,39 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
         band = sampled if check["kept"] else None
         tail = check["tail_weight"] if check.get("tail_kept") else 0.0
         chosen = schedule(split["k"], split["core"], split["context"], band, tail)
-        out.append(dict(method=f"DynaSpec {name}", engine="dynaspec-graph", fraction=rows / vocab, schedule=chosen))
-        if name in ("1/16", "1/64"):  # ablations of the sampling band and of the tail (the calibrated weight, or 1
-            # where no weight beat no tail), at T = 1
-            for label, other in (("greedy", None), ("sampled", sampled)):
-                out.append(dict(method=f"DynaSpec {name}, {label} split when sampling", engine="dynaspec-graph",
-                                fraction=rows / vocab, schedule=schedule(split["k"], split["core"], split["context"],
-                                                                         other, tail)))
-            weight = check.get("tail_weight") or 1.0
-            for label, value in (("no tail", 0.0), ("with tail", weight)):
-                out.append(dict(method=f"DynaSpec {name}, {label} when sampling", engine="dynaspec-graph",
-                                fraction=rows / vocab, schedule=schedule(split["k"], split["core"], split["context"],
-                                                                         band, value)))
-        if name in ("1/16", "1/64"):  # ablations: no context tokens; routed clusters only; the argmax router
-            plain = calibration["splits_without_context"][str(k)]
-            out.append(dict(method=f"DynaSpec {name}, no context tokens", engine="dynaspec-graph",
-                            fraction=rows / vocab, schedule=schedule(plain["k"], plain["core"])))
-            out.append(dict(method=f"DynaSpec {name}, routed only", engine="dynaspec-graph", fraction=rows / vocab,
-                            schedule=schedule(k)))
-        if name == "1/16":
-            out.append(dict(method=f"DynaSpec {name}, argmax router", engine="dynaspec-graph", fraction=rows / vocab,
-                            schedule=chosen, assistant="argmax"))
+        row(f"DynaSpec {name}", "dynaspec-graph", fraction, timed=BOTH if headline else NONE, schedule=chosen)
+        if name not in ("1/16", "1/64"):
+            continue
+        # ablations at T = 1: the sampling band, and the tail (the calibrated weight, or 1 where none beat no tail)
+        for label, other in (("greedy", None), ("sampled", sampled)):
+            row(f"DynaSpec {name}, {label} split when sampling", "dynaspec-graph", fraction, tau=SAMPLED,
+                schedule=schedule(split["k"], split["core"], split["context"], other, tail))
+        weight = check.get("tail_weight") or 1.0
+        for label, value in (("no tail", 0.0), ("with tail", weight)):
+            row(f"DynaSpec {name}, {label} when sampling", "dynaspec-graph", fraction, tau=SAMPLED,
+                timed=SAMPLED if headline and label == "no tail" else NONE,
+                schedule=schedule(split["k"], split["core"], split["context"], band, value))
+        # ablations: no context tokens; routed clusters only; the argmax router
+        plain = calibration["splits_without_context"][str(k)]
+        row(f"DynaSpec {name}, no context tokens", "dynaspec-graph", fraction, tau=BOTH if headline else GREEDY,
+            schedule=schedule(plain["k"], plain["core"]))
+        row(f"DynaSpec {name}, routed only", "dynaspec-graph", fraction, tau=BOTH if headline else GREEDY,
+            schedule=schedule(k))
+        if headline:
+            row(f"DynaSpec {name}, argmax router", "dynaspec-graph", fraction, schedule=chosen, assistant="argmax")
     pa = calibration["k_by_position"]
-    out.append(dict(method="DynaSpec position-aware", engine="dynaspec-graph", fraction=sum(pa) / len(pa) * cluster_size / vocab,
-                    schedule=schedule(pa)))
+    row("DynaSpec position-aware", "dynaspec-graph", sum(pa) / len(pa) * cluster_size / vocab, timed=GREEDY,
+        schedule=schedule(pa))
     dynaspec_16 = next(m for m in out if m["method"] == "DynaSpec 1/16")
-    out.append(dict(dynaspec_16, method="DynaSpec 1/16, eager drafting", engine="dynaspec-eager"))
-    for method in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")] if trees else []:
-        out.append(dict(method, method=f"tree: {method['method']}", engine="dynaspec-tree", tree=tree or TreeConfig()))
+    settings = {key: dynaspec_16[key] for key in ("fraction", "schedule")}
+    row("DynaSpec 1/16, eager drafting", "dynaspec-eager", tau=NONE, timed=GREEDY, **settings)  # τ: the graph's
+    for base in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")] if trees else []:
+        row(f"tree: {base['method']}", "dynaspec-tree", base["fraction"], tau=BOTH if base is dynaspec_16 else GREEDY,
+            timed=BOTH, schedule=base["schedule"], tree=tree or TreeConfig())
     for name in OWN_LOOP_CHAINS:  # the package's own loop, where drafting is a large share of a round
-        method = next(m for m in out if m["method"] == name)
-        out.append(dict(method, method=f"chain (own loop): {name}", engine="dynaspec-tree",
-                        tree=TreeConfig.chain(DRAFT_TOKENS)))
-    # τ at T = 1 for the methods that shortlists or the own loop change
-    sampled_only = {m["method"] for m in out if m["method"].endswith("when sampling")}  # τ at T = 0 is DynaSpec's
-    sampled = sampled_only | {
-        "full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware",
-        "DynaSpec 1/16, routed only", "DynaSpec 1/16, argmax router", "DynaSpec 1/16, no context tokens",
-        "static frequency 1/64", "VocabTrim 1/64", "DynaSpec 1/64",
-        "static frequency 1/32", "VocabTrim 1/32", "DynaSpec 1/32", "tree: DynaSpec 1/16", PROMPT_LOOKUP,
-        ASSISTED_DEFAULTS, *OWN_LOOP_ROWS}
-    own_loop = set(OWN_LOOP_ROWS) | {"tree: DynaSpec 1/16", "tree: full vocabulary"}
-    timed = {"autoregressive", "transformers assisted (drafter, full head)", "full vocabulary", "static frequency 1/16",
-             "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec position-aware", "DynaSpec 1/16, eager drafting",
-             *BASELINES, *own_loop}
-    timed_sampled = {"autoregressive", "transformers assisted (drafter, full head)", "static frequency 1/16",
-                     "DynaSpec 1/16", "DynaSpec 1/16, no tail when sampling", *BASELINES, *own_loop}
-    for method in out:
-        name = method["method"]
-        # τ 1 by definition (plain decoding) / equal to the graph drafter's
-        measured = name not in ("autoregressive", COMPILED_PLAIN, "DynaSpec 1/16, eager drafting")
-        method["temperatures"] = ([1.0] if name in sampled_only else [0.0, 1.0] if name in sampled else [0.0]
-                                  ) if measured else []
-        method["timed_temperatures"] = [t for t in (0.0, 1.0) if name in (timed_sampled if t else timed)]
+        base = next(m for m in out if m["method"] == name)
+        row(f"chain (own loop): {name}", "dynaspec-tree", base["fraction"], timed=BOTH,
+            **{key: base[key] for key in ("schedule", "assistant") if key in base}, tree=TreeConfig.chain(DRAFT_TOKENS))
     return out
 
 
