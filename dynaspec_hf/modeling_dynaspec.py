@@ -4,7 +4,7 @@ It drops into `target.generate(input_ids, assistant_model=assistant)`: transform
 calls `assistant.generate(...)` for a block of draft tokens and verifies them with the target over the full
 vocabulary, so greedy output is the target's own and sampling keeps the target's distribution.
 
-One draft step (see `draft`):
+One draft step (`draft_step`, the one every draft path calls: eager, CUDA-graph, chain or tree):
 
     router([h_prev; embed(x)]) -> top-k clusters ─┐
     drafter body(x) -> h ─────────────────────────┴─> head over (core prefix + chosen clusters + context tokens)
