@@ -11,42 +11,35 @@ and stay out of the state dict.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 MIN_POSITIONS = 256  # the smallest cache an engine is built with
-_KEPT = "_dynaspec_engines"
+_KEPT = "_dynaspec_engines"  # {name: (settings, engine)}
 
 
-class Engine(Protocol):
-    max_length: int  # positions its static cache holds
-
-    def release(self) -> None: ...
-
-
-def kept_engine(model, name: str) -> Engine | None:
+def kept_engine(model, name: str):
     """The engine `name` kept on `model` ("chain drafter", "tree drafter", "verifier"), or None."""
-    return model.__dict__.get(_KEPT, {}).get(name)
+    return model.__dict__.get(_KEPT, {}).get(name, (None, None))[1]
 
 
-def engine_for(model, name: str, length: int, settings: tuple, build: Callable[[int], Engine]) -> Engine:
+def engine_for(model, name: str, length: int, settings: tuple, build: Callable[[int], object]):
     """The engine `name` on `model` for `length` positions: the kept one if it was built with `settings` and holds
-    `length` positions, else `build(max_length)`, which is kept in its place."""
+    `length` positions (its `max_length`), else `build(max_length)`, which is kept in its place."""
     engines = model.__dict__.setdefault(_KEPT, {})
-    engine = engines.get(name)
-    if engine is not None and engines.get((name, "settings")) == settings and engine.max_length >= length:
+    kept_settings, engine = engines.get(name, (None, None))
+    if engine is not None and kept_settings == settings and engine.max_length >= length:
         return engine
     if engine is not None:
         engine.release()
-    engine = engines[name] = build(max(MIN_POSITIONS, 2 * length))
-    engines[(name, "settings")] = settings
+    engine = build(max(MIN_POSITIONS, 2 * length))
+    engines[name] = settings, engine
     return engine
 
 
 def release_engines(model, *names: str) -> None:
-    """Free the named engines kept on `model` (every one if none is named) now, and forget them."""
+    """Free the named engines kept on `model` now, and forget them."""
     engines = model.__dict__.get(_KEPT, {})
-    for name in names or [key for key in engines if isinstance(key, str)]:
-        engine = engines.pop(name, None)
-        engines.pop((name, "settings"), None)
+    for name in names:
+        _, engine = engines.pop(name, (None, None))
         if engine is not None:
             engine.release()

@@ -80,7 +80,7 @@ class GraphDrafter:
         k = shortlist.clusters
         routed = 0 < k < assistant.config.num_clusters
         streams = self.router_stream is not None
-        routing = (ids.new_empty(1, 0) if k == 0 else None), None
+        routing = None  # unrouted (no clusters, or all of them): `draft_step` needs no router pass
         if routed and num_tokens == 1:  # inputs ready now: route while the body runs
             if streams:
                 self.router_stream.wait_stream(torch.cuda.current_stream())
@@ -98,7 +98,8 @@ class GraphDrafter:
                     if tensor is not None:
                         tensor.record_stream(main)
         # a step with c context slots reads the first c (most recent) of the buffer
-        self.logits.copy_(assistant.draft_step(hidden, None, None, shortlist, self.index, self.context, routing))
+        self.logits.copy_(assistant.draft_step(hidden, self.previous, ids[:, -1], shortlist, self.index, self.context,
+                                               routing))
         self.previous.copy_(hidden)
 
     def _routing(self, previous: torch.Tensor, token_ids: torch.Tensor, shortlist) -> tuple:
