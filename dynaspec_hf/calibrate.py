@@ -395,10 +395,9 @@ def best_splits(curves: dict, contexts=None, criterion: str = "acceptance", rule
             raise ValueError(f"These curves have no {criterion!r}: collect the held-out features with `top_tokens`.")
 
         def score(index: int) -> tuple:
-            mean, split = round(candidates[index][criterion], 6), candidates[index]
-            worst = min(round(d["splits"][k][index][criterion], 6) for d in domains)
-            return (worst, mean, split["routed"], -split["context"]) if rule == "worst" else (
-                mean, split["routed"], -split["context"])
+            split = candidates[index]
+            worst = [min(round(d["splits"][k][index][criterion], 6) for d in domains)] if rule == "worst" else []
+            return (*worst, round(split[criterion], 6), split["routed"], -split["context"])
 
         allowed = [i for i, c in enumerate(candidates) if contexts is None or c["context"] in contexts]
         best = candidates[max(allowed, key=score)]
