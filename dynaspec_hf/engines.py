@@ -22,16 +22,17 @@ def kept_engine(model, name: str):
     return model.__dict__.get(_KEPT, {}).get(name, (None, None))[1]
 
 
-def engine_for(model, name: str, length: int, settings: tuple, build: Callable[[int], object]):
+def engine_for(model, name: str, length: int, settings: tuple, build: Callable[[int], object],
+               minimum: int = MIN_POSITIONS):
     """The engine `name` on `model` for `length` positions: the kept one if it was built with `settings` and holds
-    `length` positions (its `max_length`), else `build(max_length)`, which is kept in its place."""
+    `length` positions (its `max_length`), else `build(max(minimum, 2 * length))`, which is kept in its place."""
     engines = model.__dict__.setdefault(_KEPT, {})
     kept_settings, engine = engines.get(name, (None, None))
     if engine is not None and kept_settings == settings and engine.max_length >= length:
         return engine
     if engine is not None:
         engine.release()
-    engine = build(max(MIN_POSITIONS, 2 * length))
+    engine = build(max(minimum, 2 * length))
     engines[name] = settings, engine
     return engine
 

@@ -528,8 +528,10 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         from .fast_draft import GraphDrafter
 
         settings = (self.device, self.dtype, self.config.max_context_tokens, compile_options)
+        # transformers' loop asks block by block and never says how long the generation will get: a cache of 2,048
+        # positions at least spares most generations a rebuild (and its graph captures) midway
         return engine_for(self, "chain drafter", length, settings,
-                          lambda size: GraphDrafter(self, size, compile_options=compile_options))
+                          lambda size: GraphDrafter(self, size, compile_options=compile_options), minimum=2048)
 
 
 @torch.no_grad()
