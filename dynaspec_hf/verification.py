@@ -21,8 +21,9 @@ from .tree import TokenTree, processors_key
 
 
 class TreeVerifier:
-    """Verifies token trees of up to `size` tokens (re-fed chain + nodes) for one `target` at batch 1.
-    `compile_options`: `torch.compile` options for the replayed pass (`StaticCacheModel`)."""
+    """Verifies token trees of up to `size` tokens (re-fed chain + nodes) for one `target` at batch 1, in passes
+    padded to the size a call asks for (one graph per size). `compile_options`: `torch.compile` options for the
+    replayed pass (`StaticCacheModel`)."""
 
     def __init__(self, target, max_length: int, size: int, compile_options: dict | None = None):
         self.model = StaticCacheModel(target, max_length, compile_options)
@@ -31,11 +32,9 @@ class TreeVerifier:
         # a replayed pass's inputs, written on the host and sent in one copy (building them with device operations
         # would be ~15 launches of host time with the device idle, per round): tokens, positions, which
         # token sees which (`[size, size]`, as 0/1) and the write position, which the graph sets itself
-        self.staged = torch.zeros(2 * size + size * size + 1, dtype=torch.long, device=device)
+        self.staged = torch.zeros(_staged_length(size), dtype=torch.long, device=device)
         self.host = torch.zeros(self.staged.shape, dtype=torch.long, pin_memory=device.type == "cuda")
         self.sent = None  # the event after the last copy out of `host`: its end frees `host` for the next pass
-        self.ids, self.positions = self.staged[:size], self.staged[size : 2 * size]
-        self.block, self.length = self.staged[2 * size : -1].view(size, size), self.staged[-1]
         self.logits = torch.zeros(size, target.config.get_text_config().vocab_size, dtype=torch.float32, device=device)
         # sampling's inputs and outputs, one row per tree node (`size` rows hold any tree the pass holds)
         self.node_logits, self.node_q = torch.zeros_like(self.logits), torch.zeros_like(self.logits)
@@ -54,27 +53,32 @@ class TreeVerifier:
         self.model.release()
 
     @torch.no_grad()
-    def verify(self, committed: torch.Tensor, tree: TokenTree) -> torch.Tensor:
-        """Target logits (float32 `[len(tree), vocab]`) after the root and after every draft node, in one forward.
+    def verify(self, committed: torch.Tensor, tree: TokenTree, size: int | None = None) -> torch.Tensor:
+        """Target logits (float32 `[len(tree), vocab]`) after the root and after every draft node, in one forward
+        padded to `size` tokens (at most the verifier's; default: it).
 
         `committed` (1-D) extends what the previous call committed; on return the cache holds exactly it.
         """
+        size = size or self.size
+        if size > self.size:
+            raise ValueError(f"This verifier passes at most {self.size} tokens, not {size}.")
         chain = committed[self.cached :].tolist()  # the tokens committed since the last pass: a few
         n_chain, count = len(chain), len(chain) + len(tree) - 1
-        if count > self.size:  # the prompt's pass: longer than `size`, unpadded and eager, built on the device
-            ids, positions, block = _pass_inputs(chain, tree, self.cached, count, self.ids.device)
+        if count > size:  # the prompt's pass: longer than `size`, unpadded and eager, built on the device
+            ids, positions, block = _pass_inputs(chain, tree, self.cached, count, self.staged.device)
             self.model.set_length(self.cached)
             logits = self._forward(ids, positions, block, keep=len(tree))
         else:
             if self.sent is not None:
                 self.sent.synchronize()
-            ids, positions, block = _pass_inputs(chain, tree, self.cached, self.size, "cpu")
-            torch.cat([ids, positions, block.flatten(), torch.tensor([self.cached])], out=self.host)
-            self.staged.copy_(self.host, non_blocking=True)
+            ids, positions, block = _pass_inputs(chain, tree, self.cached, size, "cpu")
+            used = _staged_length(size)
+            torch.cat([ids, positions, block.flatten(), torch.tensor([self.cached])], out=self.host[:used])
+            self.staged[:used].copy_(self.host[:used], non_blocking=True)
             if self.staged.is_cuda:
                 self.sent = torch.cuda.Event()
                 self.sent.record()
-            self.model.run(self.size, self._replayed_step)
+            self.model.run(size, lambda: self._replayed_step(size))
             logits = self.logits[n_chain - 1 : count].clone()
         self.cached = committed.shape[0]
         self.model.set_length(self.cached)
@@ -106,14 +110,23 @@ class TreeVerifier:
         self.outcomes.copy_(torch.stack(recursive_rejection_sample(logits.softmax(-1), self.node_q,
                                                                    self.candidates[:, :width])))
 
-    def _replayed_step(self) -> None:
-        self.model.set_length(self.length)
-        self.logits.copy_(self._forward(self.ids, self.positions, self.block.bool(), keep=0))
+    def _replayed_step(self, size: int) -> None:
+        """The pass of `size` tokens from the staged inputs: tokens, positions, which token sees which (`[size,
+        size]`, as 0/1), then the write position, which the graph sets itself."""
+        ids, positions, block = self.staged[:size], self.staged[size : 2 * size], self.staged[2 * size : -1]
+        self.model.set_length(self.staged[_staged_length(size) - 1])
+        block = block[: size * size].view(size, size).bool()
+        self.logits[:size].copy_(self._forward(ids, positions, block, keep=0))
 
     def _forward(self, ids, positions, block, keep: int) -> torch.Tensor:
         """The target over `ids` `[T]` written at the cache's write position; float32 logits of the last `keep`
         (0: all)."""
         return self.model.forward(ids[None], positions, block, logits_to_keep=keep).logits[0].float()
+
+
+def _staged_length(size: int) -> int:
+    """Staged numbers of a pass of `size` tokens: ids, positions, the visibility matrix and the write position."""
+    return 2 * size + size * size + 1
 
 
 def _pass_inputs(chain: list[int], tree: TokenTree, cached: int, padded: int, device):
