@@ -36,8 +36,9 @@ from gpu_checks import DRAFTERS, TARGET_8B, llama_config, random_clusters  # noq
 from timing import cuda_ms  # noqa: E402
 
 VOCAB = 128_256
-_TREE = TreeConfig()
-LOOPS = {"chain of 6": TreeConfig.chain(6), f"tree {_TREE.num_nodes}/{_TREE.max_depth}/{_TREE.width}": _TREE}
+_TREE = TreeConfig(num_nodes=16, max_depth=7, width=4)  # the fixed tree tree_budgets.py found fastest
+LOOPS = {"chain of 6": TreeConfig.chain(6), "automatic": TreeConfig(),  # the tree last: its drafter is split
+         f"tree {_TREE.num_nodes}/{_TREE.max_depth}/{_TREE.width}": _TREE}
 
 
 SHAPES = {  # --shape: (target config, drafter config), random weights
@@ -130,7 +131,7 @@ def node_forward_parts(drafter, width: int, heads: bool):
     one = causal(1, drafter.device)
 
     def step():
-        for shortlists in drafter._plan(0.0):
+        for shortlists in drafter._plan(0.0, drafter.max_depth):
             if width == drafter.width:
                 states = drafter.cache.forward(drafter.ids, drafter.positions, drafter.block, base=drafter.base)
             else:

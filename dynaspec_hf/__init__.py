@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from .budget import RoundCosts
 from .candidate_generator import DynaSpecCandidateGenerator
 from .clusters import TokenClusters
 from .configuration_dynaspec import DynaSpecConfig, Shortlist
@@ -20,6 +21,7 @@ __all__ = [
     "DynaSpecCandidateGenerator",
     "DynaSpecConfig",
     "GenerationStats",
+    "RoundCosts",
     "Shortlist",
     "TokenClusters",
     "TreeConfig",

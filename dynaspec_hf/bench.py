@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .generation import DEFAULT_TREE, TreeConfig, generate
+from .generation import TreeConfig, generate
 from .measure import count_forward_calls
 
 
@@ -51,8 +51,8 @@ def bench(target, assistant, prompts: list[torch.Tensor], *, drafter=None, max_n
     if drafter is not None:
         methods.append(("transformers assisted generation, plain drafter", transformers_loop(drafter)))
     methods += [("DynaSpec assistant in transformers' loop", transformers_loop(assistant)),
-                (f"dynaspec_hf.generate, chain of {DEFAULT_TREE.max_depth} (default)", own_loop(DEFAULT_TREE)),
-                ("dynaspec_hf.generate, token tree", own_loop(TreeConfig()))]
+                ("dynaspec_hf.generate, automatic tree (default)", own_loop(TreeConfig())),
+                ("dynaspec_hf.generate, chain of 6", own_loop(TreeConfig.chain(6)))]
     rows, reference = [], None
     for name, run in methods:
         progress(f"bench: {name}")

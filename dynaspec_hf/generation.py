@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
+from .budget import RoundCosts, automatic_drafter
 from .modeling_dynaspec import drafting_temperature, sampling_processors
-from .tree import TokenTree, drafter_for
+from .tree import TokenTree, TreeConfig, drafter_for
 from .verification import tree_verifier
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
@@ -50,51 +51,17 @@ _CUSTOM_MASK_FREE_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
 @dataclass
-class TreeConfig:
-    """Shape of the draft tree. `max_children=1` with `num_nodes == max_depth` drafts a plain chain.
-
-    The default shape is the tree `benchmarks/tree_budgets.py` measured fastest on the trained pair (BENCHMARKS.md
-    keeps the run); `generate` drafts `DEFAULT_TREE`, a chain, unless given a tree.
-    """
-
-    num_nodes: int = 16  # draft tokens per tree (the target verifies them with up to max_depth + 1 re-fed ones)
-    max_depth: int = 7  # longest draft path: the drafter forwards this many times per tree
-    width: int = 4  # nodes each drafter forward takes, and candidate children per node
-    max_children: int | None = None  # per node, when fewer than `width`
-
-    @classmethod
-    def chain(cls, length: int) -> "TreeConfig":
-        return cls(num_nodes=length, max_depth=length, width=1, max_children=1)
-
-    @property
-    def is_chain(self) -> bool:
-        return self.max_children == 1
-
-    @property
-    def verified_tokens(self) -> int:
-        """Tokens of one verification pass after the prompt: the re-fed accepted ones and the target's, then the
-        drafts (a chain drafts at most `max_depth`)."""
-        return self.max_depth + 1 + (min(self.num_nodes, self.max_depth) if self.is_chain else self.num_nodes)
-
-    def validate(self) -> None:
-        if self.num_nodes < 1 or self.max_depth < 1 or self.width < 1 or (self.max_children or 1) < 1:
-            raise ValueError(f"Every TreeConfig field must be at least 1, got {self}.")
-
-
-# What `generate` drafts when no `tree` is given: a chain, the fastest shape measured so far on the CPU and on the
-# GPU (BENCHMARKS.md); trees accept more per target pass but their bookkeeping costs more than it gains there.
-DEFAULT_TREE = TreeConfig.chain(6)
-
-
-@dataclass
 class GenerationStats:
     """What one `generate(..., return_stats=True)` call did, over the batch's rows. Per round (one target pass;
-    the first also reads the prompt): the draft tokens verified, the longest draft path, the drafts accepted."""
+    the first also reads the prompt): the shape drafted, the draft tokens verified, the longest draft path, the
+    drafts accepted. `costs`: the round costs an automatic shape was chosen by."""
 
     new_tokens: int = 0
+    shapes: list[TreeConfig] = field(default_factory=list)
     drafted: list[int] = field(default_factory=list)
     depths: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
+    costs: RoundCosts | None = None
 
     @property
     def target_passes(self) -> int:
@@ -111,7 +78,8 @@ class GenerationStats:
         """Mean accepted length: new tokens per target pass (1.0 for plain decoding)."""
         return self.new_tokens / max(self.target_passes, 1)
 
-    def record(self, tree: TokenTree, accepted: int) -> None:
+    def record(self, shape: TreeConfig, tree: TokenTree, accepted: int) -> None:
+        self.shapes.append(shape)
         self.drafted.append(len(tree) - 1)
         self.depths.append(max(tree.depths))
         self.accepted.append(accepted)
@@ -141,15 +109,15 @@ def generate(
     prompts stay eager and the models themselves are not changed. Exact in float32; in bf16 the fused
     kernels round differently from eager ones, so a near tie may break the other way than in eager decoding.
 
-    `tree` defaults to `DEFAULT_TREE` (a chain of 6 drafts). With `return_stats=True` it returns
-    `(sequences, GenerationStats)`.
+    `tree` defaults to `TreeConfig()`, which picks the chain or tree with the most expected tokens per second
+    for this pair on this device (`budget.py`). With `return_stats=True` it returns `(sequences, GenerationStats)`.
     """
     generation_config, model_kwargs = target._prepare_generation_config(generation_config, **kwargs)
     model_kwargs = {key: value for key, value in model_kwargs.items() if value is not None}
     model_kwargs.pop("use_cache", None)
     if model_kwargs:
         raise TypeError(f"dynaspec_hf.generate got unsupported arguments: {sorted(model_kwargs)}.")
-    tree = tree or DEFAULT_TREE
+    tree = tree or TreeConfig()
     tree.validate()
     if not isinstance(compile, (bool, dict)):
         raise TypeError(f"`compile` takes True, False or a dict of torch.compile options, got {compile!r}.")
@@ -185,14 +153,19 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     """New tokens for one unpadded prompt (counted into `stats`); `temperature` picks the assistant's schedule."""
     length = prompt.shape[0] + max_new_tokens
     verifier = tree_verifier(target, length + shape.verified_tokens, shape.verified_tokens, compile_options)
-    drafter = drafter_for(assistant, length, shape, compile_options)
+    if shape.is_automatic:
+        drafter = automatic_drafter(target, assistant, verifier, length, shape, compile_options)
+        stats.costs = drafter.costs
+    else:
+        drafter = drafter_for(assistant, length, shape, compile_options)
     assistant.check_token_ids(prompt)
     committed = prompt.to(target.device)
     produced: list[int] = []
     while len(produced) < max_new_tokens:
-        budget = min(shape.num_nodes, max(max_new_tokens - len(produced) - 1, 1))
+        drafted = drafter.shape  # an automatic drafter's changes after its probe rounds
+        budget = min(drafted.num_nodes, max(max_new_tokens - len(produced) - 1, 1))
         new, tree = speculative_round(drafter, verifier, committed, budget, do_sample, processors, temperature)
-        stats.record(tree, len(new) - 1)
+        stats.record(drafted, tree, len(new) - 1)
         new = new[: max_new_tokens - len(produced)]
         assistant.check_token_ids(new)  # the target may emit a padding row the drafter cannot read
         stop = next((i for i, token in enumerate(new) if token in eos), None)
@@ -207,13 +180,15 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
 
 def speculative_round(drafter, verifier, committed: torch.Tensor, budget: int, do_sample: bool, processors,
                       temperature: float) -> tuple[list[int], TokenTree]:
-    """One round: draft a tree of at most `budget` tokens after `committed`, verify it in one target pass, accept
-    along it. Returns the new tokens (the accepted drafts, then the target's own) and the tree."""
+    """One round: draft a tree of the drafter's shape with at most `budget` tokens after `committed`, verify it in
+    one target pass, accept along it. Returns the new tokens (the accepted drafts, then the target's own) and the
+    tree."""
+    shape = drafter.shape
     tree = drafter.draft(committed.to(drafter.assistant.device), num_nodes=budget, do_sample=do_sample,
                          processors=processors, temperature=temperature)
-    logits = verifier.verify(committed, tree)
+    logits = verifier.verify(committed, tree, shape.verified_tokens)
     new, trials = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None)
-    drafter.update(trials)
+    drafter.update(len(new) - 1, trials)
     return new, tree
 
 

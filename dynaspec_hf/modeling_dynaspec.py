@@ -29,6 +29,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import cached_file
 
+from .budget import RoundCosts
 from .clusters import TokenClusters
 from .compat import (cache_field, cache_keyword, check_rollback_possible, crop_cache, draft_output, output_cache,
                      record_past)
@@ -52,6 +53,8 @@ class DraftingOptions:
     cuda_graphs: bool = True  # draft on a static cache, each step replayed from a CUDA graph on CUDA; False: eager
     static_cache_off_cuda: bool = False  # the static-cache drafter off CUDA too, its steps eager (the own loop's
     # chains always draft so: a static cache rolls back on any transformers version)
+    round_costs: RoundCosts | None = None  # what an automatic tree shape is chosen by (`budget.py`); None: measured
+    # at first use on each target and device
 
 
 class DynaSpecPreTrainedModel(PreTrainedModel):

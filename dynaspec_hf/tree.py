@@ -23,6 +23,58 @@ from .engines import engine_for
 from .static_cache import StaticCacheModel, causal
 
 
+@dataclass(frozen=True)
+class TreeConfig:
+    """Shape of the draft tree. The default sizes it automatically (`budget.py`): per generation, the chain or tree
+    of at most `max_depth` drafts with the most expected tokens per second for this pair on this device. Setting
+    `num_nodes` fixes the shape; `TreeConfig.chain(n)` drafts a plain chain of n."""
+
+    num_nodes: int | None = None  # draft tokens per tree; None: automatic
+    max_depth: int = 7  # longest draft path: the drafter forwards this many times per tree
+    width: int = 4  # nodes each drafter forward takes, and candidate children per node
+    max_children: int | None = None  # per node, when fewer than `width`
+
+    @classmethod
+    def chain(cls, length: int) -> "TreeConfig":
+        return cls(num_nodes=length, max_depth=length, width=1, max_children=1)
+
+    @property
+    def is_automatic(self) -> bool:
+        return self.num_nodes is None
+
+    @property
+    def is_chain(self) -> bool:
+        return self.max_children == 1 and not self.is_automatic
+
+    @property
+    def probe(self) -> "TreeConfig":
+        """The largest candidate of an automatic shape, drafted first: what every candidate's value is read from."""
+        return self.candidates()[-1]
+
+    def candidates(self) -> list["TreeConfig"]:
+        """What an automatic shape chooses from: chains of 1 to `max_depth` drafts, and trees of each depth from 2
+        with 2 or 4 nodes per level (the probe, the largest, last)."""
+        chains = [TreeConfig.chain(depth) for depth in range(1, self.max_depth + 1)]
+        trees = [TreeConfig(per_level * depth, depth, self.width, self.max_children)
+                 for per_level in (2, 4) for depth in range(2, self.max_depth + 1)]
+        return chains + trees
+
+    @property
+    def verified_tokens(self) -> int:
+        """Tokens of one verification pass after the prompt: the re-fed accepted ones and the target's, then the
+        drafts (a chain drafts at most `max_depth`; an automatic shape at most its probe's)."""
+        if self.is_automatic:
+            return self.probe.verified_tokens
+        return self.max_depth + 1 + (min(self.num_nodes, self.max_depth) if self.is_chain else self.num_nodes)
+
+    def validate(self) -> None:
+        if min(1 if self.is_automatic else self.num_nodes, self.max_depth, self.width, self.max_children or 1) < 1:
+            raise ValueError(f"Every TreeConfig field must be at least 1, got {self}.")
+        if self.is_automatic and (self.max_depth < 2 or min(self.width, self.max_children or self.width) < 2):
+            raise ValueError(f"An automatic TreeConfig (num_nodes=None) chooses among trees, so it needs max_depth "
+                             f"and children per node of at least 2, got {self}: give num_nodes for a fixed shape.")
+
+
 @dataclass
 class TokenTree:
     """Node 0 is the root (the last committed token, at sequence position `root_position`); nodes 1.. are drafts.
@@ -74,15 +126,16 @@ class ChainDrafter:
 
     def __init__(self, assistant, max_depth: int, compile_options: dict | None = None):
         self.assistant, self.max_depth, self.compile_options = assistant, max_depth, compile_options
+        self.shape = TreeConfig.chain(max_depth)
         self.cache = None  # the chain drafter's cache between rounds
 
     @torch.no_grad()
     def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
-              temperature: float = 0.0) -> TokenTree:
+              temperature: float = 0.0, max_depth: int | None = None) -> TokenTree:
         """A chain of at most `num_nodes` (and `max_depth`) drafts after `committed` (1-D ids that extend the previous
         call's); under sampling each node keeps q, the distribution its child was drawn from."""
         length = committed.shape[0]
-        out = self.assistant.draft_block(committed[None], min(num_nodes, self.max_depth), self.cache,
+        out = self.assistant.draft_block(committed[None], min(num_nodes, max_depth or self.max_depth), self.cache,
                                          do_sample=do_sample, logits_processor=processors, temperature=temperature,
                                          compile_options=self.compile_options, static_cache=True)
         self.cache = output_cache(out)
@@ -94,7 +147,7 @@ class ChainDrafter:
             node = tree.add(token, node)
         return tree
 
-    def update(self, trials: list[tuple[int, int | None]]) -> None:
+    def update(self, accepted: int, trials: list[tuple[int, int | None]]) -> None:
         """A chain's shape does not learn from outcomes."""
 
 
@@ -194,12 +247,14 @@ class TreeDrafter:
         self.index = assistant.lm_head.index()
         self.start()
 
-    def start(self, max_children: int | None = None) -> None:
-        """Begin a generation: nothing cached, no sibling acceptance counted; at most `max_children` per node."""
-        self.cached, self.max_children, self.rates = 0, max_children, SiblingAcceptance()
+    def start(self, shape: TreeConfig | None = None) -> None:
+        """Begin a generation of trees of `shape` (default: the drafter's largest): nothing cached, no sibling
+        acceptance counted."""
+        self.shape = shape or TreeConfig(self.width * self.forwards, self.max_depth, self.width)
+        self.cached, self.max_children, self.rates = 0, self.shape.max_children, SiblingAcceptance()
         self._expansions = {}  # this generation's expansion plans and graph keys, built on its first round
 
-    def update(self, trials: list[tuple[int, int | None]]) -> None:
+    def update(self, accepted: int, trials: list[tuple[int, int | None]]) -> None:
         """Count a round's outcomes (`accept`'s trials) into the sibling acceptance that shapes sampled trees."""
         for candidates, accepted_index in trials:
             self.rates.record(candidates, accepted_index)
@@ -232,7 +287,7 @@ class TreeDrafter:
         self._grow(1, self.root_logits, self.pool_index[:1], self.forwarded[:1], self.ancestors[:1].zero_(),
                    self.row[:1], do_sample, per_node, processors)
         for forward, shortlists in enumerate(plan):
-            batch, valid = self._choose()
+            batch, valid = self._choose(len(plan) + 1)
             rows = torch.where(valid, 2 + self.slots[forward], 0)
             self.forwarded[batch] = self.forwarded[batch] | valid
             self.row[batch] = torch.where(valid, rows, self.row[batch])
@@ -271,11 +326,11 @@ class TreeDrafter:
         rank = torch.empty_like(order).scatter_(0, order, self.pool_index)
         return rank, (rank <= self.budget) & (self.value > float("-inf"))
 
-    def _choose(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next forward's nodes: the `width` best kept candidates not forwarded yet, padded; and which of them
-        are real."""
+    def _choose(self, max_depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next forward's nodes: the `width` best kept candidates above `max_depth` not forwarded yet, padded;
+        and which of them are real."""
         rank, kept = self._kept()
-        eligible = kept & ~self.forwarded & (self.depth < self.max_depth)
+        eligible = kept & ~self.forwarded & (self.depth < max_depth)
         batch = torch.where(eligible, rank, rank + rank.shape[0]).topk(self.width, largest=False).indices
         return batch, eligible[batch]
 
@@ -301,11 +356,11 @@ class TreeDrafter:
         self.value[span] = torch.where(exists, self.value[parents][:, None] * scores, float("-inf")).flatten()
         self.ancestors[span] = ancestors.repeat_interleave(self.width, dim=0)
 
-    def _plan(self, temperature: float) -> list[list[tuple[Shortlist, list[int]]]]:
-        """Per node forward, the distinct shortlists of the draft positions its nodes can have (forward f takes
-        nodes of depth 1..f+1, and a node of depth d drafts position d)."""
+    def _plan(self, temperature: float, max_depth: int) -> list[list[tuple[Shortlist, list[int]]]]:
+        """Per node forward (`max_depth - 1` of them), the distinct shortlists of the draft positions its nodes can
+        have (forward f takes nodes of depth 1..f+1, and a node of depth d drafts position d)."""
         plan = []
-        for forward in range(self.max_depth - 1):
+        for forward in range(max_depth - 1):
             shortlists: dict[Shortlist, list[int]] = {}
             for position in range(1, forward + 2):
                 shortlists.setdefault(self.assistant.config.shortlist_at(position, temperature), []).append(position)
@@ -314,10 +369,10 @@ class TreeDrafter:
 
     @torch.no_grad()
     def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
-              temperature: float = 0.0, max_children: int | None = None,
+              temperature: float = 0.0, max_depth: int | None = None, max_children: int | None = None,
               sibling_acceptance: SiblingAcceptance | None = None) -> TokenTree:
-        """A tree of at most `num_nodes` draft tokens after `committed` (1-D ids on the assistant's device, which
-        extend those of the previous call since `start`). Under sampling, children are drawn without replacement
+        """A tree of at most `num_nodes` draft tokens and `max_depth` levels (at most the drafter's) after `committed`
+        (1-D ids on the assistant's device, which extend those of the previous call since `start`). Under sampling, children are drawn without replacement
         from q, the processed (temperature / top-k / top-p) shortlist distribution; greedy trees take each node's
         most probable tokens. `temperature` (0: greedy) picks the shortlist schedule."""
         length = committed.shape[0]
@@ -342,9 +397,10 @@ class TreeDrafter:
             scores = (sibling_acceptance or self.rates).scores(self.width)
             self.child_scores.copy_(torch.tensor(scores, dtype=torch.float32))
         per_node = min(self.width, max_children or self.max_children or self.width)
-        settings = (temperature, do_sample, per_node, processors_key(processors) if do_sample else ())
+        max_depth = min(max_depth or self.max_depth, self.max_depth)
+        settings = (temperature, max_depth, do_sample, per_node, processors_key(processors) if do_sample else ())
         if settings not in self._expansions:  # once per generation, not per round: host work the device waits for
-            plan = self._plan(temperature)
+            plan = self._plan(temperature, max_depth)
             hashable = tuple(tuple((shortlist, tuple(positions)) for shortlist, positions in forward) for forward in plan)
             self._expansions[settings] = plan, ("tree", *settings[1:], hashable)
         plan, key = self._expansions[settings]
@@ -362,6 +418,17 @@ class TreeDrafter:
                 if rows[node]:
                     tree.probs[number[node]] = q[rows[node]]
         return tree
+
+    def pool(self) -> tuple[list[float], list[int], list[bool]]:
+        """The last expansion's candidates but the root (`budget.py` reads them): each one's value (the estimated
+        probability that the target accepts its path), depth, and whether it lies on the path of first children,
+        the chain a chain drafter would have drafted. Candidates never grown are left out."""
+        values, depths, parents = self.value.tolist(), self.depth.tolist(), self.parent.tolist()
+        first = [True] * len(values)
+        for node in range(1, len(values)):  # a node's children take `width` pool entries from 1 + width * k
+            first[node] = (node - 1) % self.width == 0 and first[parents[node]]
+        grown = [node for node in range(1, len(values)) if values[node] > float("-inf")]
+        return [values[n] for n in grown], [depths[n] for n in grown], [first[n] for n in grown]
 
     def release(self) -> None:
         self.cache.release()
@@ -384,5 +451,5 @@ def drafter_for(assistant, length: int, shape, compile_options: dict | None = No
                 compile_options)
     drafter = engine_for(assistant, "tree drafter", length, settings,
                          lambda size: TreeDrafter(assistant, size, shape.max_depth, shape.width, compile_options))
-    drafter.start(shape.max_children)
+    drafter.start(shape)
     return drafter
