@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gzip
 import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -156,8 +158,10 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
     settings = {key: dynaspec_16[key] for key in ("fraction", "schedule")}
     row("DynaSpec 1/16, eager drafting", "dynaspec-eager", tau=NONE, timed=GREEDY, **settings)  # τ: the graph's
     for base in [m for m in out if m["method"] in ("full vocabulary", "DynaSpec 1/16")] if trees else []:
-        row(f"tree: {base['method']}", "dynaspec-tree", base["fraction"], tau=BOTH if base is dynaspec_16 else GREEDY,
-            timed=BOTH, schedule=base["schedule"], tree=tree or TreeConfig())
+        name = f"tree: {base['method']}"
+        row(name, "dynaspec-tree", base["fraction"], tau=BOTH if base is dynaspec_16 else GREEDY, timed=BOTH,
+            schedule=base["schedule"], tree=tree or TreeConfig(),
+            round_costs=calibration.get("round_costs", {}).get(name))  # the automatic shape's, `measure_round_costs`
     for name in OWN_LOOP_CHAINS:  # the package's own loop, where drafting is a large share of a round
         base = next(m for m in out if m["method"] == name)
         row(f"chain (own loop): {name}", "dynaspec-tree", base["fraction"], timed=BOTH,
@@ -202,6 +206,8 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
         assistant.set_schedule(**method["schedule"])
         assistant.use_cuda_graphs = method["engine"] in ("dynaspec-graph", "dynaspec-tree")  # the own loop's
         # chains draft with the graph drafter; its trees replay graphs of their own wherever they can
+        costs = method.get("round_costs")
+        assistant.drafting.round_costs = dynaspec_hf.RoundCosts(**costs) if costs else None
     elif method["engine"] == "transformers" and method["method"] != "autoregressive":
         assistant = drafters[method.get("drafter", "like-for-like")]
     elif method["engine"] == "prompt-lookup":
@@ -340,11 +346,33 @@ def run_calibration(args) -> None:
                        calibration_seconds=calibrated, vocabtrim_tokens=int(trim_counts.sum()),
                        hardware=hardware_block())
     (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    calibration["round_costs"] = measure_round_costs(args, calibration)
+    (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
     print(f"calibrated on {report['train_pairs']} positions in {calibrated:.0f}s; position-aware k: "
           f"{report['k_by_position']}; splits {report['splits']}; sampled splits {report['sampled_splits']}; "
           f"sampling bands kept {({k: c['kept'] for k, c in checks.items()})}, tails kept "
           f"{({k: c.get('tail_weight') if c.get('tail_kept') else 0 for k, c in checks.items()})} ({checked:.0f}s); "
           f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
+
+
+def measure_round_costs(args, calibration: dict) -> dict:
+    """The round costs of every automatic-tree row (`dynaspec_hf.RoundCosts`), timed here, with the device to
+    itself, once: every τ worker (they share the device, which would skew their own timings) and the timing phase
+    then choose shapes by the same costs."""
+    rows = [m for m in run_methods(calibration, args) if m["engine"] == "dynaspec-tree" and m["tree"].is_automatic]
+    if not rows:
+        return {}
+    target, _, assistants = load_models(args, args.device)
+    prompt = next(iter(encoded_prompts(args).values()))[0][None].to(args.device)
+    costs = {}
+    for method in rows:
+        assistant = assistants[method.get("assistant", "dynaspec")]
+        assistant.set_schedule(**method["schedule"])
+        assistant.drafting.round_costs = None
+        _, stats = dynaspec_hf.generate(target, assistant, prompt, tree=method["tree"], max_new_tokens=8,
+                                        return_stats=True)
+        costs[method["method"]] = dataclasses.asdict(stats.costs)
+    return costs
 
 
 def run_tau(args, state) -> None:
@@ -376,7 +404,12 @@ def run_tau(args, state) -> None:
         if args.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = gpus[state.local_process_index if state.num_processes > 1 else index % len(gpus)]
         workers.append(subprocess.Popen(command, env=env))
-    failed = sum(bool(worker.wait()) for worker in workers)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a time limit's SIGTERM ends the workers too
+    try:
+        failed = sum(bool(worker.wait()) for worker in workers)
+    finally:  # no worker outlives this process: one left running would share the device with the next phase
+        for worker in workers:
+            worker.kill()
     state.wait_for_everyone()
     if failed:
         raise SystemExit(f"{failed} τ worker(s) of process {state.process_index} failed")
@@ -407,6 +440,7 @@ def run_worker(args) -> None:
     temperatures = ",".join(str(t) for t in args.temperatures)
     shard = args.pair / "shards" / f"T{temperatures}-{index}.json"
     records = json.loads(shard.read_text()) if shard.exists() else []  # resume an interrupted run
+    shard.write_text(json.dumps(records))  # a worker with no prompts still reports
     done = {(r["method"], r["category"], r["prompt"], r["temperature"]) for r in records}
     shortlist_ranks = frequency_ranks(assistants["dynaspec"], calibration)
     for temperature in args.temperatures:
@@ -485,7 +519,9 @@ def run_timing(args) -> None:
         for temperature, method in timed:
             if [round_, temperature, method["method"]] in state["done"]:
                 continue
-            generate(method, target, drafters, assistants, warm, temperature, 32)  # warm-up: graphs, kernels
+            # warm-up (graphs, kernels, compilation) at the timed length: the compiled plain decoding's static cache
+            # is sized by it
+            generate(method, target, drafters, assistants, warm, temperature, args.max_new_tokens)
             for category, prompts in sample.items():
                 total = totals.setdefault(f"{method['method']}|{category}|{temperature}",
                                           dict(tokens=0, seconds=0.0, exact=0, runs=0))
@@ -545,9 +581,10 @@ def merge(args) -> dict:
             timing += timing_rows(json.loads(path.read_text())["totals"], args.timing_per_category)
     speed = {(r["method"], r["category"], r["temperature"]): r for r in timing}
     rows = []
+    categories = sorted({r["category"] for r in records + timing})  # a run stopped before τ still has its timings
     for method in run_methods(calibration, args):
         for temperature in sorted(set(method["temperatures"] + method["timed_temperatures"])):
-            for category in sorted({r["category"] for r in records}):
+            for category in categories:
                 mine = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
                         (method["method"], category, temperature)]
                 reference = "tree: full vocabulary" if method["method"].startswith("tree") else "full vocabulary"
