@@ -195,7 +195,8 @@ def run_methods(calibration: dict, args) -> list[dict]:
 
 def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.Tensor, temperature: float,
              new_tokens: int):
-    """One generation with `method`; returns the new tokens and the number of target forward passes."""
+    """One generation with `method`; returns the new tokens, the number of target forward passes and, for the own
+    loop, its `GenerationStats` (None otherwise)."""
     options = dict(do_sample=temperature > 0, max_new_tokens=new_tokens)
     if temperature > 0:
         options.update(temperature=temperature, top_k=0, top_p=1.0)
@@ -215,6 +216,7 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
     elif method["engine"] == "compiled-plain":  # transformers compiles the decoding step for a static cache on
         # CUDA; one cache size for every prompt, so the compiled step is built once
         options.update(cache_implementation="static", max_cache_len=MAX_PROMPT_TOKENS + new_tokens)
+    stats = None
     with count_forward_calls(target) as calls:
         if method["engine"] == "dynaspec-tree":
             out, stats = dynaspec_hf.generate(target, assistant, ids, tree=method["tree"], return_stats=True,
@@ -222,7 +224,7 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
             calls[0] = stats.target_passes  # replayed passes call no forward
         else:
             out = target.generate(ids, assistant_model=assistant, **options)
-    return out[0, ids.shape[1] :].cpu(), calls[0]
+    return out[0, ids.shape[1] :].cpu(), calls[0], stats
 
 
 def timed_generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.Tensor, temperature: float,
@@ -231,7 +233,7 @@ def timed_generate(method: dict, target, drafters: dict, assistants: dict, ids: 
     synchronize = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     synchronize()
     start = time.perf_counter()
-    out, calls = generate(method, target, drafters, assistants, ids, temperature, new_tokens)
+    out, calls, _ = generate(method, target, drafters, assistants, ids, temperature, new_tokens)
     synchronize()
     return out, calls, time.perf_counter() - start
 
@@ -452,9 +454,12 @@ def run_worker(args) -> None:
                     continue
                 ids = prompt[None].to(args.device)
                 torch.manual_seed(args.seed + number)
-                tokens, calls = generate(method, target, drafters, assistants, ids, temperature, args.max_new_tokens)
+                tokens, calls, stats = generate(method, target, drafters, assistants, ids, temperature,
+                                                args.max_new_tokens)
                 record = dict(method=method["method"], category=category, prompt=number, temperature=temperature,
                               tokens=tokens.numel(), target_calls=calls)
+                if stats is not None:  # the own loop's draft shapes: draft nodes and longest path, summed over rounds
+                    record.update(drafted=stats.drafted_tokens, depths=sum(stats.depths))
                 if method["method"] == "full vocabulary":
                     record["realism"] = realism(target, drafters["like-for-like"], ids, tokens.to(args.device), temperature,
                                                 shortlist_ranks)
@@ -595,6 +600,8 @@ def merge(args) -> dict:
                 tau = sum(r["tokens"] for r in mine) / max(sum(r["target_calls"] for r in mine), 1) if mine else None
                 tau = 1.0 if method["method"] == "autoregressive" else tau
                 full_tau = sum(r["tokens"] for r in full) / sum(r["target_calls"] for r in full) if full else None
+                shaped = [r for r in mine if "drafted" in r]
+                passes = sum(r["target_calls"] for r in shaped)
                 rows.append(dict(
                     method=method["method"], engine=method["engine"], shortlist_fraction=method["fraction"],
                     category=category, temperature=temperature, tau=tau,
@@ -604,7 +611,9 @@ def merge(args) -> dict:
                     speedup=timed and base and timed["tokens_per_s"] / base["tokens_per_s"],
                     timing_prompts=timed and timed["timing_prompts"], timing_runs=timed and timed["timing_runs"],
                     timed_tokens=timed and timed["timed_tokens"],
-                    gaps_at_first_difference=timed and timed.get("gaps_at_first_difference")))
+                    gaps_at_first_difference=timed and timed.get("gaps_at_first_difference"),
+                    draft_nodes=sum(r["drafted"] for r in shaped) / passes if shaped else None,
+                    draft_depth=sum(r["depths"] for r in shaped) / passes if shaped else None))
     hardware = calibration.pop("hardware", None) or hardware_block()  # where the measurements ran, not the merge
     return {"hardware": hardware, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "tau_prompts_per_category": {f"T={t}": {c: len({r["prompt"] for r in records if (r["category"], r["temperature"]) == (c, t)})

@@ -98,6 +98,19 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def draft_shape_table(rows: list[dict]) -> str:
+    """The own loop's drafts per round (target pass, the prompt's included), per category: mean draft nodes
+    verified and mean longest path, with τ. For the automatic tree, what it chose."""
+    shaped = [row for row in rows if row.get("draft_nodes") is not None]
+    if not shaped:
+        return ""
+    lines = ["The own loop's drafts per round:\n", "| T | method | category | draft nodes | longest path | τ |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {row['temperature']:.0f} | {row['method']} | {row['category']} | {row['draft_nodes']:.1f} | "
+              f"{row['draft_depth']:.1f} | {row['tau']:.2f} |" for row in shaped]
+    return "\n".join(lines) + "\n"
+
+
 def side_by_side_table(rows: list[dict], reference: str = ASSISTED) -> str:
     """Tokens/s of each timed method over `reference`'s, prompt set by prompt set in the same run: geometric mean,
     lowest and highest over the categories. Steadier than speedups over plain decoding, whose launch-bound speed
@@ -199,7 +212,8 @@ def summary(rows: list[dict], realism: dict | None = None, calibration: dict | N
               ratio_table(rows, PACKAGE_DEFAULT, OWN_LOOP_REFERENCES,
                           "Shortlists where drafting matters (the own loop, chains of the same length): "
                           f"{PACKAGE_DEFAULT}'s tokens/s over the other heads':"),
-              summary_table(rows), side_by_side_table(rows)] + ([realism_table(realism)] if realism else [])
+              summary_table(rows), draft_shape_table(rows), side_by_side_table(rows)]
+    tables += [realism_table(realism)] if realism else []
     tables += [recovery_table(rows, 0.0), recovery_table(rows, 1.0), sampled_acceptance_table(calibration)]
     return "\n".join(table for table in tables if table)
 

@@ -44,7 +44,8 @@ def measure(args, saved) -> list[dict]:
     for temperature in args.temperatures:
         for name, tree in tqdm(shapes.items(), desc=f"T={temperature:g}"):
             method = dict(base, method=name, engine="dynaspec-tree", tree=tree)
-            generate(method, target, drafter, assistants, prompts[0][None].to(args.device), temperature, 32)  # warm-up
+            generate(method, target, drafter, assistants, prompts[0][None].to(args.device), temperature,
+                     args.max_new_tokens)  # warm-up at the timed length
             tokens = calls = 0
             seconds = 0.0
             for number, prompt in enumerate(prompts):

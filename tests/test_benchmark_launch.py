@@ -91,8 +91,15 @@ def test_tau_phase_two_processes_equal_one(calibrated, tmp_path):
     # six, HumanEval and the out-of-domain headers
     assert len(runs[1]) == 26 * 8
     assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers"}
-    assert runs[1] == runs[2]
+    assert runs[1] == runs[2]  # the automatic trees chose by the round costs calibration timed, not their own
+    assert set(json.loads((pair / "calibration.json").read_text())["round_costs"]) == {
+        "tree: full vocabulary", "tree: DynaSpec 1/16"}
     assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
+    own = [r for r in runs[1] if r["method"].startswith(("tree:", "chain (own loop)"))]
+    assert own and all(r["target_calls"] - 1 <= r["drafted"] and r["depths"] <= r["drafted"] for r in own)
+    run(common + ["--phase", "merge"], [sys.executable])  # τ without timings: the own loop's draft shapes
+    drafts = (tmp_path / "out" / "summary.md").read_text().split("The own loop's drafts per round:")[1]
+    assert "| 0 | tree: DynaSpec 1/16 | cpp_headers |" in drafts.split("\n\n")[1]
     realism = [r["realism"] for r in runs[1] if r["method"] == "full vocabulary"]
     assert len(realism) == 8
     for stats in realism:  # greedy tokens inside the static shortlists: counts that grow with the shortlist
