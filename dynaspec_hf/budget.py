@@ -4,12 +4,13 @@ A round costs drafting its shape plus one verification pass, and yields one toke
 costs are measured once per model pair and device, at first use, in a few timed calls of the engines the
 generation uses anyway (`RoundCosts.measure`), and kept on the assistant.
 
-The accepted drafts are predicted by the drafter itself. The first rounds of a generation draft the probe, the
-largest candidate tree, whose candidate pool values every path by the probability that the target accepts it
-(greedy: the product of q along it; sampling: measured sibling acceptance rates). What any smaller tree or chain
-would have kept is read off the same pool, then scaled by how the probe's predictions compared with what the
-target accepted. The generation goes on with the candidate of the most expected tokens per second. Chains are
-candidates, so the automatic shape loses to the best chain only by the probe rounds and the estimate's error.
+The accepted drafts are predicted by the drafter itself. A generation's first round (the first three, for an
+assistant's first generation) drafts the probe, the largest candidate tree, whose candidate pool values every path
+by the probability that the target accepts it (greedy: the product of q along it; sampling: measured sibling
+acceptance rates). What any smaller tree or chain would have kept is read off the same pool, then scaled by how
+the probe's predictions compared with what the target accepted, over the assistant's recent probe rounds
+(`ProbeEstimate`). The generation goes on with the candidate of the most expected tokens per second. Chains are
+candidates, so the automatic shape loses to the best chain only by the probe round and the estimate's error.
 
 The shape depends only on earlier rounds' outcomes, never on the round's own draws, so sampling stays exact.
 """
@@ -23,7 +24,8 @@ import torch
 
 from .tree import ChainDrafter, TokenTree, drafter_for
 
-PROBE_ROUNDS = 3  # rounds that draft the probe before a generation picks its shape
+PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
+MEMORY = 8  # probe rounds over which an estimate fades
 
 
 @dataclass(frozen=True)
@@ -111,18 +113,36 @@ def _chain_tree(committed: torch.Tensor, drafts: int) -> TokenTree:
     return tree
 
 
-class AutomaticDrafter:
-    """Drafts for an automatic `TreeConfig`: the probe for the first `PROBE_ROUNDS` rounds of a generation, then
-    the candidate shape with the most expected tokens per second (`shape` is the one drafted next)."""
+@dataclass
+class ProbeEstimate:
+    """What the probe rounds of an assistant's generations predicted for every candidate shape, and what the target
+    accepted: sums in which each round's share fades over `MEMORY` rounds, so the choice follows the recent text.
+    Kept on the assistant between generations, so a generation probes `PROBE_ROUNDS` rounds only while its
+    estimate is empty, and one round after that."""
 
-    def __init__(self, chain, tree, config, costs: RoundCosts):
-        self.chain, self.tree, self.costs = chain, tree, costs
+    predicted: list[float]  # expected accepted drafts per candidate
+    probe_predicted: float = 0.0  # the same for the probe itself, to compare with what was accepted
+    accepted: float = 0.0
+    rounds: float = 0.0
+
+    def add(self, predicted: list[float], probe_predicted: float, accepted: int) -> None:
+        keep = 1 - 1 / MEMORY
+        self.predicted = [keep * old + new for old, new in zip(self.predicted, predicted)]
+        self.probe_predicted = keep * self.probe_predicted + probe_predicted
+        self.accepted = keep * self.accepted + accepted
+        self.rounds = keep * self.rounds + 1
+
+
+class AutomaticDrafter:
+    """Drafts for an automatic `TreeConfig`: the probe for a generation's first rounds, then the candidate shape
+    with the most expected tokens per second (`shape` is the one drafted next)."""
+
+    def __init__(self, chain, tree, config, costs: RoundCosts, estimate: ProbeEstimate):
+        self.chain, self.tree, self.costs, self.estimate = chain, tree, costs, estimate
         self.assistant = tree.assistant
         self.candidates = config.candidates()
         self.shape = config.probe
-        self.predicted = [0.0] * len(self.candidates)  # expected accepted drafts, summed over the probe rounds
-        self.probe_predicted = self.accepted = 0.0
-        self.rounds = 0
+        self.probing = PROBE_ROUNDS if estimate.rounds == 0 else 1  # probe rounds left in this generation
 
     def draft(self, committed: torch.Tensor, *, num_nodes: int, **options) -> TokenTree:
         drafter = self.chain if self.shape.is_chain else self.tree
@@ -131,25 +151,24 @@ class AutomaticDrafter:
     def update(self, accepted: int, trials: list[tuple[int, int | None]]) -> None:
         if not self.shape.is_chain:
             self.tree.update(accepted, trials)
-        if self.rounds == PROBE_ROUNDS:
+        if not self.probing:
             return
         pool = self.tree.pool()
-        for index, shape in enumerate(self.candidates):
-            self.predicted[index] += expected_drafts(shape, *pool)
-        self.probe_predicted += expected_drafts(self.shape, *pool)
-        self.accepted += accepted
-        self.rounds += 1
-        if self.rounds == PROBE_ROUNDS:
+        self.estimate.add([expected_drafts(shape, *pool) for shape in self.candidates],
+                          expected_drafts(self.shape, *pool), accepted)
+        self.probing -= 1
+        if not self.probing:
             self.shape = self.best()
 
     def best(self):
         """The candidate of the most expected tokens per second: predictions scaled by how the probe's compared with
         what was accepted (Laplace-smoothed), over the measured seconds of a round."""
-        scale = (self.accepted + 1) / (self.probe_predicted + 1)
+        estimate = self.estimate
+        scale = (estimate.accepted + 1) / (estimate.probe_predicted + 1)
 
         def rate(index: int) -> float:
             shape = self.candidates[index]
-            drafts = min(scale * self.predicted[index] / self.rounds, shape.max_depth)  # a round accepts one path
+            drafts = min(scale * estimate.predicted[index] / estimate.rounds, shape.max_depth)  # one path accepted
             return (1 + drafts) / self.costs.seconds(shape)
 
         return self.candidates[max(range(len(self.candidates)), key=rate)]
@@ -164,11 +183,12 @@ def expected_drafts(shape, values: list[float], depths: list[int], first: list[b
     return sum(kept[: shape.num_nodes])
 
 
-def automatic_drafter(target, assistant, verifier, length: int, config, compile_options: dict | None
-                      ) -> AutomaticDrafter:
-    """The automatic drafter for a generation of `length` positions, over its engines, with the round costs of
-    this pair and device: the assistant's `drafting.round_costs` when set, else measured on first use and kept on
-    the assistant."""
+def automatic_drafter(target, assistant, verifier, length: int, config, do_sample: bool, temperature: float,
+                      compile_options: dict | None) -> AutomaticDrafter:
+    """The automatic drafter for a generation of `length` positions, over its engines. Its round costs: the
+    assistant's `drafting.round_costs` when set, else measured on first use and kept on the assistant. Its probe
+    estimate: kept on the assistant per shape, drafting mode and schedule (greedy and sampled probes value paths
+    differently)."""
     chain = ChainDrafter(assistant, config.max_depth, compile_options)
     tree = drafter_for(assistant, length, config.probe, compile_options)
     costs = assistant.drafting.round_costs
@@ -180,4 +200,7 @@ def automatic_drafter(target, assistant, verifier, length: int, config, compile_
         if key not in kept:
             kept[key] = RoundCosts.measure(verifier, chain, tree, config.probe)
         costs = kept[key]
-    return AutomaticDrafter(chain, tree, config, costs)
+    estimates = assistant.__dict__.setdefault("_dynaspec_probe_estimates", {})
+    key = (config, do_sample, repr(assistant.config.schedule(temperature)))
+    estimate = estimates.setdefault(key, ProbeEstimate([0.0] * len(config.candidates())))
+    return AutomaticDrafter(chain, tree, config, costs, estimate)
