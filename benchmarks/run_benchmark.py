@@ -679,7 +679,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Bars per category: recovery at T = 0 and T = 1, and speedup at T = 0 (each panel only where measured)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the `plot` extra; the tables are written without it
+        print(f"{path.name} not written: matplotlib is not installed (pip install 'dynaspec-hf[plot]')")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
