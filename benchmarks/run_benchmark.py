@@ -347,7 +347,6 @@ def run_calibration(args) -> None:
                        argmax_curves=argmax_report.get("curves"), train_pairs=report["train_pairs"],
                        calibration_seconds=calibrated, vocabtrim_tokens=int(trim_counts.sum()),
                        hardware=hardware_block())
-    (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
     calibration["round_costs"] = measure_round_costs(args, calibration)
     (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
     print(f"calibrated on {report['train_pairs']} positions in {calibrated:.0f}s; position-aware k: "

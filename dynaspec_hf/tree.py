@@ -251,7 +251,7 @@ class TreeDrafter:
         """Begin a generation of trees of `shape` (default: the drafter's largest): nothing cached, no sibling
         acceptance counted."""
         self.shape = shape or TreeConfig(self.width * self.forwards, self.max_depth, self.width)
-        self.cached, self.max_children, self.rates = 0, self.shape.max_children, SiblingAcceptance()
+        self.cached, self.rates = 0, SiblingAcceptance()
         self._expansions = {}  # this generation's expansion plans and graph keys, built on its first round
 
     def update(self, accepted: int, trials: list[tuple[int, int | None]]) -> None:
@@ -371,10 +371,10 @@ class TreeDrafter:
     def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
               temperature: float = 0.0, max_depth: int | None = None, max_children: int | None = None,
               sibling_acceptance: SiblingAcceptance | None = None) -> TokenTree:
-        """A tree of at most `num_nodes` draft tokens and `max_depth` levels (at most the drafter's) after `committed`
-        (1-D ids on the assistant's device, which extend those of the previous call since `start`). Under sampling, children are drawn without replacement
-        from q, the processed (temperature / top-k / top-p) shortlist distribution; greedy trees take each node's
-        most probable tokens. `temperature` (0: greedy) picks the shortlist schedule."""
+        """A tree of at most `num_nodes` draft tokens and `max_depth` levels (at most the drafter's) after
+        `committed` (1-D ids on the assistant's device, which extend those of the previous call since `start`).
+        Under sampling, children are drawn without replacement from q, the processed (temperature / top-k / top-p)
+        shortlist distribution; greedy trees take each node's most probable tokens. `temperature` (0: greedy) picks the shortlist schedule."""
         length = committed.shape[0]
         start = max(min(self.cached, length - 2), 0)  # re-read two tokens: the router's input
         count = length - start
@@ -396,7 +396,7 @@ class TreeDrafter:
         if do_sample:
             scores = (sibling_acceptance or self.rates).scores(self.width)
             self.child_scores.copy_(torch.tensor(scores, dtype=torch.float32))
-        per_node = min(self.width, max_children or self.max_children or self.width)
+        per_node = min(self.width, max_children or self.shape.max_children or self.width)
         max_depth = min(max_depth or self.max_depth, self.max_depth)
         settings = (temperature, max_depth, do_sample, per_node, processors_key(processors) if do_sample else ())
         if settings not in self._expansions:  # once per generation, not per round: host work the device waits for

@@ -113,9 +113,9 @@ class TreeVerifier:
     def _replayed_step(self, size: int) -> None:
         """The pass of `size` tokens from the staged inputs: tokens, positions, which token sees which (`[size,
         size]`, as 0/1), then the write position, which the graph sets itself."""
-        ids, positions, block = self.staged[:size], self.staged[size : 2 * size], self.staged[2 * size : -1]
-        self.model.set_length(self.staged[_staged_length(size) - 1])
-        block = block[: size * size].view(size, size).bool()
+        ids, positions = self.staged[:size], self.staged[size : 2 * size]
+        block = self.staged[2 * size : 2 * size + size * size].view(size, size).bool()
+        self.model.set_length(self.staged[2 * size + size * size])
         self.logits[:size].copy_(self._forward(ids, positions, block, keep=0))
 
     def _forward(self, ids, positions, block, keep: int) -> torch.Tensor:
