@@ -3,7 +3,7 @@
 #   cp -r ../shared/data .carry/   # here, once; .carry is git-ignored and travels with `carry`
 #   bash benchmarks/run_all.sh .carry/data benchmarks/results [SECONDS] [run_benchmark.py options...]
 # (e.g. --no-trees, or --methods 'full vocabulary' 'DynaSpec 1/16': each further argument is passed on as given)
-# Steps: the pair (benchmarks/recipe.py: the target, ~7.5 min, then the drafter, ~2.5 min), calibration (~4 min), τ on
+# Steps: the pair (benchmarks/recipe.py: the target, ~7.5 min, then the drafter, ~2.5 min), calibration (~4 min, started with 6 left), τ on
 # every sampled prompt at T = 0 and T = 1 (worker processes, both temperatures in one pool), tokens/s on the timing
 # sample, merge: calls of 575 s back to back on one warm machine, inside the 30 minutes a machine is held.
 # Every step is skipped once its product exists in runs/pair, and the τ and timing steps resume where they stopped,
@@ -49,7 +49,7 @@ nvidia-cuda-mps-control -d 2>/dev/null || true  # lets the τ workers share the 
 mkdir -p "$out"
 step $pair/target.json 480 recipe target
 step $pair/recipe.json 200 recipe drafter
-step $pair/calibration.json 480 "${bench[@]}" --phase calibrate
+step $pair/calibration.json 360 "${bench[@]}" --phase calibrate
 step $pair/tau-T0.0,1.0.json 90 resumable $pair/tau-T0.0,1.0.json "${bench[@]}" --phase tau --temperatures 0 1
 step $pair/timing-T0.0,1.0.json 90 resumable $pair/timing-T0.0,1.0.json "${bench[@]}" --phase timing --temperatures 0 1
 merge && cat "$out/summary.md"

@@ -52,7 +52,7 @@ from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_schedu
                                    split_schedule)
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from corpora import OUT_OF_DOMAIN, header_prompts  # noqa: E402
-from summarize import ASSISTED_DEFAULTS, COMPILED_PLAIN, PROMPT_LOOKUP, summary  # noqa: E402
+from summarize import ASSISTED, ASSISTED_DEFAULTS, COMPILED_PLAIN, PROMPT_LOOKUP, summary  # noqa: E402
 
 DRAFT_TOKENS = 6
 MAX_PROMPT_TOKENS = 512  # a prompt's last tokens kept
@@ -167,6 +167,11 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
         row(f"chain (own loop): {name}", "dynaspec-tree", base["fraction"], timed=BOTH,
             **{key: base[key] for key in ("schedule", "assistant") if key in base}, tree=TreeConfig.chain(DRAFT_TOKENS))
     return out
+
+
+def is_headline_row(method: dict) -> bool:
+    """The rows a user's question needs: the baselines they would pick instead, and the package's own loop."""
+    return method["method"] in BASELINES + (ASSISTED,) or method["engine"] == "dynaspec-tree"
 
 
 def is_ablation(name: str) -> bool:
@@ -510,8 +515,9 @@ def run_timing(args) -> None:
     warm = next(iter(sample.values()))[0][None].to(args.device)
     timed = [(t, m) for t in args.temperatures for m in run_methods(calibration, args)
              if t in m["timed_temperatures"]]
-    # the headline's rows first (the baselines and the own loop's), so a run the time limit stops has them
-    timed.sort(key=lambda item: item[1]["method"] not in BASELINES + OWN_LOOP_ROWS)
+    # the headline's rows first (the baselines, and the own loop's chains and trees), so a run the time limit stops
+    # has them; transformers' loop with the package's heads comes last
+    timed.sort(key=lambda item: not is_headline_row(item[1]))
     for method in {m["method"]: m for _, m in timed if m["engine"].startswith("dynaspec")}.values():
         # an assistant of its own per method: no timed call re-captures graphs for another method's schedule
         assistants[method["method"]] = copy.deepcopy(assistants[method.get("assistant", "dynaspec")])
