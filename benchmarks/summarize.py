@@ -17,10 +17,10 @@ COMPILED_PLAIN = "plain decoding, static cache + torch.compile"
 PROMPT_LOOKUP = "prompt lookup (transformers)"
 ASSISTED_DEFAULTS = "transformers assisted (drafter, transformers' defaults)"
 STRONG_BASELINES = (ASSISTED_DEFAULTS, COMPILED_PLAIN, PROMPT_LOOKUP)
-# the package's default path: `dynaspec_hf.generate` (the automatic tree shape) with the calibrated assistant; a
-# run without tree rows (`--no-trees`) is headlined by the same loop's fixed chain
-PACKAGE_DEFAULT = "tree: DynaSpec 1/16"
-OWN_CHAIN = "chain (own loop): DynaSpec 1/16"  # shortlists compared in the own loop, on chains of one length
+MIN_TIMED_TOKENS = 32  # a timed generation shorter than this is not compared (`comparable`)
+# the package's default path: `dynaspec_hf.generate` (a chain of 6) with the calibrated assistant; shortlists are
+# compared in the same loop, on chains of the same length
+PACKAGE_DEFAULT = "chain (own loop): DynaSpec 1/16"
 OWN_LOOP_REFERENCES = ("chain (own loop): full vocabulary", "chain (own loop): static frequency 1/16",
                        "chain (own loop): VocabTrim 1/16")
 
@@ -30,8 +30,25 @@ def geometric_mean(values: list[float]) -> float:
 
 
 def speeds(rows: list[dict]) -> dict:
-    """Tokens/s keyed (temperature, method, category), for the timed rows."""
-    return {(r["temperature"], r["method"], r["category"]): r["tokens_per_s"] for r in rows if r.get("tokens_per_s")}
+    """Tokens/s keyed (temperature, method, category), for the timed rows that are `comparable`."""
+    return {(r["temperature"], r["method"], r["category"]): r["tokens_per_s"] for r in rows
+            if r.get("tokens_per_s") and comparable(r)}
+
+
+def comparable(row: dict) -> bool:
+    """Whether a timed row generated enough tokens for its tokens/s to compare: a sampled generation that draws EOS
+    after a few tokens is timed mostly on its prompt's pass (rows without a token count are taken as they are)."""
+    return row.get("timed_tokens") is None or row["timed_tokens"] >= MIN_TIMED_TOKENS
+
+
+def left_out_note(rows: list[dict]) -> str:
+    """The timed rows `speeds` leaves out, so a reader sees why a category is missing from a comparison."""
+    short = [r for r in rows if r.get("tokens_per_s") and not comparable(r)]
+    if not short:
+        return ""
+    cells = "; ".join(f"T = {r['temperature']:.0f}, {r['category']}, {r['method']} ({r['timed_tokens']})" for r in short)
+    return (f"Left out of the tokens/s comparisons above, as generations of fewer than {MIN_TIMED_TOKENS} tokens "
+            f"(a sampled EOS ended them; timed tokens in brackets): {cells}.\n")
 
 
 def headline_table(rows: list[dict], method: str = PACKAGE_DEFAULT) -> str:
@@ -110,6 +127,25 @@ def draft_shape_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {row['temperature']:.0f} | {row['method']} | {row['category']} | {row['draft_nodes']:.1f} | "
               f"{row['draft_depth']:.1f} | {row['tau']:.2f} |" for row in shaped]
+    return "\n".join(lines) + "\n"
+
+
+def round_time_table(rows: list[dict]) -> str:
+    """The own loop's milliseconds per round by part (draft, verify, accept, commit: `GenerationStats.phase_seconds`
+    of the timed generations), averaged over the categories: where a round's time goes, per method."""
+    groups = defaultdict(list)
+    for row in rows:
+        if row.get("round_ms") and comparable(row):
+            groups[(row["temperature"], row["method"])].append(row["round_ms"])
+    if not groups:
+        return ""
+    parts = ("draft", "verify", "accept", "commit")
+    lines = ["The own loop's milliseconds per round, by part (mean over categories):", "",
+             "| T | method | " + " | ".join(parts) + " | round |", "|---" * (len(parts) + 3) + "|"]
+    for (temperature, method), timings in groups.items():
+        means = [sum(t.get(part, 0.0) for t in timings) / len(timings) for part in parts]
+        lines.append(f"| {temperature:.0f} | {method} | " + " | ".join(f"{m:.2f}" for m in means)
+                     + f" | {sum(means):.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -208,14 +244,18 @@ def sampled_acceptance_table(calibration: dict) -> str:
 
 
 def summary(rows: list[dict], realism: dict | None = None, calibration: dict | None = None) -> str:
-    headline = PACKAGE_DEFAULT if any(m == PACKAGE_DEFAULT for _, m, _ in speeds(rows)) else OWN_CHAIN
-    tables = [headline_table(rows, headline),
-              ratio_table(rows, headline, STRONG_BASELINES + (ASSISTED, "autoregressive"),
-                          f"{headline}: tokens/s over each baseline:"),
-              ratio_table(rows, OWN_CHAIN, OWN_LOOP_REFERENCES,
+    tables = [headline_table(rows),
+              ratio_table(rows, PACKAGE_DEFAULT, STRONG_BASELINES + (ASSISTED, "autoregressive"),
+                          f"{PACKAGE_DEFAULT}: tokens/s over each baseline:"),
+              ratio_table(rows, PACKAGE_DEFAULT, OWN_LOOP_REFERENCES,
                           "Shortlists where drafting matters (the own loop, chains of the same length): "
-                          f"{OWN_CHAIN}'s tokens/s over the other heads':"),
-              summary_table(rows), draft_shape_table(rows), side_by_side_table(rows)]
+                          f"{PACKAGE_DEFAULT}'s tokens/s over the other heads':"),
+              ratio_table(rows, "tree: DynaSpec 1/16", (PACKAGE_DEFAULT,),
+                          "Trees against chains (the own loop, the automatic shape against the default chain):"),
+              ratio_table(rows, "tree: full vocabulary", ("chain (own loop): full vocabulary",),
+                          "The same with the full-vocabulary head:"),
+              left_out_note(rows), summary_table(rows), draft_shape_table(rows), round_time_table(rows),
+              side_by_side_table(rows)]
     tables += [realism_table(realism)] if realism else []
     tables += [recovery_table(rows, 0.0), recovery_table(rows, 1.0), sampled_acceptance_table(calibration)]
     return "\n".join(table for table in tables if table)

@@ -29,12 +29,24 @@ def test_side_by_side_is_the_geometric_mean_of_per_category_ratios():
 
 
 def test_side_by_side_pools_timed_tokens_over_timed_seconds():
-    rows = [row(summarize.ASSISTED, "a", 100.0, timed_tokens=200), row(summarize.ASSISTED, "b", 10.0, timed_tokens=1),
-            row("mine", "a", 400.0, timed_tokens=200), row("mine", "b", 10.0, timed_tokens=1)]
+    rows = [row(summarize.ASSISTED, "a", 100.0, timed_tokens=200), row(summarize.ASSISTED, "b", 10.0, timed_tokens=40),
+            row("mine", "a", 400.0, timed_tokens=200), row("mine", "b", 10.0, timed_tokens=40)]
     cells = [c.strip() for c in summarize.side_by_side_table(rows).splitlines()[2].strip("|").split("|")]
-    # geometric mean of 4 and 1 is 2; pooled, the one-token prompt barely counts: 201 / 0.6 s against 201 / 2.1 s
+    # geometric mean of 4 and 1 is 2; pooled, by tokens: 240 tokens in 4.5 s against 240 in 6 s
     assert float(cells[3]) == pytest.approx(2.0)
-    assert float(cells[6]) == pytest.approx(201 / 0.6, abs=0.05) and float(cells[7]) == pytest.approx(2.1 / 0.6, abs=0.005)
+    assert float(cells[6]) == pytest.approx(240 / 4.5, abs=0.05) and float(cells[7]) == pytest.approx(6 / 4.5, abs=0.005)
+
+
+def test_generations_ended_early_are_left_out_of_comparisons_and_named():
+    short = summarize.MIN_TIMED_TOKENS - 1
+    rows = [row(summarize.COMPILED_PLAIN, "a", 100.0, timed_tokens=128), row(summarize.COMPILED_PLAIN, "b", 100.0,
+                                                                                timed_tokens=128),
+            row(summarize.PACKAGE_DEFAULT, "a", 200.0, timed_tokens=128),
+            row(summarize.PACKAGE_DEFAULT, "b", 5.0, timed_tokens=short)]  # a sampled EOS after a few tokens
+    lines = summarize.headline_table(rows).splitlines()
+    assert [line.split("|")[2].strip() for line in lines[4:]] == ["a", "**geometric mean**"]
+    assert f"T = 0, b, {summarize.PACKAGE_DEFAULT} ({short})" in summarize.left_out_note(rows)
+    assert summarize.left_out_note(rows[:3]) == ""
 
 
 def test_headline_takes_the_fastest_baseline_per_category():
@@ -58,3 +70,14 @@ def test_ratio_table_has_a_column_per_measured_reference():
     assert [c.strip() for c in lines[5].strip("|").split("|")] == ["0", "b", "1.00", "-"]  # y not timed on b
     assert [c.strip() for c in lines[6].strip("|").split("|")] == ["0", "**geometric mean**", f"**{3 ** 0.5:.2f}**",
                                                                    "**2.00**"]
+
+
+def test_round_time_table_averages_each_part_over_categories():
+    rows = [dict(row(summarize.PACKAGE_DEFAULT, "a", 500.0, timed_tokens=128),
+                 round_ms=dict(draft=5.0, verify=2.0, accept=0.5, commit=0.5)),
+            dict(row(summarize.PACKAGE_DEFAULT, "b", 400.0, timed_tokens=128),
+                 round_ms=dict(draft=7.0, verify=4.0, accept=0.5, commit=0.5)),
+            row(summarize.COMPILED_PLAIN, "a", 300.0)]  # no rounds: not listed
+    lines = summarize.round_time_table(rows).splitlines()
+    assert lines[2] == "| T | method | draft | verify | accept | commit | round |"
+    assert lines[4:] == [f"| 0 | {summarize.PACKAGE_DEFAULT} | 6.00 | 3.00 | 0.50 | 0.50 | 10.00 |"]
