@@ -225,7 +225,7 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
     with count_forward_calls(target) as calls:
         if method["engine"] == "dynaspec-tree":
             out, stats = dynaspec_hf.generate(target, assistant, ids, tree=method["tree"], return_stats=True,
-                                              **options)
+                                              time_phases=True, **options)  # events: the loop's pace unchanged
             calls[0] = stats.target_passes  # replayed passes call no forward
         else:
             out = target.generate(ids, assistant_model=assistant, **options)
@@ -234,13 +234,13 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
 
 def timed_generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.Tensor, temperature: float,
                    new_tokens: int):
-    """`generate`, timed from an idle device to its last kernel: (new tokens, target passes, seconds)."""
+    """`generate`, timed from an idle device to its last kernel: (new tokens, own loop's stats or None, seconds)."""
     synchronize = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     synchronize()
     start = time.perf_counter()
-    out, calls, _ = generate(method, target, drafters, assistants, ids, temperature, new_tokens)
+    out, _, stats = generate(method, target, drafters, assistants, ids, temperature, new_tokens)
     synchronize()
-    return out, calls, time.perf_counter() - start
+    return out, stats, time.perf_counter() - start
 
 
 def tree_config(args) -> TreeConfig | None:
@@ -537,9 +537,14 @@ def run_timing(args) -> None:
                                           dict(tokens=0, seconds=0.0, exact=0, runs=0))
                 for number, prompt in enumerate(prompts):
                     torch.manual_seed(args.seed + number)
-                    out, _, seconds = timed_generate(method, target, drafters, assistants, prompt[None].to(args.device),
-                                                     temperature, args.max_new_tokens)
+                    out, stats, seconds = timed_generate(method, target, drafters, assistants,
+                                                         prompt[None].to(args.device), temperature, args.max_new_tokens)
                     total["seconds"] += seconds
+                    if stats is not None:  # the own loop: where its rounds' time went
+                        total["rounds"] = total.get("rounds", 0) + stats.target_passes
+                        phases = total.setdefault("phase_seconds", {})
+                        for part, value in stats.phase_seconds.items():
+                            phases[part] = phases.get(part, 0.0) + value
                     total["tokens"] += out.numel()
                     total["runs"] += 1
                     if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
@@ -575,7 +580,9 @@ def timing_rows(totals: dict, prompts_per_category: int) -> list[dict]:
                          tokens_per_s=total["tokens"] / total["seconds"], timed_tokens=total["tokens"],
                          timing_prompts=prompts_per_category, timing_runs=total["runs"],
                          exact=total["exact"] if float(temperature) == 0 else None,
-                         gaps_at_first_difference=total.get("gaps", [])))
+                         gaps_at_first_difference=total.get("gaps", []),
+                         round_ms={part: 1e3 * value / total["rounds"] for part, value in total["phase_seconds"].items()}
+                         if total.get("rounds") else None))
     return rows
 
 
@@ -617,6 +624,7 @@ def merge(args) -> dict:
                     timing_prompts=timed and timed["timing_prompts"], timing_runs=timed and timed["timing_runs"],
                     timed_tokens=timed and timed["timed_tokens"],
                     gaps_at_first_difference=timed and timed.get("gaps_at_first_difference"),
+                    round_ms=timed and timed.get("round_ms"),
                     draft_nodes=sum(r["drafted"] for r in shaped) / passes if shaped else None,
                     draft_depth=sum(r["depths"] for r in shaped) / passes if shaped else None))
     hardware = calibration.pop("hardware", None) or hardware_block()  # where the measurements ran, not the merge

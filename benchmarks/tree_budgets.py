@@ -50,9 +50,9 @@ def measure(args, saved) -> list[dict]:
             seconds = 0.0
             for number, prompt in enumerate(prompts):
                 torch.manual_seed(args.seed + number)
-                out, passes, spent = timed_generate(method, target, drafter, assistants, prompt[None].to(args.device),
-                                                    temperature, args.max_new_tokens)
-                tokens, calls, seconds = tokens + out.numel(), calls + passes, seconds + spent
+                out, stats, spent = timed_generate(method, target, drafter, assistants, prompt[None].to(args.device),
+                                                   temperature, args.max_new_tokens)
+                tokens, calls, seconds = tokens + out.numel(), calls + stats.target_passes, seconds + spent
             rows.append(dict(shape=name, num_nodes=tree.num_nodes, max_depth=tree.max_depth, width=tree.width,
                              temperature=temperature, tau=tokens / calls, tokens_per_s=tokens / seconds,
                              prompts=len(prompts), tokens=tokens))

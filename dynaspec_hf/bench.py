@@ -2,8 +2,8 @@
 
 Side by side, greedy, on the same prompts: plain decoding, eager and on a static cache (which transformers compiles
 on CUDA: the own loop's target runs on a static cache too); transformers' assisted generation with the plain
-drafter (when given); the DynaSpec assistant in transformers' loop; and the package's own loop with a chain of 6
-drafts and with a token tree. Each method runs once untimed first (CUDA graphs are captured then), and every output
+drafter (when given); the DynaSpec assistant in transformers' loop; and the package's own loop with its default,
+a chain of 6 drafts, and with the automatic shape (`TreeConfig()`). Each method runs once untimed first (CUDA graphs are captured then), and every output
 is compared with plain decoding's.
 """
 
@@ -14,6 +14,7 @@ import time
 import torch
 
 from .generation import TreeConfig, generate
+from .tree import DEFAULT_SHAPE
 from .measure import count_forward_calls
 
 
@@ -51,8 +52,8 @@ def bench(target, assistant, prompts: list[torch.Tensor], *, drafter=None, max_n
     if drafter is not None:
         methods.append(("transformers assisted generation, plain drafter", transformers_loop(drafter)))
     methods += [("DynaSpec assistant in transformers' loop", transformers_loop(assistant)),
-                ("dynaspec_hf.generate, automatic tree (default)", own_loop(TreeConfig())),
-                ("dynaspec_hf.generate, chain of 6", own_loop(TreeConfig.chain(6)))]
+                ("dynaspec_hf.generate, chain of 6 (default)", own_loop(DEFAULT_SHAPE)),
+                ("dynaspec_hf.generate, automatic shape", own_loop(TreeConfig()))]
     rows, reference = [], None
     for name, run in methods:
         progress(f"bench: {name}")

@@ -4,13 +4,14 @@ A round costs drafting its shape plus one verification pass, and yields one toke
 costs are measured once per model pair and device, at first use, in a few timed calls of the engines the
 generation uses anyway (`RoundCosts.measure`), and kept on the assistant.
 
-The accepted drafts are predicted by the drafter itself. A generation's first round (the first three, for an
-assistant's first generation) drafts the probe, the largest candidate tree, whose candidate pool values every path
-by the probability that the target accepts it (greedy: the product of q along it; sampling: measured sibling
-acceptance rates). What any smaller tree or chain would have kept is read off the same pool, then scaled by how
-the probe's predictions compared with what the target accepted, over the assistant's recent probe rounds
-(`ProbeEstimate`). The generation goes on with the candidate of the most expected tokens per second. Chains are
-candidates, so the automatic shape loses to the best chain only by the probe round and the estimate's error.
+The accepted drafts are predicted from what the target accepted, not from the drafter's own probabilities (greedy,
+the target takes the drafter's first choice far more often than q of it says). A generation's first round (the
+first three, for an assistant's first generation) drafts the probe, the largest candidate tree, and counts how
+often the target accepted a node's i-th child once the earlier ones failed (`SiblingAcceptance`, kept on the
+assistant and fading over its recent probe rounds). Those rates give every candidate, chain or tree, its expected
+accepted drafts (`expected_drafts`), and the generation goes on with the candidate of the most expected tokens
+per second. Chains are candidates, so the automatic shape loses to the best chain only by the probe rounds and
+the estimate's error.
 
 The shape depends only on earlier rounds' outcomes, never on the round's own draws, so sampling stays exact.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import ChainDrafter, TokenTree, drafter_for
+from .tree import ChainDrafter, SiblingAcceptance, TokenTree, drafter_for
 
 PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
 MEMORY = 8  # probe rounds over which an estimate fades
@@ -113,36 +114,16 @@ def _chain_tree(committed: torch.Tensor, drafts: int) -> TokenTree:
     return tree
 
 
-@dataclass
-class ProbeEstimate:
-    """What the probe rounds of an assistant's generations predicted for every candidate shape, and what the target
-    accepted: sums in which each round's share fades over `MEMORY` rounds, so the choice follows the recent text.
-    Kept on the assistant between generations, so a generation probes `PROBE_ROUNDS` rounds only while its
-    estimate is empty, and one round after that."""
-
-    predicted: list[float]  # expected accepted drafts per candidate
-    probe_predicted: float = 0.0  # the same for the probe itself, to compare with what was accepted
-    accepted: float = 0.0
-    rounds: float = 0.0
-
-    def add(self, predicted: list[float], probe_predicted: float, accepted: int) -> None:
-        keep = 1 - 1 / MEMORY
-        self.predicted = [keep * old + new for old, new in zip(self.predicted, predicted)]
-        self.probe_predicted = keep * self.probe_predicted + probe_predicted
-        self.accepted = keep * self.accepted + accepted
-        self.rounds = keep * self.rounds + 1
-
-
 class AutomaticDrafter:
     """Drafts for an automatic `TreeConfig`: the probe for a generation's first rounds, then the candidate shape
     with the most expected tokens per second (`shape` is the one drafted next)."""
 
-    def __init__(self, chain, tree, config, costs: RoundCosts, estimate: ProbeEstimate):
-        self.chain, self.tree, self.costs, self.estimate = chain, tree, costs, estimate
+    def __init__(self, chain, tree, config, costs: RoundCosts, rates: SiblingAcceptance):
+        self.chain, self.tree, self.costs, self.rates = chain, tree, costs, rates
         self.assistant = tree.assistant
         self.candidates = config.candidates()
         self.shape = config.probe
-        self.probing = PROBE_ROUNDS if estimate.rounds == 0 else 1  # probe rounds left in this generation
+        self.probing = PROBE_ROUNDS if not rates.reached else 1  # probe rounds left in this generation
 
     def draft(self, committed: torch.Tensor, *, num_nodes: int, **options) -> TokenTree:
         drafter = self.chain if self.shape.is_chain else self.tree
@@ -153,42 +134,41 @@ class AutomaticDrafter:
             self.tree.update(accepted, trials)
         if not self.probing:
             return
-        pool = self.tree.pool()
-        self.estimate.add([expected_drafts(shape, *pool) for shape in self.candidates],
-                          expected_drafts(self.shape, *pool), accepted)
+        self.rates.fade(1 - 1 / MEMORY)
+        for candidates, accepted_index in trials:
+            self.rates.record(candidates, accepted_index)
         self.probing -= 1
         if not self.probing:
             self.shape = self.best()
 
     def best(self):
-        """The candidate of the most expected tokens per second: predictions scaled by how the probe's compared with
-        what was accepted (Laplace-smoothed), over the measured seconds of a round."""
-        estimate = self.estimate
-        scale = (estimate.accepted + 1) / (estimate.probe_predicted + 1)
-
-        def rate(index: int) -> float:
-            shape = self.candidates[index]
-            drafts = min(scale * estimate.predicted[index] / estimate.rounds, shape.max_depth)  # one path accepted
-            return (1 + drafts) / self.costs.seconds(shape)
-
-        return self.candidates[max(range(len(self.candidates)), key=rate)]
+        """The candidate of the most expected tokens per second by the measured rates and round costs."""
+        return max(self.candidates, key=lambda shape: (1 + expected_drafts(shape, self.rates)) / self.costs.seconds(shape))
 
 
-def expected_drafts(shape, values: list[float], depths: list[int], first: list[bool]) -> float:
-    """The drafts `shape` would expect accepted, read off a probe's candidate pool (each candidate's value, depth,
-    and whether it is on the first-child path): a chain keeps that path, a tree its `num_nodes` best candidates."""
-    if shape.is_chain:
-        return sum(value for value, depth, on_path in zip(values, depths, first) if on_path and depth <= shape.max_depth)
-    kept = sorted((value for value, depth in zip(values, depths) if depth <= shape.max_depth), reverse=True)
-    return sum(kept[: shape.num_nodes])
+def expected_drafts(shape, rates: SiblingAcceptance) -> float:
+    """The drafts `shape` expects accepted: a node is accepted with its parent's probability times the chance that
+    its earlier siblings failed and it did not (`rates`). A chain keeps first children; a tree, level by level, its
+    `num_nodes / max_depth` likeliest nodes, with at most `max_children` children a node."""
+    children = 1 if shape.is_chain else min(shape.width, shape.max_children or shape.width)
+    shares, missed = [], 1.0
+    for index in range(children):
+        shares.append(missed * rates.rate(index))
+        missed *= 1 - rates.rate(index)
+    per_level = max(shape.num_nodes // shape.max_depth, 1)
+    level, total = [1.0], 0.0
+    for _ in range(shape.max_depth):
+        level = sorted((parent * share for parent in level for share in shares), reverse=True)[:per_level]
+        total += sum(level)
+    return total
 
 
 def automatic_drafter(target, assistant, verifier, length: int, config, do_sample: bool, temperature: float,
                       compile_options: dict | None) -> AutomaticDrafter:
     """The automatic drafter for a generation of `length` positions, over its engines. Its round costs: the
-    assistant's `drafting.round_costs` when set, else measured on first use and kept on the assistant. Its probe
-    estimate: kept on the assistant per shape, drafting mode and schedule (greedy and sampled probes value paths
-    differently)."""
+    assistant's `drafting.round_costs` when set, else measured on first use and kept on the assistant. Its sibling
+    acceptance rates: kept on the assistant per drafting mode and schedule (greedy and sampled drafts are accepted
+    at different rates)."""
     chain = ChainDrafter(assistant, config.max_depth, compile_options)
     tree = drafter_for(assistant, length, config.probe, compile_options)
     costs = assistant.drafting.round_costs
@@ -200,7 +180,6 @@ def automatic_drafter(target, assistant, verifier, length: int, config, do_sampl
         if key not in kept:
             kept[key] = RoundCosts.measure(verifier, chain, tree, config.probe)
         costs = kept[key]
-    estimates = assistant.__dict__.setdefault("_dynaspec_probe_estimates", {})
-    key = (config, do_sample, repr(assistant.config.schedule(temperature)))
-    estimate = estimates.setdefault(key, ProbeEstimate([0.0] * len(config.candidates())))
-    return AutomaticDrafter(chain, tree, config, costs, estimate)
+    kept_rates = assistant.__dict__.setdefault("_dynaspec_sibling_acceptance", {})
+    rates = kept_rates.setdefault((do_sample, repr(assistant.config.schedule(temperature))), SiblingAcceptance())
+    return AutomaticDrafter(chain, tree, config, costs, rates)

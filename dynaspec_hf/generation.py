@@ -11,6 +11,8 @@ from q (Jeon et al., 2024; as in SpecInfer and DySpec), so each token follows th
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +20,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from .budget import RoundCosts, automatic_drafter
 from .modeling_dynaspec import drafting_temperature, sampling_processors
-from .tree import TokenTree, TreeConfig, drafter_for
+from .tree import DEFAULT_SHAPE, TokenTree, TreeConfig, drafter_for
 from .verification import tree_verifier
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
@@ -54,7 +56,9 @@ _CUSTOM_MASK_FREE_ATTENTION = ("flash_attention_2", "flash_attention_3")
 class GenerationStats:
     """What one `generate(..., return_stats=True)` call did, over the batch's rows. Per round (one target pass;
     the first also reads the prompt): the shape drafted, the draft tokens verified, the longest draft path, the
-    drafts accepted. `costs`: the round costs an automatic shape was chosen by."""
+    drafts accepted. `costs`: the round costs an automatic shape was chosen by. `phase_seconds` (with
+    `time_phases=True`): seconds spent in each part of the rounds, summed ("draft", "verify", "accept", and
+    "commit", the loop's own bookkeeping)."""
 
     new_tokens: int = 0
     shapes: list[TreeConfig] = field(default_factory=list)
@@ -62,6 +66,7 @@ class GenerationStats:
     depths: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
     costs: RoundCosts | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def target_passes(self) -> int:
@@ -85,6 +90,34 @@ class GenerationStats:
         self.accepted.append(accepted)
 
 
+class PhaseClock:
+    """Marks where each part of a round begins on the device's own timeline: CUDA events, which the host does not
+    wait for, so timing the parts keeps the loop's overlap of host and device work (off CUDA, the host's clock).
+    `add_to` waits for the device once and adds each part's spans up."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.marks = device, []
+
+    def mark(self, part: str | None) -> None:
+        """Part `part` begins now (None: nothing that counts)."""
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(self.device))
+        else:
+            event = time.perf_counter()
+        self.marks.append((part, event))
+
+    def add_to(self, totals: dict[str, float]) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        spans = defaultdict(float, totals)
+        for (part, start), (_, end) in zip(self.marks, self.marks[1:]):
+            if part is not None:
+                spans[part] += start.elapsed_time(end) / 1e3 if self.device.type == "cuda" else end - start
+        totals.update(spans)
+        self.marks.clear()
+
+
 @torch.no_grad()
 def generate(
     target,
@@ -95,6 +128,7 @@ def generate(
     tree: TreeConfig | None = None,
     compile: bool | dict = False,
     return_stats: bool = False,
+    time_phases: bool = False,
     **kwargs,
 ) -> torch.LongTensor | tuple[torch.LongTensor, GenerationStats]:
     """The package's own speculative loop: `target.generate(input_ids, ...)`'s output, drafted by a DynaSpec
@@ -109,15 +143,17 @@ def generate(
     prompts stay eager and the models themselves are not changed. Exact in float32; in bf16 the fused
     kernels round differently from eager ones, so a near tie may break the other way than in eager decoding.
 
-    `tree` defaults to `TreeConfig()`, which picks the chain or tree with the most expected tokens per second
-    for this pair on this device (`budget.py`). With `return_stats=True` it returns `(sequences, GenerationStats)`.
+    `tree` defaults to a chain of 6 drafts (`DEFAULT_SHAPE`); a `TreeConfig` with `num_nodes` drafts a DySpec tree,
+    and `TreeConfig()` picks the chain or tree with the most expected tokens per second for this pair on this
+    device (`budget.py`). With `return_stats=True` it returns `(sequences, GenerationStats)`; `time_phases=True` also
+    times each part of the rounds into the stats (on CUDA with events, which leave the loop's pace as it is).
     """
     generation_config, model_kwargs = target._prepare_generation_config(generation_config, **kwargs)
     model_kwargs = {key: value for key, value in model_kwargs.items() if value is not None}
     model_kwargs.pop("use_cache", None)
     if model_kwargs:
         raise TypeError(f"dynaspec_hf.generate got unsupported arguments: {sorted(model_kwargs)}.")
-    tree = tree or TreeConfig()
+    tree = tree or DEFAULT_SHAPE
     tree.validate()
     if not isinstance(compile, (bool, dict)):
         raise TypeError(f"`compile` takes True, False or a dict of torch.compile options, got {compile!r}.")
@@ -133,10 +169,13 @@ def generate(
     processors = sampling_processors(generation_config) if do_sample else LogitsProcessorList()
 
     rows, stats = [], GenerationStats()
+    clock = PhaseClock(target.device) if time_phases else None
     for row in range(input_ids.shape[0]):
         prompt = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
         rows.append(_generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, tree,
-                                  drafting_temperature(generation_config), compile_options, stats))
+                                  drafting_temperature(generation_config), compile_options, stats, clock))
+    if clock is not None:
+        clock.add_to(stats.phase_seconds)
     longest = max(len(r) for r in rows)
     if any(len(r) < longest for r in rows) and generation_config.pad_token_id is None and not eos:
         raise ValueError("Rows finished at different lengths: set `pad_token_id` (or `eos_token_id`) to pad them.")
@@ -149,7 +188,7 @@ def generate(
 
 
 def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, processors, shape: TreeConfig,
-                  temperature, compile_options, stats: GenerationStats) -> list[int]:
+                  temperature, compile_options, stats: GenerationStats, clock: PhaseClock | None = None) -> list[int]:
     """New tokens for one unpadded prompt (counted into `stats`); `temperature` picks the assistant's schedule."""
     length = prompt.shape[0] + max_new_tokens
     verifier = tree_verifier(target, length + shape.verified_tokens, shape.verified_tokens, compile_options)
@@ -165,7 +204,9 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     while len(produced) < max_new_tokens:
         drafted = drafter.shape  # an automatic drafter's changes after its probe rounds
         budget = min(drafted.num_nodes, max(max_new_tokens - len(produced) - 1, 1))
-        new, tree = speculative_round(drafter, verifier, committed, budget, do_sample, processors, temperature)
+        new, tree = speculative_round(drafter, verifier, committed, budget, do_sample, processors, temperature, clock)
+        if clock is not None:
+            clock.mark("commit")
         stats.record(drafted, tree, len(new) - 1)
         new = new[: max_new_tokens - len(produced)]
         assistant.check_token_ids(new)  # the target may emit a padding row the drafter cannot read
@@ -175,19 +216,25 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
         committed = torch.cat([committed, torch.tensor(new, dtype=committed.dtype, device=committed.device)])
         if stop is not None:
             break
+    if clock is not None:
+        clock.mark(None)
     stats.new_tokens += len(produced)
     return produced
 
 
 def speculative_round(drafter, verifier, committed: torch.Tensor, budget: int, do_sample: bool, processors,
-                      temperature: float) -> tuple[list[int], TokenTree]:
+                      temperature: float, clock: PhaseClock | None = None) -> tuple[list[int], TokenTree]:
     """One round: draft a tree of the drafter's shape with at most `budget` tokens after `committed`, verify it in
     one target pass, accept along it. Returns the new tokens (the accepted drafts, then the target's own) and the
-    tree."""
+    tree. `clock` marks where each part begins."""
+    mark = clock.mark if clock is not None else lambda part: None
     shape = drafter.shape
+    mark("draft")
     tree = drafter.draft(committed.to(drafter.assistant.device), num_nodes=budget, do_sample=do_sample,
                          processors=processors, temperature=temperature)
+    mark("verify")
     logits = verifier.verify(committed, tree, shape.verified_tokens)
+    mark("accept")
     new, trials = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None)
     drafter.update(len(new) - 1, trials)
     return new, tree
@@ -200,18 +247,19 @@ def accept(tree: TokenTree, logits: torch.Tensor, outcomes: tuple[list[int], lis
     Greedy (`outcomes` None): follow the child equal to the target's argmax, read in one device sync. Sampling:
     `outcomes` are every node's recursive rejection sampling outcome (`TreeVerifier.sample`: the index of the
     accepted child or -1, and the node's token). Also returns the trials of the visited nodes with children: how
-    many children each had and which was accepted (None: none), what shapes later sampled trees."""
+    many children each had and which was accepted (None: none), what shapes later sampled trees and the automatic
+    shape's choice."""
     accepted, tokens = outcomes if outcomes is not None else (None, logits.argmax(-1).tolist())
     node, out, trials = 0, [], []
     while True:
         children = tree.children[node]
         if accepted is not None:
             index = accepted[node] if accepted[node] >= 0 else None
-            if children:
-                trials.append((len(children), index))
-            child = None if index is None else children[index]
         else:
-            child = next((c for c in children if tree.tokens[c] == tokens[node]), None)
+            index = next((i for i, c in enumerate(children) if tree.tokens[c] == tokens[node]), None)
+        if children:
+            trials.append((len(children), index))
+        child = None if index is None else children[index]
         out.append(tokens[node])
         if child is None:
             return out, trials

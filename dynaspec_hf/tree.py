@@ -25,9 +25,10 @@ from .static_cache import StaticCacheModel, causal
 
 @dataclass(frozen=True)
 class TreeConfig:
-    """Shape of the draft tree. The default sizes it automatically (`budget.py`): per generation, the chain or tree
-    of at most `max_depth` drafts with the most expected tokens per second for this pair on this device. Setting
-    `num_nodes` fixes the shape; `TreeConfig.chain(n)` drafts a plain chain of n."""
+    """Shape of the draft tree. `TreeConfig()` sizes it automatically (`budget.py`): per generation, the chain or
+    tree of at most `max_depth` drafts with the most expected tokens per second for this pair on this device.
+    Setting `num_nodes` fixes the shape; `TreeConfig.chain(n)` drafts a plain chain of n (`DEFAULT_SHAPE`, what
+    `dynaspec_hf.generate` drafts unless told otherwise, is a chain)."""
 
     num_nodes: int | None = None  # draft tokens per tree; None: automatic
     max_depth: int = 7  # longest draft path: the drafter forwards this many times per tree
@@ -73,6 +74,10 @@ class TreeConfig:
         if self.is_automatic and (self.max_depth < 2 or min(self.width, self.max_children or self.width) < 2):
             raise ValueError(f"An automatic TreeConfig (num_nodes=None) chooses among trees, so it needs max_depth "
                              f"and children per node of at least 2, got {self}: give num_nodes for a fixed shape.")
+
+
+# the own loop's default: the fastest shape of the published benchmark (BENCHMARKS.md)
+DEFAULT_SHAPE = TreeConfig.chain(6)
 
 
 @dataclass
@@ -153,16 +158,17 @@ class ChainDrafter:
 
 @dataclass
 class SiblingAcceptance:
-    """How often a sampled tree's i-th child of a node is accepted once the earlier children were rejected, counted
-    over the rounds of one generation (Laplace's rule: 1/2 before any evidence).
+    """How often a node's i-th child is accepted once the earlier children were rejected (Laplace's rule: 1/2 before
+    any evidence): over the rounds of one generation for a sampled tree's expansion, and over an assistant's probe
+    rounds for the automatic shape (`budget.py`), whose older rounds `fade`.
 
     Under sampling the tree's shape must not depend on the drafted tokens (recursive rejection sampling would be
     biased), so a child is valued by these rates, the verified outcomes of earlier rounds, not by q of its token
     (Sequoia, arXiv 2402.12374, values positions the same way, from rates measured offline).
     """
 
-    accepted: list[int] = field(default_factory=list)
-    reached: list[int] = field(default_factory=list)
+    accepted: list[float] = field(default_factory=list)
+    reached: list[float] = field(default_factory=list)
 
     def rate(self, index: int) -> float:
         if index >= len(self.reached):
@@ -176,6 +182,11 @@ class SiblingAcceptance:
         for index in range(count):
             out.append(min(self.rate(index), out[-1]) if out else self.rate(index))
         return out
+
+    def fade(self, keep: float) -> None:
+        """Weigh every earlier outcome by `keep`."""
+        self.accepted = [keep * count for count in self.accepted]
+        self.reached = [keep * count for count in self.reached]
 
     def record(self, candidates: int, accepted_index: int | None) -> None:
         """One node's outcome: `candidates` children were tried in order until `accepted_index` (None: all failed)."""
@@ -418,17 +429,6 @@ class TreeDrafter:
                 if rows[node]:
                     tree.probs[number[node]] = q[rows[node]]
         return tree
-
-    def pool(self) -> tuple[list[float], list[int], list[bool]]:
-        """The last expansion's candidates but the root (`budget.py` reads them): each one's value (the estimated
-        probability that the target accepts its path), depth, and whether it lies on the path of first children,
-        the chain a chain drafter would have drafted. Candidates never grown are left out."""
-        values, depths, parents = self.value.tolist(), self.depth.tolist(), self.parent.tolist()
-        first = [True] * len(values)
-        for node in range(1, len(values)):  # a node's children take `width` pool entries from 1 + width * k
-            first[node] = (node - 1) % self.width == 0 and first[parents[node]]
-        grown = [node for node in range(1, len(values)) if values[node] > float("-inf")]
-        return [values[n] for n in grown], [depths[n] for n in grown], [first[n] for n in grown]
 
     def release(self) -> None:
         self.cache.release()

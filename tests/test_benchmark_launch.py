@@ -123,6 +123,9 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
     assert len({r["method"] for r in rows}) == 18
     assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
     assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding
+    own_loop = [r for r in rows if r["method"].startswith(("chain (own loop)", "tree"))]
+    assert own_loop and all(set(r["round_ms"]) == {"draft", "verify", "accept", "commit"} for r in own_loop)
+    assert all(r["round_ms"] is None for r in rows if r not in own_loop)  # where the own loop's rounds' time went
     # a merge after a time limit reads the rounds done so far from the progress file: here all of them
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from run_benchmark import timing_rows

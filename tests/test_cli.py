@@ -168,8 +168,8 @@ def test_bench_prints_every_method_and_a_recommendation(saved_pair, tmp_path, ca
     table = capsys.readouterr().out
     for method in ("plain decoding", "plain decoding, static cache (torch.compile on CUDA)",
                    "transformers assisted generation, plain drafter",
-                   "DynaSpec assistant in transformers' loop", "dynaspec_hf.generate, automatic tree (default)",
-                   "dynaspec_hf.generate, chain of 6"):
+                   "DynaSpec assistant in transformers' loop", "dynaspec_hf.generate, chain of 6 (default)",
+                   "dynaspec_hf.generate, automatic shape"):
         assert f"| {method} | " in table, method
     assert table.count("| 2/2 |") == 6, "every method must reproduce plain greedy decoding"
     assert "| plain decoding | 1.00 |" in table and "here:" in table

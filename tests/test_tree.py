@@ -1,5 +1,7 @@
 """DySpec tree decoding (`dynaspec_hf.generate`): exact greedy output, exact sampling, tree mask, entry points."""
 
+import time
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -210,6 +212,22 @@ def test_batch_rows_equal_their_own_generation():
         new = expected[0, len(row) :]
         assert torch.equal(got[i, : 9], ids[i])
         assert torch.equal(got[i, 9 : 9 + len(new)], new) and bool((got[i, 9 + len(new) :] == 0).all())
+
+
+def test_timed_phases_cover_the_rounds_and_change_nothing():
+    target, drafter = tiny_pair("llama", seed=6)
+    assistant = make_assistant(drafter, "routed")
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    plain = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20)
+    start = time.perf_counter()
+    timed, stats = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20, return_stats=True,
+                                        time_phases=True)
+    wall = time.perf_counter() - start
+    assert torch.equal(plain, timed)
+    phases = stats.phase_seconds
+    assert set(phases) == {"draft", "verify", "accept", "commit"} and min(phases.values()) > 0
+    assert 0.5 * wall < sum(phases.values()) <= wall  # the parts of every round of both rows, nothing twice
+    assert dynaspec_hf.generate(target, assistant, ids, max_new_tokens=20, return_stats=True)[1].phase_seconds == {}
 
 
 @pytest.mark.parametrize("shape", sorted(TREES))

@@ -1,8 +1,8 @@
 """`custom_generate` entry point: `target.generate(..., custom_generate=<this repo>, trust_remote_code=True)`.
 
 transformers calls `generate(model=target, **generate_arguments)`; the work is done by `dynaspec_hf.generate`, the
-package's own loop, drafted by the DynaSpec assistant passed as `assistant_model` (the automatic shape, or the
-chain or DySpec token tree `tree` asks for).
+package's own loop, drafted by the DynaSpec assistant passed as `assistant_model` (a chain of 6 drafts, or the
+chain, DySpec token tree or automatic shape `tree` asks for).
 """
 
 import torch
