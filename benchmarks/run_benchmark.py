@@ -511,6 +511,10 @@ def run_timing(args) -> None:
     there (in a new process, after its own warm-up)."""
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafters, assistants = load_models(args, args.device)
+    for model in (target, *drafters.values(), *assistants.values()):
+        # every timed generation makes `max_new_tokens` (benchmarks' "ignore EOS"): a sampled EOS would otherwise end
+        # one method's generation after a token and another's at the full length, and their tokens/s would not compare
+        model.generation_config.eos_token_id = None
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     timed = [(t, m) for t in args.temperatures for m in run_methods(calibration, args)
