@@ -321,7 +321,7 @@ def run_calibration(args) -> None:
     calibrated = time.time() - started
     # the sampling band's and tail's end-to-end checks at every compared size (calibrate ran them at 1/16, what it
     # saves)
-    default = dict(assistant.config.schedule(), temperature_bands=assistant.config.temperature_bands,
+    default = dict(assistant.config.schedule()._asdict(), temperature_bands=assistant.config.temperature_bands,
                    sampling_tail=assistant.config.sampling_tail)
     checks = {str(ks["1/16"]): report["sampling_check"]}
     for name, k in ks.items():

@@ -5,7 +5,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from .budget import RoundCosts
 from .candidate_generator import DynaSpecCandidateGenerator
 from .clusters import TokenClusters
-from .configuration_dynaspec import DynaSpecConfig, Shortlist
+from .configuration_dynaspec import DynaSpecConfig, Schedule, Shortlist, TemperatureBand
 from .generation import GenerationStats, TreeConfig, generate
 from .model_card import custom_generate_path
 from .modeling_dynaspec import DynaSpecAssistant
@@ -22,7 +22,9 @@ __all__ = [
     "DynaSpecConfig",
     "GenerationStats",
     "RoundCosts",
+    "Schedule",
     "Shortlist",
+    "TemperatureBand",
     "TokenClusters",
     "TreeConfig",
     "custom_generate_path",

@@ -23,7 +23,50 @@ from typing import NamedTuple
 
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
-SCHEDULE_FIELDS = ("k_by_position", "core_by_position", "num_context_tokens")
+class Schedule(NamedTuple):
+    """Which shortlist each draft position scores, for one kind of drafting (greedy, or a temperature band): entry i
+    of `k_by_position` (routed clusters) and of `core_by_position` (frequency-core tokens) is draft position i's, the
+    last entry repeating, and every position gets `num_context_tokens` slots."""
+
+    k_by_position: list[int]
+    core_by_position: list[int]
+    num_context_tokens: int
+
+    def at(self, position: int) -> tuple[int, int]:
+        """(core tokens, routed clusters) of draft position `position` (0-based)."""
+        cores, ks = self.core_by_position, self.k_by_position
+        return cores[min(position, len(cores) - 1)], ks[min(position, len(ks) - 1)]
+
+
+SCHEDULE_FIELDS = Schedule._fields
+
+
+class TemperatureBand(NamedTuple):
+    """The schedule sampled drafting uses at temperatures up to `max_temperature` (None: any temperature). Stored in
+    the config as a flat dict (`as_dict`), as `set_schedule(temperature_bands=...)` also takes it."""
+
+    max_temperature: float | None
+    schedule: Schedule
+
+    @classmethod
+    def from_dict(cls, band: dict) -> "TemperatureBand":
+        if not isinstance(band, dict) or set(band) != {"max_temperature", *SCHEDULE_FIELDS}:
+            raise ValueError(f"Each of `temperature_bands` must be a dict with keys max_temperature, "
+                             f"{', '.join(SCHEDULE_FIELDS)}; got {band!r}.")
+        return cls(band["max_temperature"], Schedule(*(band[name] for name in SCHEDULE_FIELDS)))
+
+    def as_dict(self) -> dict:
+        return dict(max_temperature=self.max_temperature, **self.schedule._asdict())
+
+    def covers(self, temperature: float) -> bool:
+        return self.max_temperature is None or temperature <= self.max_temperature
+
+
+def band_dicts(bands: list[dict | TemperatureBand] | None) -> list[dict]:
+    """Temperature bands as the config stores them (JSON): flat dicts (anything else is kept for
+    `validate_schedule` to refuse by name)."""
+    return [band.as_dict() if isinstance(band, TemperatureBand) else dict(band) if isinstance(band, dict) else band
+            for band in bands or []]
 
 
 class Shortlist(NamedTuple):
@@ -56,9 +99,9 @@ class DynaSpecConfig(PretrainedConfig):
         num_context_tokens (`int`, *optional*, defaults to 0):
             Slots for the most recent distinct tokens of the prompt and of the text generated so far, added to the
             shortlist of every draft position that does not already draft from the full vocabulary.
-        temperature_bands (`list[dict]`, *optional*):
-            Schedules for sampled drafting, each a dict with `max_temperature` (a float, or None for any) and the
-            three fields above. Sampling at temperature t uses the first band with t <= `max_temperature`;
+        temperature_bands (`list[dict]` or `list[TemperatureBand]`, *optional*):
+            Schedules for sampled drafting, each a `TemperatureBand` or its dict: `max_temperature` (a float, or
+            None for any) and the three fields above. Sampling at temperature t uses the first band with t <= `max_temperature`;
             greedy drafting, and sampling that no band covers, use the fields above.
         vocab_size (`int`, *optional*):
             Tokens the assistant's logits span: the target's vocabulary. It may exceed the drafter's
@@ -87,7 +130,7 @@ class DynaSpecConfig(PretrainedConfig):
         k_by_position: list[int] | None = None,
         core_by_position: list[int] | None = None,
         num_context_tokens: int = 0,
-        temperature_bands: list[dict] | None = None,
+        temperature_bands: list[dict | TemperatureBand] | None = None,
         sampling_tail: float = 0.0,
         vocab_size: int | None = None,
         **kwargs,
@@ -106,33 +149,37 @@ class DynaSpecConfig(PretrainedConfig):
         self.k_by_position = list(k_by_position) if k_by_position is not None else [num_clusters]
         self.core_by_position = list(core_by_position) if core_by_position is not None else [0]
         self.num_context_tokens = num_context_tokens
-        self.temperature_bands = [dict(band) for band in temperature_bands or []]
+        self.temperature_bands = band_dicts(temperature_bands)
         self.sampling_tail = sampling_tail
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
-    def schedule(self, temperature: float = 0.0) -> dict:
-        """The schedule fields (`SCHEDULE_FIELDS`) that drafting at `temperature` uses (0: greedy)."""
+    def schedule(self, temperature: float = 0.0) -> Schedule:
+        """The schedule drafting at `temperature` uses (0: greedy): the first band that covers it, else the greedy
+        one."""
         if temperature > 0:
-            for band in self.temperature_bands:
-                if band.get("max_temperature") is None or temperature <= band["max_temperature"]:
-                    return {name: band[name] for name in SCHEDULE_FIELDS}
-        return {name: getattr(self, name) for name in SCHEDULE_FIELDS}
+            for band in self.bands():
+                if band.covers(temperature):
+                    return band.schedule
+        return Schedule(*(getattr(self, name) for name in SCHEDULE_FIELDS))
 
-    def schedules(self) -> list[dict]:
+    def bands(self) -> list[TemperatureBand]:
+        """`temperature_bands`, typed."""
+        return [TemperatureBand.from_dict(band) for band in self.temperature_bands]
+
+    def schedules(self) -> list[Schedule]:
         """The greedy schedule, then every temperature band's."""
-        return [self.schedule()] + [{name: band[name] for name in SCHEDULE_FIELDS} for band in self.temperature_bands]
+        return [self.schedule()] + [band.schedule for band in self.bands()]
 
     def shortlist_at(self, position: int, temperature: float = 0.0) -> Shortlist:
         """The shortlist of draft position `position` (0-based) when drafting at `temperature` (0: greedy); its
         tail weight is `sampling_tail` when sampling with routed clusters, else 0."""
         schedule = self.schedule(temperature)
-        cores, ks = schedule["core_by_position"], schedule["k_by_position"]
-        core, k = cores[min(position, len(cores) - 1)], ks[min(position, len(ks) - 1)]
+        core, k = schedule.at(position)
         if k >= self.num_clusters:  # every cluster is the whole vocabulary: the rest would only duplicate it
             return Shortlist(0, self.num_clusters, 0, 0.0)
         tail = float(self.sampling_tail) if temperature > 0 and k > 0 else 0.0
-        return Shortlist(core, k, schedule["num_context_tokens"], tail)
+        return Shortlist(core, k, schedule.num_context_tokens, tail)
 
     @property
     def drafter_vocab_size(self) -> int | None:
@@ -142,12 +189,12 @@ class DynaSpecConfig(PretrainedConfig):
     @property
     def max_context_tokens(self) -> int:
         """The most context-token slots any schedule uses (the size of a buffer that serves them all)."""
-        return max(schedule["num_context_tokens"] for schedule in self.schedules())
+        return max(schedule.num_context_tokens for schedule in self.schedules())
 
     @property
     def needs_router(self) -> bool:
         """True when some draft position of some schedule picks clusters by routing (0 < k < num_clusters)."""
-        return any(0 < k < self.num_clusters for schedule in self.schedules() for k in schedule["k_by_position"])
+        return any(0 < k < self.num_clusters for schedule in self.schedules() for k in schedule.k_by_position)
 
     def validate_schedule(self) -> None:
         """Raise a `ValueError` naming the values when the schedule cannot be served by this layout."""
@@ -166,11 +213,7 @@ class DynaSpecConfig(PretrainedConfig):
         if self.vocab_size < self.drafter_vocab_size:
             raise ValueError(f"`vocab_size` ({self.vocab_size}) must be at least the drafter's vocabulary "
                              f"({self.drafter_vocab_size}): the target's vocabulary extends the drafter's.")
-        for band in self.temperature_bands:
-            if not isinstance(band, dict) or set(band) != {"max_temperature", *SCHEDULE_FIELDS}:
-                raise ValueError(f"Each of `temperature_bands` must be a dict with keys max_temperature, "
-                                 f"{', '.join(SCHEDULE_FIELDS)}; got {band!r}.")
-        bounds = [band["max_temperature"] for band in self.temperature_bands]
+        bounds = [band.max_temperature for band in self.bands()]
         numbers = [b for b in bounds if isinstance(b, (int, float))]
         ordered = numbers == sorted(numbers) and min(numbers, default=1) > 0
         if not ordered or len(numbers) + bounds[-1:].count(None) != len(bounds):
@@ -181,8 +224,8 @@ class DynaSpecConfig(PretrainedConfig):
         for schedule in self.schedules():
             self._validate_one(schedule)
 
-    def _validate_one(self, schedule: dict) -> None:
-        ks, cores, context = (schedule[name] for name in SCHEDULE_FIELDS)
+    def _validate_one(self, schedule: Schedule) -> None:
+        ks, cores, context = schedule
         if not ks or not cores:
             raise ValueError("`k_by_position` and `core_by_position` need at least one entry each.")
         for name, values, limit in (("k_by_position", ks, self.num_clusters),
@@ -196,7 +239,7 @@ class DynaSpecConfig(PretrainedConfig):
         if not isinstance(context, int) or context < 0:
             raise ValueError(f"`num_context_tokens` must be a non-negative int, got {context!r}.")
         for position in range(max(len(ks), len(cores))):
-            core, k = cores[min(position, len(cores) - 1)], ks[min(position, len(ks) - 1)]
+            core, k = schedule.at(position)
             if k == 0 and core == 0 and context == 0:
                 raise ValueError(f"Draft position {position} has an empty shortlist (no core tokens, no clusters, "
                                  f"no context tokens).")

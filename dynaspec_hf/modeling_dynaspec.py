@@ -33,7 +33,7 @@ from .budget import RoundCosts
 from .clusters import TokenClusters
 from .compat import (cache_field, cache_keyword, check_rollback_possible, crop_cache, draft_output, output_cache,
                      record_past)
-from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, Shortlist
+from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, Shortlist, TemperatureBand, band_dicts
 from .context_tokens import recent_distinct_tokens
 from .engines import engine_for, release_engines
 from .logit_transform import LogitTransform
@@ -101,7 +101,7 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         k_by_position: list[int] | None = None,
         core_by_position: list[int] | None = None,
         num_context_tokens: int = 0,
-        temperature_bands: list[dict] | None = None,
+        temperature_bands: list[dict | TemperatureBand] | None = None,
         sampling_tail: float = 0.0,
         vocab_size: int | None = None,
     ) -> "DynaSpecAssistant":
@@ -151,7 +151,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return model
 
     def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None,
-                     num_context_tokens: int | None = None, temperature_bands: list[dict] | None = None,
+                     num_context_tokens: int | None = None,
+                     temperature_bands: list[dict | TemperatureBand] | None = None,
                      sampling_tail: float | None = None):
         """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self.
 
@@ -159,7 +160,8 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         that sets the same schedule before every `generate` does not pay a capture each time."""
         config = copy.deepcopy(self.config)
         names = (*SCHEDULE_FIELDS, "temperature_bands", "sampling_tail")
-        values = (k_by_position, core_by_position, num_context_tokens, temperature_bands, sampling_tail)
+        bands = None if temperature_bands is None else band_dicts(temperature_bands)
+        values = (k_by_position, core_by_position, num_context_tokens, bands, sampling_tail)
         for name, value in zip(names, values):
             if value is not None:
                 setattr(config, name, copy.deepcopy(value))

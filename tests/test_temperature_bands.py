@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dynaspec_hf
-from dynaspec_hf import DynaSpecConfig
+from dynaspec_hf import DynaSpecConfig, Schedule, TemperatureBand
 from conftest import SAMPLING_BAND, make_assistant, tiny_config, tiny_pair
 
 BAND = (4, 1, 8)  # SAMPLING_BAND as (core tokens, routed clusters, context slots)
@@ -60,7 +60,7 @@ def shortlists_used(assistant, monkeypatch) -> list[tuple[int, int, int]]:
 def test_sampling_drafts_with_the_band_and_greedy_with_the_main_schedule(loop, monkeypatch):
     target, drafter = tiny_pair("llama")
     assistant = make_assistant(drafter, "routed")
-    assert assistant.config.schedule(1.0) == SAMPLING_BAND
+    assert assistant.config.schedule(1.0)._asdict() == SAMPLING_BAND
     if loop == "static cache":
         assistant.drafting.static_cache_off_cuda = True
     used = shortlists_used(assistant, monkeypatch)
@@ -80,3 +80,14 @@ def test_sampling_drafts_with_the_band_and_greedy_with_the_main_schedule(loop, m
     assert run(do_sample=False) <= GREEDY and len(used) > 1
     assistant.set_schedule(temperature_bands=[band(0.5, 2)])  # no band covers T = 0.7
     assert run(do_sample=True, temperature=0.7) <= GREEDY
+
+
+def test_typed_bands_are_stored_as_the_dicts_a_saved_config_holds():
+    typed = TemperatureBand(0.5, Schedule(k_by_position=[2], core_by_position=[0], num_context_tokens=0))
+    config = DynaSpecConfig(tiny_config("llama"), num_clusters=12, temperature_bands=[typed])
+    assert config.temperature_bands == [band(0.5, 2)] and config.bands() == [typed]
+    assert config.schedule(0.4) == typed.schedule and config.schedule(0.7).k_by_position == [12]
+    assert config.shortlist_at(3, 0.4) == (0, 2, 0, 0.0)
+    target, drafter = tiny_pair("llama")
+    assistant = make_assistant(drafter, "routed").set_schedule(temperature_bands=[typed])
+    assert assistant.config.temperature_bands == [typed.as_dict()]
