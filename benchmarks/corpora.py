@@ -4,8 +4,11 @@
   the shared wikitext-2, tinyshakespeare and GSM8K text. Files are read in path order and deduplicated whole; a file
   is held out when a hash of its path (relative to site-packages) says so, so the split does not depend on which
   other packages are installed.
-- Out of domain: C and C++ headers from the same site-packages (`*.h`, `*.hpp`, `*.cuh`: torch, CUDA, numpy...).
-  No header is read for training, for the tokenizer, for calibration or for the frequency counts.
+- Out of domain, two kinds of text nothing in training, the tokenizer, calibration or the frequency counts reads:
+  C and C++ headers from the same site-packages (`*.h`, `*.hpp`, `*.cuh`: torch, CUDA, numpy...), code of another
+  language; and the packages' own documentation, the long descriptions in their `*.dist-info/METADATA` (Markdown or
+  reStructuredText: prose about software with install commands, tables and links), a kind of text none of the
+  training domains is.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 HELD_OUT_EVERY = 50  # one file in 50, by path hash
 PYTHON = ("*.py",)
 HEADERS = ("*.h", "*.hpp", "*.cuh")
+METADATA = ("METADATA",)
 OUT_OF_DOMAIN = "cpp_headers"
+DOCS = "package_docs"  # the second out-of-domain category
 
 
 def _path_hash(relative: str) -> int:
@@ -69,22 +74,52 @@ def shared_text(data: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]
 
 
 def header_prompts(count: int, seed: int, chars: int = 2000) -> list[str]:
-    """`count` out-of-domain prompts: a seeded sample of headers of ≥ 3 × `chars` characters, each cut from a third
-    of the way in (past the licence text most headers open with), starting on a line boundary."""
-    files = [text for _, text in site_package_files(HEADERS) if len(text) >= 3 * chars]
+    """`count` out-of-domain prompts from C/C++ headers: see `cut_prompts`, which skips the licence text most headers
+    open with."""
+    return cut_prompts([text for _, text in site_package_files(HEADERS)], count, seed, chars)
+
+
+def docs_prompts(count: int, seed: int, chars: int = 2000) -> list[str]:
+    """`count` out-of-domain prompts from the packages' documentation (`package_descriptions`)."""
+    return cut_prompts(package_descriptions(), count, seed, chars)
+
+
+def cut_prompts(texts: list[str], count: int, seed: int, chars: int) -> list[str]:
+    """A seeded sample of the texts of ≥ 3 × `chars` characters, each cut to `chars` from a third of the way in,
+    starting on a line boundary."""
+    long_enough = [text for text in texts if len(text) >= 3 * chars]
     prompts = []
-    for text in random.Random(seed).sample(files, min(count, len(files))):
+    for text in random.Random(seed).sample(long_enough, min(count, len(long_enough))):
         start = text.find("\n", len(text) // 3) + 1
         prompts.append(text[start : start + chars])
     return prompts
 
 
+def package_descriptions() -> list[str]:
+    """The long description of every installed package: its `*.dist-info/METADATA` after the header fields."""
+    descriptions = []
+    for relative, text in site_package_files(METADATA):
+        body = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+        if relative.split("/")[0].endswith(".dist-info") and body.strip():
+            descriptions.append(body)
+    return descriptions
+
+
 def header_text(max_chars: int) -> str:
     """Out-of-domain text for perplexity: headers in path order up to `max_chars`."""
-    texts, total = [], 0
-    for _, text in site_package_files(HEADERS):
-        texts.append(text)
+    return _joined([text for _, text in site_package_files(HEADERS)], max_chars)
+
+
+def docs_text(max_chars: int) -> str:
+    """The second out-of-domain text for perplexity: package descriptions in path order up to `max_chars`."""
+    return _joined(package_descriptions(), max_chars)
+
+
+def _joined(texts: list[str], max_chars: int) -> str:
+    kept, total = [], 0
+    for text in texts:
+        kept.append(text)
         total += len(text)
         if total >= max_chars:
             break
-    return "\n".join(texts)
+    return "\n".join(kept)

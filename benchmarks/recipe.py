@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpora import OUT_OF_DOMAIN, header_text, python_split, shared_text  # noqa: E402
+from corpora import DOCS, OUT_OF_DOMAIN, docs_text, header_text, python_split, shared_text  # noqa: E402
 
 from dynaspec_hf.demo import llama_pair, train_tokenizer  # noqa: E402
 from dynaspec_hf.training import random_windows, train_causal_lm  # noqa: E402
@@ -103,7 +103,8 @@ def train_target(args) -> None:
     code_train, code_heldout = python_split()
     text_train, text_heldout = shared_text(args.data)
     train_docs = {"python": code_train, **text_train}
-    heldout_docs = {"python": code_heldout, **text_heldout, OUT_OF_DOMAIN: [header_text(2_000_000)]}
+    heldout_docs = {"python": code_heldout, **text_heldout, OUT_OF_DOMAIN: [header_text(2_000_000)],
+                    DOCS: [docs_text(2_000_000)]}
     lap("read")
     everything = [doc for docs in train_docs.values() for doc in docs]
     tokenizer = train_tokenizer(tokenizer_sample(everything, args.tokenizer_chars), vocab_size=args.vocab_size)
@@ -160,7 +161,7 @@ def train_drafter(args) -> None:
     drafter = drafter.to(dtype)
     lap("train drafter")
     flops_t, flops_d = per_token_flops(target.config), per_token_flops(drafter.config)
-    heldout_stream = torch.cat([t for name, t in tokens["heldout"].items() if name != OUT_OF_DOMAIN])
+    heldout_stream = torch.cat([t for name, t in tokens["heldout"].items() if name not in (OUT_OF_DOMAIN, DOCS)])
     report.update({
         "drafter_tokens_seen": stats.tokens_seen,
         "drafter_distillation": phase_report(stats, 3 * (flops_d["body"] + flops_d["head"])

@@ -51,7 +51,7 @@ from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
 from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_schedule, drafter_output_counts,  # noqa: E402
                                    split_schedule)
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
-from corpora import OUT_OF_DOMAIN, header_prompts  # noqa: E402
+from corpora import DOCS, OUT_OF_DOMAIN, docs_prompts, header_prompts  # noqa: E402
 from summarize import ASSISTED, ASSISTED_DEFAULTS, COMPILED_PLAIN, PROMPT_LOOKUP, summary  # noqa: E402
 
 DRAFT_TOKENS = 6
@@ -67,8 +67,8 @@ OWN_LOOP_ROWS = tuple(f"chain (own loop): {name}" for name in OWN_LOOP_CHAINS)
 
 
 def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str]]:
-    """A fixed, seeded sample of Spec-Bench prompts per category (first turn), HumanEval, and the out-of-domain
-    category (C/C++ headers of site-packages, which the pair never trained on)."""
+    """A fixed, seeded sample of Spec-Bench prompts per category (first turn), HumanEval, and the two out-of-domain
+    categories (C/C++ headers and package documentation of site-packages, which the pair never trained on)."""
     categories: dict[str, list[str]] = {}
     for line in (data / "spec_bench" / "question.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -80,6 +80,7 @@ def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str
     rng = random.Random(seed)
     prompts = {name: rng.sample(texts, min(per_category, len(texts))) for name, texts in categories.items()}
     prompts[OUT_OF_DOMAIN] = header_prompts(per_category, seed)
+    prompts[DOCS] = docs_prompts(per_category, seed)
     return dict(sorted(prompts.items()))
 
 

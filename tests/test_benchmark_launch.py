@@ -88,9 +88,9 @@ def test_tau_phase_two_processes_equal_one(calibrated, tmp_path):
         records = json.loads((pair / "tau-T0.0.json").read_text())
         runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
     # every greedy τ method (autoregressive and eager drafting need none), one prompt per category: Spec-Bench's
-    # six, HumanEval and the out-of-domain headers
-    assert len(runs[1]) == 26 * 8
-    assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers"}
+    # six, HumanEval and the two out-of-domain ones, headers and package documentation
+    assert len(runs[1]) == 26 * 9
+    assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers", "package_docs"}
     assert runs[1] == runs[2]  # the automatic trees chose by the round costs calibration timed, not their own
     assert set(json.loads((pair / "calibration.json").read_text())["round_costs"]) == {
         "tree: full vocabulary", "tree: DynaSpec 1/16"}
@@ -101,7 +101,7 @@ def test_tau_phase_two_processes_equal_one(calibrated, tmp_path):
     drafts = (tmp_path / "out" / "summary.md").read_text().split("The own loop's drafts per round:")[1]
     assert "| 0 | tree: DynaSpec 1/16 | cpp_headers |" in drafts.split("\n\n")[1]
     realism = [r["realism"] for r in runs[1] if r["method"] == "full vocabulary"]
-    assert len(realism) == 8
+    assert len(realism) == 9
     for stats in realism:  # greedy tokens inside the static shortlists: counts that grow with the shortlist
         inside = stats["greedy_in_static"]
         assert 0 <= inside["1/64"] <= inside["1/32"] <= inside["1/16"] <= stats["positions"]
@@ -112,7 +112,7 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
     printed = run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
     assert "(round 2/2)" in printed
     rows = json.loads((pair / "timing-T0.0.json").read_text())
-    assert len({r["category"] for r in rows}) == 8  # Spec-Bench's six, HumanEval, the out-of-domain headers
+    assert len({r["category"] for r in rows}) == 9  # Spec-Bench's six, HumanEval, two out-of-domain ones
     # every timed row, the baselines a user would pick instead (prompt lookup, static-cache plain decoding,
     # assisted generation with transformers' defaults) and the own loop's chains per shortlist among them
     assert {r["method"] for r in rows} >= {"prompt lookup (transformers)",

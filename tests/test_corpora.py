@@ -1,5 +1,5 @@
 """The benchmark pair's text (`benchmarks/corpora.py`): whole-file deduplication, a held-out split by path hash
-that other installed packages do not move, and out-of-domain prompts that never come from training files."""
+that other installed packages do not move, and out-of-domain prompts (headers, package documentation) that never come from training files."""
 
 import importlib.util
 import sys
@@ -22,6 +22,9 @@ def site_packages(tmp_path, monkeypatch):
     files[roots[1] / "empty.py"] = "\n"
     files[roots[0] / "inc" / "big.h"] = "// licence\n" * 400 + "".join(f"int g{i}(void);\n" for i in range(600))
     files[roots[0] / "inc" / "small.hpp"] = "#pragma once\n"
+    files[roots[1] / "big-1.0.dist-info" / "METADATA"] = ("Metadata-Version: 2.1\nName: big\n\n# big\n"
+                                                          + "".join(f"Install step {i}.\n" for i in range(200)))
+    files[roots[1] / "big" / "_vendor" / "x-1.0.dist-info" / "METADATA"] = "Name: x\n\n" + "Vendored.\n" * 200
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -48,3 +51,10 @@ def test_out_of_domain_prompts_come_from_headers_past_their_opening(site_package
     assert prompts[0].startswith("int g") and len(prompts[0]) == 300
     assert "licence" not in corpora.header_prompts(1, seed=0, chars=300)[0]
     assert "#pragma once" in corpora.header_text(10**6) and "def f" not in corpora.header_text(10**6)
+
+
+def test_second_out_of_domain_prompts_are_package_descriptions_without_their_header_fields(site_packages):
+    assert corpora.package_descriptions() == ["# big\n" + "".join(f"Install step {i}.\n" for i in range(200))]
+    prompts = corpora.docs_prompts(5, seed=0, chars=300)  # the vendored copy's METADATA is not a package's
+    assert len(prompts) == 1 and prompts[0].startswith("Install step") and len(prompts[0]) == 300
+    assert "Metadata-Version" not in corpora.docs_text(10**6) and "def f" not in corpora.docs_text(10**6)
