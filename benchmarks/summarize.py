@@ -46,7 +46,8 @@ def left_out_note(rows: list[dict]) -> str:
     short = [r for r in rows if r.get("tokens_per_s") and not comparable(r)]
     if not short:
         return ""
-    cells = "; ".join(f"T = {r['temperature']:.0f}, {r['category']}, {r['method']} ({r['timed_tokens']})" for r in short)
+    cells = "; ".join(f"T = {r['temperature']:.0f}, {r['category']}, {r['method']} ({r['timed_tokens']})"
+                      for r in short)
     return (f"Left out of the tokens/s comparisons above, as generations of fewer than {MIN_TIMED_TOKENS} tokens "
             f"(a sampled EOS ended them; timed tokens in brackets): {cells}.\n")
 

@@ -3,8 +3,8 @@
 Side by side, greedy, on the same prompts: plain decoding, eager and on a static cache (which transformers compiles
 on CUDA: the own loop's target runs on a static cache too); transformers' assisted generation with the plain
 drafter (when given); the DynaSpec assistant in transformers' loop; and the package's own loop with its default,
-a chain of 6 drafts, and with the automatic shape (`TreeConfig()`). Each method runs once untimed first (CUDA graphs are captured then), and every output
-is compared with plain decoding's.
+a chain of 6 drafts, and with the automatic shape (`TreeConfig()`). Each method runs once untimed first (CUDA
+graphs are captured then), and every output is compared with plain decoding's.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 import torch
 
 from .generation import TreeConfig, generate
-from .tree import DEFAULT_SHAPE
 from .measure import count_forward_calls
+from .tree import DEFAULT_SHAPE
 
 
 def _synchronize(device: torch.device) -> None:

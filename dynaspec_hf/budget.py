@@ -143,7 +143,8 @@ class AutomaticDrafter:
 
     def best(self):
         """The candidate of the most expected tokens per second by the measured rates and round costs."""
-        return max(self.candidates, key=lambda shape: (1 + expected_drafts(shape, self.rates)) / self.costs.seconds(shape))
+        return max(self.candidates,
+                   key=lambda shape: (1 + expected_drafts(shape, self.rates)) / self.costs.seconds(shape))
 
 
 def expected_drafts(shape, rates: SiblingAcceptance) -> float:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
+
 class Schedule(NamedTuple):
     """Which shortlist each draft position scores, for one kind of drafting (greedy, or a temperature band): entry i
     of `k_by_position` (routed clusters) and of `core_by_position` (frequency-core tokens) is draft position i's, the
@@ -101,8 +102,8 @@ class DynaSpecConfig(PretrainedConfig):
             shortlist of every draft position that does not already draft from the full vocabulary.
         temperature_bands (`list[dict]` or `list[TemperatureBand]`, *optional*):
             Schedules for sampled drafting, each a `TemperatureBand` or its dict: `max_temperature` (a float, or
-            None for any) and the three fields above. Sampling at temperature t uses the first band with t <= `max_temperature`;
-            greedy drafting, and sampling that no band covers, use the fields above.
+            None for any) and the three fields above. Sampling at temperature t uses the first band with
+            t <= `max_temperature`; greedy drafting, and sampling that no band covers, use the fields above.
         vocab_size (`int`, *optional*):
             Tokens the assistant's logits span: the target's vocabulary. It may exceed the drafter's
             (`drafter_config.vocab_size`, what the clusters partition) by padding rows the tokenizer never emits,

@@ -1,5 +1,6 @@
 """The benchmark pair's text (`benchmarks/corpora.py`): whole-file deduplication, a held-out split by path hash
-that other installed packages do not move, and out-of-domain prompts (headers, package documentation) that never come from training files."""
+that other installed packages do not move, and out-of-domain prompts (headers, package documentation) that never
+come from training files."""
 
 import importlib.util
 import sys
