@@ -35,8 +35,9 @@ from .clusters import TokenClusters, _frequency_order
 from .compat import unrollable_window
 from .configuration_dynaspec import Shortlist
 from .context_tokens import recent_distinct_tokens
+from .eager_draft import rollback_cache
 from .measure import measure_generation
-from .modeling_dynaspec import DynaSpecAssistant, rollback_cache
+from .modeling_dynaspec import DynaSpecAssistant
 from .router import ClusterRouter
 
 

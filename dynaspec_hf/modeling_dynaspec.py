@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
+from transformers import AutoModel, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
 from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -31,10 +31,10 @@ from transformers.utils import cached_file
 
 from .budget import RoundCosts
 from .clusters import TokenClusters
-from .compat import (cache_field, cache_keyword, check_rollback_possible, crop_cache, draft_output, output_cache,
-                     record_past)
+from .compat import cache_field, cache_keyword, output_cache
 from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, Shortlist, TemperatureBand, band_dicts
 from .context_tokens import recent_distinct_tokens
+from .eager_draft import draft_eagerly
 from .engines import engine_for, release_engines
 from .logit_transform import LogitTransform
 from .router import ClusterRouter
@@ -375,94 +375,10 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         return self._spread(*rows, estimate + math.log(shortlist.tail))
 
     @torch.no_grad()
-    def draft(
-        self,
-        input_ids: torch.LongTensor,
-        max_new_tokens: int,
-        *,
-        past_key_values=None,
-        attention_mask: torch.Tensor | None = None,
-        min_new_tokens: int = 0,
-        do_sample: bool = False,
-        logits_processor: LogitsProcessorList | None = None,
-        eos_token_id: list[int] | None = None,
-        confidence_threshold: float | None = None,
-        temperature: float = 0.0,
-    ) -> GenerateDecoderOnlyOutput:
-        """Draft up to `max_new_tokens` tokens after `input_ids` with the routed shortlist head.
-
-        The returned `scores` are the (processed) logits each token was chosen from, spread over the full
-        vocabulary with `-inf` outside the shortlist: exactly the q that speculative sampling needs. The cache is
-        reused when given (a `DraftCache`, as returned). The router's first input is the body output before the
-        last token: the cache keeps the last block's, so the body reads only the tokens the cache lacks, and never
-        needs a cache cropped below what the caller cropped it to (a sliding-window layer cannot be). `temperature`
-        (0 for greedy) picks the schedule (`config.schedule`); the logits processors apply the sampling itself.
-        """
-        batch, length = input_ids.shape
-        self.check_token_ids(input_ids)
-        processors = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
-        eos = torch.tensor(eos_token_id or [], dtype=torch.long, device=input_ids.device)
-
-        if past_key_values is None:
-            past_key_values = rollback_cache(self.config.drafter_config)
-        check_rollback_possible(past_key_values, length + max_new_tokens)
-        previous = past_key_values.body_output(length - 2) if isinstance(past_key_values, DraftCache) else None
-        start = min(length - 1 if previous is not None else max(length - 2, 0), past_key_values.get_seq_length())
-        crop_cache(past_key_values, start)
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # no padding: let the model derive positions from the cache
-        positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-        cache_name = cache_keyword(self.drafter)
-        out = self.drafter(
-            input_ids=input_ids[:, start:],
-            attention_mask=attention_mask,
-            position_ids=None if positions is None else positions[:, start:],
-            use_cache=True,
-            **{cache_name: past_key_values},
-        )
-        cache = output_cache(out)
-        hidden = out.last_hidden_state[:, -1]
-        if out.last_hidden_state.shape[1] > 1:
-            previous = out.last_hidden_state[:, -2]
-        elif previous is None:  # the first token of the text
-            previous = torch.zeros_like(hidden)
-        outputs = [hidden]  # the body's outputs from position `length - 1` on, for the next block's router
-        index = self.lm_head.index()
-        context = self.context_tokens(input_ids, attention_mask)  # the verified text: fixed for the block
-
-        sequences, scores = input_ids, []
-        for position in range(max_new_tokens):
-            logits = self.next_token_logits(hidden, previous, sequences[:, -1], position, index, context, temperature)
-            if len(processors):
-                logits = processors(sequences, logits)
-            probs = logits.softmax(dim=-1)
-            token = torch.multinomial(probs, 1) if do_sample else logits.argmax(dim=-1, keepdim=True)
-            sequences = torch.cat([sequences, token], dim=-1)
-            scores.append(logits)
-
-            done = position + 1 >= max_new_tokens
-            if position + 1 >= min_new_tokens and not done:
-                done = bool(torch.isin(token, eos).all()) or (
-                    bool(confidence_threshold) and float(probs.gather(1, token).min()) < confidence_threshold
-                )
-            if done:
-                break
-            if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
-                positions = positions[:, -1:] + 1
-            out = self.drafter(
-                input_ids=token,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                use_cache=True,
-                **{cache_name: cache},
-            )
-            previous, hidden = hidden, out.last_hidden_state[:, -1]
-            outputs.append(hidden)
-        if isinstance(cache, DraftCache):
-            cache.keep_body_outputs(torch.stack(outputs, dim=1), first=length - 1)
-        return draft_output(sequences, tuple(scores), cache)
+    def draft(self, input_ids: torch.LongTensor, max_new_tokens: int, **options) -> GenerateDecoderOnlyOutput:
+        """Draft up to `max_new_tokens` tokens after `input_ids` eagerly, on a `DraftCache` (`eager_draft.py`, whose
+        `draft_eagerly` takes the options): the path of batches, padding and the CPU."""
+        return draft_eagerly(self, input_ids, max_new_tokens, **options)
 
     @torch.no_grad()
     def generate(
@@ -564,43 +480,11 @@ def check_same_distribution(drafter: PreTrainedModel, assistant: DynaSpecAssista
         )
 
 
-class DraftCache(DynamicCache):
-    """The drafter's KV cache between draft blocks, plus the body's outputs at the last block's positions.
-
-    A block's first router input is the body output before the last committed token. Keeping it here spares the
-    block a re-read of that token, which would need the cache cropped one position below what the assisted loop
-    cropped it to: a sliding-window layer, once cropped, keeps only its window and cannot go further back.
-    """
-
-    def __init__(self, config):
-        super().__init__(config=config)
-        self._body_outputs, self._first = None, 0
-
-    def keep_body_outputs(self, outputs: torch.Tensor, first: int) -> None:
-        """`outputs` `[B, n, hidden]`: the body's outputs at sequence indices `first, ..., first + n - 1`."""
-        self._body_outputs, self._first = outputs, first
-
-    def body_output(self, index: int) -> torch.Tensor | None:
-        """`[B, hidden]` body output at sequence index `index`, if the last block computed it and the cache still
-        holds that position."""
-        kept = self._body_outputs
-        if kept is None or not self._first <= index < min(self._first + kept.shape[1], self.get_seq_length()):
-            return None
-        return kept[:, index - self._first]
-
-
 def _with_vocab_size(config, vocab_size: int):
     """A copy of `config` whose `vocab_size` is the rows of the model's output head."""
     config = copy.deepcopy(config)
     config.vocab_size = vocab_size
     return config
-
-
-def rollback_cache(config) -> DraftCache:
-    """An empty cache that speculative decoding can crop (`compat.record_past`)."""
-    cache = DraftCache(config)
-    record_past(cache)
-    return cache
 
 
 def _hub_kwargs(kwargs: dict) -> dict:
