@@ -63,7 +63,6 @@ BASELINES = ("autoregressive", COMPILED_PLAIN, PROMPT_LOOKUP, ASSISTED_DEFAULTS)
 PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value; no default exists
 # the shortlists compared in the package's own loop, each a chain of DRAFT_TOKENS drafts
 OWN_LOOP_CHAINS = ("full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec 1/64")
-OWN_LOOP_ROWS = tuple(f"chain (own loop): {name}" for name in OWN_LOOP_CHAINS)
 
 
 def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str]]:

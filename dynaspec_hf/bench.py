@@ -15,7 +15,7 @@ import torch
 
 from .generation import TreeConfig, generate
 from .measure import count_forward_calls
-from .tree import DEFAULT_SHAPE
+from .tree import DEFAULT_TREE
 
 
 def _synchronize(device: torch.device) -> None:
@@ -52,7 +52,7 @@ def bench(target, assistant, prompts: list[torch.Tensor], *, drafter=None, max_n
     if drafter is not None:
         methods.append(("transformers assisted generation, plain drafter", transformers_loop(drafter)))
     methods += [("DynaSpec assistant in transformers' loop", transformers_loop(assistant)),
-                ("dynaspec_hf.generate, chain of 6 (default)", own_loop(DEFAULT_SHAPE)),
+                ("dynaspec_hf.generate, chain of 6 (default)", own_loop(DEFAULT_TREE)),
                 ("dynaspec_hf.generate, automatic shape", own_loop(TreeConfig()))]
     rows, reference = [], None
     for name, run in methods:

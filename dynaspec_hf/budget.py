@@ -129,9 +129,9 @@ class AutomaticDrafter:
         drafter = self.chain if self.shape.is_chain else self.tree
         return drafter.draft(committed, num_nodes=num_nodes, max_depth=self.shape.max_depth, **options)
 
-    def update(self, accepted: int, trials: list[tuple[int, int | None]]) -> None:
+    def update(self, trials: list[tuple[int, int | None]]) -> None:
         if not self.shape.is_chain:
-            self.tree.update(accepted, trials)
+            self.tree.update(trials)
         if not self.probing:
             return
         self.rates.fade(1 - 1 / MEMORY)

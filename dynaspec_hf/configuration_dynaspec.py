@@ -51,9 +51,7 @@ class TemperatureBand(NamedTuple):
 
     @classmethod
     def from_dict(cls, band: dict) -> "TemperatureBand":
-        if not isinstance(band, dict) or set(band) != {"max_temperature", *SCHEDULE_FIELDS}:
-            raise ValueError(f"Each of `temperature_bands` must be a dict with keys max_temperature, "
-                             f"{', '.join(SCHEDULE_FIELDS)}; got {band!r}.")
+        """A band from its stored dict (`DynaSpecConfig.validate_schedule` checks its keys)."""
         return cls(band["max_temperature"], Schedule(*(band[name] for name in SCHEDULE_FIELDS)))
 
     def as_dict(self) -> dict:
@@ -214,6 +212,10 @@ class DynaSpecConfig(PretrainedConfig):
         if self.vocab_size < self.drafter_vocab_size:
             raise ValueError(f"`vocab_size` ({self.vocab_size}) must be at least the drafter's vocabulary "
                              f"({self.drafter_vocab_size}): the target's vocabulary extends the drafter's.")
+        for band in self.temperature_bands:
+            if not isinstance(band, dict) or set(band) != {"max_temperature", *SCHEDULE_FIELDS}:
+                raise ValueError(f"Each of `temperature_bands` must be a dict with keys max_temperature, "
+                                 f"{', '.join(SCHEDULE_FIELDS)}; got {band!r}.")
         bounds = [band.max_temperature for band in self.bands()]
         numbers = [b for b in bounds if isinstance(b, (int, float))]
         ordered = numbers == sorted(numbers) and min(numbers, default=1) > 0

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from .budget import RoundCosts, automatic_drafter
 from .modeling_dynaspec import drafting_temperature, sampling_processors
-from .tree import DEFAULT_SHAPE, TokenTree, TreeConfig, drafter_for
+from .tree import DEFAULT_TREE, TokenTree, TreeConfig, drafter_for
 from .verification import tree_verifier
 
 # Generation options that would change the target's distribution in ways this loop does not reproduce.
@@ -143,7 +143,7 @@ def generate(
     prompts stay eager and the models themselves are not changed. Exact in float32; in bf16 the fused
     kernels round differently from eager ones, so a near tie may break the other way than in eager decoding.
 
-    `tree` defaults to a chain of 6 drafts (`DEFAULT_SHAPE`); a `TreeConfig` with `num_nodes` drafts a DySpec tree,
+    `tree` defaults to a chain of 6 drafts (`DEFAULT_TREE`); a `TreeConfig` with `num_nodes` drafts a DySpec tree,
     and `TreeConfig()` picks the chain or tree with the most expected tokens per second for this pair on this
     device (`budget.py`). With `return_stats=True` it returns `(sequences, GenerationStats)`; `time_phases=True` also
     times each part of the rounds into the stats (on CUDA with events, which leave the loop's pace as it is).
@@ -153,7 +153,7 @@ def generate(
     model_kwargs.pop("use_cache", None)
     if model_kwargs:
         raise TypeError(f"dynaspec_hf.generate got unsupported arguments: {sorted(model_kwargs)}.")
-    tree = tree or DEFAULT_SHAPE
+    tree = tree or DEFAULT_TREE
     tree.validate()
     if not isinstance(compile, (bool, dict)):
         raise TypeError(f"`compile` takes True, False or a dict of torch.compile options, got {compile!r}.")
@@ -236,7 +236,7 @@ def speculative_round(drafter, verifier, committed: torch.Tensor, budget: int, d
     logits = verifier.verify(committed, tree, shape.verified_tokens)
     mark("accept")
     new, trials = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None)
-    drafter.update(len(new) - 1, trials)
+    drafter.update(trials)
     return new, tree
 
 

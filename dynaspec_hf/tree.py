@@ -27,7 +27,7 @@ from .static_cache import StaticCacheModel, causal
 class TreeConfig:
     """Shape of the draft tree. `TreeConfig()` sizes it automatically (`budget.py`): per generation, the chain or
     tree of at most `max_depth` drafts with the most expected tokens per second for this pair on this device.
-    Setting `num_nodes` fixes the shape; `TreeConfig.chain(n)` drafts a plain chain of n (`DEFAULT_SHAPE`, what
+    Setting `num_nodes` fixes the shape; `TreeConfig.chain(n)` drafts a plain chain of n (`DEFAULT_TREE`, what
     `dynaspec_hf.generate` drafts unless told otherwise, is a chain)."""
 
     num_nodes: int | None = None  # draft tokens per tree; None: automatic
@@ -49,7 +49,8 @@ class TreeConfig:
 
     @property
     def probe(self) -> "TreeConfig":
-        """The largest candidate of an automatic shape, drafted first: what every candidate's value is read from."""
+        """The largest candidate of an automatic shape, drafted first: its rounds measure how often each child of a
+        node is accepted, from which every candidate's accepted drafts are predicted (`budget.py`)."""
         return self.candidates()[-1]
 
     def candidates(self) -> list["TreeConfig"]:
@@ -77,7 +78,7 @@ class TreeConfig:
 
 
 # the own loop's default: the fastest shape of the published benchmark (BENCHMARKS.md)
-DEFAULT_SHAPE = TreeConfig.chain(6)
+DEFAULT_TREE = TreeConfig.chain(6)
 
 
 @dataclass
@@ -152,7 +153,7 @@ class ChainDrafter:
             node = tree.add(token, node)
         return tree
 
-    def update(self, accepted: int, trials: list[tuple[int, int | None]]) -> None:
+    def update(self, trials: list[tuple[int, int | None]]) -> None:
         """A chain's shape does not learn from outcomes."""
 
 
@@ -265,7 +266,7 @@ class TreeDrafter:
         self.cached, self.rates = 0, SiblingAcceptance()
         self._expansions = {}  # this generation's expansion plans and graph keys, built on its first round
 
-    def update(self, accepted: int, trials: list[tuple[int, int | None]]) -> None:
+    def update(self, trials: list[tuple[int, int | None]]) -> None:
         """Count a round's outcomes (`accept`'s trials) into the sibling acceptance that shapes sampled trees."""
         for candidates, accepted_index in trials:
             self.rates.record(candidates, accepted_index)
@@ -385,7 +386,8 @@ class TreeDrafter:
         """A tree of at most `num_nodes` draft tokens and `max_depth` levels (at most the drafter's) after
         `committed` (1-D ids on the assistant's device, which extend those of the previous call since `start`).
         Under sampling, children are drawn without replacement from q, the processed (temperature / top-k / top-p)
-        shortlist distribution; greedy trees take each node's most probable tokens. `temperature` (0: greedy) picks the shortlist schedule."""
+        shortlist distribution; greedy trees take each node's most probable tokens. `temperature` (0: greedy) picks
+        the shortlist schedule."""
         length = committed.shape[0]
         start = max(min(self.cached, length - 2), 0)  # re-read two tokens: the router's input
         count = length - start
