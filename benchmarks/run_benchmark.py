@@ -199,9 +199,10 @@ def run_methods(calibration: dict, args) -> list[dict]:
 
 
 def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.Tensor, temperature: float,
-             new_tokens: int):
+             new_tokens: int, compile: bool | None = None):
     """One generation with `method`; returns the new tokens, the number of target forward passes and, for the own
-    loop, its `GenerationStats` (None otherwise)."""
+    loop, its `GenerationStats` (None otherwise). `compile`: the own loop's (None: its default, compiled on CUDA;
+    τ passes False, since counting accepted tokens needs no compiled kernels)."""
     options = dict(do_sample=temperature > 0, max_new_tokens=new_tokens)
     if temperature > 0:
         options.update(temperature=temperature, top_k=0, top_p=1.0)
@@ -225,7 +226,7 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
     with count_forward_calls(target) as calls:
         if method["engine"] == "dynaspec-tree":
             out, stats = dynaspec_hf.generate(target, assistant, ids, tree=method["tree"], return_stats=True,
-                                              time_phases=True, **options)  # events: the loop's pace unchanged
+                                              time_phases=True, compile=compile, **options)  # events: the loop's pace unchanged
             calls[0] = stats.target_passes  # replayed passes call no forward
         else:
             out = target.generate(ids, assistant_model=assistant, **options)
@@ -459,7 +460,7 @@ def run_worker(args) -> None:
                 ids = prompt[None].to(args.device)
                 torch.manual_seed(args.seed + number)
                 tokens, calls, stats = generate(method, target, drafters, assistants, ids, temperature,
-                                                args.max_new_tokens)
+                                                args.max_new_tokens, compile=False)
                 record = dict(method=method["method"], category=category, prompt=number, temperature=temperature,
                               tokens=tokens.numel(), target_calls=calls)
                 if stats is not None:  # the own loop's draft shapes: draft nodes and longest path, summed over rounds

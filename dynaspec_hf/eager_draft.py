@@ -60,6 +60,7 @@ def draft_eagerly(
     eos_token_id: list[int] | None = None,
     confidence_threshold: float | None = None,
     temperature: float = 0.0,
+    keep_scores: bool = True,
 ) -> GenerateDecoderOnlyOutput:
     """Draft up to `max_new_tokens` tokens after `input_ids` with `assistant`'s routed shortlist head.
 
@@ -69,6 +70,7 @@ def draft_eagerly(
     last token: the cache keeps the last block's, so the body reads only the tokens the cache lacks, and never
     needs a cache cropped below what the caller cropped it to (a sliding-window layer cannot be). `temperature`
     (0 for greedy) picks the schedule (`config.schedule`); the logits processors apply the sampling itself.
+    `keep_scores=False` says the caller reads only the tokens; this loop, off the fast path, keeps them anyway.
     """
     batch, length = input_ids.shape
     assistant.check_token_ids(input_ids)

@@ -52,6 +52,7 @@ class GraphDrafter:
         self.tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.previous = torch.zeros(1, hidden_size, dtype=dtype, device=device)  # body output of the last step
         self.logits = torch.zeros(1, assistant.config.vocab_size, dtype=torch.float32, device=device)
+        self.token = torch.zeros(1, 1, dtype=torch.long, device=device)  # a greedy step's draft, without logits
         self.router_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # None: CPU, for tests
         self.index = assistant.lm_head.index()
         # the text's most recent distinct tokens, refreshed in place at the start of every block; a step with c
@@ -67,12 +68,13 @@ class GraphDrafter:
     def graphs(self) -> dict:
         return self.body.graphs
 
-    def _step(self, ids: torch.Tensor, shortlist: Shortlist) -> None:
+    def _step(self, ids: torch.Tensor, shortlist: Shortlist, greedy: bool = False) -> None:
         """Body over `ids` at the cache's write position, then router + head over `shortlist` (core tokens, routed
         clusters, context slots, tail: `config.shortlist_at`).
 
-        Writes the full-vocabulary logits (`-inf` outside the shortlist, or the tail's estimate) to `self.logits`
-        and the last hidden state to `self.previous`. Only device operations: this is what the graphs capture.
+        Writes the full-vocabulary logits (`-inf` outside the shortlist, or the tail's estimate) to `self.logits`,
+        or with `greedy` only the drafted token to `self.token`, and the last hidden state to `self.previous`. Only
+        device operations: this is what the graphs capture.
         """
         assistant, num_tokens = self.assistant, ids.shape[1]
         positions = torch.arange(num_tokens, device=ids.device) + self.body.write_position
@@ -98,8 +100,9 @@ class GraphDrafter:
                     if tensor is not None:
                         tensor.record_stream(main)
         # a step with c context slots reads the first c (most recent) of the buffer
-        self.logits.copy_(assistant.draft_step(hidden, self.previous, ids[:, -1], shortlist, self.index, self.context,
-                                               routing))
+        step = assistant.greedy_draft_token if greedy else assistant.draft_step
+        (self.token if greedy else self.logits).copy_(step(hidden, self.previous, ids[:, -1], shortlist, self.index,
+                                                           self.context, routing))
         self.previous.copy_(hidden)
 
     def _routing(self, previous: torch.Tensor, token_ids: torch.Tensor, shortlist) -> tuple:
@@ -109,17 +112,18 @@ class GraphDrafter:
             return torch.arange(k, device=token_ids.device)[None], scores.log_softmax(-1) if tail else None
         return self.assistant.routing(previous, token_ids, k, tail)
 
-    def _run(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False) -> None:
+    def _run(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False, greedy: bool = False) -> None:
         """One step, replayed from its graph when it has a graph shape (a `prompt`'s read, whose length varies, runs
         eagerly: it is never captured or compiled); head counters count it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
         if not self.use_graphs or prompt or ids.shape[1] > MAX_GRAPH_TOKENS:
-            self._step(ids, shortlist)
+            self._step(ids, shortlist, greedy)
         else:
             tokens = self.tokens[:, : ids.shape[1]]
             tokens.copy_(ids)
-            self.body.run((ids.shape[1], *shortlist), lambda: self._step(tokens, shortlist), keep=(self.previous,))
+            self.body.run((ids.shape[1], *shortlist, greedy), lambda: self._step(tokens, shortlist, greedy),
+                          keep=(self.previous,))
         head.rows_computed = rows + shortlist.core + shortlist.clusters * self.assistant.config.cluster_size + \
             shortlist.context
         head.calls = calls + 1
@@ -146,7 +150,10 @@ class GraphDrafter:
         eos_token_id: list[int] | None = None,
         confidence_threshold: float | None = None,
         temperature: float = 0.0,
+        keep_scores: bool = True,
     ) -> GenerateDecoderOnlyOutput:
+        """`keep_scores=False`: the caller reads only the tokens, so greedy steps without processors or a confidence
+        rule draft from the shortlist's rows (`greedy_draft_token`), and `scores` comes back empty."""
         length = input_ids.shape[1]
         logits_processor = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
         cache = past_key_values if past_key_values is not None else StaticDraftCache(self)
@@ -159,28 +166,35 @@ class GraphDrafter:
         self.body.set_length(start)
         if self.context.shape[1]:
             self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
+        tokens_only = not (keep_scores or do_sample or len(logits_processor) or confidence_threshold)
         sequences, scores = input_ids, []
         for position in range(max_new_tokens):
             shortlist = self.assistant.config.shortlist_at(position, temperature)
+            greedy = tokens_only and not shortlist.tail
             self._run(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
-                      prompt=position == 0 and start == 0)
-            logits = self.logits.clone()
-            if len(logits_processor):
-                logits = logits_processor(sequences, logits)
-            if do_sample:
-                token = torch.multinomial(logits.softmax(dim=-1), 1)
+                      prompt=position == 0 and start == 0, greedy=greedy)
+            if greedy:
+                token, logits = self.token.clone(), None
             else:
-                token = logits.argmax(dim=-1, keepdim=True)
+                logits = self.logits.clone()
+                if len(logits_processor):
+                    logits = logits_processor(sequences, logits)
+                if do_sample:
+                    token = torch.multinomial(logits.softmax(dim=-1), 1)
+                else:
+                    token = logits.argmax(dim=-1, keepdim=True)
             sequences = torch.cat([sequences, token], dim=-1)
             scores.append(logits)
         cache.length = length + max(max_new_tokens - 1, 0)
         keep = _stop_index(sequences[0, length:], scores, min_new_tokens, eos_token_id, confidence_threshold)
-        return draft_output(sequences[:, : length + keep], tuple(scores[:keep]), cache)
+        return draft_output(sequences[:, : length + keep], tuple(scores[:keep]) if keep_scores else (), cache)
 
 
 def _stop_index(tokens, scores, min_new_tokens, eos_token_id, confidence_threshold) -> int:
     """How many drafted tokens the eager loop would have kept (it stops after an EOS or an unconfident token)."""
     count = tokens.shape[0]
+    if not eos_token_id and not confidence_threshold:
+        return count  # no stopping rule: no device read
     stop = torch.zeros(count, dtype=torch.bool, device=tokens.device)
     if eos_token_id:
         stop |= torch.isin(tokens, torch.tensor(eos_token_id, device=tokens.device))

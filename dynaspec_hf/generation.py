@@ -126,7 +126,7 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     generation_config: GenerationConfig | None = None,
     tree: TreeConfig | None = None,
-    compile: bool | dict = False,
+    compile: bool | dict | None = None,
     return_stats: bool = False,
     time_phases: bool = False,
     **kwargs,
@@ -138,10 +138,12 @@ def generate(
     `eos_token_id`, `pad_token_id`, ...). Rows of a batch are decoded one after another (left padding is read
     from `attention_mask`) and returned as `target.generate` would: prompt, new tokens, right padding.
 
-    `compile=True` (or a dict of `torch.compile` options) runs the target's verification pass and the drafter's
-    steps through `torch.compile` (the first generation compiles, which takes tens of seconds for large models);
-    prompts stay eager and the models themselves are not changed. Exact in float32; in bf16 the fused
-    kernels round differently from eager ones, so a near tie may break the other way than in eager decoding.
+    `compile` runs the target's verification pass and the drafter's steps through `torch.compile` inside their CUDA
+    graphs: by default (None) for a target on one GPU, as transformers compiles decoding on a static cache, unless
+    the generation config sets `disable_compile`; True or a dict of `torch.compile` options forces it, False turns it off. The
+    first generation compiles, which takes tens of seconds; prompts stay eager and the models themselves are not
+    changed. Exact in float32; in bf16 the fused kernels round differently from eager ones, so a near tie may break
+    the other way than in eager decoding.
 
     `tree` defaults to a chain of 6 drafts (`DEFAULT_TREE`); a `TreeConfig` with `num_nodes` drafts a DySpec tree,
     and `TreeConfig()` picks the chain or tree with the most expected tokens per second for this pair on this
@@ -155,9 +157,8 @@ def generate(
         raise TypeError(f"dynaspec_hf.generate got unsupported arguments: {sorted(model_kwargs)}.")
     tree = tree or DEFAULT_TREE
     tree.validate()
-    if not isinstance(compile, (bool, dict)):
-        raise TypeError(f"`compile` takes True, False or a dict of torch.compile options, got {compile!r}.")
-    compile_options = ({} if compile is True else None) if isinstance(compile, bool) else compile
+    one_device = len(set(getattr(target, "hf_device_map", {}).values())) <= 1
+    compile_options = compile_options_for(compile, generation_config, target.device, one_device)
     _check_supported(target, assistant, generation_config, input_ids, tree)
 
     eos = generation_config.eos_token_id
@@ -264,6 +265,17 @@ def accept(tree: TokenTree, logits: torch.Tensor, outcomes: tuple[list[int], lis
         if child is None:
             return out, trials
         node = child
+
+
+def compile_options_for(compile: bool | dict | None, generation_config: GenerationConfig, device: torch.device,
+                        one_device: bool = True) -> dict | None:
+    """`torch.compile` options of the loop's fixed-shape forwards, or None for eager kernels. By default they are
+    compiled where they replay CUDA graphs: a target on one GPU (`one_device`), unless `disable_compile`."""
+    if compile is None:
+        compile = device.type == "cuda" and one_device and not getattr(generation_config, "disable_compile", False)
+    if not isinstance(compile, (bool, dict)):
+        raise TypeError(f"`compile` takes None, True, False or a dict of torch.compile options, got {compile!r}.")
+    return ({} if compile else None) if isinstance(compile, bool) else compile
 
 
 def _check_supported(target, assistant, generation_config, input_ids, tree: TreeConfig) -> None:

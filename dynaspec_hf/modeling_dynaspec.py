@@ -361,18 +361,37 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         fill the context slots; `index` (`lm_head.index()`) may be passed to reuse it; `routing` is `routing(...)`'s
         result where the caller ran it already (the graph drafter, on a stream of its own).
         """
-        if shortlist.context and (context_ids is None or context_ids.shape[1] < shortlist.context):
-            raise ValueError(f"The schedule has {shortlist.context} context-token slots: pass as many `context_ids` "
-                             f"(`context_tokens`).")
         if index is None and (shortlist.core or shortlist.context or shortlist.tail):
             index = self.lm_head.index()
-        cluster_ids, log_mass = routing or self.routing(previous_hidden, token_ids, shortlist.clusters, shortlist.tail)
-        context_ids = context_ids[:, : shortlist.context] if shortlist.context else None
-        rows = self.lm_head(hidden, cluster_ids, shortlist.core, index, context_ids)
+        rows, log_mass = self._shortlist_rows(hidden, previous_hidden, token_ids, shortlist, index, context_ids, routing)
         if not shortlist.tail:
             return self._spread(*rows)
         estimate = log_mass[:, index.token_cluster] + self.lm_head.token_log_share
         return self._spread(*rows, estimate + math.log(shortlist.tail))
+
+    def greedy_draft_token(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
+                           shortlist: Shortlist, index: ShortlistIndex | None = None,
+                           context_ids: torch.Tensor | None = None,
+                           routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
+        """`[B, 1]`: the argmax of `draft_step`'s logits, read from the shortlist's rows alone, so a greedy draft
+        never builds a full-vocabulary tensor (a shortlist without a tail: outside it every logit is `-inf`)."""
+        if shortlist.tail:
+            raise ValueError("A shortlist with a sampling tail drafts from the full vocabulary: use `draft_step`.")
+        if index is None and (shortlist.core or shortlist.context):
+            index = self.lm_head.index()
+        (logits, tokens), _ = self._shortlist_rows(hidden, previous_hidden, token_ids, shortlist, index, context_ids,
+                                                   routing)
+        return tokens.gather(1, logits.argmax(-1, keepdim=True))
+
+    def _shortlist_rows(self, hidden, previous_hidden, token_ids, shortlist: Shortlist, index, context_ids, routing):
+        """Router + head: the shortlist's `(logits, token ids)` rows, and the router's log-probabilities of every
+        cluster where the shortlist has a tail."""
+        if shortlist.context and (context_ids is None or context_ids.shape[1] < shortlist.context):
+            raise ValueError(f"The schedule has {shortlist.context} context-token slots: pass as many `context_ids` "
+                             f"(`context_tokens`).")
+        cluster_ids, log_mass = routing or self.routing(previous_hidden, token_ids, shortlist.clusters, shortlist.tail)
+        context_ids = context_ids[:, : shortlist.context] if shortlist.context else None
+        return self.lm_head(hidden, cluster_ids, shortlist.core, index, context_ids), log_mass
 
     @torch.no_grad()
     def draft(self, input_ids: torch.LongTensor, max_new_tokens: int, **options) -> GenerateDecoderOnlyOutput:

@@ -143,13 +143,14 @@ class ChainDrafter:
         length = committed.shape[0]
         out = self.assistant.draft_block(committed[None], min(num_nodes, max_depth or self.max_depth), self.cache,
                                          do_sample=do_sample, logits_processor=processors, temperature=temperature,
-                                         compile_options=self.compile_options, static_cache=True)
+                                         compile_options=self.compile_options, static_cache=True,
+                                         keep_scores=do_sample)
         self.cache = output_cache(out)
         tree = TokenTree(root_position=length - 1)
         node = tree.add(int(committed[-1]), -1)
-        for token, logits in zip(out.sequences[0, length:].tolist(), out.scores):
+        for position, token in enumerate(out.sequences[0, length:].tolist()):
             if do_sample:  # q for rejection sampling; greedy acceptance reads only the tokens
-                tree.probs[node] = logits[0].softmax(-1)
+                tree.probs[node] = out.scores[position][0].softmax(-1)
             node = tree.add(token, node)
         return tree
 

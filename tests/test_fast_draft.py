@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dynaspec_hf.engines import kept_engine
-from dynaspec_hf.fast_draft import StaticDraftCache
+from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache
 from dynaspec_hf.measure import count_forward_calls
 from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, rollback_limited, tiny_config, tiny_pair
 
@@ -56,19 +56,23 @@ def test_static_cache_drafting_equals_target(family, setting):
                          + [(family, "routed") for family in SLIDING if not rollback_limited(family)])
 def test_static_cache_drafts_equal_eager_drafts(family, setting):
     """Block by block, the static-cache drafter proposes the eager drafter's tokens with the same scores (for
-    sliding-window families, beyond their 8-token window; with context tokens, as the text grows)."""
+    sliding-window families, beyond their 8-token window; with context tokens, as the text grows), and so do its
+    greedy steps that read only the shortlist's rows (`keep_scores=False`, the own loop's greedy chains)."""
     _, drafter = tiny_pair(family, seed=12)
     assistant, engine = static_cache_assistant(drafter, setting)
+    rows_engine = GraphDrafter(assistant, 128)
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
-    eager_cache, static_cache = None, None
+    eager_cache, static_cache, rows_cache = None, None, None
     for accepted in (3, 0, 5, 1):
         eager = assistant.draft(ids, 6, past_key_values=eager_cache)
         fast = engine.draft(ids, 6, static_cache)
-        assert torch.equal(eager.sequences, fast.sequences)
+        rows = rows_engine.draft(ids, 6, rows_cache, keep_scores=False)
+        assert torch.equal(eager.sequences, fast.sequences) and torch.equal(eager.sequences, rows.sequences)
         torch.testing.assert_close(torch.stack(eager.scores), torch.stack(fast.scores))
-        eager_cache, static_cache = eager.past_key_values, fast.past_key_values
+        assert rows.scores == ()
+        eager_cache, static_cache, rows_cache = eager.past_key_values, fast.past_key_values, rows.past_key_values
         ids = torch.cat([eager.sequences[:, : ids.shape[1] + accepted], torch.tensor([[7]])], dim=1)
-        for cache in (eager_cache, static_cache):  # what the assisted loop does before the next block
+        for cache in (eager_cache, static_cache, rows_cache):  # what the assisted loop does before the next block
             cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
 
 

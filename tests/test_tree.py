@@ -4,12 +4,13 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 import dynaspec_hf
 from dynaspec_hf import TreeConfig
 from dynaspec_hf.verification import TreeVerifier, recursive_rejection_sample
 from dynaspec_hf.engines import kept_engine
+from dynaspec_hf.generation import compile_options_for
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import SiblingAcceptance, TreeDrafter
 from conftest import FAMILIES, FAMILY_CASES, VOCAB, make_assistant, random_cases, tiny_pair
@@ -265,6 +266,19 @@ def test_own_loop_chain_drafts_with_the_graph_drafter():
         assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=new_tokens))
     assert engine.active is not None, "the chain was not drafted by the graph drafter"
     assert kept_engine(target, "verifier").size == TreeConfig.chain(5).verified_tokens == 11
+
+
+def test_compile_defaults_to_cuda_as_transformers_static_cache_decoding():
+    """The own loop compiles by default where transformers compiles static-cache decoding and its passes replay
+    CUDA graphs: on one GPU, unless the generation config sets `disable_compile`; an explicit `compile` wins."""
+    config = GenerationConfig()
+    assert compile_options_for(None, config, torch.device("cuda")) == {}
+    assert compile_options_for(None, config, torch.device("cpu")) is None
+    assert compile_options_for(None, config, torch.device("cuda"), one_device=False) is None  # a sharded target
+    assert compile_options_for(None, GenerationConfig(disable_compile=True), torch.device("cuda")) is None
+    assert compile_options_for(False, config, torch.device("cuda")) is None
+    assert compile_options_for(True, config, torch.device("cpu")) == {}
+    assert compile_options_for({"mode": "default"}, config, torch.device("cpu")) == {"mode": "default"}
 
 
 @pytest.mark.parametrize("shape", sorted(TREES))
