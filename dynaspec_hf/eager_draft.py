@@ -1,8 +1,8 @@
 """The eager draft loop: what transformers' assisted loop gets from `DynaSpecAssistant.draft` where the static-cache
 chain drafter (`fast_draft.py`) does not serve (padded batches; the CPU, unless asked), on a `DraftCache`.
 
-Each step is the assistant's one draft step (`next_token_logits` -> `draft_step`); stopping follows the assisted
-loop's rules as it goes (EOS, the confidence threshold).
+Each step is the assistant's one draft step (`next_token_logits` -> `draft_step` -> `shortlist_logits`); stopping
+follows the assisted loop's rules as it goes (EOS, the confidence threshold).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ It drops into `target.generate(input_ids, assistant_model=assistant)`: transform
 calls `assistant.generate(...)` for a block of draft tokens and verifies them with the target over the full
 vocabulary, so greedy output is the target's own and sampling keeps the target's distribution.
 
-One draft step (`draft_step`, the one every draft path calls: eager, CUDA-graph, chain or tree):
+One draft step (`shortlist_logits`, which every draft path runs: eager, CUDA-graph, chain or tree; `draft_step`
+spreads its rows over the vocabulary, `greedy_draft_token` reads the greedy draft from them):
 
     router([h_prev; embed(x)]) -> top-k clusters ─┐
     drafter body(x) -> h ─────────────────────────┴─> head over (core prefix + chosen clusters + context tokens)
@@ -40,9 +41,9 @@ from .logit_transform import LogitTransform
 from .router import ClusterRouter
 from .shortlist_head import ShortlistHead, ShortlistIndex
 
-# Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
 DEFAULT_DRAFT_TOKENS = 6
 REPORT_NAME = "calibration_report.json"
+# Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
 _IGNORED_GENERATE_KWARGS = {"position_ids", "logits_to_keep", "use_cache", "token_type_ids", "cache_position"}
 
 
@@ -363,11 +364,12 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
         """
         if index is None and (shortlist.core or shortlist.context or shortlist.tail):
             index = self.lm_head.index()
-        rows, log_mass = self._shortlist_rows(hidden, previous_hidden, token_ids, shortlist, index, context_ids, routing)
+        logits, tokens, log_mass = self.shortlist_logits(hidden, previous_hidden, token_ids, shortlist, index,
+                                                         context_ids, routing)
         if not shortlist.tail:
-            return self._spread(*rows)
+            return self._spread(logits, tokens)
         estimate = log_mass[:, index.token_cluster] + self.lm_head.token_log_share
-        return self._spread(*rows, estimate + math.log(shortlist.tail))
+        return self._spread(logits, tokens, estimate + math.log(shortlist.tail))
 
     def greedy_draft_token(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
                            shortlist: Shortlist, index: ShortlistIndex | None = None,
@@ -379,19 +381,24 @@ class DynaSpecAssistant(DynaSpecPreTrainedModel, GenerationMixin):
             raise ValueError("A shortlist with a sampling tail drafts from the full vocabulary: use `draft_step`.")
         if index is None and (shortlist.core or shortlist.context):
             index = self.lm_head.index()
-        (logits, tokens), _ = self._shortlist_rows(hidden, previous_hidden, token_ids, shortlist, index, context_ids,
-                                                   routing)
+        logits, tokens, _ = self.shortlist_logits(hidden, previous_hidden, token_ids, shortlist, index, context_ids,
+                                                  routing)
         return tokens.gather(1, logits.argmax(-1, keepdim=True))
 
-    def _shortlist_rows(self, hidden, previous_hidden, token_ids, shortlist: Shortlist, index, context_ids, routing):
-        """Router + head: the shortlist's `(logits, token ids)` rows, and the router's log-probabilities of every
-        cluster where the shortlist has a tail."""
+    def shortlist_logits(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
+                         shortlist: Shortlist, index: ShortlistIndex | None = None,
+                         context_ids: torch.Tensor | None = None,
+                         routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The one draft step's router + head, which every draft path runs: the shortlist rows' logits `[B, R]`
+        and token ids `[B, R]` (`-inf` and -1 for padding rows), and the router's log-probability of every
+        cluster `[B, C]` where the shortlist has a tail (else None). Arguments as `draft_step`'s."""
         if shortlist.context and (context_ids is None or context_ids.shape[1] < shortlist.context):
             raise ValueError(f"The schedule has {shortlist.context} context-token slots: pass as many `context_ids` "
                              f"(`context_tokens`).")
         cluster_ids, log_mass = routing or self.routing(previous_hidden, token_ids, shortlist.clusters, shortlist.tail)
         context_ids = context_ids[:, : shortlist.context] if shortlist.context else None
-        return self.lm_head(hidden, cluster_ids, shortlist.core, index, context_ids), log_mass
+        return *self.lm_head(hidden, cluster_ids, shortlist.core, index, context_ids), log_mass
 
     @torch.no_grad()
     def draft(self, input_ids: torch.LongTensor, max_new_tokens: int, **options) -> GenerateDecoderOnlyOutput:

@@ -78,12 +78,14 @@ def test_expensive_drafting_picks_a_bushy_tree(pair):
 
 
 def test_costs_are_measured_once_and_kept(pair):
+    """Without `drafting.round_costs`, the first automatic generation times the costs, and later ones reuse them."""
     target, assistant = pair
-    chosen_shapes(pair, None, prompts=2)
-    kept = assistant.__dict__["_dynaspec_round_costs"]
-    assert len(kept) == 1
-    costs = next(iter(kept.values()))
-    assert costs.seconds(TreeConfig.chain(2)) > 0 and costs.seconds(TreeConfig().probe) > 0
+    assistant.drafting.round_costs = None
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(3))
+    costs = [dynaspec_hf.generate(target, assistant, ids, max_new_tokens=8, tree=TreeConfig(),
+                                  return_stats=True)[1].costs for _ in range(2)]
+    assert costs[0] is costs[1]
+    assert costs[0].seconds(TreeConfig.chain(2)) > 0 and costs[0].seconds(TreeConfig().probe) > 0
 
 
 def test_automatic_needs_room_to_branch():

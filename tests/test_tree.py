@@ -145,8 +145,8 @@ def test_tree_nodes_of_one_forward_get_their_own_positions_shortlists():
     assistant.set_schedule(k_by_position=[6, 5, 4, 3, 2], core_by_position=[16, 12, 8, 4, 0])
     committed = torch.randint(0, VOCAB, (9,), generator=torch.Generator().manual_seed(6))
     tree_drafter = TreeDrafter(assistant, 64, max_depth=5, width=2)
-    plan = tree_drafter._plan(0.0, 5)
-    assert max(len(shortlists) for shortlists in plan) >= 3  # forwards whose nodes use different shortlists
+    # a node forward takes nodes of depths 1..4, whose draft positions use different shortlists
+    assert len({assistant.config.shortlist_at(position, 0.0) for position in range(1, 5)}) >= 3
     tree = tree_drafter.draft(committed, num_nodes=14, do_sample=False)
     forwarded = [node for node in range(1, len(tree)) if tree.probs[node] is not None]
     assert len({tree.depths[node] for node in forwarded}) >= 3
