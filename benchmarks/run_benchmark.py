@@ -102,12 +102,13 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
                         timed_temperatures=list(timed), **settings))
         return out[-1]
 
-    def schedule(k, core=0, context=0, sampling_split=None, tail=0.0):  # every part named: an assistant keeps
-        # what the previous method set; `sampling_split`: the band that sampling at any temperature drafts with;
-        # `tail`: the sampling tail's weight
+    def schedule(k, core=0, context=0, sampling_split=None, tail=0.0, rank=0):  # every part named: an assistant
+        # keeps what the previous method set; `sampling_split`: the band that sampling at any temperature drafts
+        # with; `tail`, `rank`: the sampling tail's weight and rank
         bands = [] if sampling_split is None else [dict(max_temperature=None, **split_schedule(sampling_split))]
         return dict(k_by_position=k if isinstance(k, list) else [k], core_by_position=[core],
-                    num_context_tokens=context, temperature_bands=bands, sampling_tail=tail)
+                    num_context_tokens=context, temperature_bands=bands, sampling_tail=tail,
+                    sampling_tail_rank=rank if tail else 0)
 
     # plain decoding (τ 1 by definition) and what a speed-minded user would pick instead (BASELINES)
     row("autoregressive", "transformers", None, tau=NONE, timed=BOTH)
@@ -130,19 +131,20 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
         check = calibration["sampling_checks"][str(k)]
         band = sampled if check["kept"] else None
         tail = check["tail_weight"] if check.get("tail_kept") else 0.0
-        chosen = schedule(split["k"], split["core"], split["context"], band, tail)
+        rank = check.get("tail_rank", 0)
+        chosen = schedule(split["k"], split["core"], split["context"], band, tail, rank)
         row(f"DynaSpec {name}", "dynaspec-graph", fraction, timed=BOTH if headline else NONE, schedule=chosen)
         if name not in ("1/16", "1/64"):
             continue
         # ablations at T = 1: the sampling band, and the tail (the calibrated weight, or 1 where none beat no tail)
         for label, other in (("greedy", None), ("sampled", sampled)):
             row(f"DynaSpec {name}, {label} split when sampling", "dynaspec-graph", fraction, tau=SAMPLED,
-                schedule=schedule(split["k"], split["core"], split["context"], other, tail))
+                schedule=schedule(split["k"], split["core"], split["context"], other, tail, rank))
         weight = check.get("tail_weight") or 1.0
         for label, value in (("no tail", 0.0), ("with tail", weight)):
             row(f"DynaSpec {name}, {label} when sampling", "dynaspec-graph", fraction, tau=SAMPLED,
                 timed=SAMPLED if headline and label == "no tail" else NONE,
-                schedule=schedule(split["k"], split["core"], split["context"], band, value))
+                schedule=schedule(split["k"], split["core"], split["context"], band, value, rank))
         # ablations: no context tokens; routed clusters only; the argmax router
         plain = calibration["splits_without_context"][str(k)]
         row(f"DynaSpec {name}, no context tokens", "dynaspec-graph", fraction, tau=BOTH if headline else GREEDY,
@@ -323,7 +325,8 @@ def run_calibration(args) -> None:
     # the sampling band's and tail's end-to-end checks at every compared size (calibrate ran them at 1/16, what it
     # saves)
     default = dict(assistant.config.schedule()._asdict(), temperature_bands=assistant.config.temperature_bands,
-                   sampling_tail=assistant.config.sampling_tail)
+                   sampling_tail=assistant.config.sampling_tail,
+                   sampling_tail_rank=assistant.config.sampling_tail_rank)
     checks = {str(ks["1/16"]): report["sampling_check"]}
     for name, k in ks.items():
         if str(k) in checks:
@@ -358,7 +361,8 @@ def run_calibration(args) -> None:
     print(f"calibrated on {report['train_pairs']} positions in {calibrated:.0f}s; position-aware k: "
           f"{report['k_by_position']}; splits {report['splits']}; sampled splits {report['sampled_splits']}; "
           f"sampling bands kept {({k: c['kept'] for k, c in checks.items()})}, tails kept "
-          f"{({k: c.get('tail_weight') if c.get('tail_kept') else 0 for k, c in checks.items()})} ({checked:.0f}s); "
+          f"{({k: (c.get('tail_weight'), c.get('tail_rank')) if c.get('tail_kept') else 0 for k, c in checks.items()})} "
+          f"({checked:.0f}s); "
           f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
 
 

@@ -235,12 +235,23 @@ def sampled_acceptance_table(calibration: dict) -> str:
     for _, check in sorted(checks.items(), key=lambda item: int(item[0])):
         a = check["acceptance"]
         without = check.get("tau_sampled_split") if check.get("kept") else check.get("tau_greedy_split")
+        chosen = f"{check['tail_weight']}, rank {check.get('tail_rank', 0)}"
         kept = ("no weight beat no tail" if "tau_tail" not in check else
-                f"{check['tail_weight'] if check['tail_kept'] else 'no'} ({without:.3f} → {check['tau_tail']:.3f})")
+                f"{chosen if check['tail_kept'] else 'no'} ({without:.3f} → {check['tau_tail']:.3f})")
         values = ([a["shortlist_size"], f"{a['full']:.3f}"] + [f"{a['tail'][w]:.3f}" for w in weights]
                   + [f"{a[key]:.3f}" for key in ("best_shortlist", "target_mass_in_shortlist",
                                                   "target_mass_in_best_shortlist")] + [kept])
         lines.append("| " + " | ".join(map(str, values)) + " |")
+    ranked = {k: c["acceptance_by_rank"] for k, c in checks.items() if c.get("acceptance_by_rank")}
+    if ranked:  # how the tail shares a cluster: corpus counts (rank 0) or a rank-r copy of the head
+        lines += ["", "The tail's exact held-out sampled acceptance by how it shares a cluster (rank 0: corpus "
+                  "counts; r: a rank-r copy of the head):", "",
+                  "| shortlist rows | rank | " + " | ".join(f"tail {w}" for w in weights) + " |",
+                  "|---|---|" + "---|" * len(weights)]
+        for key, by_rank in sorted(ranked.items(), key=lambda item: int(item[0])):
+            for rank, tail in by_rank.items():
+                lines.append(f"| {checks[key]['acceptance']['shortlist_size']} | {rank} | "
+                             + " | ".join(f"{tail[w]:.3f}" for w in weights) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,7 +48,8 @@ OBJECTIVES = ("mass", "argmax")
 SPLIT_FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # routed share of a shortlist's clusters tried by calibration
 CONTEXT_SIZES = (0, 128, 256)  # context-token slots tried by calibration
 TOP_TOKENS = 512  # the target's most probable tokens kept per held-out row, for sampled acceptance
-TAIL_WEIGHTS = (0.0, 0.1, 0.3, 1.0)  # sampling-tail weights calibration compares by exact sampled acceptance
+TAIL_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 2.0)  # sampling-tail weights calibration compares by exact sampled acceptance
+TAIL_RANKS = (0, 16, 32)  # how the tail shares a cluster: corpus counts (0), or rank-r copies of the head
 CRITERIA = ("acceptance", "sampled_acceptance")  # what a split is chosen by: greedy, or sampled (T = 1)
 SPLIT_RULES = ("worst", "mean")  # over the held-out domains: the worst one's score (the mean breaks ties), or the mean
 _SCORES = ("recall", *CRITERIA)  # the columns shortlist_curves scores every shortlist by
@@ -451,6 +452,7 @@ class CalibrationConfig:
     check_prompts: int = 32  # held-out prompts of the end-to-end τ check at T = 1
     check_tokens: int = 128  # new tokens per check prompt
     tail_weights: tuple[float, ...] = TAIL_WEIGHTS  # sampling-tail weights compared
+    tail_ranks: tuple[int, ...] = TAIL_RANKS  # sampling-tail ranks compared (above the drafter's width: skipped)
     seed: int = 0
 
 
@@ -533,7 +535,7 @@ def calibrate(
         size = str(min(ks, key=lambda k: abs(k - config.shortlist_fraction * num_clusters)))
         check = check_sampling_schedule(target, assistant, splits[size], sampled_splits[size],
                                         [sequences[i] for i in heldout[: config.check_prompts]], config.check_tokens,
-                                        tail_weights=config.tail_weights)
+                                        tail_weights=config.tail_weights, tail_ranks=config.tail_ranks)
         report.update(heldout_pairs=len(heldout_features), curves=curves, k_by_position=position_aware,
                       splits=splits, sampled_splits=sampled_splits, splits_by_mean=by_mean, sampling_check=check,
                       heldout=heldout)
@@ -548,18 +550,22 @@ def split_schedule(split: dict) -> dict:
 @torch.no_grad()
 def check_sampling_schedule(target, assistant: DynaSpecAssistant, greedy_split: dict, sampled_split: dict,
                             sequences: list[torch.Tensor], new_tokens: int, seed: int = 0,
-                            tail_weights: tuple[float, ...] = TAIL_WEIGHTS) -> dict:
+                            tail_weights: tuple[float, ...] = TAIL_WEIGHTS,
+                            tail_ranks: tuple[int, ...] = TAIL_RANKS) -> dict:
     """Set `assistant`'s schedule to `greedy_split` and choose what sampling drafts with, by end-to-end τ at T = 1
     from the first halves of held-out `sequences` (the same seed for every measurement):
 
     1. `sampled_split` as the band for every temperature, when it differs, if its τ is at least that of drafting
        with `greedy_split` when sampling too (a tolerance of 1 % kept a band that lost 0.8 points of recovery on
        the benchmark: BENCHMARKS.md);
-    2. then the tail (`sampling_tail`) at the weight among `tail_weights` with the highest exact sampled
-       acceptance on `sequences` (`sampled_acceptance`, in `check["acceptance"]`), if it raises τ above that of
-       the schedule of step 1 (the tail costs O(vocabulary) work per draft step, so a tie leaves it off).
+    2. then the tail (`sampling_tail`, `sampling_tail_rank`) at the weight among `tail_weights` and the rank among
+       `tail_ranks` with the highest exact sampled acceptance on `sequences` (`sampled_acceptance`; rank 0's in
+       `check["acceptance"]`, every rank's tail in `check["acceptance_by_rank"]`; ties go to the lower weight,
+       then the lower rank), if it raises τ above that of the schedule of step 1 (the tail costs O(vocabulary)
+       work per draft step, so a tie leaves it off).
     """
-    assistant.set_schedule(**split_schedule(greedy_split), temperature_bands=[], sampling_tail=0.0)
+    assistant.set_schedule(**split_schedule(greedy_split), temperature_bands=[], sampling_tail=0.0,
+                           sampling_tail_rank=0)
     prompts = [s[: max(len(s) // 2, 1)] for s in sequences]
     if not prompts:
         return {"kept": False, "tail_kept": False, "reason": "no prompts"}
@@ -585,14 +591,21 @@ def check_sampling_schedule(target, assistant: DynaSpecAssistant, greedy_split: 
         check["kept"] = check["tau_sampled_split"] >= check["tau_greedy_split"]
         assistant.set_schedule(temperature_bands=band if check["kept"] else [])
     without_tail = check["tau_sampled_split"] if check["kept"] else check["tau_greedy_split"]
-    check["acceptance"] = acceptance = sampled_acceptance(target, assistant, sequences, tail_weights)
-    weight = max(tail_weights, key=lambda w: (acceptance["tail"][str(w)], -w))
-    check.update(tail_weight=weight, tail_kept=False)
+    by_rank = {}
+    for rank in sorted({0, *(r for r in tail_ranks if r <= assistant.config.hidden_size)}):
+        assistant.set_schedule(sampling_tail_rank=rank)
+        by_rank[rank] = sampled_acceptance(target, assistant, sequences, tail_weights)
+    check["acceptance"] = by_rank[0]
+    check["acceptance_by_rank"] = {str(rank): acceptance["tail"] for rank, acceptance in by_rank.items()}
+    rank, weight = max(((r, w) for r in by_rank for w in tail_weights),
+                       key=lambda rw: (by_rank[rw[0]]["tail"][str(rw[1])], -rw[1], -rw[0]))
+    check.update(tail_weight=weight, tail_rank=rank, tail_kept=False)
     if weight > 0:
-        assistant.set_schedule(sampling_tail=weight)
+        assistant.set_schedule(sampling_tail=weight, sampling_tail_rank=rank)
         check["tau_tail"] = tau()
         check["tail_kept"] = check["tau_tail"] > without_tail
-    assistant.set_schedule(sampling_tail=weight if check["tail_kept"] else 0.0)
+    kept = check["tail_kept"]
+    assistant.set_schedule(sampling_tail=weight if kept else 0.0, sampling_tail_rank=rank if kept else 0)
     return check
 
 

@@ -110,10 +110,14 @@ class DynaSpecConfig(PretrainedConfig):
         sampling_tail (`float`, *optional*, defaults to 0):
             When sampling with routed clusters, draft from the whole vocabulary: a token outside the shortlist gets
             `sampling_tail` times the router's estimate of its probability (its cluster's predicted mass times its
-            share of the cluster's corpus frequency), and the shortlist keeps the rest of the mass. A shortlist
-            alone can never propose the target's mass outside it; the estimate costs O(vocabulary) additions, not
-            a head product. 0 turns it off; calibration chooses the weight. Exact at any weight: verification sees
-            the distribution each draft was sampled from.
+            share of the cluster), and the shortlist keeps the rest of the mass. A shortlist alone can never
+            propose the target's mass outside it. 0 turns it off; calibration chooses the weight. Exact at any
+            weight: verification sees the distribution each draft was sampled from.
+        sampling_tail_rank (`int`, *optional*, defaults to 0):
+            How the tail shares a cluster's mass among its tokens. 0: by corpus frequency, the same for every
+            context (O(vocabulary) additions). r > 0: by the drafter's own distribution within the cluster, from a
+            rank-r copy of the head's rows applied to the hidden state (`r / hidden_size` of a full head product);
+            the copy is saved with the weights. Calibration chooses the rank.
     """
 
     model_type = "dynaspec"
@@ -132,6 +136,7 @@ class DynaSpecConfig(PretrainedConfig):
         temperature_bands: list[dict | TemperatureBand] | None = None,
         sampling_tail: float = 0.0,
         vocab_size: int | None = None,
+        sampling_tail_rank: int = 0,
         **kwargs,
     ):
         if isinstance(drafter_config, dict):
@@ -150,6 +155,7 @@ class DynaSpecConfig(PretrainedConfig):
         self.num_context_tokens = num_context_tokens
         self.temperature_bands = band_dicts(temperature_bands)
         self.sampling_tail = sampling_tail
+        self.sampling_tail_rank = sampling_tail_rank
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
@@ -222,8 +228,13 @@ class DynaSpecConfig(PretrainedConfig):
         if not ordered or len(numbers) + bounds[-1:].count(None) != len(bounds):
             raise ValueError(f"`temperature_bands` must be ordered by a positive, increasing `max_temperature` "
                              f"(None, for any temperature, only last); got {bounds}.")
-        if not isinstance(self.sampling_tail, (int, float)) or not 0 <= self.sampling_tail <= 1:
-            raise ValueError(f"`sampling_tail` must be a weight in [0, 1] (0: off), got {self.sampling_tail!r}.")
+        if not isinstance(self.sampling_tail, (int, float)) or not 0 <= self.sampling_tail < math.inf:
+            raise ValueError(f"`sampling_tail` must be a finite weight of at least 0 (0: off), got "
+                             f"{self.sampling_tail!r}.")
+        rank = self.sampling_tail_rank
+        if not isinstance(rank, int) or not 0 <= rank <= (self.hidden_size or 0):
+            raise ValueError(f"`sampling_tail_rank` must be an int from 0 (corpus shares) to the drafter's hidden size "
+                             f"({self.hidden_size}), got {rank!r}.")
         for schedule in self.schedules():
             self._validate_one(schedule)
 

@@ -48,6 +48,7 @@ def render_model_card(model) -> str | None:
         rows_by_position=rows,
         temperature_bands=config.temperature_bands or "none: sampling uses the schedule above",
         sampling_tail=config.sampling_tail,
+        sampling_tail_rank=config.sampling_tail_rank,
         target=target.get("name_or_path") or "<target repo>",
         target_revision=target.get("revision") or "-",
         target_vocab_size=target.get("vocab_size", "-"),
@@ -81,7 +82,8 @@ def report_section(report: dict) -> str:
             f"greedy split" if check["kept"] else f"not kept ({check.get('reason') or 'it lost τ against the greedy split'})")
     tail = (f"off ({check['reason']})" if "acceptance" not in check else
             "off (no weight raised exact sampled acceptance)" if "tau_tail" not in check else
-            f"weight {check['tail_weight']}, {'kept' if check['tail_kept'] else 'not kept'} (τ at T = 1 "
+            f"weight {check['tail_weight']}, rank {check.get('tail_rank', 0)}, "
+            f"{'kept' if check['tail_kept'] else 'not kept'} (τ at T = 1 "
             f"{check['tau_tail']:.3f} with it)")
     lines += ["", f"Router objective: {report['objective']}.",
               f"Best core/routed/context split per size (`set_schedule(k_by_position=[k], "

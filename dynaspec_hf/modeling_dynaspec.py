@@ -74,7 +74,8 @@ class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixi
         hidden = drafter_config.hidden_size
         self.router = ClusterRouter(hidden, hidden, config.num_clusters, config.router_hidden_size)
         self.lm_head = ShortlistHead(hidden, config.drafter_vocab_size, config.num_clusters, config.cluster_size,
-                                     config.core_size, LogitTransform.from_config(drafter_config))
+                                     config.core_size, LogitTransform.from_config(drafter_config),
+                                     config.sampling_tail_rank)
         self.post_init()
         # Draft block length for `target.generate(assistant_model=...)`; saved in generation_config.json.
         self.generation_config.num_assistant_tokens = DEFAULT_DRAFT_TOKENS
@@ -100,13 +101,15 @@ class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixi
         num_context_tokens: int = 0,
         temperature_bands: list[dict | TemperatureBand] | None = None,
         sampling_tail: float = 0.0,
+        sampling_tail_rank: int = 0,
         vocab_size: int | None = None,
     ) -> "DynaSpecAssistant":
         """Wrap a causal LM (`AutoModelForCausalLM`) as a DynaSpec assistant.
 
         The drafter's output head is copied into the cluster-contiguous layout of `clusters`. Without `router`, a
         freshly initialized one is created (train it with `dynaspec_hf.calibrate`). Tokens share their cluster
-        evenly for `sampling_tail` until `lm_head.set_token_shares(counts)` (calibration's) says otherwise.
+        evenly for `sampling_tail` until `lm_head.set_token_shares(counts)` (calibration's) says otherwise, or by the
+        drafter's own distribution with `sampling_tail_rank`.
         `vocab_size`: the target's vocabulary (`target.config.vocab_size`), when it pads the drafter's with rows the
         tokenizer never emits; the assistant's logits then span it, and the padding is never drafted.
         """
@@ -136,11 +139,13 @@ class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixi
             num_context_tokens=num_context_tokens,
             temperature_bands=temperature_bands,
             sampling_tail=sampling_tail,
+            sampling_tail_rank=sampling_tail_rank,
             vocab_size=vocab_size,
         )
         model = cls(config)
         model.drafter.load_state_dict(drafter.base_model.state_dict())
         model.lm_head.load_full_head(head.weight, clusters)
+        model.lm_head.set_tail_rank(sampling_tail_rank)
         if router is not None:
             model.router.load_state_dict(router.state_dict())
         model = model.to(device=head.weight.device, dtype=head.weight.dtype).eval()
@@ -150,20 +155,23 @@ class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixi
     def set_schedule(self, k_by_position: list[int] | None = None, core_by_position: list[int] | None = None,
                      num_context_tokens: int | None = None,
                      temperature_bands: list[dict | TemperatureBand] | None = None,
-                     sampling_tail: float | None = None):
-        """Change the shortlist schedule in place (the weights are shared by every schedule). Returns self.
+                     sampling_tail: float | None = None, sampling_tail_rank: int | None = None):
+        """Change the shortlist schedule in place (the weights are shared by every schedule; a new
+        `sampling_tail_rank` copies the head's rows at that rank). Returns self.
 
         The CUDA graphs captured for the current schedule are kept when the schedule does not change, so a loop
         that sets the same schedule before every `generate` does not pay a capture each time."""
         config = copy.deepcopy(self.config)
-        names = (*SCHEDULE_FIELDS, "temperature_bands", "sampling_tail")
+        names = (*SCHEDULE_FIELDS, "temperature_bands", "sampling_tail", "sampling_tail_rank")
         bands = None if temperature_bands is None else band_dicts(temperature_bands)
-        values = (k_by_position, core_by_position, num_context_tokens, bands, sampling_tail)
+        values = (k_by_position, core_by_position, num_context_tokens, bands, sampling_tail, sampling_tail_rank)
         for name, value in zip(names, values):
             if value is not None:
                 setattr(config, name, copy.deepcopy(value))
         config.validate_schedule()
         unchanged = all(getattr(config, name) == getattr(self.config, name) for name in names)
+        if config.sampling_tail_rank != self.lm_head.tail_rank:
+            self.lm_head.set_tail_rank(config.sampling_tail_rank)
         self.config = config
         if unchanged:
             return self
@@ -300,7 +308,7 @@ class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixi
                                                          context_ids, routing)
         if not shortlist.tail:
             return self._spread(logits, tokens)
-        estimate = log_mass[:, index.token_cluster] + self.lm_head.token_log_share
+        estimate = log_mass[:, index.token_cluster] + self.lm_head.token_log_shares(hidden, index)
         return self._spread(logits, tokens, estimate + math.log(shortlist.tail))
 
     def greedy_draft_token(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,

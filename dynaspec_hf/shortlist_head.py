@@ -20,7 +20,7 @@ from .triton_head import block_logits, triton_kernel_applies
 
 class ShortlistHead(nn.Module):
     def __init__(self, hidden_size: int, vocab_size: int, num_clusters: int, cluster_size: int, core_size: int,
-                 transform: LogitTransform = LogitTransform()):
+                 transform: LogitTransform = LogitTransform(), tail_rank: int = 0):
         super().__init__()
         self.vocab_size = vocab_size
         self.transform = transform  # the drafter family's final-logit transform (softcapping, scaling)
@@ -30,6 +30,12 @@ class ShortlistHead(nn.Module):
         # log of each token's share of its cluster's corpus frequency: spreads a cluster's routed mass over its
         # tokens when sampling drafts from outside the shortlist (`DynaSpecConfig.sampling_tail`)
         self.register_buffer("token_log_share", torch.zeros(vocab_size))
+        # or, with `tail_rank` r > 0, each token's share from the drafter's own distribution within its cluster: a
+        # rank-r copy of the cluster rows (`tail_rows` @ `tail_basis`), filled by `set_tail_rank` (saved weights)
+        self.tail_rank = tail_rank
+        if tail_rank:
+            self.register_buffer("tail_rows", torch.zeros(num_clusters * cluster_size, tail_rank))
+            self.register_buffer("tail_basis", torch.zeros(tail_rank, hidden_size))
         # "triton": read the chosen blocks in place (CUDA; see triton_head.py); "gather": portable path.
         self.kernel = "triton"
         self.reset_counters()
@@ -75,6 +81,31 @@ class ShortlistHead(nn.Module):
         counts = counts + 1
         totals = torch.zeros(self.num_clusters, dtype=torch.float64).index_add_(0, cluster, counts)
         self.token_log_share.copy_((counts / totals[cluster]).log())
+
+    @torch.no_grad()
+    def set_tail_rank(self, rank: int) -> None:
+        """Share a cluster's tail mass by a rank-`rank` copy of the cluster rows (0: by corpus counts): the best
+        rank-r approximation of the rows, from the top eigenvectors of their Gram matrix."""
+        for name in ("tail_rows", "tail_basis"):
+            self._buffers.pop(name, None)
+        self.tail_rank = rank
+        if not rank:
+            return
+        rows = self.weight[self.core_size :].float()
+        basis = torch.linalg.eigh(rows.T @ rows).eigenvectors[:, -rank:]  # [d, r], eigenvalues ascending
+        self.register_buffer("tail_rows", (rows @ basis).to(self.weight.dtype))
+        self.register_buffer("tail_basis", basis.T.contiguous().to(self.weight.dtype))
+
+    def token_log_shares(self, hidden: torch.Tensor, index: "ShortlistIndex") -> torch.Tensor:
+        """Log of each token's share of its cluster for the sampling tail, `[B, vocab]` (or `[vocab]` by corpus
+        counts, the same for every context)."""
+        if not self.tail_rank:
+            return self.token_log_share
+        size = self.cluster_token_ids.shape[1]
+        logits = self.transform((hidden @ self.tail_basis.T) @ self.tail_rows.T).float()
+        logits = logits.masked_fill(self.cluster_token_ids.reshape(-1) < 0, float("-inf"))  # padding rows
+        shares = logits.view(-1, self.num_clusters, size).log_softmax(-1).flatten(1)
+        return shares[:, index.token_row[: self.vocab_size] - self.core_size]
 
     def row_token_ids(self) -> torch.Tensor:
         """Token id of every stored row (-1 for padding)."""

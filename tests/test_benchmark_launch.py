@@ -148,7 +148,8 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
                        sampled_splits={"4": {"k": 4, "core": 0, "context": 0}, "8": {"k": 6, "core": 1002, "context": 0},
                                        "16": {"k": 14, "core": 746, "context": 256}},
                        sampling_checks={"4": {"kept": False}, "8": {"kept": False},
-                                        "16": {"kept": True, "tail_kept": True, "tail_weight": 0.3}},
+                                        "16": {"kept": True, "tail_kept": True, "tail_weight": 0.3,
+                                               "tail_rank": 16}},
                        splits_without_context={"4": {"k": 4, "core": 0, "context": 0},
                                                "8": {"k": 6, "core": 1002, "context": 0},
                                                "16": {"k": 12, "core": 2004, "context": 0}})
@@ -161,18 +162,18 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
     # kept; every part named, so no row inherits the previous row's
     band = dict(max_temperature=None, k_by_position=[14], core_by_position=[746], num_context_tokens=256)
     greedy = dict(k_by_position=[12], core_by_position=[1748], num_context_tokens=256)
-    calibrated = dict(greedy, temperature_bands=[band], sampling_tail=0.3)
+    calibrated = dict(greedy, temperature_bands=[band], sampling_tail=0.3, sampling_tail_rank=16)
     assert chosen[0]["schedule"] == dict(k_by_position=[3], core_by_position=[245], num_context_tokens=256,
-                                         temperature_bands=[], sampling_tail=0.0)  # 1/64: no band, no tail kept
+                                         temperature_bands=[], sampling_tail=0.0, sampling_tail_rank=0)  # 1/64: no band, no tail kept
     assert chosen[1]["schedule"] == dict(k_by_position=[0], core_by_position=[16 * 501], num_context_tokens=0,
-                                         temperature_bands=[], sampling_tail=0.0)
+                                         temperature_bands=[], sampling_tail=0.0, sampling_tail_rank=0)
     assert chosen[2]["schedule"] == calibrated and "assistant" not in chosen[2]
     assert chosen[3]["schedule"] == dict(calibrated, temperature_bands=[]) and chosen[3]["temperatures"] == [1.0]
-    assert chosen[4]["schedule"] == dict(calibrated, sampling_tail=0.0) and chosen[4]["temperatures"] == [1.0]
+    assert chosen[4]["schedule"] == dict(calibrated, sampling_tail=0.0, sampling_tail_rank=0) and chosen[4]["temperatures"] == [1.0]
     assert chosen[5]["schedule"] == dict(k_by_position=[12], core_by_position=[2004], num_context_tokens=0,
-                                         temperature_bands=[], sampling_tail=0.0)
+                                         temperature_bands=[], sampling_tail=0.0, sampling_tail_rank=0)
     assert chosen[6]["schedule"] == dict(k_by_position=[16], core_by_position=[0], num_context_tokens=0,
-                                         temperature_bands=[], sampling_tail=0.0)
+                                         temperature_bands=[], sampling_tail=0.0, sampling_tail_rank=0)
     assert chosen[7]["schedule"] == calibrated and chosen[7]["assistant"] == "argmax"
     tree, own_chain = chosen_methods(calibration, ["chain (own loop): DynaSpec 1/16", "tree: DynaSpec 1/16"],
                                      tree=dynaspec_hf.TreeConfig(24, 9, 3))

@@ -81,3 +81,14 @@ def test_round_time_table_averages_each_part_over_categories():
     lines = summarize.round_time_table(rows).splitlines()
     assert lines[2] == "| T | method | draft | verify | accept | commit | round |"
     assert lines[4:] == [f"| 0 | {summarize.PACKAGE_DEFAULT} | 6.00 | 3.00 | 0.50 | 0.50 | 10.00 |"]
+
+
+def test_sampled_acceptance_table_lists_the_tail_by_rank_and_names_the_kept_one():
+    tail = {"0.0": 0.71, "1.0": 0.736}
+    acceptance = dict(shortlist_size=8016, full=0.757, tail=tail, best_shortlist=0.73, target_mass_in_shortlist=0.88,
+                      target_mass_in_best_shortlist=0.93)
+    check = dict(kept=False, tau_greedy_split=2.58, tail_weight=1.0, tail_rank=32, tail_kept=True, tau_tail=2.9,
+                 acceptance=acceptance, acceptance_by_rank={"0": tail, "32": {"0.0": 0.71, "1.0": 0.745}})
+    table = summarize.sampled_acceptance_table({"sampling_checks": {"16": check}})
+    assert "| 1.0, rank 32 (2.580 → 2.900) |" in table
+    assert "| 8016 | 0 | 0.710 | 0.736 |" in table and "| 8016 | 32 | 0.710 | 0.745 |" in table

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from dynaspec_hf.calibrate import TAIL_WEIGHTS, CalibrationConfig, calibrate, choose_schedule
+from dynaspec_hf.calibrate import TAIL_RANKS, TAIL_WEIGHTS, CalibrationConfig, calibrate, choose_schedule
 from dynaspec_hf.training import train_causal_lm
 from conftest import tiny_config
 
@@ -275,8 +275,8 @@ def test_the_sampling_band_is_kept_only_when_end_to_end_tau_confirms_it(two_doma
 
 
 def test_the_sampling_tail_is_switched_on_only_when_it_raises_tau(two_domain_pair):
-    """The tail's weight is the one with the best exact sampled acceptance on held-out text, and the tail stays on
-    only if it also raises end-to-end τ at T = 1. Drafting from the whole vocabulary leaves no tail: every weight
+    """The tail's weight and rank are the ones with the best exact sampled acceptance on held-out text (every rank
+    tried; the drafter is 32 wide), and the tail stays on only if it also raises end-to-end τ at T = 1. Drafting from the whole vocabulary leaves no tail: every weight
     accepts alike, and it stays off."""
     from dynaspec_hf.calibrate import check_sampling_schedule
 
@@ -286,11 +286,16 @@ def test_the_sampling_tail_is_switched_on_only_when_it_raises_tau(two_domain_pai
     prompts = domain_a[-6:]
     small, whole = {"k": 1, "core": 0, "context": 0}, {"k": 12, "core": 0, "context": 0}
     for check in (report["sampling_check"], check_sampling_schedule(target, assistant, small, small, prompts, 24)):
-        tail = check["acceptance"]["tail"]
-        assert check["tail_weight"] == max(TAIL_WEIGHTS, key=lambda w: (tail[str(w)], -w)), check
+        by_rank = check["acceptance_by_rank"]
+        assert set(by_rank) == {str(r) for r in TAIL_RANKS} and by_rank["0"] == check["acceptance"]["tail"]
+        best = max(((int(r), w) for r in by_rank for w in TAIL_WEIGHTS),
+                   key=lambda rw: (by_rank[str(rw[0])][str(rw[1])], -rw[1], -rw[0]))
+        assert (check["tail_rank"], check["tail_weight"]) == (best if best[1] else (0, 0.0)), check
         without = check["tau_sampled_split"] if check["kept"] else check["tau_greedy_split"]
         assert check["tail_kept"] == (check["tail_weight"] > 0 and check["tau_tail"] > without)
-    assert assistant.config.sampling_tail == (check["tail_weight"] if check["tail_kept"] else 0)
+    kept = check["tail_kept"]
+    assert assistant.config.sampling_tail == (check["tail_weight"] if kept else 0)
+    assert assistant.config.sampling_tail_rank == (check["tail_rank"] if kept else 0)
     wide = check_sampling_schedule(target, assistant, whole, whole, prompts, 24)
     assert len(set(wide["acceptance"]["tail"].values())) == 1 and wide["tail_weight"] == 0, wide
     assert not wide["tail_kept"] and assistant.config.sampling_tail == 0

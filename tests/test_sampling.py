@@ -45,16 +45,18 @@ def draw(target, assistant, draws=DRAWS):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting,tail", [("full", False), ("routed", False), ("routed", True)])
-def test_sampling_keeps_target_distribution(sampling_pair, setting, tail):
-    """(`tail`: drafts may also propose tokens outside the band's shortlist, at the router's estimate.)"""
+@pytest.mark.parametrize("setting,tail_rank", [("full", None), ("routed", None), ("routed", 0), ("routed", 2)])
+def test_sampling_keeps_target_distribution(sampling_pair, setting, tail_rank):
+    """(`tail_rank` not None: drafts may also propose tokens outside the band's shortlist, at the router's
+    estimate, shared within a cluster by corpus counts (0) or by a rank-2 copy of the drafter's head.)"""
     target, drafter = sampling_pair
-    assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16, sampling_tail=0.5 if tail else 0.0)
+    tail = {} if tail_rank is None else dict(sampling_tail=0.5, sampling_tail_rank=tail_rank)
+    assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16, **tail)
     first, second = exact_distributions(target)
     tokens = draw(target, assistant)
     assert tokens.shape == (DRAWS, 2)
     p_first, p_second = chi_square_p_value(tokens[:, 0], first), chi_square_p_value(tokens[:, 1], second)
-    print(f"{setting}{' + tail' if tail else ''}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
+    print(f"{setting}, tail rank {tail_rank}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
     assert p_first > 1e-3 and p_second > 1e-3
 
 

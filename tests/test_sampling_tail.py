@@ -1,6 +1,7 @@
 """`sampling_tail`: sampled drafts can propose tokens outside the shortlist, at (a weight times) the router's
-estimate of their probability, and every loop still draws from what it reports (the exactness of sampling with the tail is checked
-statistically in test_sampling.py)."""
+estimate of their probability, shared within a cluster by corpus counts or by a rank-r copy of the head
+(`sampling_tail_rank`), and every loop still draws from what it reports (the exactness of sampling with the tail is
+checked statistically in test_sampling.py)."""
 
 import pytest
 import torch
@@ -90,9 +91,65 @@ def test_graph_drafter_samples_what_eager_drafting_samples_with_the_tail(monkeyp
             cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
 
 
-@pytest.mark.parametrize("weight", [-0.1, 1.5, "on"])
-def test_a_tail_weight_outside_zero_to_one_is_refused(weight):
+@pytest.mark.parametrize("rank", ["full", 4])
+def test_a_rank_r_tail_shares_each_cluster_as_the_drafters_head_does(rank):
+    """With `sampling_tail_rank` r, a token outside the shortlist gets its cluster's routed mass shared by the
+    drafter's own distribution within the cluster, from the head's rows projected on their top r right singular
+    vectors: at full rank exactly the drafter's. Corpus counts (rank 0) share it otherwise, as the test checks."""
+    _, drafter = tiny_pair("llama")
+    rank = drafter.config.hidden_size if rank == "full" else rank
+    assistant = make_assistant(drafter, "routed", sampling_tail=1.0, sampling_tail_rank=rank)
+    hidden, previous, tokens, context = step_inputs(assistant)
+    head = assistant.lm_head
+    with torch.no_grad():
+        sampled = assistant.next_token_logits(hidden, previous, tokens, 0, context_ids=context, temperature=1.0)
+        plain = assistant.set_schedule(sampling_tail=0.0).next_token_logits(hidden, previous, tokens, 0,
+                                                                             context_ids=context, temperature=1.0)
+        router = assistant.router(previous, assistant.get_input_embeddings()(tokens)).log_softmax(-1)
+        top = torch.linalg.svd(head.weight[head.core_size :].double()).Vh[:rank].float()
+        logits = assistant.full_vocabulary_logits(hidden @ top.T @ top)  # the rank-r head, in token-id order
+    cluster = head.index().token_cluster
+    within = torch.empty_like(logits)
+    for c in range(head.num_clusters):
+        within[:, cluster == c] = logits[:, cluster == c].log_softmax(-1)
+    outside = ~torch.isfinite(plain)
+    torch.testing.assert_close(sampled[outside], (router[:, cluster] + within)[outside], atol=1e-4, rtol=1e-4)
+    by_counts = router[:, cluster] + head.token_log_share
+    assert not torch.allclose(sampled[outside], by_counts[outside], atol=1e-2)
+    if rank == drafter.config.hidden_size:  # the drafter's own distribution within each cluster
+        full = assistant.full_vocabulary_logits(hidden)
+        for c in range(head.num_clusters):
+            torch.testing.assert_close(within[:, cluster == c], full[:, cluster == c].log_softmax(-1), atol=1e-4,
+                                       rtol=1e-4)
+
+
+def test_a_rank_r_tail_is_saved_with_the_weights(tmp_path):
+    from dynaspec_hf import DynaSpecAssistant
+
+    _, drafter = tiny_pair("llama")
+    assistant = make_assistant(drafter, "routed", sampling_tail=0.5, sampling_tail_rank=4)
+    hidden, previous, tokens, context = step_inputs(assistant)
+    assistant.save_pretrained(tmp_path)
+    loaded = DynaSpecAssistant.from_pretrained(tmp_path)
+    assert loaded.config.sampling_tail_rank == 4
+    with torch.no_grad():
+        before, after = (model.next_token_logits(hidden, previous, tokens, 0, context_ids=context, temperature=1.0)
+                         for model in (assistant, loaded))
+    torch.testing.assert_close(before, after)
+    assert torch.isfinite(after).all()
+
+
+@pytest.mark.parametrize("weight", [-0.1, float("inf"), "on"])
+def test_a_tail_weight_that_is_not_a_finite_non_negative_number_is_refused(weight):
     _, drafter = tiny_pair("llama")
     assistant = make_assistant(drafter, "routed")
-    with pytest.raises(ValueError, match=r"`sampling_tail` must be a weight in \[0, 1\]"):
+    with pytest.raises(ValueError, match="`sampling_tail` must be a finite weight of at least 0"):
         assistant.set_schedule(sampling_tail=weight)
+
+
+@pytest.mark.parametrize("rank", [-1, 65, 1.5])
+def test_a_tail_rank_outside_the_drafters_width_is_refused(rank):
+    _, drafter = tiny_pair("llama")  # hidden size 64
+    assistant = make_assistant(drafter, "routed")
+    with pytest.raises(ValueError, match="`sampling_tail_rank` must be an int from 0"):
+        assistant.set_schedule(sampling_tail_rank=rank)
