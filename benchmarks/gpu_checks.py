@@ -383,7 +383,7 @@ def step_times(drafter, context: int = 256) -> dict:
 
             def one_step():
                 engine.body.set_length(context)
-                engine._run(ids[:, -1:], assistant.config.shortlist_at(1))
+                engine.step(ids[:, -1:], assistant.config.shortlist_at(1))
 
             out[f"step, {name}, {'CUDA graph' if graphs else 'eager'}"] = cuda_ms(one_step)
     # the body alone: a step whose head is empty (core of one row)
@@ -393,7 +393,7 @@ def step_times(drafter, context: int = 256) -> dict:
 
     def body_step():
         engine.body.set_length(context)
-        engine._run(ids[:, -1:], assistant.config.shortlist_at(1))
+        engine.step(ids[:, -1:], assistant.config.shortlist_at(1))
 
     out["body (step with a 1-row head), CUDA graph"] = cuda_ms(body_step)
     return out

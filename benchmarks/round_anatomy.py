@@ -131,13 +131,13 @@ def node_forward_parts(drafter, width: int, heads: bool):
     one = causal(1, drafter.device)
 
     def step():
-        for shortlists in drafter._plan(0.0, drafter.max_depth):
+        for shortlists in drafter.shortlist_plan(0.0, drafter.max_depth):
             if width == drafter.width:
                 states = drafter.cache.forward(drafter.ids, drafter.positions, drafter.block, base=drafter.base)
             else:
                 states = drafter.cache.forward(drafter.ids[:, :width], drafter.positions[:width], one)
             if heads:
-                drafter._node_logits(states.last_hidden_state[0], drafter.depth[:width], shortlists)
+                drafter.node_logits(states.last_hidden_state[0], drafter.depth[:width], shortlists)
     return step
 
 

@@ -112,9 +112,10 @@ class GraphDrafter:
             return torch.arange(k, device=token_ids.device)[None], scores.log_softmax(-1) if tail else None
         return self.assistant.routing(previous, token_ids, k, tail)
 
-    def _run(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False, greedy: bool = False) -> None:
-        """One step, replayed from its graph when it has a graph shape (a `prompt`'s read, whose length varies, runs
-        eagerly: it is never captured or compiled); head counters count it once."""
+    def step(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False, greedy: bool = False) -> None:
+        """One draft step over `ids` (`_step`: body, router, head; the result in `self.logits`, or with `greedy` the
+        drafted token in `self.token`), replayed from its graph when it has a graph shape (a `prompt`'s read, whose
+        length varies, runs eagerly: it is never captured or compiled); head counters count it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
         if not self.use_graphs or prompt or ids.shape[1] > MAX_GRAPH_TOKENS:
@@ -171,7 +172,7 @@ class GraphDrafter:
         for position in range(max_new_tokens):
             shortlist = self.assistant.config.shortlist_at(position, temperature)
             greedy = tokens_only and not shortlist.tail
-            self._run(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
+            self.step(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
                       prompt=position == 0 and start == 0, greedy=greedy)
             if greedy:
                 token, logits = self.token.clone(), None

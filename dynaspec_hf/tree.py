@@ -312,12 +312,12 @@ class TreeDrafter:
             states = self.cache.forward(self.ids, self.positions, self.block, base=self.base).last_hidden_state[0]
             first = 2 + forward * self.width
             self.states[first : first + self.width].copy_(states)
-            logits = self._node_logits(states, self.depth[batch], shortlists)
+            logits = self.node_logits(states, self.depth[batch], shortlists)
             self._grow(1 + self.width + forward * self.width * self.width, logits, batch, valid, self.block, rows,
                        do_sample, per_node, processors)
         self.result.copy_(torch.stack([self._kept()[1].long(), self.token, self.parent, self.row]))
 
-    def _node_logits(self, states: torch.Tensor, depths: torch.Tensor, shortlists) -> torch.Tensor:
+    def node_logits(self, states: torch.Tensor, depths: torch.Tensor, shortlists) -> torch.Tensor:
         """The head over a node forward's body outputs, each node's row from the shortlist of its own position."""
         previous, token_ids = self.states[self.parent_rows], self.ids[0]
         logits = None
@@ -369,7 +369,7 @@ class TreeDrafter:
         self.value[span] = torch.where(exists, self.value[parents][:, None] * scores, float("-inf")).flatten()
         self.ancestors[span] = ancestors.repeat_interleave(self.width, dim=0)
 
-    def _plan(self, temperature: float, max_depth: int) -> list[list[tuple[Shortlist, list[int]]]]:
+    def shortlist_plan(self, temperature: float, max_depth: int) -> list[list[tuple[Shortlist, list[int]]]]:
         """Per node forward (`max_depth - 1` of them), the distinct shortlists of the draft positions its nodes can
         have (forward f takes nodes of depth 1..f+1, and a node of depth d drafts position d)."""
         plan = []
@@ -414,7 +414,7 @@ class TreeDrafter:
         max_depth = min(max_depth or self.max_depth, self.max_depth)
         settings = (temperature, max_depth, do_sample, per_node, processors_key(processors) if do_sample else ())
         if settings not in self._expansions:  # once per generation, not per round: host work the device waits for
-            plan = self._plan(temperature, max_depth)
+            plan = self.shortlist_plan(temperature, max_depth)
             hashable = tuple(tuple((shortlist, tuple(positions)) for shortlist, positions in forward) for forward in plan)
             self._expansions[settings] = plan, ("tree", *settings[1:], hashable)
         plan, key = self._expansions[settings]
