@@ -27,7 +27,7 @@ OUT_OF_DOMAIN = "cpp_headers"
 DOCS = "package_docs"  # the second out-of-domain category
 
 
-def _path_hash(relative: str) -> int:
+def path_hash(relative: str) -> int:
     return int.from_bytes(hashlib.sha1(relative.encode()).digest()[:8], "little")
 
 
@@ -56,7 +56,7 @@ def python_split() -> tuple[list[str], list[str]]:
     """(training, held-out) Python files of site-packages."""
     train, heldout = [], []
     for relative, text in site_package_files(PYTHON):
-        (heldout if _path_hash(relative) % HELD_OUT_EVERY == 0 else train).append(text)
+        (heldout if path_hash(relative) % HELD_OUT_EVERY == 0 else train).append(text)
     return train, heldout
 
 

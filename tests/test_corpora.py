@@ -39,7 +39,7 @@ def test_python_files_are_deduplicated_and_split_by_path_hash(site_packages):
     assert len(train) + len(heldout) == 300  # the copy, the empty file and the undecodable one are dropped
     assert not set(train) & set(heldout)
     expected = {f"def f{i}():\n    return {i}\n" for i in range(300)
-                if corpora._path_hash(f"pkg/m{i}.py") % corpora.HELD_OUT_EVERY == 0}
+                if corpora.path_hash(f"pkg/m{i}.py") % corpora.HELD_OUT_EVERY == 0}
     assert set(heldout) == expected and 0 < len(heldout) < 30
     (site_packages[1] / "newpkg").mkdir()
     (site_packages[1] / "newpkg" / "z.py").write_text("x = 1\n")
