@@ -358,11 +358,11 @@ def run_calibration(args) -> None:
                        hardware=hardware_block())
     calibration["round_costs"] = measure_round_costs(args, calibration)
     (args.pair / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    tails = {k: (c.get("tail_weight"), c.get("tail_rank")) if c.get("tail_kept") else 0 for k, c in checks.items()}
     print(f"calibrated on {report['train_pairs']} positions in {calibrated:.0f}s; position-aware k: "
           f"{report['k_by_position']}; splits {report['splits']}; sampled splits {report['sampled_splits']}; "
           f"sampling bands kept {({k: c['kept'] for k, c in checks.items()})}, tails kept "
-          f"{({k: (c.get('tail_weight'), c.get('tail_rank')) if c.get('tail_kept') else 0 for k, c in checks.items()})} "
-          f"({checked:.0f}s); "
+          f"{tails} ({checked:.0f}s); "
           f"VocabTrim counts from {int(trim_counts.sum())} drafter tokens", flush=True)
 
 

@@ -140,9 +140,9 @@ def generate(
 
     `compile` runs the target's verification pass and the drafter's steps through `torch.compile` inside their CUDA
     graphs: by default (None) for a target on one GPU, as transformers compiles decoding on a static cache, unless
-    the generation config sets `disable_compile`; True or a dict of `torch.compile` options forces it, False turns it off. The
-    first generation compiles, which takes tens of seconds; prompts stay eager and the models themselves are not
-    changed. Exact in float32; in bf16 the fused kernels round differently from eager ones, so a near tie may break
+    the generation config sets `disable_compile`; True or a dict of `torch.compile` options forces it, False turns
+    it off. The first generation compiles, which takes tens of seconds; prompts stay eager and the models
+    themselves are not changed. Exact in float32; in bf16 the fused kernels round differently from eager ones, so a near tie may break
     the other way than in eager decoding.
 
     `tree` defaults to a chain of 6 drafts (`DEFAULT_TREE`); a `TreeConfig` with `num_nodes` drafts a DySpec tree,

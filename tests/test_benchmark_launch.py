@@ -164,12 +164,14 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
     greedy = dict(k_by_position=[12], core_by_position=[1748], num_context_tokens=256)
     calibrated = dict(greedy, temperature_bands=[band], sampling_tail=0.3, sampling_tail_rank=16)
     assert chosen[0]["schedule"] == dict(k_by_position=[3], core_by_position=[245], num_context_tokens=256,
-                                         temperature_bands=[], sampling_tail=0.0, sampling_tail_rank=0)  # 1/64: no band, no tail kept
+                                         temperature_bands=[], sampling_tail=0.0,
+                                         sampling_tail_rank=0)  # 1/64: no band, no tail kept
     assert chosen[1]["schedule"] == dict(k_by_position=[0], core_by_position=[16 * 501], num_context_tokens=0,
                                          temperature_bands=[], sampling_tail=0.0, sampling_tail_rank=0)
     assert chosen[2]["schedule"] == calibrated and "assistant" not in chosen[2]
     assert chosen[3]["schedule"] == dict(calibrated, temperature_bands=[]) and chosen[3]["temperatures"] == [1.0]
-    assert chosen[4]["schedule"] == dict(calibrated, sampling_tail=0.0, sampling_tail_rank=0) and chosen[4]["temperatures"] == [1.0]
+    assert chosen[4]["schedule"] == dict(calibrated, sampling_tail=0.0, sampling_tail_rank=0)
+    assert chosen[4]["temperatures"] == [1.0]
     assert chosen[5]["schedule"] == dict(k_by_position=[12], core_by_position=[2004], num_context_tokens=0,
                                          temperature_bands=[], sampling_tail=0.0, sampling_tail_rank=0)
     assert chosen[6]["schedule"] == dict(k_by_position=[16], core_by_position=[0], num_context_tokens=0,

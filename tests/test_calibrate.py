@@ -276,8 +276,8 @@ def test_the_sampling_band_is_kept_only_when_end_to_end_tau_confirms_it(two_doma
 
 def test_the_sampling_tail_is_switched_on_only_when_it_raises_tau(two_domain_pair):
     """The tail's weight and rank are the ones with the best exact sampled acceptance on held-out text (every rank
-    tried; the drafter is 32 wide), and the tail stays on only if it also raises end-to-end τ at T = 1. Drafting from the whole vocabulary leaves no tail: every weight
-    accepts alike, and it stays off."""
+    tried; the drafter is 32 wide), and the tail stays on only if it also raises end-to-end τ at T = 1. Drafting
+    from the whole vocabulary leaves no tail: every weight accepts alike, and it stays off."""
     from dynaspec_hf.calibrate import check_sampling_schedule
 
     target, drafter, domain_a, _ = two_domain_pair

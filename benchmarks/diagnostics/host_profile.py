@@ -92,7 +92,8 @@ def main(argv=None):
     lines += [f"{count / rounds:8.2f}  {name}" for name, count in runtime.most_common(25)]
     kernels = [e for e in profile.key_averages() if e.self_device_time_total > 0]
     busy = sum(e.self_device_time_total for e in kernels) / 1e3 / rounds
-    lines.append(f"\n== kernels: {sum(e.count for e in kernels) / rounds:.0f} per round, {busy:.3f} ms busy per round ==")
+    count = sum(e.count for e in kernels) / rounds
+    lines.append(f"\n== kernels: {count:.0f} per round, {busy:.3f} ms busy per round ==")
     lines += [f"{e.count / rounds:7.1f} {e.self_device_time_total / 1e3 / rounds:7.3f} ms  {e.key[:110]}"
               for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:40]]
     if args.parts:
