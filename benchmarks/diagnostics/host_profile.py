@@ -4,7 +4,8 @@
     python benchmarks/diagnostics/host_profile.py --out DIR [--dtype bfloat16] [--new-tokens 128]
 
 Random weights of the trained pair's shapes, the published DynaSpec 1/16 greedy split (7 routed clusters, 4,253
-core tokens, 256 context slots), chain of 6. Writes DIR/host_profile.txt.
+core tokens, 256 context slots; `round_times.pair_shaped_models`), a chain of 6 or a tree 16/7/4 (`--shape`).
+Writes DIR/host_profile_SHAPE.txt.
 """
 
 from __future__ import annotations
@@ -14,18 +15,16 @@ import cProfile
 import io
 import pstats
 import sys
-import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dynaspec_hf  # noqa: E402
-from dynaspec_hf import DynaSpecAssistant  # noqa: E402
-from gpu_checks import VOCAB, llama_config, random_clusters  # noqa: E402
+from gpu_checks import VOCAB  # noqa: E402
+from round_times import ms_per_round, pair_shaped_models  # noqa: E402  (this folder: the script's own)
 
 
 def main(argv=None):
@@ -39,12 +38,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
-    with torch.device("cuda"):
-        target = AutoModelForCausalLM.from_config(llama_config(768, 12, 3072), dtype=dtype).eval()
-        drafter = AutoModelForCausalLM.from_config(llama_config(768, 4, 3072), dtype=dtype).eval()
-    assistant = DynaSpecAssistant.from_drafter(drafter, random_clusters(), k_by_position=[7],
-                                               core_by_position=[4253], num_context_tokens=256)
-    prompt = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(0)).cuda()
+    target, assistant, prompt = pair_shaped_models(dtype)
     shape = dynaspec_hf.TreeConfig.chain(6) if args.shape == "chain" else dynaspec_hf.TreeConfig(16, 7, 4)
     run = lambda **kw: dynaspec_hf.generate(target, assistant, prompt, max_new_tokens=args.new_tokens,  # noqa: E731
                                             tree=shape, return_stats=True,
@@ -55,13 +49,7 @@ def main(argv=None):
         warnings.simplefilter("always")
         run(), run()
     lines += [f"warning: {w.message}" for w in caught]
-    walls = []
-    for _ in range(3):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        _, stats = run()
-        torch.cuda.synchronize()
-        walls.append((time.perf_counter() - start) * 1e3 / stats.target_passes)
+    walls, stats = ms_per_round(run, 3)
     lines.append(f"rounds {stats.target_passes}, tokens {stats.new_tokens}; ms per round: "
                  + ", ".join(f"{w:.2f}" for w in walls))
     _, stats = run(time_phases=True)
