@@ -105,7 +105,7 @@ class ShortlistHead(nn.Module):
         logits = self.transform((hidden @ self.tail_basis.T) @ self.tail_rows.T).float()
         logits = logits.masked_fill(self.cluster_token_ids.reshape(-1) < 0, float("-inf"))  # padding rows
         shares = logits.view(-1, self.num_clusters, size).log_softmax(-1).flatten(1)
-        return shares[:, index.token_row[: self.vocab_size] - self.core_size]
+        return shares[:, index.cluster_row]
 
     def row_token_ids(self) -> torch.Tensor:
         """Token id of every stored row (-1 for padding)."""
@@ -189,6 +189,7 @@ class ShortlistIndex:
     token_row: torch.Tensor  # [vocab + 1] the stored row of each token's cluster entry
     core_rank: torch.Tensor  # [vocab + 1] rank of each token in the frequency core (core_size if absent)
     token_cluster: torch.Tensor  # [vocab] the cluster of each token
+    cluster_row: torch.Tensor  # [vocab] each token's row among the cluster blocks (its stored row less the core)
 
     @classmethod
     def of(cls, head: ShortlistHead) -> "ShortlistIndex":
@@ -199,8 +200,9 @@ class ShortlistIndex:
         token_row[vocab_size] = head.core_size  # any stored row: what it reads is masked
         core_rank = torch.full((vocab_size + 1,), head.core_size, dtype=torch.long, device=device)
         core_rank[head.core_token_ids] = torch.arange(head.core_size, device=device)
-        token_cluster = (token_row[:vocab_size] - head.core_size).div(head.cluster_token_ids.shape[1], rounding_mode="floor")
-        return cls(token_row, core_rank, token_cluster)
+        cluster_row = token_row[:vocab_size] - head.core_size
+        token_cluster = cluster_row.div(head.cluster_token_ids.shape[1], rounding_mode="floor")
+        return cls(token_row, core_rank, token_cluster, cluster_row)
 
     def in_core(self, token_ids: torch.Tensor, num_core: int) -> torch.Tensor:
         """Whether each token id (-1 allowed) is among the first `num_core` core tokens."""
