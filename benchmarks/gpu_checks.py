@@ -1,23 +1,18 @@
-"""GPU checks of the fast drafting path, and the draft-step anatomy on realistic shapes. One command:
+"""GPU measurements of the fast path: bf16 agreement, the draft-step anatomy on realistic shapes, round times. One
+command:
 
     python benchmarks/gpu_checks.py --out benchmarks/results
 
-1. Exactness (float32): tiny Llama/Qwen2 pairs and sliding-window drafters (Mistral, Gemma-2/3) through the
-   unchanged `target.generate(assistant_model=...)` with the CUDA-graph drafter, the own loop (chain and tree,
-   verified from a CUDA graph on a static cache; and with `compile=True`, routed schedule) on the GPU, and
-   graph drafts equal to eager drafts on a 128,256-token random pair (Triton and gather heads) and, for the
-   sliding-window families, to eager static-cache steps and the drafter's own uncached greedy tokens.
-2. Head (float32): the Triton shortlist head equals the gather path at batch 1, 4 and 8.
-   bf16: greedy through transformers' assisted loop and the own loop against plain bf16 greedy, and the target's
+Exactness in float32 is `tests/gpu` (`python -m pytest -m gpu tests/gpu`); this script measures:
+
+1. bf16: greedy through transformers' assisted loop and the own loop against plain bf16 greedy, and the target's
    top-two logit gap where they differ.
-   Sampling (float32): chi-square of the first token and the second-token marginal with the graph drafter, and
-   with the own loop's tree (its expansion, sampling included, replayed from a CUDA graph).
-3. Anatomy (bf16, random weights, batch 1): per draft step body / full head / shortlist head (gather, Triton) /
+2. Anatomy (bf16, random weights, batch 1): per draft step body / full head / shortlist head (gather, Triton) /
    router, and whole graph-replayed steps with the full head, a static 1/16 shortlist and DynaSpec 1/16 (router on
    its side stream; and with fixed clusters, which gives the router's overhead); eager steps for comparison;
    Llama-, EAGLE-, Qwen2.5-0.5B- and Gemma-2-2B-shaped drafters; the Llama-3-8B-shaped target's forward for 1, 7
    and 17 tokens.
-4. Rounds (bf16, random weights): milliseconds per speculative round on the Llama-3-8B-shaped target with
+3. Rounds (bf16, random weights): milliseconds per speculative round on the Llama-3-8B-shaped target with
    Llama-3.2-1B-shaped and EAGLE-like drafters, through transformers' assisted loop and the own loop (its
    forwards eager-kernelled, and compiled), against the weight-reading floor at the measured copy bandwidth.
 
@@ -27,7 +22,6 @@ Writes gpu_checks.json / gpu_checks.md.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
@@ -44,8 +38,6 @@ from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2C
 
 import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig  # noqa: E402
-from dynaspec_hf.compat import output_cache  # noqa: E402
-from dynaspec_hf.engines import kept_engine  # noqa: E402
 from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache  # noqa: E402
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from dynaspec_hf.compat import cache_keyword  # noqa: E402
@@ -71,87 +63,7 @@ def graph_ms(fn, inner: int = 20) -> float:
     return cuda_ms(graph.replay, repeats=50) / inner
 
 
-# ------------------------------------------------------------------------------------------------ exactness
-
-
-def check_exactness(log) -> dict:
-    """Llama and Qwen2 pairs, and Mistral and Gemma pairs whose target and drafter attend within 8-token sliding
-    windows: their texts outgrow the window in both loops (the own loop's generations reach 100+ tokens)."""
-    from conftest import SETTINGS, make_assistant, tiny_pair
-    from test_fast_draft import SLIDING
-
-    results = {}
-    cases = [(family, setting) for family in ("llama", "qwen2") for setting in sorted(SETTINGS)]
-    for family, setting in cases + [(family, "routed") for family in SLIDING]:
-        target, drafter = tiny_pair(family)
-        target, drafter = target.cuda(), drafter.cuda()
-        assistant = make_assistant(drafter, setting)
-        generator = torch.Generator().manual_seed(1)
-        exact = total = 0
-        for _ in range(20):
-            ids = torch.randint(0, 192, (1, int(torch.randint(1, 30, (1,), generator=generator))),
-                                generator=generator).cuda()
-            new = int(torch.randint(1, 25, (1,), generator=generator))
-            plain = target.generate(ids, do_sample=False, max_new_tokens=new)
-            exact += torch.equal(plain, target.generate(ids, assistant_model=assistant, do_sample=False,
-                                                        max_new_tokens=new))
-            total += 1
-        graphs = len(kept_engine(assistant, "chain drafter").graphs)
-        own = {}  # the own loop: chain drafted by the graph drafter, tree drafted eagerly, both verified from a graph
-        prompts = [torch.randint(0, 192, (1, 9), generator=generator).cuda() for _ in range(10)]
-        new = 20 if family in ("llama", "qwen2") else 100
-        compiled = (False, True) if setting == "routed" and family in ("llama", "qwen2") else (False,)  # one setting each
-        for (shape, tree), compile in itertools.product((("tree", TreeConfig()), ("chain", TreeConfig.chain(6))),
-                                                        compiled):
-            own[shape + ", compiled" * compile] = sum(
-                torch.equal(target.generate(ids, do_sample=False, max_new_tokens=new),
-                            dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new, tree=tree,
-                                                 compile=compile))
-                for ids in prompts)
-        own["verifier graphs"] = len(kept_engine(target, "verifier").model.graphs)
-        results[f"{family}/{setting}"] = dict(exact=exact, prompts=total, graphs=graphs, own_loop=own, own_prompts=10)
-        own_text = " | ".join(f"{own[shape]}/10" if shape in own else "-"
-                              for shape in ("chain", "tree", "chain, compiled", "tree, compiled"))
-        log(f"| {family} | {setting} | {exact}/{total} | {graphs} | {own_text} | {own.get('verifier graphs', '-')} |")
-    return results
-
-
-def check_sliding_window_drafts(log) -> dict:
-    """Graph drafts of sliding-window drafters (8-token window, 40-token prompt) equal the same static-cache steps
-    run eagerly, and, with the full head, the drafter's own greedy tokens recomputed without a cache."""
-    from conftest import make_assistant, tiny_pair
-    from test_fast_draft import SLIDING
-
-    results = {}
-    for family in SLIDING:
-        _, drafter = tiny_pair(family, seed=16)
-        drafter = drafter.cuda()
-        for setting in ("full", "routed"):
-            assistant = make_assistant(drafter, setting)
-            graphs, eager = GraphDrafter(assistant, max_length=256), GraphDrafter(assistant, 256, use_graphs=False)
-            ids = torch.randint(0, 192, (1, 40), generator=torch.Generator().manual_seed(0)).cuda()
-            same = own = 0
-            graph_cache = eager_cache = None
-            for accepted in (2, 0, 6, 3, 1):
-                fast, slow = graphs.draft(ids, 6, graph_cache), eager.draft(ids, 6, eager_cache)
-                same += torch.equal(fast.sequences, slow.sequences) and torch.allclose(
-                    torch.stack(fast.scores), torch.stack(slow.scores), atol=1e-4, rtol=1e-4)
-                if setting == "full":
-                    reference = ids
-                    for _ in range(6):
-                        with torch.no_grad():
-                            token = drafter(reference, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-                        reference = torch.cat([reference, token], dim=1)
-                    own += torch.equal(fast.sequences, reference)
-                graph_cache, eager_cache = output_cache(fast), output_cache(slow)
-                ids = torch.cat([fast.sequences[:, : ids.shape[1] + accepted], ids[:, -1:] * 0 + 11], dim=1)
-                for cache in (graph_cache, eager_cache):
-                    cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
-            own_text = f"{own}/5" if setting == "full" else "-"
-            results[f"{family}/{setting}"] = dict(graph_equals_eager=same, equals_drafter=own_text, blocks=5,
-                                                  graphs=len(graphs.graphs))
-            log(f"| {family} | {setting} | {same}/5 | {own_text} | {len(graphs.graphs)} |")
-    return results
+# ------------------------------------------------------------------------------------------------ bf16
 
 
 def random_pair(drafter_config: LlamaConfig, target_config: LlamaConfig | None, dtype):
@@ -165,56 +77,6 @@ def random_clusters(vocab_size: int = VOCAB, num_clusters: int = 256, seed: int 
     """Frequency bands of a random ranking (what the timings need is the layout, not which tokens), core = 16 bands."""
     ranking = torch.randperm(vocab_size, generator=torch.Generator().manual_seed(seed)).float()
     return TokenClusters.from_frequencies(ranking, num_clusters, core_size=16 * -(-vocab_size // num_clusters))
-
-
-def check_graph_drafts(log) -> dict:
-    """Graph-replayed drafts equal eager drafts (float32, 128k vocabulary), for both head kernels."""
-    config = llama_config(768, 2, 2048)
-    _, drafter = random_pair(config, None, torch.float32)
-    with torch.no_grad():
-        for parameter in drafter.parameters():
-            parameter.normal_(0, 0.1)
-    results = {}
-    for kernel in ("triton", "gather"):
-        for name, schedule in (("full", [256]), ("routed 1/16", [16]), ("position-aware", [32, 16, 8])):
-            assistant = DynaSpecAssistant.from_drafter(drafter, random_clusters(), k_by_position=schedule)
-            assistant.lm_head.kernel = kernel
-            engine = GraphDrafter(assistant, max_length=512)
-            ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(0)).cuda()
-            same, eager_cache, fast_cache = 0, None, None
-            for block, accepted in enumerate((2, 0, 6, 3, 1)):
-                eager = assistant.draft(ids, 6, past_key_values=eager_cache)
-                fast = engine.draft(ids, 6, fast_cache)
-                same += torch.equal(eager.sequences, fast.sequences)
-                eager_cache, fast_cache = output_cache(eager), output_cache(fast)
-                ids = torch.cat([eager.sequences[:, : ids.shape[1] + accepted], ids[:, -1:] * 0 + 11], dim=1)
-                for cache in (eager_cache, fast_cache):
-                    cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
-            results[f"{kernel}/{name}"] = dict(equal_blocks=same, blocks=5)
-            log(f"| {kernel} | {name} | {same}/5 |")
-    return results
-
-
-@torch.no_grad()
-def check_head(log) -> dict:
-    """The Triton head equals the gather path at every batch size (a tree's node forward heads several rows, each
-    with its own clusters), float32, 128,256 tokens, 1/16 of the vocabulary."""
-    head = DynaSpecAssistant.from_drafter(random_pair(llama_config(768, 1, 2048), None, torch.float32)[1],
-                                          random_clusters(), k_by_position=[16]).lm_head
-    head.weight.normal_()
-    results = {}
-    for batch in (1, 4, 8):
-        hidden = torch.randn(batch, 768, device="cuda")
-        cluster_ids = torch.stack([torch.randperm(256, device="cuda")[:16] for _ in range(batch)])
-        outputs = {}
-        for kernel in ("triton", "gather"):
-            head.kernel = kernel
-            outputs[kernel] = head(hidden, cluster_ids, 0)
-        difference = float((outputs["triton"][0] - outputs["gather"][0]).abs().max())
-        same_tokens = torch.equal(outputs["triton"][1], outputs["gather"][1])
-        results[batch] = dict(max_abs_difference=difference, same_tokens=same_tokens)
-        log(f"| {batch} | {difference:.2e} | {same_tokens} |")
-    return results
 
 
 @torch.no_grad()
@@ -262,43 +124,6 @@ def check_bf16(log) -> dict:
                                                median_gap=median_gap)
             log(f"| {family} | {name} | {exact}/{len(prompts)} | "
                 f"{', '.join(f'{gap:.3f}' for gap in sorted(gaps)) or '-'} | {median_gap:.3f} |")
-    return results
-
-
-def check_sampling(log) -> dict:
-    from conftest import make_assistant, tiny_pair
-    from test_sampling import PROMPT, VOCAB as SMALL, chi_square_p_value
-
-    target, drafter = tiny_pair("llama", seed=7, vocab_size=SMALL, noise=1.0, initializer_range=0.2)
-    target, drafter = target.cuda(), drafter.cuda()
-    prompt = PROMPT.cuda()
-    with torch.no_grad():
-        first = target(prompt).logits[0, -1].softmax(-1)
-        continued = torch.cat([prompt.expand(SMALL, -1), torch.arange(SMALL, device="cuda")[:, None]], dim=1)
-        second = first @ target(continued).logits[:, -1].softmax(-1)
-    results = {}
-
-    def record(name: str, generate, graph_used) -> None:
-        draws = torch.cat([generate() for _ in range(3000)])[:, 4:6].cpu()
-        p1, p2 = chi_square_p_value(draws[:, 0], first.cpu()), chi_square_p_value(draws[:, 1], second.cpu())
-        used = graph_used()
-        results[name] = dict(p_first=p1, p_second=p2, draws=3000, graph_drafter=used)
-        log(f"| {name} | {p1:.3g} | {p2:.3g} | {used} |")
-
-    for setting in ("full", "routed"):
-        assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16)
-        torch.manual_seed(1234)
-        record(setting, lambda: target.generate(prompt, assistant_model=assistant, do_sample=True, max_new_tokens=3),
-               lambda: kept_engine(assistant, "chain drafter") is not None)
-        # the own loop's tree, its expansion replayed from a CUDA graph (sampling inside the graph)
-        record(f"own loop tree, {setting}",
-               lambda: dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3),
-               lambda: any(key[0] == "tree" and graph is not None
-                           for key, graph in kept_engine(assistant, "tree drafter").cache.graphs.items()))
-        record(f"own loop chain of 2, {setting}",
-               lambda: dynaspec_hf.generate(target, assistant, prompt, do_sample=True, max_new_tokens=3,
-                                            tree=TreeConfig.chain(2)),
-               lambda: kept_engine(assistant, "chain drafter") is not None)
     return results
 
 
@@ -522,7 +347,7 @@ def round_times(log, drafters=ROUND_DRAFTERS) -> dict:
         times = {"round floor (ms)": round_floor}
         for kernels, options in COMPILED.items():
             started = time.perf_counter()
-            engine = assistant.chain_drafter(prompt.shape[1] + BLOCK, options)
+            engine = GraphDrafter(assistant, prompt.shape[1] + 2 * BLOCK, compile_options=options)
             cache = StaticDraftCache(engine)
             engine.draft(prompt, BLOCK, cache)  # the prompt, eagerly; then blocks that re-read two tokens
             engine.draft(prompt, BLOCK, cache)  # captures the graphs (and compiles)
@@ -556,7 +381,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["exactness", "drafts", "sliding", "head", "bf16", "sampling", "anatomy", "rounds"])
+                        choices=["bf16", "anatomy", "rounds"])
     parser.add_argument("--round-drafters", nargs="+", default=ROUND_DRAFTERS, choices=ROUND_DRAFTERS,
                         help="drafter shapes the rounds section times")
     args = parser.parse_args(argv)
@@ -571,21 +396,9 @@ def main(argv=None):
     results = {"hardware": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                             "transformers": transformers.__version__}}
     sections = [
-        ("exactness", "## Greedy exactness with the graph drafter (float32)\n\n| family | schedule | exact | graphs "
-                      "captured | own loop chain exact | own loop tree exact | the same, compiled: chain | tree | "
-                      "verifier graphs |\n|---|---|---|---|---|---|---|---|---|", check_exactness),
-        ("drafts", "## Graph drafts equal eager drafts (float32, 128,256 tokens)\n\n| head kernel | schedule | "
-                   "equal blocks |\n|---|---|---|", check_graph_drafts),
-        ("sliding", "## Sliding-window drafters: graph drafts equal eager static-cache drafts and the drafter's own "
-                    "(float32, window 8, prompt 40)\n\n| family | schedule | graph = eager blocks | = drafter's "
-                    "greedy | graphs captured |\n|---|---|---|---|---|", check_sliding_window_drafts),
-        ("head", "## Triton head equals the gather path (float32, 1/16 of 128,256 tokens)\n\n| batch | max abs "
-                 "difference | same token ids |\n|---|---|---|", check_head),
         ("bf16", "## Greedy in bf16 against plain bf16 greedy (tiny pairs, initializer range 0.2)\n\n| family | loop | "
                  "equal outputs | top-two logit gap where they first differ | median gap, all steps |\n"
                  "|---|---|---|---|---|", check_bf16),
-        ("sampling", "## Sampling with the graph drafter (chi-square p-values, 3,000 draws)\n\n| schedule | first "
-                     "token | second token | graph drafter used |\n|---|---|---|---|", check_sampling),
         ("anatomy", "## Draft-step anatomy (bf16, batch 1, context 256; median ms)\n\n| shape | part | ms |\n"
                     "|---|---|---|", anatomy),
         ("rounds", "## Time per round on the Llama-3-8B-shaped target (bf16, random weights, prompt 256; ms)\n\n"

@@ -12,7 +12,9 @@ from transformers import GenerationConfig, LogitsProcessorList, PretrainedConfig
 from transformers.generation.candidate_generator import CandidateGenerator
 
 from .compat import output_cache
-from .modeling_dynaspec import DEFAULT_DRAFT_TOKENS, drafting_temperature
+from .fast_draft import draft_block
+from .modeling_dynaspec import DEFAULT_DRAFT_TOKENS
+from .sampling import drafting_temperature
 
 
 class DynaSpecCandidateGenerator(CandidateGenerator):
@@ -58,7 +60,8 @@ class DynaSpecCandidateGenerator(CandidateGenerator):
             budget = min(budget, self.max_length - input_ids.shape[1] - 1)
         if budget <= 0:
             return input_ids, None
-        out = self.assistant.draft_block(
+        out = draft_block(
+            self.assistant,
             input_ids.to(self.assistant.device),
             budget,
             self.past_key_values,

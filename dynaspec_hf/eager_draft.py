@@ -1,8 +1,8 @@
 """The eager draft loop: what transformers' assisted loop gets from `DynaSpecAssistant.draft` where the static-cache
 chain drafter (`fast_draft.py`) does not serve (padded batches; the CPU, unless asked), on a `DraftCache`.
 
-Each step is the assistant's one draft step (`next_token_logits` -> `draft_step` -> `shortlist_logits`); stopping
-follows the assisted loop's rules as it goes (EOS, the confidence threshold).
+Each step is the assistant's one draft step (`next_token_logits` -> `draft_step` -> `shortlist_logits`), and a block
+stops by the one stopping rule of every draft path (`stops_at`: the assisted loop's EOS and confidence threshold).
 """
 
 from __future__ import annotations
@@ -75,7 +75,6 @@ def draft_eagerly(
     batch, length = input_ids.shape
     assistant.check_token_ids(input_ids)
     processors = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
-    eos = torch.tensor(eos_token_id or [], dtype=torch.long, device=input_ids.device)
 
     if past_key_values is None:
         past_key_values = rollback_cache(assistant.config.drafter_config)
@@ -110,17 +109,11 @@ def draft_eagerly(
         logits = assistant.next_token_logits(hidden, previous, sequences[:, -1], position, index, context, temperature)
         if len(processors):
             logits = processors(sequences, logits)
-        probs = logits.softmax(dim=-1)
-        token = torch.multinomial(probs, 1) if do_sample else logits.argmax(dim=-1, keepdim=True)
+        token = torch.multinomial(logits.softmax(-1), 1) if do_sample else logits.argmax(dim=-1, keepdim=True)
         sequences = torch.cat([sequences, token], dim=-1)
         scores.append(logits)
-
-        done = position + 1 >= max_new_tokens
-        if position + 1 >= min_new_tokens and not done:
-            done = bool(torch.isin(token, eos).all()) or (
-                bool(confidence_threshold) and float(probs.gather(1, token).min()) < confidence_threshold
-            )
-        if done:
+        stop = stops_at(token, [logits], eos_token_id, confidence_threshold)  # the rule, one position at a time
+        if position + 1 == max_new_tokens or (position + 1 >= min_new_tokens and stop is not None and bool(stop[0])):
             break
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
@@ -138,3 +131,30 @@ def draft_eagerly(
         cache.keep_body_outputs(torch.stack(outputs, dim=1), first=length - 1)
     return draft_output(sequences, tuple(scores), cache)
 
+
+def stops_at(tokens: torch.Tensor, scores: list[torch.Tensor | None], eos_token_id: list[int] | None = None,
+             confidence_threshold: float | None = None) -> torch.Tensor | None:
+    """The stopping rule of every draft path (transformers' assisted loop's), for drafted `tokens` `[B, n]`: `[n]`,
+    True where a block ends after that position because every row drafted an EOS, or some row's token had a
+    probability below `confidence_threshold` by `scores` (the processed logits it was chosen from). None: no rule."""
+    if not eos_token_id and not confidence_threshold:
+        return None
+    stop = torch.zeros(tokens.shape[1], dtype=torch.bool, device=tokens.device)
+    if eos_token_id:
+        stop |= torch.isin(tokens, torch.tensor(eos_token_id, device=tokens.device)).all(0)
+    if confidence_threshold:
+        probs = torch.stack([s.softmax(-1).gather(1, t[:, None])[:, 0] for s, t in zip(scores, tokens.T)], dim=1)
+        stop |= (probs < confidence_threshold).any(0)
+    return stop
+
+
+def kept_drafts(tokens: torch.Tensor, scores: list[torch.Tensor | None], min_new_tokens: int = 0,
+                eos_token_id: list[int] | None = None, confidence_threshold: float | None = None) -> int:
+    """How many of a block's drafted `tokens` (`[B, n]`) to keep: up to the first position, from `min_new_tokens`
+    on, where the block `stops_at` (the graph drafter applies the rule once, after the block)."""
+    stop = stops_at(tokens, scores, eos_token_id, confidence_threshold)
+    if stop is None:
+        return tokens.shape[1]  # no stopping rule: no device read
+    stop[: max(min_new_tokens - 1, 0)] = False
+    hits = stop.nonzero()
+    return tokens.shape[1] if hits.numel() == 0 else int(hits[0, 0]) + 1

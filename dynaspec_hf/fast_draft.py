@@ -14,6 +14,8 @@ only asks its length and crops it, and cropping is moving the write position bac
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import LogitsProcessorList
@@ -21,9 +23,25 @@ from transformers.generation import GenerateDecoderOnlyOutput
 
 from .compat import draft_output
 from .configuration_dynaspec import Shortlist
+from .eager_draft import draft_eagerly, kept_drafts
+from .engines import engine_for
 from .static_cache import StaticCacheModel, causal
 
+if TYPE_CHECKING:
+    from .budget import RoundCosts
+
 MAX_GRAPH_TOKENS = 16  # body inputs per captured step; longer re-reads run eagerly, as every prompt does
+
+
+@dataclass
+class DraftingOptions:
+    """How an assistant drafts (`assistant.drafting`); none of these changes what it drafts."""
+
+    cuda_graphs: bool = True  # draft on a static cache, each step replayed from a CUDA graph on CUDA; False: eager
+    static_cache_off_cuda: bool = False  # the static-cache drafter off CUDA too, its steps eager (the own loop's
+    # chains always draft so: a static cache rolls back on any transformers version)
+    round_costs: RoundCosts | None = None  # what an automatic tree shape is chosen by (`budget.py`); None: measured
+    # at first use on each target and device
 
 
 class StaticDraftCache:
@@ -187,21 +205,34 @@ class GraphDrafter:
             sequences = torch.cat([sequences, token], dim=-1)
             scores.append(logits)
         cache.length = length + max(max_new_tokens - 1, 0)
-        keep = _stop_index(sequences[0, length:], scores, min_new_tokens, eos_token_id, confidence_threshold)
+        keep = kept_drafts(sequences[:, length:], scores, min_new_tokens, eos_token_id, confidence_threshold)
         return draft_output(sequences[:, : length + keep], tuple(scores[:keep]) if keep_scores else (), cache)
 
 
-def _stop_index(tokens, scores, min_new_tokens, eos_token_id, confidence_threshold) -> int:
-    """How many drafted tokens the eager loop would have kept (it stops after an EOS or an unconfident token)."""
-    count = tokens.shape[0]
-    if not eos_token_id and not confidence_threshold:
-        return count  # no stopping rule: no device read
-    stop = torch.zeros(count, dtype=torch.bool, device=tokens.device)
-    if eos_token_id:
-        stop |= torch.isin(tokens, torch.tensor(eos_token_id, device=tokens.device))
-    if confidence_threshold:
-        probs = torch.stack([s[0].softmax(-1)[t] for s, t in zip(scores, tokens)])
-        stop |= probs < confidence_threshold
-    stop[: max(min_new_tokens - 1, 0)] = False
-    hits = stop.nonzero()
-    return count if hits.numel() == 0 else int(hits[0, 0]) + 1
+def draft_block(assistant, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None,
+                compile_options: dict | None = None, static_cache: bool = False, **options):
+    """A block of up to `max_new_tokens` drafts after `input_ids`: on the chain drafter's static cache where it
+    serves (batch 1, no padding, `assistant.drafting` allows it), its steps replayed from CUDA graphs on CUDA and
+    compiled by `torch.compile(**compile_options)` when they are given; else eagerly (`eager_draft.draft_eagerly`,
+    the path of batches, padding and the CPU). `static_cache`: the static cache off CUDA too, its steps eager (the
+    own loop's chains: a static cache rolls back on any transformers version). `options` as `draft_eagerly`'s."""
+    usable = (assistant.drafting.cuda_graphs and input_ids.shape[0] == 1
+              and (assistant.device.type == "cuda" or assistant.drafting.static_cache_off_cuda or static_cache)
+              and (past_key_values is None or isinstance(past_key_values, StaticDraftCache))
+              and (attention_mask is None or bool(attention_mask.all())))  # batch 1, no padding
+    if not usable:
+        return draft_eagerly(assistant, input_ids, max_new_tokens, past_key_values=past_key_values,
+                             attention_mask=attention_mask, **options)
+    assistant.check_token_ids(input_ids)
+    drafter = chain_drafter(assistant, input_ids.shape[1] + max_new_tokens, compile_options)
+    return drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
+
+
+def chain_drafter(assistant, length: int, compile_options: dict | None = None) -> GraphDrafter:
+    """The static-cache chain drafter for drafts reaching `length` positions, kept on the assistant between calls
+    (`engines.py`)."""
+    settings = (assistant.device, assistant.dtype, assistant.config.max_context_tokens, compile_options)
+    # transformers' loop asks block by block and never says how long the generation will get: a cache of 2,048
+    # positions at least spares most generations a rebuild (and its graph captures) midway
+    return engine_for(assistant, "chain drafter", length, settings,
+                      lambda size: GraphDrafter(assistant, size, compile_options=compile_options), minimum=2048)

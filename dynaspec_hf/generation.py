@@ -19,7 +19,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
 from .budget import RoundCosts, automatic_drafter
-from .modeling_dynaspec import drafting_temperature, sampling_processors
+from .sampling import drafting_temperature, sampling_processors
 from .tree import DEFAULT_TREE, TokenTree, TreeConfig, drafter_for
 from .verification import tree_verifier
 

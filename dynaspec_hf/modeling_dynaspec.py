@@ -4,54 +4,37 @@ It drops into `target.generate(input_ids, assistant_model=assistant)`: transform
 calls `assistant.generate(...)` for a block of draft tokens and verifies them with the target over the full
 vocabulary, so greedy output is the target's own and sampling keeps the target's distribution.
 
-One draft step (`shortlist_logits`, which every draft path runs: eager, CUDA-graph, chain or tree; `draft_step`
-spreads its rows over the vocabulary, `greedy_draft_token` reads the greedy draft from them):
-
-    router([h_prev; embed(x)]) -> top-k clusters ─┐
-    drafter body(x) -> h ─────────────────────────┴─> head over (core prefix + chosen clusters + context tokens)
-                                                       -> next token
+The model is the drafter's body, the router (`router.py`) and the shortlist head (`shortlist_head.py`); its draft
+step is `draft_step.py`'s, the blocks it drafts are `fast_draft.py`'s, and loading and saving `checkpoint.py`'s.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
 from transformers.generation import GenerateDecoderOnlyOutput
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .budget import RoundCosts
 from .checkpoint import CheckpointMixin
 from .clusters import TokenClusters
 from .compat import cache_field, cache_keyword, output_cache
-from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, Shortlist, TemperatureBand, band_dicts
-from .context_tokens import recent_distinct_tokens
+from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, TemperatureBand, band_dicts
+from .conversion import check_drafter, check_same_distribution, with_vocab_size
+from .draft_step import DraftStepMixin
 from .eager_draft import draft_eagerly
-from .engines import engine_for, release_engines
+from .engines import release_engines
+from .fast_draft import DraftingOptions, draft_block
 from .logit_transform import LogitTransform
 from .router import ClusterRouter
-from .shortlist_head import ShortlistHead, ShortlistIndex
+from .sampling import drafting_temperature, sampling_processors
+from .shortlist_head import ShortlistHead
 
 DEFAULT_DRAFT_TOKENS = 6
 # Arguments transformers' assisted loop passes to `assistant.generate` that drafting does not need.
 _IGNORED_GENERATE_KWARGS = {"position_ids", "logits_to_keep", "use_cache", "token_type_ids", "cache_position"}
-
-
-@dataclass
-class DraftingOptions:
-    """How an assistant drafts (`assistant.drafting`); none of these changes what it drafts."""
-
-    cuda_graphs: bool = True  # draft on a static cache, each step replayed from a CUDA graph on CUDA; False: eager
-    static_cache_off_cuda: bool = False  # the static-cache drafter off CUDA too, its steps eager (the own loop's
-    # chains always draft so: a static cache rolls back on any transformers version)
-    round_costs: RoundCosts | None = None  # what an automatic tree shape is chosen by (`budget.py`); None: measured
-    # at first use on each target and device
 
 
 class DynaSpecPreTrainedModel(PreTrainedModel):
@@ -63,7 +46,7 @@ class DynaSpecPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
 
-class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixin):
+class DynaSpecAssistant(CheckpointMixin, DraftStepMixin, DynaSpecPreTrainedModel, GenerationMixin):
     """Drafter body + router + routed-shortlist head. Build one with `from_drafter` or `from_pretrained`."""
 
     def __init__(self, config: DynaSpecConfig):
@@ -113,23 +96,11 @@ class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixi
         `vocab_size`: the target's vocabulary (`target.config.vocab_size`), when it pads the drafter's with rows the
         tokenizer never emits; the assistant's logits then span it, and the padding is never drafted.
         """
-        head = drafter.get_output_embeddings()
-        if head is None:
-            raise ValueError(f"{type(drafter).__name__} has no output head; pass a causal LM (AutoModelForCausalLM).")
-        if clusters.vocab_size != head.weight.shape[0]:
-            raise ValueError(
-                f"The clusters cover {clusters.vocab_size} tokens but the drafter's head has {head.weight.shape[0]} "
-                f"rows."
-            )
-        if vocab_size is not None and vocab_size < head.weight.shape[0]:
-            raise ValueError(
-                f"The target's vocabulary ({vocab_size} tokens) is smaller than the drafter's ({head.weight.shape[0]}):"
-                f" they do not share a tokenizer, and a DynaSpec assistant needs the target's tokenizer."
-            )
+        head = check_drafter(drafter, clusters, vocab_size)
         if router is not None:
             router_hidden_size = router.net[0].out_features if isinstance(router.net, nn.Sequential) else 0
         config = DynaSpecConfig(
-            drafter_config=_with_vocab_size(drafter.config, head.weight.shape[0]),
+            drafter_config=with_vocab_size(drafter.config, head.weight.shape[0]),
             num_clusters=clusters.num_clusters,
             cluster_size=clusters.cluster_size,
             core_size=clusters.core_size,
@@ -234,112 +205,6 @@ class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixi
         return CausalLMOutputWithPast(logits=self.full_vocabulary_logits(hidden),
                                       **{cache_field(CausalLMOutputWithPast): output_cache(outputs)})
 
-    def _spread(self, row_logits: torch.Tensor, row_tokens: torch.Tensor, tail: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """Shortlist logits -> float32 `[B, vocab]` in token-id order (rows with token id -1 are dropped): `-inf`
-        outside the shortlist, or, given `tail` (`[B, vocab]` log-probabilities of every token), log-probabilities
-        that keep the tail's outside the shortlist and share the rest of the mass by the shortlist's own softmax."""
-        vocab_size = self.config.vocab_size
-        slots = row_tokens.masked_fill(row_tokens < 0, vocab_size)
-        if tail is None:
-            logits = row_logits.new_full((row_logits.shape[0], vocab_size + 1), float("-inf"), dtype=torch.float32)
-            return logits.scatter_(1, slots, row_logits.float())[:, :vocab_size]
-        outside = F.pad(tail.float(), (0, vocab_size + 1 - tail.shape[1]), value=float("-inf"))  # padding rows too
-        outside = outside.scatter_(1, slots, float("-inf"))
-        left = 1 - outside.logsumexp(-1, keepdim=True).exp().clamp(max=1 - 1e-6)  # the shortlist's share
-        return outside.scatter_(1, slots, row_logits.float().log_softmax(-1) + left.log())[:, :vocab_size]
-
-    def routing(self, previous_hidden: torch.Tensor, token_ids: torch.Tensor, k: int, tail: float = 0.0
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The router's top-`k` cluster ids `[B, k]` for the next position (None: every cluster), and its
-        log-probability of every cluster `[B, C]` when `tail` (the tail's estimate in `draft_step`), else None."""
-        if k >= self.config.num_clusters:
-            return None, None
-        if k == 0:
-            return token_ids.new_empty(token_ids.shape[0], 0), None
-        scores = self.router(previous_hidden, self.get_input_embeddings()(token_ids))
-        return scores.topk(k, dim=-1).indices, scores.float().log_softmax(-1) if tail else None
-
-    def check_token_ids(self, token_ids: torch.Tensor | list[int]) -> None:
-        """Raise for token ids the drafter cannot read: beyond its vocabulary (the target's padding rows, or
-        another tokenizer's ids)."""
-        largest = max(token_ids, default=-1) if isinstance(token_ids, list) else (
-            int(token_ids.max()) if token_ids.numel() else -1)
-        if largest >= self.config.drafter_vocab_size:
-            raise ValueError(
-                f"Token id {largest} is outside the drafter's vocabulary of {self.config.drafter_vocab_size} tokens "
-                f"(the assistant's logits span {self.config.vocab_size}; ids past the drafter's are padding the "
-                f"tokenizer never emits): the assistant and the target must share one tokenizer."
-            )
-
-    def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       size: int | None = None) -> torch.Tensor | None:
-        """`[B, size]` most recent distinct tokens of `input_ids` (padding excluded), most recent first, or None
-        for no slots. `size` defaults to `config.max_context_tokens`, a buffer whose prefixes serve every schedule."""
-        size = self.config.max_context_tokens if size is None else size
-        if not size:
-            return None
-        ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
-        return recent_distinct_tokens(ids, size, self.config.drafter_vocab_size)
-
-    def next_token_logits(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
-                          position: int, index: ShortlistIndex | None = None, context_ids: torch.Tensor | None = None,
-                          temperature: float = 0.0) -> torch.Tensor:
-        """`draft_step` with the shortlist of draft position `position` (0-based) at `temperature` (0: greedy)."""
-        return self.draft_step(hidden, previous_hidden, token_ids, self.config.shortlist_at(position, temperature),
-                               index, context_ids)
-
-    def draft_step(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
-                   shortlist: Shortlist, index: ShortlistIndex | None = None, context_ids: torch.Tensor | None = None,
-                   routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
-        """The router + head of every draft step (eager or graph-replayed, chain or tree): float32 `[B, vocab]`
-        logits for the token after `token_ids`, `-inf` outside `shortlist`. With the shortlist's tail weight,
-        log-probabilities instead: each token outside gets the weight times its cluster's routed mass times its
-        share of the cluster (`lm_head.token_log_share`).
-
-        `hidden` is the body's output at `token_ids`, `previous_hidden` the one before it: the router's input, so
-        routing need not wait for `hidden`. `context_ids` (`context_tokens`, at least `shortlist.context` of them)
-        fill the context slots; `index` (`lm_head.index()`) may be passed to reuse it; `routing` is `routing(...)`'s
-        result where the caller ran it already (the graph drafter, on a stream of its own).
-        """
-        if index is None and (shortlist.core or shortlist.context or shortlist.tail):
-            index = self.lm_head.index()
-        logits, tokens, log_mass = self.shortlist_logits(hidden, previous_hidden, token_ids, shortlist, index,
-                                                         context_ids, routing)
-        if not shortlist.tail:
-            return self._spread(logits, tokens)
-        estimate = log_mass[:, index.token_cluster] + self.lm_head.token_log_shares(hidden, index)
-        return self._spread(logits, tokens, estimate + math.log(shortlist.tail))
-
-    def greedy_draft_token(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
-                           shortlist: Shortlist, index: ShortlistIndex | None = None,
-                           context_ids: torch.Tensor | None = None,
-                           routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
-        """`[B, 1]`: the argmax of `draft_step`'s logits, read from the shortlist's rows alone, so a greedy draft
-        never builds a full-vocabulary tensor (a shortlist without a tail: outside it every logit is `-inf`)."""
-        if shortlist.tail:
-            raise ValueError("A shortlist with a sampling tail drafts from the full vocabulary: use `draft_step`.")
-        if index is None and (shortlist.core or shortlist.context):
-            index = self.lm_head.index()
-        logits, tokens, _ = self.shortlist_logits(hidden, previous_hidden, token_ids, shortlist, index, context_ids,
-                                                  routing)
-        return tokens.gather(1, logits.argmax(-1, keepdim=True))
-
-    def shortlist_logits(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
-                         shortlist: Shortlist, index: ShortlistIndex | None = None,
-                         context_ids: torch.Tensor | None = None,
-                         routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The one draft step's router + head, which every draft path runs: the shortlist rows' logits `[B, R]`
-        and token ids `[B, R]` (`-inf` and -1 for padding rows), and the router's log-probability of every
-        cluster `[B, C]` where the shortlist has a tail (else None). Arguments as `draft_step`'s."""
-        if shortlist.context and (context_ids is None or context_ids.shape[1] < shortlist.context):
-            raise ValueError(f"The schedule has {shortlist.context} context-token slots: pass as many `context_ids` "
-                             f"(`context_tokens`).")
-        cluster_ids, log_mass = routing or self.routing(previous_hidden, token_ids, shortlist.clusters, shortlist.tail)
-        context_ids = context_ids[:, : shortlist.context] if shortlist.context else None
-        return *self.lm_head(hidden, cluster_ids, shortlist.core, index, context_ids), log_mass
-
     @torch.no_grad()
     def draft(self, input_ids: torch.LongTensor, max_new_tokens: int, **options) -> GenerateDecoderOnlyOutput:
         """Draft up to `max_new_tokens` tokens after `input_ids` eagerly, on a `DraftCache` (`eager_draft.py`, whose
@@ -387,88 +252,9 @@ class DynaSpecAssistant(CheckpointMixin, DynaSpecPreTrainedModel, GenerationMixi
             temperature=drafting_temperature(generation_config),
         )
         past_key_values = past_key_values if past_key_values is not None else cache
-        output = self.draft_block(input_ids, max(int(max_new_tokens), 0), past_key_values, attention_mask, **options)
+        output = draft_block(self, input_ids, max(int(max_new_tokens), 0), past_key_values, attention_mask,
+                             **options)
         return output if generation_config.return_dict_in_generate else output.sequences
-
-    def draft_block(self, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None,
-                    compile_options: dict | None = None, static_cache: bool = False, **options):
-        """`draft` on the chain drafter's static cache (`fast_draft.GraphDrafter`, kept on the assistant) where it
-        serves (batch 1, no padding, `drafting` allows it): steps replayed from CUDA graphs on CUDA, compiled by
-        `torch.compile(**compile_options)` when they are given. `static_cache`: use it off CUDA too, eagerly (the
-        own loop's chains: a static cache rolls back on any transformers version)."""
-        from .fast_draft import StaticDraftCache
-
-        usable = (self.drafting.cuda_graphs and input_ids.shape[0] == 1
-                  and (self.device.type == "cuda" or self.drafting.static_cache_off_cuda or static_cache)
-                  and (past_key_values is None or isinstance(past_key_values, StaticDraftCache))
-                  and (attention_mask is None or bool(attention_mask.all())))  # batch 1, no padding
-        if not usable:
-            return self.draft(input_ids, max_new_tokens, past_key_values=past_key_values,
-                              attention_mask=attention_mask, **options)
-        self.check_token_ids(input_ids)
-        drafter = self.chain_drafter(input_ids.shape[1] + max_new_tokens, compile_options)
-        return drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
-
-    def chain_drafter(self, length: int, compile_options: dict | None = None):
-        """The static-cache chain drafter (`fast_draft.GraphDrafter`) for drafts reaching `length` positions, kept
-        on the assistant between calls (`engines.py`)."""
-        from .fast_draft import GraphDrafter
-
-        settings = (self.device, self.dtype, self.config.max_context_tokens, compile_options)
-        # transformers' loop asks block by block and never says how long the generation will get: a cache of 2,048
-        # positions at least spares most generations a rebuild (and its graph captures) midway
-        return engine_for(self, "chain drafter", length, settings,
-                          lambda size: GraphDrafter(self, size, compile_options=compile_options), minimum=2048)
-
-
-@torch.no_grad()
-def check_same_distribution(drafter: PreTrainedModel, assistant: DynaSpecAssistant) -> None:
-    """Raise if the assistant's full-vocabulary distribution is not the drafter's on a probe input: the drafter's
-    family transforms its logits in a way the shortlist head does not reproduce (`logit_transform.py`)."""
-    device = assistant.lm_head.weight.device
-    if device.type == "meta":
-        return
-    ids = (torch.arange(1, 9, device=device) % assistant.config.drafter_vocab_size)[None]
-    was_training = drafter.training
-    drafter.eval()
-    try:
-        theirs = drafter(input_ids=ids, use_cache=False).logits.float().softmax(-1)
-        mine = assistant(input_ids=ids, use_cache=False).logits[..., : theirs.shape[-1]].float().softmax(-1)
-    finally:
-        drafter.train(was_training)
-    distance = 0.5 * (theirs - mine).abs().sum(-1).max().item()
-    if distance > (1e-3 if assistant.lm_head.weight.dtype == torch.float32 else 5e-2):
-        raise ValueError(
-            f"A DynaSpec assistant built from this {type(drafter).__name__} would not draft from its distribution "
-            f"(total variation {distance:.3f} on a probe input): model type '{drafter.config.model_type}' changes "
-            f"its logits after the output head in a way dynaspec-hf does not reproduce (supported: soft-capping by "
-            f"`final_logit_softcapping`, Cohere's `logit_scale`, Granite's `logits_scaling`)."
-        )
-
-
-def _with_vocab_size(config, vocab_size: int):
-    """A copy of `config` whose `vocab_size` is the rows of the model's output head."""
-    config = copy.deepcopy(config)
-    config.vocab_size = vocab_size
-    return config
-
-
-def drafting_temperature(generation_config: GenerationConfig) -> float:
-    """The temperature that picks the schedule: 0 for greedy decoding, else the sampling temperature."""
-    if not generation_config.do_sample:
-        return 0.0
-    return 1.0 if generation_config.temperature is None else float(generation_config.temperature)
-
-
-def sampling_processors(generation_config: GenerationConfig) -> LogitsProcessorList:
-    processors = LogitsProcessorList()
-    if generation_config.temperature is not None and generation_config.temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(generation_config.temperature))
-    if generation_config.top_k:
-        processors.append(TopKLogitsWarper(generation_config.top_k))
-    if generation_config.top_p is not None and generation_config.top_p < 1.0:
-        processors.append(TopPLogitsWarper(generation_config.top_p))
-    return processors
 
 
 DynaSpecConfig.register_for_auto_class()

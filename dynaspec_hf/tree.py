@@ -20,6 +20,7 @@ import torch
 from .compat import output_cache
 from .configuration_dynaspec import Shortlist
 from .engines import engine_for
+from .fast_draft import draft_block
 from .static_cache import StaticCacheModel, causal
 
 
@@ -141,10 +142,9 @@ class ChainDrafter:
         """A chain of at most `num_nodes` (and `max_depth`) drafts after `committed` (1-D ids that extend the previous
         call's); under sampling each node keeps q, the distribution its child was drawn from."""
         length = committed.shape[0]
-        out = self.assistant.draft_block(committed[None], min(num_nodes, max_depth or self.max_depth), self.cache,
-                                         do_sample=do_sample, logits_processor=processors, temperature=temperature,
-                                         compile_options=self.compile_options, static_cache=True,
-                                         keep_scores=do_sample)
+        out = draft_block(self.assistant, committed[None], min(num_nodes, max_depth or self.max_depth), self.cache,
+                          do_sample=do_sample, logits_processor=processors, temperature=temperature,
+                          compile_options=self.compile_options, static_cache=True, keep_scores=do_sample)
         self.cache = output_cache(out)
         tree = TokenTree(root_position=length - 1)
         node = tree.add(int(committed[-1]), -1)

@@ -1,6 +1,6 @@
 """The static-cache drafter behind the CUDA-graph fast path, run eagerly on the CPU through the stock loop.
 
-On CUDA the same steps are replayed from captured graphs (checked on the GPU by benchmarks/gpu_checks.py); here
+On CUDA the same steps are replayed from captured graphs (checked on the GPU by tests/gpu); here
 the static cache, its crop-by-length and the position mask must already give the target's exact output.
 """
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dynaspec_hf.engines import kept_engine
-from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache
+from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache, chain_drafter
 from dynaspec_hf.measure import count_forward_calls
 from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, rollback_limited, tiny_config, tiny_pair
 
@@ -19,7 +19,7 @@ def static_cache_assistant(drafter, setting):
     """An assistant that drafts on its static-cache chain drafter on the CPU too, and that drafter."""
     assistant = make_assistant(drafter, setting)
     assistant.drafting.static_cache_off_cuda = True
-    return assistant, assistant.chain_drafter(128)
+    return assistant, chain_drafter(assistant, 128)
 
 
 def narrow_window_pair(family: str, seed: int):
@@ -149,7 +149,7 @@ def test_new_schedule_frees_the_old_graphs_at_once():
     (seen on the H100: 'operation not permitted when stream is capturing'); a schedule change frees them first."""
     _, drafter = tiny_pair("llama", seed=14)
     assistant = make_assistant(drafter, "routed")
-    engine = assistant.chain_drafter(64)
+    engine = chain_drafter(assistant, 64)
     freed = []
 
     class Graph:

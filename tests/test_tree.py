@@ -10,6 +10,7 @@ import dynaspec_hf
 from dynaspec_hf import TreeConfig
 from dynaspec_hf.verification import TreeVerifier, recursive_rejection_sample
 from dynaspec_hf.engines import kept_engine
+from dynaspec_hf.fast_draft import chain_drafter
 from dynaspec_hf.generation import compile_options_for
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.tree import SiblingAcceptance, TreeDrafter
@@ -260,7 +261,7 @@ def test_own_loop_chain_drafts_with_the_graph_drafter():
     static-cache steps run eagerly) and stay exact across rounds of the padded, static-cache verifier."""
     target, drafter = tiny_pair("qwen2", seed=9)
     assistant = make_assistant(drafter, "routed")
-    engine = assistant.chain_drafter(128)
+    engine = chain_drafter(assistant, 128)
     for ids, new_tokens in random_cases(8):
         got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens, tree=TreeConfig.chain(5))
         assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=new_tokens))
