@@ -10,7 +10,8 @@
 # so on the device tool the same command with SECONDS = the call's limit, repeated on the warm machine, goes on
 # where the last call stopped. Each call ends by merging what exists into the results folder (a stopped timing with
 # the rounds it finished), so a hold that ends early still returns every finished measurement.
-# The fast-path checks and draft-step anatomy are a separate command: python benchmarks/gpu_checks.py --out DIR.
+# Exactness on the GPU is `python -m pytest -m gpu tests/gpu`; bf16 agreement and the draft-step anatomy are
+# `python benchmarks/gpu_checks.py --out DIR`.
 set -uo pipefail
 data=${1:-.carry/data}
 out=${2:-benchmarks/results}

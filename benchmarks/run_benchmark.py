@@ -761,7 +761,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test of the pipeline")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
                         help="what users run; greedy rows then report agreement with plain bf16 decoding (bf16 "
-                             "numerics differ between pass shapes; float32 exactness is gpu_checks.py's)")
+                             "numerics differ between pass shapes; float32 exactness is tests/gpu's)")
     parser.add_argument("--methods", nargs="+", help="run only these methods (names as in the results' rows)")
     parser.add_argument("--sampling-checks", nargs="+", default=list(FRACTIONS), choices=list(FRACTIONS),
                         help="sizes whose sampling band and tail calibration checks end to end (1/16 always: the "
