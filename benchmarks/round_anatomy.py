@@ -131,7 +131,7 @@ def node_forward_parts(drafter, width: int, heads: bool):
     one = causal(1, drafter.device)
 
     def step():
-        for shortlists in drafter.shortlist_plan(0.0, drafter.max_depth):
+        for shortlists in drafter.shortlist_plan(0.0, drafter.max_depth)[1:]:  # the node forwards'
             if width == drafter.width:
                 states = drafter.cache.forward(drafter.ids, drafter.positions, drafter.block, base=drafter.base)
             else:

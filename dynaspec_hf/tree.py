@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .compat import output_cache
 from .configuration_dynaspec import Shortlist
@@ -206,9 +207,9 @@ class TreeDrafter:
     """Drafts token trees for one `DynaSpecAssistant` at batch 1, on a static cache of its drafter, on the device.
 
     Two graph replays per tree. The prefix: one forward over the committed tokens not cached yet, which gives the
-    root's q. The expansion: `max_depth - 1` drafter forwards, each over the `width` most valuable
-    candidates not forwarded yet (any depth), which gives each of them `min(width, max_children)` candidate
-    children; then the most valuable candidates form the tree. A candidate's value estimates the probability that
+    root's body output. The expansion: the root's head, then `max_depth - 1` drafter forwards, each over the
+    `width` most valuable candidates not forwarded yet (any depth), which gives each of them
+    `min(width, max_children)` candidate children; then the most valuable candidates form the tree. A candidate's value estimates the probability that
     its path is accepted: greedy, the product of q along it (DySpec); sampling, the product of `SiblingAcceptance`
     rates of the child indices along it. Leaves need no forward, so a tree of depth d costs d drafter forwards,
     like a chain of d.
@@ -218,7 +219,8 @@ class TreeDrafter:
     expansion is one CUDA-graph replay and the host reads the tree once, at the end. A node forward whose nodes
     are all padding (every chosen candidate already forwarded) still runs: static shapes cost one spare forward.
     Each node gets the shortlist of its own draft position: a forward computes the head once per distinct
-    shortlist its nodes' positions use (once, for a schedule that does not change with the position).
+    shortlist its nodes' positions use (once, for a schedule that does not change with the position). Greedy trees
+    choose children from the shortlist rows alone; sampled ones keep every forwarded node's q over the vocabulary.
     """
 
     def __init__(self, assistant, max_length: int, max_depth: int, width: int, compile_options: dict | None = None):
@@ -243,7 +245,6 @@ class TreeDrafter:
         # body output before the root is row 0 of `states`
         self.states = torch.zeros(2 + self.capacity, hidden_size, dtype=dtype, device=device)
         self.q = torch.zeros(2 + self.capacity, vocab, dtype=torch.float32, device=device)
-        self.root_logits = torch.zeros(1, vocab, dtype=torch.float32, device=device)
         # the candidate pool: the root, its children, then each node forward's (`width` per forwarded node)
         size = 1 + width + self.forwards * width * width
         self.token, self.parent, self.depth = (torch.zeros(size, **long) for _ in range(3))
@@ -272,8 +273,8 @@ class TreeDrafter:
         for candidates, accepted_index in trials:
             self.rates.record(candidates, accepted_index)
 
-    def _prefix_step(self, ids: torch.Tensor, shortlist: Shortlist) -> None:
-        """Body over `ids` `[1, count]`; the root's body output, token and logits."""
+    def _prefix_step(self, ids: torch.Tensor) -> None:
+        """Body over `ids` `[1, count]`; the root's body output (and the one before it) and token."""
         count = ids.shape[1]
         positions = torch.arange(count, device=self.device) + self.cache.write_position
         states = self.cache.forward(ids, positions, causal(count, self.device)).last_hidden_state[0]
@@ -281,7 +282,6 @@ class TreeDrafter:
         if count > 1:
             self.states[0].copy_(states[-2])
         self.token[:1].copy_(ids[0, -1:])
-        self.root_logits.copy_(self._head(self.states[1:2], self.states[0:1], ids[:, -1], shortlist))
 
     def _head(self, hidden, previous, token_ids, shortlist: Shortlist) -> torch.Tensor:
         context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
@@ -289,18 +289,19 @@ class TreeDrafter:
 
     def _expansion(self, plan: list[list[tuple[Shortlist, list[int]]]], do_sample: bool, per_node: int,
                    processors) -> None:
-        """The whole expansion and the final choice, device work only (what the graph captures). `plan[f]` lists
-        node forward f's shortlists with the draft positions that use them."""
+        """The whole expansion and the final choice, device work only (what the graph captures). `plan` is
+        `shortlist_plan`'s: the root's shortlist, then each node forward's with the draft positions that use them."""
         self.value.fill_(float("-inf"))
         self.value[:1].fill_(1.0)  # the root: always ranked first, and already forwarded (the prefix)
         self.forwarded.zero_()
         self.forwarded[:1].fill_(True)
         self.depth[:1].zero_()
         self.row[:1].fill_(1)
-        self._grow(1, self.root_logits, self.pool_index[:1], self.forwarded[:1], self.ancestors[:1].zero_(),
-                   self.row[:1], do_sample, per_node, processors)
-        for forward, shortlists in enumerate(plan):
-            batch, valid = self._choose(len(plan) + 1)
+        root, nodes = plan[0], plan[1:]
+        self._grow(1, self.states[1:2], self.states[0:1], self.token[:1], self.depth[:1], root, self.pool_index[:1],
+                   self.forwarded[:1], self.ancestors[:1].zero_(), self.row[:1], do_sample, per_node, processors)
+        for forward, shortlists in enumerate(nodes):
+            batch, valid = self._choose(len(nodes) + 1)
             rows = torch.where(valid, 2 + self.slots[forward], 0)
             self.forwarded[batch] = self.forwarded[batch] | valid
             self.row[batch] = torch.where(valid, rows, self.row[batch])
@@ -312,25 +313,15 @@ class TreeDrafter:
             states = self.cache.forward(self.ids, self.positions, self.block, base=self.base).last_hidden_state[0]
             first = 2 + forward * self.width
             self.states[first : first + self.width].copy_(states)
-            logits = self.node_logits(states, self.depth[batch], shortlists)
-            self._grow(1 + self.width + forward * self.width * self.width, logits, batch, valid, self.block, rows,
-                       do_sample, per_node, processors)
+            self._grow(1 + self.width + forward * self.width * self.width, states, self.states[self.parent_rows],
+                       self.ids[0], self.depth[batch], shortlists, batch, valid, self.block, rows, do_sample, per_node,
+                       processors)
         self.result.copy_(torch.stack([self._kept()[1].long(), self.token, self.parent, self.row]))
 
     def node_logits(self, states: torch.Tensor, depths: torch.Tensor, shortlists) -> torch.Tensor:
         """The head over a node forward's body outputs, each node's row from the shortlist of its own position."""
         previous, token_ids = self.states[self.parent_rows], self.ids[0]
-        logits = None
-        for shortlist, positions in shortlists:
-            part = self._head(states, previous, token_ids, shortlist)
-            if logits is None:  # the first shortlist also serves the padding
-                logits = part
-                continue
-            uses = torch.zeros_like(depths, dtype=torch.bool)
-            for position in positions:
-                uses = uses | (depths == position)
-            logits = torch.where(uses[:, None], part, logits)
-        return logits
+        return by_position(depths, shortlists, lambda shortlist: (self._head(states, previous, token_ids, shortlist),))[0]
 
     def _kept(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every candidate's rank by value (ties: earlier first, so a parent ranks before its children), and
@@ -347,32 +338,55 @@ class TreeDrafter:
         batch = torch.where(eligible, rank, rank + rank.shape[0]).topk(self.width, largest=False).indices
         return batch, eligible[batch]
 
-    def _grow(self, start: int, logits: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor,
-              ancestors: torch.Tensor, rows: torch.Tensor, do_sample: bool, per_node: int, processors) -> None:
-        """q of the forwarded `parents` (real where `valid`) into their `rows`, and their candidate children into
-        the pool from `start` (`width` each; `ancestors`: the slots each child sees)."""
-        if do_sample and processors:
-            logits = processors(None, logits)
-        q = (logits - logits.logsumexp(-1, keepdim=True)).exp()  # softmax; its CUDA kernel runs one block per row
-        self.q.index_copy_(0, rows, q)
-        if do_sample:  # Gumbel-top-k: the order of draws from q without replacement, every row at once
-            tokens = (q.log() - torch.empty_like(q).exponential_().log()).topk(self.width).indices
-            scores = self.child_scores.expand(q.shape[0], -1)
+    def _grow(self, start: int, hidden: torch.Tensor, previous: torch.Tensor, token_ids: torch.Tensor,
+              depths: torch.Tensor, shortlists, parents: torch.Tensor, valid: torch.Tensor, ancestors: torch.Tensor,
+              rows: torch.Tensor, do_sample: bool, per_node: int, processors) -> None:
+        """The candidate children of the forwarded `parents` (real where `valid`; body outputs `hidden`, each from
+        the shortlist of its depth) into the pool from `start`, `width` each (`ancestors`: the slots each child
+        sees). Greedy, without a sampling tail: each parent's likeliest tokens, from its shortlist rows alone, and
+        their q as values. Otherwise q over the vocabulary goes into the parents' `rows` (recursive rejection
+        sampling reads it), and sampled children are drawn from it without replacement."""
+        if not do_sample and not any(shortlist.tail for shortlist, _ in shortlists):
+            scores, tokens, count = by_position(depths, shortlists, lambda shortlist: self._likeliest_children(
+                hidden, previous, token_ids, shortlist))
         else:
-            scores, tokens = q.topk(self.width)
-        count = (q > 0).sum(-1, keepdim=True).clamp(max=per_node)  # a top-k / top-p q has few tokens
-        exists = valid[:, None] & (self.child_index < count)
-        span = slice(start, start + q.shape[0] * self.width)
+            logits = by_position(depths, shortlists,
+                                 lambda shortlist: (self._head(hidden, previous, token_ids, shortlist),))[0]
+            if do_sample and processors:
+                logits = processors(None, logits)
+            q = (logits - logits.logsumexp(-1, keepdim=True)).exp()  # softmax; its CUDA kernel runs a block per row
+            self.q.index_copy_(0, rows, q)
+            if do_sample:  # Gumbel-top-k: the order of draws from q without replacement, every row at once
+                tokens = (q.log() - torch.empty_like(q).exponential_().log()).topk(self.width).indices
+                scores = self.child_scores.expand(q.shape[0], -1)
+            else:
+                scores, tokens = q.topk(self.width)
+            count = (q > 0).sum(-1, keepdim=True)  # a top-k / top-p q has few tokens
+        exists = valid[:, None] & (self.child_index < count.clamp(max=per_node))
+        span = slice(start, start + hidden.shape[0] * self.width)
         self.token[span] = tokens.flatten()
         self.parent[span] = parents.repeat_interleave(self.width)
         self.depth[span] = (self.depth[parents] + 1).repeat_interleave(self.width)
         self.value[span] = torch.where(exists, self.value[parents][:, None] * scores, float("-inf")).flatten()
         self.ancestors[span] = ancestors.repeat_interleave(self.width, dim=0)
 
+    def _likeliest_children(self, hidden, previous, token_ids, shortlist: Shortlist):
+        """Greedy: each row's `width` likeliest tokens and their q, and how many tokens have q > 0, from the
+        shortlist's rows (q is 0 outside them), so no vocabulary-sized tensor is built."""
+        context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
+        logits, tokens, _ = self.assistant.shortlist_logits(hidden, previous, token_ids, shortlist, self.index, context)
+        if logits.shape[1] < self.width:  # fewer rows than children: pad with impossible ones
+            logits = F.pad(logits, (0, self.width - logits.shape[1]), value=float("-inf"))
+            tokens = F.pad(tokens, (0, self.width - tokens.shape[1]), value=0)
+        q = logits.float().softmax(-1)
+        scores, picked = q.topk(self.width)
+        return scores, tokens.gather(1, picked), (q > 0).sum(-1, keepdim=True)
+
     def shortlist_plan(self, temperature: float, max_depth: int) -> list[list[tuple[Shortlist, list[int]]]]:
-        """Per node forward (`max_depth - 1` of them), the distinct shortlists of the draft positions its nodes can
-        have (forward f takes nodes of depth 1..f+1, and a node of depth d drafts position d)."""
-        plan = []
+        """The root's shortlist, then per node forward (`max_depth - 1` of them) the distinct shortlists of the
+        draft positions its nodes can have (forward f takes nodes of depth 1..f+1, and a node of depth d drafts
+        position d)."""
+        plan = [[(self.assistant.config.shortlist_at(0, temperature), [0])]]
         for forward in range(max_depth - 1):
             shortlists: dict[Shortlist, list[int]] = {}
             for position in range(1, forward + 2):
@@ -397,13 +411,12 @@ class TreeDrafter:
             self.states[0].zero_()
         if self.context.shape[1]:
             self.context.copy_(self.assistant.context_tokens(committed[None], size=self.context.shape[1]))
-        root_shortlist = self.assistant.config.shortlist_at(0, temperature)
         if start > 0 and count <= self.prefix.shape[1]:
             ids = self.prefix[:, :count]
             ids.copy_(committed[None, start:])
-            self.cache.run(("prefix", count, *root_shortlist), lambda: self._prefix_step(ids, root_shortlist))
+            self.cache.run(("prefix", count), lambda: self._prefix_step(ids))
         else:  # the prompt, eagerly (its first forward also allocates the static cache)
-            self._prefix_step(committed[None, start:], root_shortlist)
+            self._prefix_step(committed[None, start:])
         self.cached = length
         self.base.fill_(length)
         self.budget.fill_(num_nodes)
@@ -416,25 +429,44 @@ class TreeDrafter:
         if settings not in self._expansions:  # once per generation, not per round: host work the device waits for
             plan = self.shortlist_plan(temperature, max_depth)
             hashable = tuple(tuple((shortlist, tuple(positions)) for shortlist, positions in forward) for forward in plan)
-            self._expansions[settings] = plan, ("tree", *settings[1:], hashable)
-        plan, key = self._expansions[settings]
+            keeps_q = do_sample or any(shortlist.tail for forward in plan for shortlist, _ in forward)
+            self._expansions[settings] = plan, ("tree", *settings[1:], hashable), keeps_q
+        plan, key, keeps_q = self._expansions[settings]
         self.cache.run(key, lambda: self._expansion(plan, do_sample, per_node, processors))
         self.cache.set_length(length)
 
         chosen, tokens, parents, rows = self.result.tolist()  # the one read of the tree
-        q = self.q.clone()  # the tree keeps its q past the next draft
+        q = self.q.clone() if keeps_q else None  # the tree keeps its q past the next draft; greedy reads no q
         tree = TokenTree(root_position=length - 1)
         number = {0: tree.add(tokens[0], -1)}
-        tree.probs[0] = q[1]
         for node in range(1, len(chosen)):  # pool order: parents first
             if chosen[node]:
                 number[node] = tree.add(tokens[node], number[parents[node]])
-                if rows[node]:
-                    tree.probs[number[node]] = q[rows[node]]
+        if q is not None:
+            tree.probs[0] = q[1]
+            for node, number_in_tree in number.items():
+                if node and rows[node]:
+                    tree.probs[number_in_tree] = q[rows[node]]
         return tree
 
     def release(self) -> None:
         self.cache.release()
+
+
+def by_position(depths: torch.Tensor, shortlists, compute) -> tuple[torch.Tensor, ...]:
+    """`compute(shortlist)`'s tensors for each of a node forward's distinct `shortlists` (with the draft positions
+    that use them), merged row by row: each node's from the shortlist of its depth (the first serves padding)."""
+    merged = None
+    for shortlist, positions in shortlists:
+        part = compute(shortlist)
+        if merged is None:
+            merged = part
+            continue
+        uses = torch.zeros_like(depths, dtype=torch.bool)
+        for position in positions:
+            uses = uses | (depths == position)
+        merged = tuple(torch.where(uses.view(-1, *[1] * (new.ndim - 1)), new, old) for new, old in zip(part, merged))
+    return merged
 
 
 def processors_key(processors) -> tuple:

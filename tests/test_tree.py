@@ -117,46 +117,60 @@ def test_sampled_children_stay_inside_a_truncated_q():
     assert all(float(tree.probs[n][tree.tokens[c]]) > 0 for n, cs in enumerate(tree.children) for c in cs)
 
 
+def check_nodes_against_plain_drafting(assistant, committed, tree, temperature: float, context=None) -> list[int]:
+    """Every node with children must have been drafted from what the assistant computes from a plain forward of the
+    drafter over the committed text and the node's path (cache, mask, positions, the router's previous state):
+    sampled trees keep that q; greedy trees' children are its likeliest tokens, in order. Returns those nodes."""
+    parents = [node for node in range(len(tree)) if tree.children[node]]
+    for node in parents:
+        path = torch.tensor([tree.tokens[n] for n in tree.paths[node]], dtype=torch.long)
+        ids = torch.cat([committed, path])[None]
+        states = assistant.drafter(input_ids=ids).last_hidden_state[0]
+        q = assistant.next_token_logits(states[-1:], states[-2:-1], ids[:, -1], tree.depths[node],
+                                        context_ids=context, temperature=temperature)[0].softmax(-1)
+        if temperature:
+            torch.testing.assert_close(tree.probs[node], q, atol=1e-5, rtol=1e-4)
+        else:
+            assert tree.probs[node] is None  # greedy trees build no vocabulary-sized q
+            children = [tree.tokens[child] for child in tree.children[node]]
+            assert children == q.topk(len(children)).indices.tolist()
+    return parents
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("setting", ["routed", "context"])
-def test_tree_drafter_q_equals_plain_drafting(setting):
-    """Every forwarded node's q (cache, mask, positions, the router's previous state) must be what the assistant
-    computes from a plain forward of the drafter over the committed text and the node's path."""
+def test_tree_drafter_follows_plain_drafting(setting, do_sample):
     _, drafter = tiny_pair("llama", seed=4)
     assistant = make_assistant(drafter, setting)
     committed = torch.randint(0, VOCAB, (12,), generator=torch.Generator().manual_seed(5))
     tree_drafter = TreeDrafter(assistant, 64, max_depth=4, width=3)
-    tree_drafter.draft(committed[:8], num_nodes=6, do_sample=False)  # mid-generation: a cached prefix
-    tree = tree_drafter.draft(committed, num_nodes=12, do_sample=False)
-    forwarded = [node for node in range(len(tree)) if tree.probs[node] is not None]
-    assert len(forwarded) >= 4 and max(tree.depths[n] for n in forwarded) >= 2
-    for node in forwarded:
-        path = torch.tensor([tree.tokens[n] for n in tree.paths[node]], dtype=torch.long)
-        ids = torch.cat([committed, path])[None]
-        states = assistant.drafter(input_ids=ids).last_hidden_state[0]
-        logits = assistant.next_token_logits(states[-1:], states[-2:-1], ids[:, -1], tree.depths[node],
-                                             context_ids=assistant.context_tokens(committed[None]))
-        torch.testing.assert_close(tree.probs[node], logits[0].softmax(-1), atol=1e-5, rtol=1e-4)
+    temperature = 1.0 if do_sample else 0.0
+    torch.manual_seed(0)
+    tree_drafter.draft(committed[:8], num_nodes=6, do_sample=do_sample, temperature=temperature)  # a cached prefix
+    # every candidate kept, so every forwarded node shows its children
+    tree = tree_drafter.draft(committed, num_nodes=30, do_sample=do_sample, temperature=temperature)
+    parents = check_nodes_against_plain_drafting(assistant, committed, tree, temperature,
+                                                 assistant.context_tokens(committed[None]))
+    assert len(parents) >= 3 and max(tree.depths[n] for n in parents) >= 2
 
 
-def test_tree_nodes_of_one_forward_get_their_own_positions_shortlists():
-    """A node forward holds nodes of several depths; under a schedule that changes with the position, each node's q
-    must come from the shortlist of its own draft position."""
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_tree_nodes_of_one_forward_get_their_own_positions_shortlists(do_sample):
+    """A node forward holds nodes of several depths; under a schedule that changes with the position, each node
+    must be drafted from the shortlist of its own draft position."""
     _, drafter = tiny_pair("llama", seed=4)
     assistant = make_assistant(drafter, "routed")
-    assistant.set_schedule(k_by_position=[6, 5, 4, 3, 2], core_by_position=[16, 12, 8, 4, 0])
+    schedule = dict(k_by_position=[6, 5, 4, 3, 2], core_by_position=[16, 12, 8, 4, 0])
+    assistant.set_schedule(**schedule, temperature_bands=[dict(max_temperature=None, **schedule, num_context_tokens=0)])
     committed = torch.randint(0, VOCAB, (9,), generator=torch.Generator().manual_seed(6))
     tree_drafter = TreeDrafter(assistant, 64, max_depth=5, width=2)
+    temperature = 1.0 if do_sample else 0.0
     # a node forward takes nodes of depths 1..4, whose draft positions use different shortlists
-    assert len({assistant.config.shortlist_at(position, 0.0) for position in range(1, 5)}) >= 3
-    tree = tree_drafter.draft(committed, num_nodes=14, do_sample=False)
-    forwarded = [node for node in range(1, len(tree)) if tree.probs[node] is not None]
-    assert len({tree.depths[node] for node in forwarded}) >= 3
-    for node in forwarded:
-        path = torch.tensor([tree.tokens[n] for n in tree.paths[node]], dtype=torch.long)
-        ids = torch.cat([committed, path])[None]
-        states = assistant.drafter(input_ids=ids).last_hidden_state[0]
-        logits = assistant.next_token_logits(states[-1:], states[-2:-1], ids[:, -1], tree.depths[node])
-        torch.testing.assert_close(tree.probs[node], logits[0].softmax(-1), atol=1e-5, rtol=1e-4)
+    assert len({assistant.config.shortlist_at(position, temperature) for position in range(1, 5)}) >= 3
+    torch.manual_seed(0)
+    tree = tree_drafter.draft(committed, num_nodes=18, do_sample=do_sample, temperature=temperature)  # all kept
+    parents = check_nodes_against_plain_drafting(assistant, committed, tree, temperature)
+    assert len({tree.depths[node] for node in parents if node}) >= 3
 
 
 def test_tree_depth_costs_one_drafter_forward_per_level():
