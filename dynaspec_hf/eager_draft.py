@@ -7,6 +7,8 @@ stops by the one stopping rule of every draft path (`stops_at`: the assisted loo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import DynamicCache, LogitsProcessorList
 from transformers.generation import GenerateDecoderOnlyOutput
@@ -46,22 +48,27 @@ def rollback_cache(config) -> DraftCache:
     return cache
 
 
+@dataclass
+class DraftOptions:
+    """What a block of drafts asks for, in every draft path (`DynaSpecAssistant.draft` and `generate` take them as
+    keywords): sampling, the temperature that picks the schedule (0: greedy), the target's logits processors, and
+    transformers' stopping rules (`stops_at`). `keep_scores=False`: the caller reads only the tokens."""
+
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    logits_processor: LogitsProcessorList | None = None
+    eos_token_id: list[int] | None = None
+    confidence_threshold: float | None = None
+    temperature: float = 0.0
+    keep_scores: bool = True
+
+    def __post_init__(self):
+        self.logits_processor = LogitsProcessorList(self.logits_processor or [])  # the assisted loop passes a list
+
+
 @torch.no_grad()
-def draft_eagerly(
-    assistant,
-    input_ids: torch.LongTensor,
-    max_new_tokens: int,
-    *,
-    past_key_values=None,
-    attention_mask: torch.Tensor | None = None,
-    min_new_tokens: int = 0,
-    do_sample: bool = False,
-    logits_processor: LogitsProcessorList | None = None,
-    eos_token_id: list[int] | None = None,
-    confidence_threshold: float | None = None,
-    temperature: float = 0.0,
-    keep_scores: bool = True,
-) -> GenerateDecoderOnlyOutput:
+def draft_eagerly(assistant, input_ids: torch.LongTensor, max_new_tokens: int, options: DraftOptions | None = None,
+                  past_key_values=None, attention_mask: torch.Tensor | None = None) -> GenerateDecoderOnlyOutput:
     """Draft up to `max_new_tokens` tokens after `input_ids` with `assistant`'s routed shortlist head.
 
     The returned `scores` are the (processed) logits each token was chosen from, spread over the full
@@ -72,9 +79,10 @@ def draft_eagerly(
     (0 for greedy) picks the schedule (`config.schedule`); the logits processors apply the sampling itself.
     `keep_scores=False` says the caller reads only the tokens; this loop, off the fast path, keeps them anyway.
     """
+    options = options or DraftOptions()
     batch, length = input_ids.shape
     assistant.check_token_ids(input_ids)
-    processors = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
+    processors = options.logits_processor
 
     if past_key_values is None:
         past_key_values = rollback_cache(assistant.config.drafter_config)
@@ -106,14 +114,16 @@ def draft_eagerly(
 
     sequences, scores = input_ids, []
     for position in range(max_new_tokens):
-        logits = assistant.next_token_logits(hidden, previous, sequences[:, -1], position, index, context, temperature)
+        logits = assistant.next_token_logits(hidden, previous, sequences[:, -1], position, index, context,
+                                             options.temperature)
         if len(processors):
             logits = processors(sequences, logits)
-        token = torch.multinomial(logits.softmax(-1), 1) if do_sample else logits.argmax(dim=-1, keepdim=True)
+        token = torch.multinomial(logits.softmax(-1), 1) if options.do_sample else logits.argmax(-1, keepdim=True)
         sequences = torch.cat([sequences, token], dim=-1)
         scores.append(logits)
-        stop = stops_at(token, [logits], eos_token_id, confidence_threshold)  # the rule, one position at a time
-        if position + 1 == max_new_tokens or (position + 1 >= min_new_tokens and stop is not None and bool(stop[0])):
+        stop = stops_at(token, [logits], options)  # the rule, one position at a time
+        if position + 1 == max_new_tokens or (position + 1 >= options.min_new_tokens and stop is not None
+                                              and bool(stop[0])):
             break
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
@@ -132,11 +142,11 @@ def draft_eagerly(
     return draft_output(sequences, tuple(scores), cache)
 
 
-def stops_at(tokens: torch.Tensor, scores: list[torch.Tensor | None], eos_token_id: list[int] | None = None,
-             confidence_threshold: float | None = None) -> torch.Tensor | None:
+def stops_at(tokens: torch.Tensor, scores: list[torch.Tensor | None], options: DraftOptions) -> torch.Tensor | None:
     """The stopping rule of every draft path (transformers' assisted loop's), for drafted `tokens` `[B, n]`: `[n]`,
     True where a block ends after that position because every row drafted an EOS, or some row's token had a
     probability below `confidence_threshold` by `scores` (the processed logits it was chosen from). None: no rule."""
+    eos_token_id, confidence_threshold = options.eos_token_id, options.confidence_threshold
     if not eos_token_id and not confidence_threshold:
         return None
     stop = torch.zeros(tokens.shape[1], dtype=torch.bool, device=tokens.device)
@@ -148,13 +158,12 @@ def stops_at(tokens: torch.Tensor, scores: list[torch.Tensor | None], eos_token_
     return stop
 
 
-def kept_drafts(tokens: torch.Tensor, scores: list[torch.Tensor | None], min_new_tokens: int = 0,
-                eos_token_id: list[int] | None = None, confidence_threshold: float | None = None) -> int:
+def kept_drafts(tokens: torch.Tensor, scores: list[torch.Tensor | None], options: DraftOptions) -> int:
     """How many of a block's drafted `tokens` (`[B, n]`) to keep: up to the first position, from `min_new_tokens`
     on, where the block `stops_at` (the graph drafter applies the rule once, after the block)."""
-    stop = stops_at(tokens, scores, eos_token_id, confidence_threshold)
+    stop = stops_at(tokens, scores, options)
     if stop is None:
         return tokens.shape[1]  # no stopping rule: no device read
-    stop[: max(min_new_tokens - 1, 0)] = False
+    stop[: max(options.min_new_tokens - 1, 0)] = False
     hits = stop.nonzero()
     return tokens.shape[1] if hits.numel() == 0 else int(hits[0, 0]) + 1

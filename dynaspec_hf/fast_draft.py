@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessorList
 from transformers.generation import GenerateDecoderOnlyOutput
 
 from .compat import draft_output
 from .configuration_dynaspec import Shortlist
-from .eager_draft import draft_eagerly, kept_drafts
+from .eager_draft import DraftOptions, draft_eagerly, kept_drafts
 from .engines import engine_for
 from .static_cache import StaticCacheModel, causal
 
@@ -152,29 +151,19 @@ class GraphDrafter:
         self.body.release()
 
     @torch.no_grad()
-    def draft(self, *args, **kwargs) -> GenerateDecoderOnlyOutput:
-        """`DynaSpecAssistant.draft` on the static cache; stopping rules are applied once, after the block."""
+    def draft(self, input_ids: torch.LongTensor, max_new_tokens: int, past_key_values: StaticDraftCache | None = None,
+              options: DraftOptions | None = None) -> GenerateDecoderOnlyOutput:
+        """`DynaSpecAssistant.draft` on the static cache; the stopping rule is applied once, after the block
+        (`kept_drafts`). `options.keep_scores=False`: the caller reads only the tokens, so greedy steps without
+        processors or a confidence rule draft from the shortlist's rows (`greedy_draft_token`), and `scores` comes
+        back empty."""
         with torch.cuda.device(self.device) if self.router_stream is not None else nullcontext():
-            return self._draft(*args, **kwargs)  # streams and graphs belong to the assistant's GPU
+            return self._draft(input_ids, max_new_tokens, past_key_values, options or DraftOptions())
 
-    def _draft(
-        self,
-        input_ids: torch.LongTensor,
-        max_new_tokens: int,
-        past_key_values: StaticDraftCache | None,
-        *,
-        min_new_tokens: int = 0,
-        do_sample: bool = False,
-        logits_processor: LogitsProcessorList | None = None,
-        eos_token_id: list[int] | None = None,
-        confidence_threshold: float | None = None,
-        temperature: float = 0.0,
-        keep_scores: bool = True,
-    ) -> GenerateDecoderOnlyOutput:
-        """`keep_scores=False`: the caller reads only the tokens, so greedy steps without processors or a confidence
-        rule draft from the shortlist's rows (`greedy_draft_token`), and `scores` comes back empty."""
+    def _draft(self, input_ids, max_new_tokens: int, past_key_values, options: DraftOptions):
+        """`draft` on the assistant's GPU (its streams and graphs belong there)."""
         length = input_ids.shape[1]
-        logits_processor = LogitsProcessorList(logits_processor or [])  # the assisted loop passes a plain list
+        logits_processor, do_sample = options.logits_processor, options.do_sample
         cache = past_key_values if past_key_values is not None else StaticDraftCache(self)
         if cache.drafter is not self or self.active is not cache:
             cache.length = 0  # a new generation, or another one used the static cache since
@@ -185,10 +174,10 @@ class GraphDrafter:
         self.body.set_length(start)
         if self.context.shape[1]:
             self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
-        tokens_only = not (keep_scores or do_sample or len(logits_processor) or confidence_threshold)
+        tokens_only = not (options.keep_scores or do_sample or len(logits_processor) or options.confidence_threshold)
         sequences, scores = input_ids, []
         for position in range(max_new_tokens):
-            shortlist = self.assistant.config.shortlist_at(position, temperature)
+            shortlist = self.assistant.config.shortlist_at(position, options.temperature)
             greedy = tokens_only and not shortlist.tail
             self.step(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
                       prompt=position == 0 and start == 0, greedy=greedy)
@@ -205,8 +194,8 @@ class GraphDrafter:
             sequences = torch.cat([sequences, token], dim=-1)
             scores.append(logits)
         cache.length = length + max(max_new_tokens - 1, 0)
-        keep = kept_drafts(sequences[:, length:], scores, min_new_tokens, eos_token_id, confidence_threshold)
-        return draft_output(sequences[:, : length + keep], tuple(scores[:keep]) if keep_scores else (), cache)
+        keep = kept_drafts(sequences[:, length:], scores, options)
+        return draft_output(sequences[:, : length + keep], tuple(scores[:keep]) if options.keep_scores else (), cache)
 
 
 def draft_block(assistant, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None,
@@ -215,17 +204,17 @@ def draft_block(assistant, input_ids, max_new_tokens: int, past_key_values=None,
     serves (batch 1, no padding, `assistant.drafting` allows it), its steps replayed from CUDA graphs on CUDA and
     compiled by `torch.compile(**compile_options)` when they are given; else eagerly (`eager_draft.draft_eagerly`,
     the path of batches, padding and the CPU). `static_cache`: the static cache off CUDA too, its steps eager (the
-    own loop's chains: a static cache rolls back on any transformers version). `options` as `draft_eagerly`'s."""
+    own loop's chains: a static cache rolls back on any transformers version). `options`: `DraftOptions`' fields."""
+    options = DraftOptions(**options)
     usable = (assistant.drafting.cuda_graphs and input_ids.shape[0] == 1
               and (assistant.device.type == "cuda" or assistant.drafting.static_cache_off_cuda or static_cache)
               and (past_key_values is None or isinstance(past_key_values, StaticDraftCache))
               and (attention_mask is None or bool(attention_mask.all())))  # batch 1, no padding
     if not usable:
-        return draft_eagerly(assistant, input_ids, max_new_tokens, past_key_values=past_key_values,
-                             attention_mask=attention_mask, **options)
+        return draft_eagerly(assistant, input_ids, max_new_tokens, options, past_key_values, attention_mask)
     assistant.check_token_ids(input_ids)
     drafter = chain_drafter(assistant, input_ids.shape[1] + max_new_tokens, compile_options)
-    return drafter.draft(input_ids, max_new_tokens, past_key_values, **options)
+    return drafter.draft(input_ids, max_new_tokens, past_key_values, options)
 
 
 def chain_drafter(assistant, length: int, compile_options: dict | None = None) -> GraphDrafter:

@@ -24,7 +24,7 @@ from .compat import cache_field, cache_keyword, output_cache
 from .configuration_dynaspec import SCHEDULE_FIELDS, DynaSpecConfig, TemperatureBand, band_dicts
 from .conversion import check_drafter, check_same_distribution, with_vocab_size
 from .draft_step import DraftStepMixin
-from .eager_draft import draft_eagerly
+from .eager_draft import DraftOptions, draft_eagerly
 from .engines import release_engines
 from .fast_draft import DraftingOptions, draft_block
 from .logit_transform import LogitTransform
@@ -206,10 +206,11 @@ class DynaSpecAssistant(CheckpointMixin, DraftStepMixin, DynaSpecPreTrainedModel
                                       **{cache_field(CausalLMOutputWithPast): output_cache(outputs)})
 
     @torch.no_grad()
-    def draft(self, input_ids: torch.LongTensor, max_new_tokens: int, **options) -> GenerateDecoderOnlyOutput:
-        """Draft up to `max_new_tokens` tokens after `input_ids` eagerly, on a `DraftCache` (`eager_draft.py`, whose
-        `draft_eagerly` takes the options): the path of batches, padding and the CPU."""
-        return draft_eagerly(self, input_ids, max_new_tokens, **options)
+    def draft(self, input_ids: torch.LongTensor, max_new_tokens: int, past_key_values=None,
+              attention_mask: torch.Tensor | None = None, **options) -> GenerateDecoderOnlyOutput:
+        """Draft up to `max_new_tokens` tokens after `input_ids` eagerly, on a `DraftCache` (`eager_draft.py`): the
+        path of batches, padding and the CPU. `options`: `eager_draft.DraftOptions`' fields."""
+        return draft_eagerly(self, input_ids, max_new_tokens, DraftOptions(**options), past_key_values, attention_mask)
 
     @torch.no_grad()
     def generate(

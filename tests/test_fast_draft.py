@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dynaspec_hf.engines import kept_engine
+from dynaspec_hf.eager_draft import DraftOptions, kept_drafts
 from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache, chain_drafter
 from dynaspec_hf.measure import count_forward_calls
 from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, rollback_limited, tiny_config, tiny_pair
@@ -66,7 +67,7 @@ def test_static_cache_drafts_equal_eager_drafts(family, setting):
     for accepted in (3, 0, 5, 1):
         eager = assistant.draft(ids, 6, past_key_values=eager_cache)
         fast = engine.draft(ids, 6, static_cache)
-        rows = rows_engine.draft(ids, 6, rows_cache, keep_scores=False)
+        rows = rows_engine.draft(ids, 6, rows_cache, DraftOptions(keep_scores=False))
         assert torch.equal(eager.sequences, fast.sequences) and torch.equal(eager.sequences, rows.sequences)
         torch.testing.assert_close(torch.stack(eager.scores), torch.stack(fast.scores))
         assert rows.scores == ()
@@ -106,8 +107,20 @@ def test_stopping_rules_match_eager():
     for options in (dict(eos_token_id=[free[2]]), dict(eos_token_id=[free[2]], min_new_tokens=5),
                     dict(confidence_threshold=0.5)):
         eager = assistant.draft(ids, 6, **options)
-        fast = engine.draft(ids, 6, None, **options)
+        fast = engine.draft(ids, 6, None, DraftOptions(**options))
         assert torch.equal(eager.sequences, fast.sequences), options
+
+
+def test_one_stopping_rule_for_every_row():
+    """A block stops after the first position, from `min_new_tokens` on, where every row drafted an EOS or some
+    row's token was below the confidence threshold."""
+    tokens = torch.tensor([[4, 2, 7, 2], [2, 2, 7, 3]])
+    uniform = [torch.zeros(2, 8)] * 4  # every token at probability 1/8
+    assert kept_drafts(tokens, uniform, DraftOptions()) == 4
+    assert kept_drafts(tokens, uniform, DraftOptions(eos_token_id=[2])) == 2
+    assert kept_drafts(tokens, uniform, DraftOptions(eos_token_id=[2], min_new_tokens=3)) == 4
+    assert kept_drafts(tokens, uniform, DraftOptions(confidence_threshold=0.2)) == 1
+    assert kept_drafts(tokens, uniform, DraftOptions(confidence_threshold=0.1)) == 4
 
 
 def test_sampling_through_the_stock_loop_uses_the_static_cache():

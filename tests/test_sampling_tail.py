@@ -6,6 +6,7 @@ checked statistically in test_sampling.py)."""
 import pytest
 import torch
 
+from dynaspec_hf.eager_draft import DraftOptions
 from dynaspec_hf.fast_draft import GraphDrafter
 from conftest import SAMPLING_BAND, VOCAB, make_assistant, tiny_pair
 
@@ -80,7 +81,7 @@ def test_graph_drafter_samples_what_eager_drafting_samples_with_the_tail(monkeyp
         torch.manual_seed(accepted)
         eager = assistant.draft(ids, 4, past_key_values=eager_cache, do_sample=True, temperature=1.0)
         torch.manual_seed(accepted)
-        fast = engine.draft(ids, 4, static_cache, do_sample=True, temperature=1.0)
+        fast = engine.draft(ids, 4, static_cache, DraftOptions(do_sample=True, temperature=1.0))
         scores = torch.stack(eager.scores)
         assert torch.isfinite(scores).all()  # the tail: every token can be drafted
         assert torch.equal(eager.sequences, fast.sequences)
