@@ -133,13 +133,17 @@ class StaticCacheModel:
             self._fixed_shape = False
 
     def _capture(self, key, step, keep) -> torch.cuda.CUDAGraph | None:
-        """Warm up on a side stream (as CUDA graphs require), then capture; nothing it ran is kept."""
+        """Warm up on a side stream (as CUDA graphs require), then capture; nothing it ran is kept. A compiled step
+        warms up twice: its first call may compile for one shape and its second recompile for several (torch's
+        automatic dynamic shapes), and a capture cannot compile."""
         start, saved = self.write_position, [tensor.clone() for tensor in keep]
         start = start.clone() if isinstance(start, torch.Tensor) else start  # an int: the layers allocate now
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
+        for _ in range(1 if self.compiled is None else 2):
+            with torch.cuda.stream(side):
+                step()
+                self._restore(start, keep, saved)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         collecting = gc.isenabled()
@@ -153,10 +157,14 @@ class StaticCacheModel:
         finally:
             if collecting:
                 gc.enable()
-        self.set_length(start)
+        self._restore(start, keep, saved)
+        return graph
+
+    def _restore(self, length, keep, saved) -> None:
+        """Undo a warm-up or capture: the cache back to `length`, the `keep` buffers back to `saved`."""
+        self.set_length(length)
         for tensor, value in zip(keep, saved):
             tensor.copy_(value)
-        return graph
 
     def release(self) -> None:
         """Free the captured graphs now, outside any capture."""
