@@ -1,0 +1,81 @@
+"""How many tensor operations a DySpec tree draft runs per drafter forward, inside the drafter's body and outside
+it (the tree's own work: masks, heads, choosing, growing the pool). Operations that compute (views excluded) are a
+kernel each on CUDA unless compiled, so the count is what a tree round's kernel time scales with; counting runs on
+the CPU, eagerly, and needs no GPU.
+
+    python benchmarks/diagnostics/expansion_ops.py [--shape 16/7/4] [--sampled] [--top 15]
+
+Random weights of the trained pair's drafter shapes (128,256 tokens, 4 layers of 768) with the published DynaSpec
+1/16 greedy split (`round_times.pair_shaped_models`' schedule), a tree drafted mid-generation (a cached prefix),
+float32. `PYTHONPATH` picks the package, so two versions can be compared. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dynaspec_hf import DynaSpecAssistant  # noqa: E402
+from dynaspec_hf.tree import TreeDrafter  # noqa: E402
+from gpu_checks import VOCAB, llama_config, random_clusters  # noqa: E402
+
+
+class CountOps(TorchDispatchMode):
+    """Counts aten operations that compute (not views), split by whether the drafter's body is running (`inside`
+    is set by hooks); `outside` counts the others by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside, self.counts, self.outside = False, Counter(), Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.counts["body" if self.inside else "tree"] += 1
+            if not self.inside:
+                self.outside[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="16/7/4", help="nodes/depth/width")
+    parser.add_argument("--sampled", action="store_true", help="a sampled tree (temperature 1) instead of greedy")
+    parser.add_argument("--top", type=int, default=15, help="the most frequent operations outside the body")
+    args = parser.parse_args(argv)
+    nodes, depth, width = (int(part) for part in args.shape.split("/"))
+    torch.manual_seed(0)
+    drafter = AutoModelForCausalLM.from_config(llama_config(768, 4, 3072)).eval()
+    assistant = DynaSpecAssistant.from_drafter(drafter, random_clusters(), k_by_position=[7],
+                                               core_by_position=[4253], num_context_tokens=256)
+    tree_drafter = TreeDrafter(assistant, 512, max_depth=depth, width=width)
+    committed = torch.randint(0, VOCAB, (64,), generator=torch.Generator().manual_seed(1))
+    options = dict(num_nodes=nodes, do_sample=args.sampled, temperature=1.0 if args.sampled else 0.0)
+    tree_drafter.draft(committed[:60], **options)  # the prompt; the counted tree re-reads a few tokens, as a round does
+
+    counter = CountOps()
+    body = assistant.drafter
+    hooks = [body.register_forward_pre_hook(lambda *_: setattr(counter, "inside", True)),
+             body.register_forward_hook(lambda *_: setattr(counter, "inside", False))]
+    with counter:
+        tree = tree_drafter.draft(committed, **options)
+    for hook in hooks:
+        hook.remove()
+    forwards = depth  # the prefix's body forward, then depth - 1 node forwards
+    print(json.dumps(dict(shape=args.shape, sampled=args.sampled, nodes=len(tree) - 1, drafter_forwards=forwards,
+                          ops_in_body=counter.counts["body"], ops_outside_body=counter.counts["tree"],
+                          ops_outside_body_per_forward=round(counter.counts["tree"] / forwards, 1),
+                          most_frequent_outside=dict(counter.outside.most_common(args.top)),
+                          package=str(Path(sys.modules["dynaspec_hf"].__file__).parent))))
+
+
+if __name__ == "__main__":
+    main()
