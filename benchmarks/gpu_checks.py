@@ -190,9 +190,8 @@ def step_times(drafter, context: int = 256) -> dict:
         out[f"shortlist rows 1/16, Triton rows={rows} d-chunk={chunk} warps={warps} (in graph)"] = graph_ms(
             lambda: triton_head.block_logits(hidden, blocks, clusters16, block_rows=rows, block_d=chunk,
                                              num_warps=warps))
-    head.kernel = "gather"
-    out["whole shortlist head 1/16 with gather (in graph)"] = graph_ms(lambda: head(hidden, clusters16, 0))
-    head.kernel = "triton"
+    out["whole shortlist head 1/16 with gather (in graph)"] = graph_ms(
+        lambda: head(hidden, clusters16, 0, kernel="gather"))
     out["whole shortlist head 1/16 with Triton (in graph)"] = graph_ms(lambda: head(hidden, clusters16, 0))
     out["whole static head 1/16 (in graph)"] = graph_ms(
         lambda: head(hidden, clusters16[:, :0], 16 * clusters.cluster_size, index))

@@ -41,6 +41,8 @@ class DraftingOptions:
     # chains always draft so: a static cache rolls back on any transformers version)
     round_costs: RoundCosts | None = None  # what an automatic tree shape is chosen by (`budget.py`); None: measured
     # at first use on each target and device
+    head_kernel: str = "triton"  # the shortlist head's cluster blocks: "triton" reads them in place on CUDA,
+    # "gather" copies them (`ShortlistHead.forward`); steps captured already keep the kernel they were captured with
 
 
 class StaticDraftCache:

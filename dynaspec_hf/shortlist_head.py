@@ -36,8 +36,6 @@ class ShortlistHead(nn.Module):
         if tail_rank:
             self.register_buffer("tail_rows", torch.zeros(num_clusters * cluster_size, tail_rank))
             self.register_buffer("tail_basis", torch.zeros(tail_rank, hidden_size))
-        # "triton": read the chosen blocks in place (CUDA; see triton_head.py); "gather": portable path.
-        self.kernel = "triton"
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -126,6 +124,7 @@ class ShortlistHead(nn.Module):
         num_core: int,
         index: "ShortlistIndex | None" = None,
         context_ids: torch.Tensor | None = None,
+        kernel: str = "triton",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the shortlist rows for `hidden` `[B, d]`.
 
@@ -134,7 +133,11 @@ class ShortlistHead(nn.Module):
         The logits are the drafter's own: its family's transform is applied. Returns `(logits [B, R], token_ids
         [B, R])`; padding rows, and rows whose token an earlier part already holds, get logit `-inf` and token
         id -1, so no token is counted twice. `index` (from `index()`) is needed with a core or context tokens.
+        `kernel`: "triton" reads the chosen cluster blocks in place on CUDA (`triton_head.py`); "gather" copies
+        them first (the portable path, and the CPU's).
         """
+        if kernel not in ("triton", "gather"):
+            raise ValueError(f"`kernel` is 'triton' or 'gather', not {kernel!r}.")
         batch = hidden.shape[0]
         core_size, size = self.core_size, self.cluster_token_ids.shape[1]
         blocks = self.weight[core_size:].view(self.num_clusters, size, -1)
@@ -149,7 +152,7 @@ class ShortlistHead(nn.Module):
             logits.append(hidden @ blocks.reshape(-1, blocks.shape[-1]).T)
             ids = self.cluster_token_ids.reshape(1, -1).expand(batch, -1)
         else:
-            if self.kernel == "triton" and triton_kernel_applies(hidden):
+            if kernel == "triton" and triton_kernel_applies(hidden):
                 logits.append(block_logits(hidden, blocks, cluster_ids))
             else:
                 chosen = blocks[cluster_ids]  # [B, k, s, d]

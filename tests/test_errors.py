@@ -133,3 +133,10 @@ def test_unsupported_generate_options(pair):
         assistant.generate(torch.zeros(1, 3, dtype=torch.long), num_beams=2, max_new_tokens=2)
     with pytest.raises(TypeError, match="unsupported arguments: \\['bogus_option'\\]"):
         assistant.generate(torch.zeros(1, 3, dtype=torch.long), bogus_option=1, max_new_tokens=2)
+
+
+def test_unknown_head_kernel(pair):
+    assistant = make_assistant(pair[1], "routed")
+    assistant.drafting.head_kernel = "cuda"
+    with pytest.raises(ValueError, match="'triton' or 'gather', not 'cuda'"):
+        assistant.draft(torch.tensor([[1, 2, 3]]), 2)

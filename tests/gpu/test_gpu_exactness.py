@@ -122,7 +122,7 @@ def large_vocabulary_assistant(schedule: list[int], layers: int = 2) -> DynaSpec
 @pytest.mark.parametrize("kernel", ["triton", "gather"])
 def test_graph_drafts_equal_eager_drafts_on_a_large_vocabulary(kernel, schedule):
     assistant = large_vocabulary_assistant(schedule)
-    assistant.lm_head.kernel = kernel
+    assistant.drafting.head_kernel = kernel
     engine = GraphDrafter(assistant, max_length=512)
     ids = torch.randint(0, LARGE_VOCAB, (1, 40), generator=torch.Generator().manual_seed(0)).cuda()
     eager_cache = fast_cache = None
@@ -142,10 +142,7 @@ def test_triton_head_equals_the_gather_path(batch):
     head.weight.normal_()
     hidden = torch.randn(batch, 768, device="cuda")
     cluster_ids = torch.stack([torch.randperm(256, device="cuda")[:16] for _ in range(batch)])
-    outputs = {}
-    for kernel in ("triton", "gather"):
-        head.kernel = kernel
-        outputs[kernel] = head(hidden, cluster_ids, 0)
+    outputs = {kernel: head(hidden, cluster_ids, 0, kernel=kernel) for kernel in ("triton", "gather")}
     torch.testing.assert_close(outputs["triton"][0], outputs["gather"][0], atol=1e-3, rtol=1e-4)
     assert torch.equal(outputs["triton"][1], outputs["gather"][1])
 
