@@ -130,5 +130,5 @@ class DraftStepMixin:
                              f"(`context_tokens`).")
         cluster_ids, log_mass = routing or self.routing(previous_hidden, token_ids, shortlist.clusters, shortlist.tail)
         context_ids = context_ids[:, : shortlist.context] if shortlist.context else None
-        head = self.lm_head(hidden, cluster_ids, shortlist.core, index, context_ids, self.drafting.head_kernel)
+        head = self.lm_head(hidden, cluster_ids, shortlist.core, index, context_ids, kernel=self.drafting.head_kernel)
         return *head, log_mass

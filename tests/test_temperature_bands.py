@@ -47,10 +47,10 @@ def shortlists_used(assistant, monkeypatch) -> list[tuple[int, int, int]]:
     head, used = assistant.lm_head, []
     forward = head.forward
 
-    def spy(hidden, cluster_ids, num_core, index=None, context_ids=None):
+    def spy(hidden, cluster_ids, num_core, index=None, context_ids=None, kernel="triton"):
         clusters = assistant.config.num_clusters if cluster_ids is None else cluster_ids.shape[1]
         used.append((num_core, clusters, 0 if context_ids is None else context_ids.shape[1]))
-        return forward(hidden, cluster_ids, num_core, index, context_ids)
+        return forward(hidden, cluster_ids, num_core, index, context_ids, kernel)
 
     monkeypatch.setattr(head, "forward", spy)
     return used
