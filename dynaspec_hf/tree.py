@@ -209,10 +209,10 @@ class TreeDrafter:
     Two graph replays per tree. The prefix: one forward over the committed tokens not cached yet, which gives the
     root's body output. The expansion: the root's head, then `max_depth - 1` drafter forwards, each over the
     `width` most valuable candidates not forwarded yet (any depth), which gives each of them
-    `min(width, max_children)` candidate children; then the most valuable candidates form the tree. A candidate's value estimates the probability that
-    its path is accepted: greedy, the product of q along it (DySpec); sampling, the product of `SiblingAcceptance`
-    rates of the child indices along it. Leaves need no forward, so a tree of depth d costs d drafter forwards,
-    like a chain of d.
+    `min(width, max_children)` candidate children; then the most valuable candidates form the tree. A candidate's
+    value estimates the probability that its path is accepted: greedy, the product of q along it (DySpec);
+    sampling, the product of `SiblingAcceptance` rates of the child indices along it. Leaves need no forward, so a
+    tree of depth d costs d drafter forwards, like a chain of d.
 
     The candidates live in fixed device buffers (a pool: the root, its children, then `width` children per node of
     each node forward), and the choice of the next nodes (a sort by value) runs on the device too, so the whole
@@ -320,8 +320,12 @@ class TreeDrafter:
 
     def node_logits(self, states: torch.Tensor, depths: torch.Tensor, shortlists) -> torch.Tensor:
         """The head over a node forward's body outputs, each node's row from the shortlist of its own position."""
-        previous, token_ids = self.states[self.parent_rows], self.ids[0]
-        return by_position(depths, shortlists, lambda shortlist: (self._head(states, previous, token_ids, shortlist),))[0]
+        return self._logits(states, self.states[self.parent_rows], self.ids[0], depths, shortlists)
+
+    def _logits(self, hidden, previous, token_ids, depths: torch.Tensor, shortlists) -> torch.Tensor:
+        """The head over `hidden`, each row from the shortlist of its depth (`by_position`)."""
+        head = lambda shortlist: (self._head(hidden, previous, token_ids, shortlist),)  # noqa: E731
+        return by_position(depths, shortlists, head)[0]
 
     def _kept(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every candidate's rank by value (ties: earlier first, so a parent ranks before its children), and
@@ -350,8 +354,7 @@ class TreeDrafter:
             scores, tokens, count = by_position(depths, shortlists, lambda shortlist: self._likeliest_children(
                 hidden, previous, token_ids, shortlist))
         else:
-            logits = by_position(depths, shortlists,
-                                 lambda shortlist: (self._head(hidden, previous, token_ids, shortlist),))[0]
+            logits = self._logits(hidden, previous, token_ids, depths, shortlists)
             if do_sample and processors:
                 logits = processors(None, logits)
             q = (logits - logits.logsumexp(-1, keepdim=True)).exp()  # softmax; its CUDA kernel runs a block per row
@@ -429,24 +432,21 @@ class TreeDrafter:
         if settings not in self._expansions:  # once per generation, not per round: host work the device waits for
             plan = self.shortlist_plan(temperature, max_depth)
             hashable = tuple(tuple((shortlist, tuple(positions)) for shortlist, positions in forward) for forward in plan)
-            keeps_q = do_sample or any(shortlist.tail for forward in plan for shortlist, _ in forward)
-            self._expansions[settings] = plan, ("tree", *settings[1:], hashable), keeps_q
-        plan, key, keeps_q = self._expansions[settings]
+            self._expansions[settings] = plan, ("tree", *settings[1:], hashable)
+        plan, key = self._expansions[settings]
         self.cache.run(key, lambda: self._expansion(plan, do_sample, per_node, processors))
         self.cache.set_length(length)
 
         chosen, tokens, parents, rows = self.result.tolist()  # the one read of the tree
-        q = self.q.clone() if keeps_q else None  # the tree keeps its q past the next draft; greedy reads no q
+        q = self.q.clone() if do_sample else None  # a sampled tree keeps its q past the next draft; greedy reads none
         tree = TokenTree(root_position=length - 1)
         number = {0: tree.add(tokens[0], -1)}
+        tree.probs[0] = None if q is None else q[1]
         for node in range(1, len(chosen)):  # pool order: parents first
             if chosen[node]:
                 number[node] = tree.add(tokens[node], number[parents[node]])
-        if q is not None:
-            tree.probs[0] = q[1]
-            for node, number_in_tree in number.items():
-                if node and rows[node]:
-                    tree.probs[number_in_tree] = q[rows[node]]
+                if q is not None and rows[node]:
+                    tree.probs[number[node]] = q[rows[node]]
         return tree
 
     def release(self) -> None:
