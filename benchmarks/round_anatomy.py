@@ -126,18 +126,19 @@ def measure(target, assistant, tree: TreeConfig, prompt, new_tokens: int, compil
 
 
 def node_forward_parts(drafter, width: int, heads: bool):
-    """Device work of a tree's node forwards without the tree: the bodies over `width` tokens each (the last
-    tree's inputs, or one token each: a chain step's body), and with `heads`, the head over their outputs."""
-    one = causal(1, drafter.device)
+    """Device work of a tree's node forwards without the tree: the bodies over `width` tokens each (a tree's
+    shapes: its width of nodes, each seeing the committed text and itself; or one token each, a chain step's
+    body), and with `heads`, the head over their outputs."""
+    ids = torch.zeros(1, width, dtype=torch.long, device=drafter.device)
+    positions = drafter.base.expand(width)
+    block = causal(1, drafter.device) if width == 1 else drafter.own_slots[0]
 
     def step():
         for shortlists in drafter.shortlist_plan(0.0, drafter.max_depth)[1:]:  # the node forwards'
-            if width == drafter.width:
-                states = drafter.cache.forward(drafter.ids, drafter.positions, drafter.block, base=drafter.base)
-            else:
-                states = drafter.cache.forward(drafter.ids[:, :width], drafter.positions[:width], one)
+            states = drafter.cache.forward(ids, positions, block, base=drafter.base).last_hidden_state[0]
             if heads:
-                drafter.node_logits(states.last_hidden_state[0], drafter.depth[:width], shortlists)
+                drafter.node_logits(states, drafter.states[1:2].expand(width, -1), ids[0],
+                                    positions - drafter.base + 1, shortlists)
     return step
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .compat import output_cache
 from .configuration_dynaspec import Shortlist
 from .engines import engine_for
 from .fast_draft import draft_block
 from .static_cache import StaticCacheModel, causal
+from .tree_pool import CandidatePool, add_children, chosen_tree, compiled, likeliest_children, next_nodes
 
 
 @dataclass(frozen=True)
@@ -235,28 +235,24 @@ class TreeDrafter:
         self.prefix = torch.zeros(1, max_depth + 2, **long)  # re-read + accepted + bonus
         self.base = torch.zeros((), **long)  # the committed length: where the nodes start in the cache
         self.budget = torch.zeros((), **long)  # draft nodes wanted
+        self.depth_limit = torch.zeros((), **long)  # the tree's depth: no node forward takes a node this deep
         self.child_scores = torch.ones(width, dtype=torch.float32, device=device)  # sampling: SiblingAcceptance
-        # one node forward's inputs
-        self.ids = torch.zeros(1, width, **long)
-        self.positions = torch.zeros(width, **long)
-        self.block = torch.zeros(width, self.capacity, dtype=torch.bool, device=device)
-        self.parent_rows = torch.zeros(width, **long)
         # body outputs and q by row: 0 unused (padding writes there), 1 the root, 2 + slot a forwarded node; the
         # body output before the root is row 0 of `states`
         self.states = torch.zeros(2 + self.capacity, hidden_size, dtype=dtype, device=device)
         self.q = torch.zeros(2 + self.capacity, vocab, dtype=torch.float32, device=device)
-        # the candidate pool: the root, its children, then each node forward's (`width` per forwarded node)
         size = 1 + width + self.forwards * width * width
-        self.token, self.parent, self.depth = (torch.zeros(size, **long) for _ in range(3))
-        self.row = torch.zeros(size, **long)  # the node's row once forwarded
-        self.value = torch.zeros(size, dtype=torch.float32, device=device)
-        self.forwarded = torch.zeros(size, dtype=torch.bool, device=device)
-        self.ancestors = torch.zeros(size, self.capacity, dtype=torch.bool, device=device)  # forwarded ancestors' slots
-        self.result = torch.zeros(4, size, **long)  # what the host reads: chosen, token, parent, row
-        self.pool_index = torch.arange(size, device=device)
-        self.child_index = torch.arange(width, device=device)
+        self.pool = CandidatePool.empty(size, self.capacity, device)
+        self.result = torch.zeros(4, size, **long)  # what the host reads (`chosen_tree`)
         self.slots = torch.arange(self.capacity, device=device).view(self.forwards, width)
         self.own_slots = torch.eye(self.capacity, dtype=torch.bool, device=device).view(self.forwards, width, -1)
+        # where each node forward's children go in the pool (the root's children first)
+        self.spans = torch.arange(1, size, device=device)
+        # the bookkeeping, fused into a few kernels where the forwards are compiled (`tree_pool.py`)
+        self.next_nodes = compiled(next_nodes, compile_options)
+        self.add_children = compiled(add_children, compile_options)
+        self.likeliest_children = compiled(likeliest_children, compile_options)
+        self.chosen_tree = compiled(chosen_tree, compile_options)
         self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
         self.index = assistant.lm_head.index()
         self.start()
@@ -281,7 +277,7 @@ class TreeDrafter:
         self.states[1].copy_(states[-1])
         if count > 1:
             self.states[0].copy_(states[-2])
-        self.token[:1].copy_(ids[0, -1:])
+        self.pool.token[:1].copy_(ids[0, -1:])
 
     def _head(self, hidden, previous, token_ids, shortlist: Shortlist) -> torch.Tensor:
         context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
@@ -291,70 +287,52 @@ class TreeDrafter:
                    processors) -> None:
         """The whole expansion and the final choice, device work only (what the graph captures). `plan` is
         `shortlist_plan`'s: the root's shortlist, then each node forward's with the draft positions that use them."""
-        self.value.fill_(float("-inf"))
-        self.value[:1].fill_(1.0)  # the root: always ranked first, and already forwarded (the prefix)
-        self.forwarded.zero_()
-        self.forwarded[:1].fill_(True)
-        self.depth[:1].zero_()
-        self.row[:1].fill_(1)
+        pool, width = self.pool, self.width
+        pool.value.fill_(float("-inf"))
+        pool.value[:1].fill_(1.0)  # the root: always ranked first, and already forwarded (the prefix)
+        pool.forwarded.zero_()
+        pool.forwarded[:1].fill_(True)
+        pool.depth[:1].zero_()
+        pool.row[:1].fill_(1)
+        pool.ancestors[:1].zero_()
         root, nodes = plan[0], plan[1:]
-        self._grow(1, self.states[1:2], self.states[0:1], self.token[:1], self.depth[:1], root, self.pool_index[:1],
-                   self.forwarded[:1], self.ancestors[:1].zero_(), self.row[:1], do_sample, per_node, processors)
+        self._grow(self.spans[:width], self.states[1:2], self.states[0:1], pool.token[:1], pool.depth[:1], root,
+                   torch.zeros(1, dtype=torch.long, device=self.device), pool.forwarded[:1], pool.ancestors[:1],
+                   pool.row[:1], do_sample, per_node, processors)
         for forward, shortlists in enumerate(nodes):
-            batch, valid = self._choose(len(nodes) + 1)
-            rows = torch.where(valid, 2 + self.slots[forward], 0)
-            self.forwarded[batch] = self.forwarded[batch] | valid
-            self.row[batch] = torch.where(valid, rows, self.row[batch])
-            # each node sees the committed text, its forwarded ancestors and itself; padding sees only itself
-            self.ids[0] = torch.where(valid, self.token[batch], 0)
-            self.positions.copy_(torch.where(valid, self.base - 1 + self.depth[batch], self.base))
-            self.block.copy_((self.ancestors[batch] & valid[:, None]) | self.own_slots[forward])
-            self.parent_rows.copy_(torch.where(valid, self.row[self.parent[batch]], 1))
-            states = self.cache.forward(self.ids, self.positions, self.block, base=self.base).last_hidden_state[0]
-            first = 2 + forward * self.width
-            self.states[first : first + self.width].copy_(states)
-            self._grow(1 + self.width + forward * self.width * self.width, states, self.states[self.parent_rows],
-                       self.ids[0], self.depth[batch], shortlists, batch, valid, self.block, rows, do_sample, per_node,
-                       processors)
-        self.result.copy_(torch.stack([self._kept()[1].long(), self.token, self.parent, self.row]))
+            batch, valid, rows, ids, positions, block, parent_rows = self.next_nodes(
+                pool, self.budget, self.depth_limit, self.base, self.slots[forward], self.own_slots[forward])
+            states = self.cache.forward(ids, positions, block, base=self.base).last_hidden_state[0]
+            first = 2 + forward * width
+            self.states[first : first + width].copy_(states)
+            span = self.spans[width + forward * width * width : width + (forward + 1) * width * width]
+            self._grow(span, states, self.states[parent_rows], ids[0], pool.depth[batch], shortlists, batch, valid,
+                       block, rows, do_sample, per_node, processors)
+        self.result.copy_(self.chosen_tree(pool, self.budget))
 
-    def node_logits(self, states: torch.Tensor, depths: torch.Tensor, shortlists) -> torch.Tensor:
-        """The head over a node forward's body outputs, each node's row from the shortlist of its own position."""
-        return self._logits(states, self.states[self.parent_rows], self.ids[0], depths, shortlists)
-
-    def _logits(self, hidden, previous, token_ids, depths: torch.Tensor, shortlists) -> torch.Tensor:
-        """The head over `hidden`, each row from the shortlist of its depth (`by_position`)."""
+    def node_logits(self, hidden, previous, token_ids, depths: torch.Tensor, shortlists) -> torch.Tensor:
+        """The head over a node forward's body outputs `hidden`, each row from the shortlist of its depth
+        (`by_position`)."""
         head = lambda shortlist: (self._head(hidden, previous, token_ids, shortlist),)  # noqa: E731
         return by_position(depths, shortlists, head)[0]
 
-    def _kept(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every candidate's rank by value (ties: earlier first, so a parent ranks before its children), and
-        whether it is among the root and the `budget` best (a candidate outside those has no descendant inside)."""
-        order = torch.sort(self.value, descending=True, stable=True).indices
-        rank = torch.empty_like(order).scatter_(0, order, self.pool_index)
-        return rank, (rank <= self.budget) & (self.value > float("-inf"))
-
-    def _choose(self, max_depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next forward's nodes: the `width` best kept candidates above `max_depth` not forwarded yet, padded;
-        and which of them are real."""
-        rank, kept = self._kept()
-        eligible = kept & ~self.forwarded & (self.depth < max_depth)
-        batch = torch.where(eligible, rank, rank + rank.shape[0]).topk(self.width, largest=False).indices
-        return batch, eligible[batch]
-
-    def _grow(self, start: int, hidden: torch.Tensor, previous: torch.Tensor, token_ids: torch.Tensor,
+    def _grow(self, span: torch.Tensor, hidden: torch.Tensor, previous: torch.Tensor, token_ids: torch.Tensor,
               depths: torch.Tensor, shortlists, parents: torch.Tensor, valid: torch.Tensor, ancestors: torch.Tensor,
               rows: torch.Tensor, do_sample: bool, per_node: int, processors) -> None:
         """The candidate children of the forwarded `parents` (real where `valid`; body outputs `hidden`, each from
-        the shortlist of its depth) into the pool from `start`, `width` each (`ancestors`: the slots each child
+        the shortlist of its depth) into the pool at `span`, `width` each (`ancestors`: the slots each child
         sees). Greedy, without a sampling tail: each parent's likeliest tokens, from its shortlist rows alone, and
         their q as values. Otherwise q over the vocabulary goes into the parents' `rows` (recursive rejection
         sampling reads it), and sampled children are drawn from it without replacement."""
         if not do_sample and not any(shortlist.tail for shortlist, _ in shortlists):
-            scores, tokens, count = by_position(depths, shortlists, lambda shortlist: self._likeliest_children(
-                hidden, previous, token_ids, shortlist))
+            def children(shortlist):
+                context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
+                logits, tokens, _ = self.assistant.shortlist_logits(hidden, previous, token_ids, shortlist,
+                                                                    self.index, context)
+                return self.likeliest_children(logits, tokens, self.width)
+            scores, tokens, count = by_position(depths, shortlists, children)
         else:
-            logits = self._logits(hidden, previous, token_ids, depths, shortlists)
+            logits = self.node_logits(hidden, previous, token_ids, depths, shortlists)
             if do_sample and processors:
                 logits = processors(None, logits)
             q = (logits - logits.logsumexp(-1, keepdim=True)).exp()  # softmax; its CUDA kernel runs a block per row
@@ -365,25 +343,7 @@ class TreeDrafter:
             else:
                 scores, tokens = q.topk(self.width)
             count = (q > 0).sum(-1, keepdim=True)  # a top-k / top-p q has few tokens
-        exists = valid[:, None] & (self.child_index < count.clamp(max=per_node))
-        span = slice(start, start + hidden.shape[0] * self.width)
-        self.token[span] = tokens.flatten()
-        self.parent[span] = parents.repeat_interleave(self.width)
-        self.depth[span] = (self.depth[parents] + 1).repeat_interleave(self.width)
-        self.value[span] = torch.where(exists, self.value[parents][:, None] * scores, float("-inf")).flatten()
-        self.ancestors[span] = ancestors.repeat_interleave(self.width, dim=0)
-
-    def _likeliest_children(self, hidden, previous, token_ids, shortlist: Shortlist):
-        """Greedy: each row's `width` likeliest tokens and their q, and how many tokens have q > 0, from the
-        shortlist's rows (q is 0 outside them), so no vocabulary-sized tensor is built."""
-        context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
-        logits, tokens, _ = self.assistant.shortlist_logits(hidden, previous, token_ids, shortlist, self.index, context)
-        if logits.shape[1] < self.width:  # fewer rows than children: pad with impossible ones
-            logits = F.pad(logits, (0, self.width - logits.shape[1]), value=float("-inf"))
-            tokens = F.pad(tokens, (0, self.width - tokens.shape[1]), value=0)
-        q = logits.float().softmax(-1)
-        scores, picked = q.topk(self.width)
-        return scores, tokens.gather(1, picked), (q > 0).sum(-1, keepdim=True)
+        self.add_children(self.pool, span, tokens, scores, count, parents, valid, ancestors, per_node)
 
     def shortlist_plan(self, temperature: float, max_depth: int) -> list[list[tuple[Shortlist, list[int]]]]:
         """The root's shortlist, then per node forward (`max_depth - 1` of them) the distinct shortlists of the
@@ -428,6 +388,7 @@ class TreeDrafter:
             self.child_scores.copy_(torch.tensor(scores, dtype=torch.float32))
         per_node = min(self.width, max_children or self.shape.max_children or self.width)
         max_depth = min(max_depth or self.max_depth, self.max_depth)
+        self.depth_limit.fill_(max_depth)
         settings = (temperature, max_depth, do_sample, per_node, processors_key(processors) if do_sample else ())
         if settings not in self._expansions:  # once per generation, not per round: host work the device waits for
             plan = self.shortlist_plan(temperature, max_depth)
