@@ -7,8 +7,9 @@ The caller keeps a forward's inputs (tokens, positions, which of them see which)
 replay; the mask over the cache is computed inside the graph from the write position, so it follows rollbacks.
 
 A graph removes launches but not kernels: a transformers layer at batch 1 is some 40 small kernels. With
-`compile_options`, the forwards of keyed steps (those graphs are captured for) go through `torch.compile`, whose
-fused kernels the graph then replays; prompts run unkeyed and eagerly, so they never trigger a compile.
+`compile_options`, the forwards of keyed steps (those graphs are captured for), masks included, go through
+`torch.compile`, whose fused kernels the graph then replays; prompts run unkeyed and eagerly, so they never
+trigger a compile.
 
 Every layer keeps every position, sliding-window layers too (a ring buffer would overwrite what a rollback needs):
 the window is applied by the mask, one per layer type for models that interleave local and global attention.
@@ -46,7 +47,7 @@ class StaticCacheModel:
         # token, the tree's width, the padded verification pass) for that length alone and the re-reads of
         # accepted tokens, whose lengths vary, once for all lengths: about 3 compiles per model (7 for a chain
         # drafter with `dynamic=False`, counted on the CPU), each up to ~40 s for a 16-layer 2,048-wide body
-        self.compiled = None if compile_options is None else torch.compile(model, **compile_options)
+        self.compiled = None if compile_options is None else torch.compile(self._masked_forward, **compile_options)
         self._fixed_shape = False  # inside `run` with a key: the forward may be the compiled one
         self.device, self.dtype = model.device, model.dtype
         self.cache = Cache(layers=[StaticLayer(max_cache_len=max_length) for _ in range(config.num_hidden_layers)])
@@ -101,10 +102,14 @@ class StaticCacheModel:
         `attention_mask` says)."""
         short = ids.shape[1] <= SHORT_FORWARD and self.dtype == torch.float32
         kwargs[cache_keyword(self.model)] = self.cache
-        model = self.compiled if self._fixed_shape and self.compiled is not None else self.model
+        forward = self.compiled if self._fixed_shape and self.compiled is not None else self._masked_forward
         with sdpa_kernel([SDPBackend.MATH]) if short else nullcontext():
-            return model(input_ids=ids, attention_mask=self.attention_mask(positions, block, base),
-                         position_ids=positions[None], use_cache=True, **kwargs)
+            return forward(ids, positions, block, base, kwargs)
+
+    def _masked_forward(self, input_ids, positions, block, base, kwargs):
+        """The mask, then the model: what `compile_options` compiles, so the mask's operations fuse too."""
+        return self.model(input_ids=input_ids, attention_mask=self.attention_mask(positions, block, base),
+                          position_ids=positions[None], use_cache=True, **kwargs)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
