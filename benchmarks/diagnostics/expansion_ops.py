@@ -1,9 +1,10 @@
 """How many tensor operations a DySpec tree draft runs per drafter forward, inside the drafter's body and outside
 it (the tree's own work: masks, heads, choosing, growing the pool). Operations that compute (views excluded) are a
 kernel each on CUDA unless compiled, so the count is what a tree round's kernel time scales with; counting runs on
-the CPU, eagerly, and needs no GPU.
+the CPU, eagerly, and needs no GPU. With `--cuda`, the GPU's own count instead: kernels and device milliseconds
+per tree draft as it runs (graph-replayed, bf16; `--compile` as `generate`'s default on one GPU).
 
-    python benchmarks/diagnostics/expansion_ops.py [--shape 16/7/4] [--sampled] [--top 15]
+    python benchmarks/diagnostics/expansion_ops.py [--shape 16/7/4] [--sampled] [--top 15] [--cuda [--compile]]
 
 Random weights of the trained pair's drafter shapes (128,256 tokens, 4 layers of 768) with the published DynaSpec
 1/16 greedy split (`round_times.pair_shaped_models`' schedule), a tree drafted mid-generation (a cached prefix),
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dynaspec_hf import DynaSpecAssistant  # noqa: E402
 from dynaspec_hf.tree import TreeDrafter  # noqa: E402
 from gpu_checks import VOCAB, llama_config, random_clusters  # noqa: E402
+from timing import cuda_ms  # noqa: E402
 
 
 class CountOps(TorchDispatchMode):
@@ -50,7 +53,11 @@ def main(argv=None):
     parser.add_argument("--shape", default="16/7/4", help="nodes/depth/width")
     parser.add_argument("--sampled", action="store_true", help="a sampled tree (temperature 1) instead of greedy")
     parser.add_argument("--top", type=int, default=15, help="the most frequent operations outside the body")
+    parser.add_argument("--cuda", action="store_true", help="count the kernels a graph-replayed draft runs on the GPU")
+    parser.add_argument("--compile", action="store_true", help="with --cuda: forwards and bookkeeping compiled")
     args = parser.parse_args(argv)
+    if args.cuda:
+        return print(json.dumps(cuda_kernels(args)))
     nodes, depth, width = (int(part) for part in args.shape.split("/"))
     torch.manual_seed(0)
     drafter = AutoModelForCausalLM.from_config(llama_config(768, 4, 3072)).eval()
@@ -75,6 +82,36 @@ def main(argv=None):
                           ops_outside_body_per_forward=round(counter.counts["tree"] / forwards, 1),
                           most_frequent_outside=dict(counter.outside.most_common(args.top)),
                           package=str(Path(sys.modules["dynaspec_hf"].__file__).parent))))
+
+
+def cuda_kernels(args) -> dict:
+    """Kernels and device milliseconds per tree draft on the GPU, steady state (the graphs captured, compiled)."""
+    nodes, depth, width = (int(part) for part in args.shape.split("/"))
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        drafter = AutoModelForCausalLM.from_config(llama_config(768, 4, 3072), dtype=torch.bfloat16).eval()
+    assistant = DynaSpecAssistant.from_drafter(drafter, random_clusters(), k_by_position=[7],
+                                               core_by_position=[4253], num_context_tokens=256)
+    tree_drafter = TreeDrafter(assistant, 512, max_depth=depth, width=width, compile_options={} if args.compile
+                               else None)
+    committed = torch.randint(0, VOCAB, (64,), generator=torch.Generator().manual_seed(1)).cuda()
+    options = dict(num_nodes=nodes, do_sample=args.sampled, temperature=1.0 if args.sampled else 0.0)
+    tree_drafter.draft(committed[:60], **options)  # the prompt
+    start = time.perf_counter()
+    draft = lambda: tree_drafter.draft(committed, **options)  # noqa: E731  (re-reads two tokens, as a round does)
+    draft()  # captures the graphs (and compiles)
+    first = time.perf_counter() - start
+    repeats = 20
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(repeats):
+            draft()
+        torch.cuda.synchronize()
+    events = [event for event in profile.key_averages() if event.self_device_time_total > 0]
+    return dict(shape=args.shape, sampled=args.sampled, compile=args.compile, drafter_forwards=depth,
+                kernels_per_draft=sum(event.count for event in events) / repeats,
+                device_ms_per_draft=sum(event.self_device_time_total for event in events) / 1e3 / repeats,
+                ms_per_draft=cuda_ms(draft, repeats=50), first_call_s=round(first, 1),
+                gpu=torch.cuda.get_device_name(), package=str(Path(sys.modules["dynaspec_hf"].__file__).parent))
 
 
 if __name__ == "__main__":
