@@ -214,9 +214,9 @@ class TreeDrafter:
     sampling, the product of `SiblingAcceptance` rates of the child indices along it. Leaves need no forward, so a
     tree of depth d costs d drafter forwards, like a chain of d.
 
-    The candidates live in fixed device buffers (a pool: the root, its children, then `width` children per node of
-    each node forward), and the choice of the next nodes (a sort by value) runs on the device too, so the whole
-    expansion is one CUDA-graph replay and the host reads the tree once, at the end. A node forward whose nodes
+    The candidates live in fixed device buffers (`tree_pool.CandidatePool`), and the choice of the next nodes (a
+    sort by value) runs on the device too, compiled with the forwards, so the whole expansion is one CUDA-graph
+    replay and the host reads the tree once, at the end. A node forward whose nodes
     are all padding (every chosen candidate already forwarded) still runs: static shapes cost one spare forward.
     Each node gets the shortlist of its own draft position: a forward computes the head once per distinct
     shortlist its nodes' positions use (once, for a schedule that does not change with the position). Greedy trees
