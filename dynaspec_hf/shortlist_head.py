@@ -180,8 +180,9 @@ class ShortlistHead(nn.Module):
                 logits[i] = logits[i].masked_fill(mask, float("-inf"))
                 token_ids[i] = token_ids[i].masked_fill(mask, -1)
         logits, token_ids = torch.cat(logits, dim=-1), torch.cat(token_ids, dim=-1)
-        self.rows_computed += logits.shape[0] * logits.shape[1]
-        self.calls += 1
+        if not torch.compiler.is_compiling():  # a count in a compiled graph would recompile it every call
+            self.rows_computed += logits.shape[0] * logits.shape[1]
+            self.calls += 1
         return logits, token_ids
 
 

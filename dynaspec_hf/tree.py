@@ -251,7 +251,7 @@ class TreeDrafter:
         # the bookkeeping, fused into a few kernels where the forwards are compiled (`tree_pool.py`)
         self.next_nodes = compiled(next_nodes, compile_options)
         self.add_children = compiled(add_children, compile_options)
-        self.likeliest_children = compiled(likeliest_children, compile_options)
+        self.greedy_children = compiled(self._greedy_children, compile_options)
         self.chosen_tree = compiled(chosen_tree, compile_options)
         self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
         self.index = assistant.lm_head.index()
@@ -325,12 +325,8 @@ class TreeDrafter:
         their q as values. Otherwise q over the vocabulary goes into the parents' `rows` (recursive rejection
         sampling reads it), and sampled children are drawn from it without replacement."""
         if not do_sample and not any(shortlist.tail for shortlist, _ in shortlists):
-            def children(shortlist):
-                context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
-                logits, tokens, _ = self.assistant.shortlist_logits(hidden, previous, token_ids, shortlist,
-                                                                    self.index, context)
-                return self.likeliest_children(logits, tokens, self.width)
-            scores, tokens, count = by_position(depths, shortlists, children)
+            scores, tokens, count = by_position(depths, shortlists, lambda shortlist: self.greedy_children(
+                hidden, previous, token_ids, shortlist))
         else:
             logits = self.node_logits(hidden, previous, token_ids, depths, shortlists)
             if do_sample and processors:
@@ -344,6 +340,12 @@ class TreeDrafter:
                 scores, tokens = q.topk(self.width)
             count = (q > 0).sum(-1, keepdim=True)  # a top-k / top-p q has few tokens
         self.add_children(self.pool, span, tokens, scores, count, parents, valid, ancestors, per_node)
+
+    def _greedy_children(self, hidden, previous, token_ids, shortlist: Shortlist):
+        """Router, head and the likeliest children of each row, from the shortlist's rows alone."""
+        context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
+        logits, tokens, _ = self.assistant.shortlist_logits(hidden, previous, token_ids, shortlist, self.index, context)
+        return likeliest_children(logits, tokens, self.width)
 
     def shortlist_plan(self, temperature: float, max_depth: int) -> list[list[tuple[Shortlist, list[int]]]]:
         """The root's shortlist, then per node forward (`max_depth - 1` of them) the distinct shortlists of the
