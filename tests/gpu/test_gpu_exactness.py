@@ -147,11 +147,12 @@ def test_triton_head_equals_the_gather_path(batch):
     assert torch.equal(outputs["triton"][1], outputs["gather"][1])
 
 
+SAMPLED_TREE = TreeConfig(num_nodes=8, max_depth=3, width=2)  # the own loop's default is a chain: a tree, named
 SAMPLING_LOOPS = {
     "transformers' loop": lambda target, assistant, prompt: target.generate(
         prompt, assistant_model=assistant, do_sample=True, max_new_tokens=3),
     "own loop, tree": lambda target, assistant, prompt: dynaspec_hf.generate(
-        target, assistant, prompt, do_sample=True, max_new_tokens=3),
+        target, assistant, prompt, do_sample=True, max_new_tokens=3, tree=SAMPLED_TREE),
     "own loop, chain of 2": lambda target, assistant, prompt: dynaspec_hf.generate(
         target, assistant, prompt, do_sample=True, max_new_tokens=3, tree=TreeConfig.chain(2)),
 }
