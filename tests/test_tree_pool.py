@@ -1,6 +1,7 @@
 """The tree expansion's bookkeeping (`tree_pool.py`) compiled by torch.compile does what it does eagerly: the same
 next nodes and forward inputs, the same children, the same pool after adding them."""
 
+import pytest
 import torch
 
 from dynaspec_hf.tree import TreeDrafter
@@ -67,17 +68,20 @@ def test_compiled_children_equal_eager():
         assert torch.equal(getattr(pools[0], name), getattr(pools[1], name)), name
 
 
-def test_compiled_tree_drafter_drafts_the_eager_trees():
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_compiled_tree_drafter_drafts_the_eager_trees(do_sample):
     """End to end through inductor: a tree drafter whose forwards and bookkeeping are compiled drafts, round after
-    round, the trees an eager one drafts."""
+    round, the trees an eager one drafts (sampled: from the same seed, since only eager operations draw)."""
     _, drafter = tiny_pair("llama", seed=5)
     assistant = make_assistant(drafter, "routed")
     committed = torch.randint(0, VOCAB, (14,), generator=torch.Generator().manual_seed(2))
+    options = dict(num_nodes=10, do_sample=do_sample, temperature=1.0 if do_sample else 0.0)
     trees = []
     for compile_options in (None, {}):
+        torch.manual_seed(0)
         tree_drafter = TreeDrafter(assistant, 64, max_depth=4, width=3, compile_options=compile_options)
-        tree_drafter.draft(committed[:8], num_nodes=10, do_sample=False)  # the prompt
+        tree_drafter.draft(committed[:8], **options)  # the prompt
         trees.append([(tree.tokens, tree.parents) for tree in (
-            tree_drafter.draft(committed[:length], num_nodes=10, do_sample=False) for length in (10, 12, 14))])
+            tree_drafter.draft(committed[:length], **options) for length in (10, 12, 14))])
     assert trees[0] == trees[1]
     assert max(len(parents) for _, parents in trees[0]) == 11 and len(set(trees[0][0][1])) > 2  # a bushy tree
