@@ -24,7 +24,7 @@ from .compat import draft_output
 from .configuration_dynaspec import Shortlist
 from .eager_draft import DraftOptions, draft_eagerly, kept_drafts
 from .engines import engine_for
-from .static_cache import StaticCacheModel, causal
+from .static_cache import StaticCacheModel, causal, compiled
 
 if TYPE_CHECKING:
     from .budget import RoundCosts
@@ -67,6 +67,9 @@ class GraphDrafter:
         self.assistant, self.max_length, self.use_graphs, self.route = assistant, max_length, use_graphs, route
         self.device, self.dtype = device, dtype = assistant.device, assistant.dtype
         self.body = StaticCacheModel(assistant.drafter, max_length, compile_options)
+        # the head after the body, compiled where the body is (a step replays both from one graph)
+        self.greedy_draft_token = compiled(assistant.greedy_draft_token, compile_options)
+        self.draft_step = compiled(assistant.draft_step, compile_options)
         hidden_size = assistant.config.drafter_config.hidden_size
         self.tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.previous = torch.zeros(1, hidden_size, dtype=dtype, device=device)  # body output of the last step
@@ -119,7 +122,7 @@ class GraphDrafter:
                     if tensor is not None:
                         tensor.record_stream(main)
         # a step with c context slots reads the first c (most recent) of the buffer
-        step = assistant.greedy_draft_token if greedy else assistant.draft_step
+        step = self.greedy_draft_token if greedy else self.draft_step
         (self.token if greedy else self.logits).copy_(step(hidden, self.previous, ids[:, -1], shortlist, self.index,
                                                            self.context, routing))
         self.previous.copy_(hidden)

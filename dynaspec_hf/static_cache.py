@@ -182,3 +182,11 @@ class StaticCacheModel:
 def causal(count: int, device=None) -> torch.Tensor:
     """`[count, count]` bool block of a chain: each token sees itself and the tokens before it."""
     return torch.ones(count, count, dtype=torch.bool, device=device).tril_()
+
+
+def compiled(function: Callable, compile_options: dict | None) -> Callable:
+    """`function` through `torch.compile(**compile_options)` (whole, static shapes), or as it is for None: the
+    device work around a compiled forward (a head, a tree's bookkeeping), fused as the forward is."""
+    if compile_options is None:
+        return function
+    return torch.compile(function, **{"fullgraph": True, "dynamic": False, **compile_options})

@@ -21,8 +21,8 @@ from .compat import output_cache
 from .configuration_dynaspec import Shortlist
 from .engines import engine_for
 from .fast_draft import draft_block
-from .static_cache import StaticCacheModel, causal
-from .tree_pool import CandidatePool, add_children, chosen_tree, compiled, likeliest_children, next_nodes
+from .static_cache import StaticCacheModel, causal, compiled
+from .tree_pool import CandidatePool, add_children, chosen_tree, likeliest_children, next_nodes
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,15 @@
 children a forward gives, as functions of device tensors alone.
 
 Run eagerly, this bookkeeping is dozens of tiny operations per node forward (a sort, gathers, scatters, masks), a
-kernel each, about as many kernels as the drafter's body. `compiled` sends each function through `torch.compile`,
-which fuses it into a few kernels that the expansion's CUDA graph replays. Whatever changes between node forwards
-is a tensor argument of a fixed shape, so each function compiles for a tree drafter's shapes once, not once per
-forward or per tree depth.
+kernel each, about as many kernels as the drafter's body. The tree drafter sends each function through
+`torch.compile` where its forwards are compiled (`static_cache.compiled`), which fuses it into a few kernels that
+the expansion's CUDA graph replays. Whatever changes between node forwards is a tensor argument of a fixed shape,
+so each function compiles for a tree drafter's shapes once, not once per forward or per tree depth.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 
@@ -101,10 +99,3 @@ def likeliest_children(logits: torch.Tensor, tokens: torch.Tensor, width: int
     q = logits.float().softmax(-1)
     scores, picked = q.topk(width)
     return scores, tokens.gather(1, picked), (q > 0).sum(-1, keepdim=True)
-
-
-def compiled(function: Callable, compile_options: dict | None) -> Callable:
-    """`function` through `torch.compile(**compile_options)` (whole, static shapes), or as it is for None."""
-    if compile_options is None:
-        return function
-    return torch.compile(function, **{"fullgraph": True, "dynamic": False, **compile_options})

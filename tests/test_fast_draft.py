@@ -77,6 +77,26 @@ def test_static_cache_drafts_equal_eager_drafts(family, setting):
             cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
 
 
+def test_compiled_steps_draft_the_eager_steps_drafts():
+    """Through inductor: a chain drafter whose body and head are compiled proposes, block by block, the eager one's
+    tokens, from the shortlist's rows (greedy) and from full-vocabulary scores (the same scores, to rounding)."""
+    _, drafter = tiny_pair("llama", seed=12)
+    assistant = make_assistant(drafter, "context")
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
+    engines = GraphDrafter(assistant, 128), GraphDrafter(assistant, 128, compile_options={})
+    caches = [None, None]
+    for accepted, keep_scores in ((3, False), (0, True), (5, False), (1, True)):
+        out = [engine.draft(ids, 4, cache, DraftOptions(keep_scores=keep_scores))
+               for engine, cache in zip(engines, caches)]
+        assert torch.equal(out[0].sequences, out[1].sequences)
+        if keep_scores:
+            torch.testing.assert_close(torch.stack(out[0].scores), torch.stack(out[1].scores))
+        caches = [o.past_key_values for o in out]
+        ids = torch.cat([out[0].sequences[:, : ids.shape[1] + accepted], torch.tensor([[7]])], dim=1)
+        for cache in caches:
+            cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
+
+
 @pytest.mark.parametrize("family", SLIDING)
 def test_static_cache_keeps_the_drafters_sliding_window(family):
     """Full-vocabulary drafts on the static cache are the drafter's own greedy tokens and logits, recomputed without

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dynaspec_hf.tree import TreeDrafter
-from dynaspec_hf.tree_pool import CandidatePool, add_children, compiled, likeliest_children, next_nodes
+from dynaspec_hf.static_cache import compiled
+from dynaspec_hf.tree_pool import CandidatePool, add_children, likeliest_children, next_nodes
 from conftest import VOCAB, make_assistant, tiny_pair
 
 SIZE, CAPACITY, WIDTH = 1 + 3 + 2 * 3 * 3, 6, 3
