@@ -11,6 +11,7 @@ so each function compiles for a tree drafter's shapes once, not once per forward
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 
