@@ -30,7 +30,7 @@ import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig, generation  # noqa: E402
 from dynaspec_hf.engines import kept_engine  # noqa: E402
 from dynaspec_hf.static_cache import causal  # noqa: E402
-from dynaspec_hf.tree import ChainDrafter, TreeDrafter  # noqa: E402
+from dynaspec_hf.tree import ChainDrafter, TreeDrafter, by_position  # noqa: E402
 from dynaspec_hf.verification import TreeVerifier  # noqa: E402
 from gpu_checks import DRAFTERS, TARGET_8B, llama_config, random_clusters  # noqa: E402
 from timing import cuda_ms  # noqa: E402
@@ -136,9 +136,9 @@ def node_forward_parts(drafter, width: int, heads: bool):
     def step():
         for shortlists in drafter.shortlist_plan(0.0, drafter.max_depth)[1:]:  # the node forwards'
             states = drafter.cache.forward(ids, positions, block, base=drafter.base).last_hidden_state[0]
-            if heads:
-                drafter.node_logits(states, drafter.states[1:2].expand(width, -1), ids[0],
-                                    positions - drafter.base + 1, shortlists)
+            if heads:  # a greedy tree's: router, head and likeliest children from the shortlist's rows
+                by_position(positions - drafter.base + 1, shortlists, lambda shortlist: drafter.greedy_children(
+                    states, drafter.states[1:2].expand(width, -1), ids[0], shortlist))
     return step
 
 
