@@ -17,6 +17,7 @@ the window is applied by the mask, one per layer type for models that interleave
 
 from __future__ import annotations
 
+import functools
 import gc
 import warnings
 from contextlib import nullcontext
@@ -185,8 +186,16 @@ def causal(count: int, device=None) -> torch.Tensor:
 
 
 def compiled(function: Callable, compile_options: dict | None) -> Callable:
-    """`function` through `torch.compile(**compile_options)` (whole, static shapes), or as it is for None: the
-    device work around a compiled forward (a head, a tree's bookkeeping), fused as the forward is."""
+    """`function` through `torch.compile(**compile_options)` (static shapes), or as it is for None: the device work
+    around a compiled forward (a head, a tree's bookkeeping), fused as the forward is. Every assistant and shortlist
+    shape adds a compiled entry to the one function, so calls raise dynamo's recompile limit as keyed steps do (past
+    it, dynamo would run the function eagerly)."""
     if compile_options is None:
         return function
-    return torch.compile(function, **{"fullgraph": True, "dynamic": False, **compile_options})
+    compiled_function = torch.compile(function, **{"dynamic": False, **compile_options})
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        with many_compiled_shapes():
+            return compiled_function(*args, **kwargs)
+    return call

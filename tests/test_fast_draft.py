@@ -97,6 +97,21 @@ def test_compiled_steps_draft_the_eager_steps_drafts():
             cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
 
 
+def test_compiled_heads_of_many_assistants_keep_drafting():
+    """Each assistant and shortlist shape adds a compiled entry to the one head function; past dynamo's default
+    limit of 8 (a prompt's step calls the head outside any keyed step) drafting must go on, not fail."""
+    compiles = []
+    backend = lambda graph_module, example_inputs: compiles.append(1) or graph_module.forward  # noqa: E731
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
+    for core_size in range(16, 28):
+        _, drafter = tiny_pair("llama", seed=core_size)
+        engine = GraphDrafter(make_assistant(drafter, "routed", core_size=core_size), 64,
+                              compile_options={"backend": backend})
+        out = engine.draft(ids, 3, None, DraftOptions(keep_scores=False))
+        assert out.sequences.shape[1] > ids.shape[1]
+    assert len(compiles) > 12
+
+
 @pytest.mark.parametrize("family", SLIDING)
 def test_static_cache_keeps_the_drafters_sliding_window(family):
     """Full-vocabulary drafts on the static cache are the drafter's own greedy tokens and logits, recomputed without

@@ -34,7 +34,7 @@ def test_compiled_next_nodes_equal_eager():
     budget, limit, base = torch.tensor(7), torch.tensor(3), torch.tensor(20)
     slots = torch.arange(CAPACITY).view(2, WIDTH)
     own = torch.eye(CAPACITY, dtype=torch.bool).view(2, WIDTH, -1)
-    fused = compiled(next_nodes, {})
+    fused = compiled(next_nodes, {"fullgraph": True})  # no graph break: a few kernels
     for seed in range(3):
         pools = grown_pool(seed), grown_pool(seed)
         eager, got = next_nodes(pools[0], budget, limit, base, slots[1], own[1]), fused(pools[1], budget, limit,
@@ -47,7 +47,7 @@ def test_compiled_next_nodes_equal_eager():
 
 
 def test_compiled_children_equal_eager():
-    fused_add, fused_likeliest = compiled(add_children, {}), compiled(likeliest_children, {})
+    fused_add, fused_likeliest = (compiled(f, {"fullgraph": True}) for f in (add_children, likeliest_children))
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(WIDTH, 8, generator=generator).masked_fill(torch.rand(WIDTH, 8, generator=generator) > 0.7,
                                                                      float("-inf"))
