@@ -216,11 +216,11 @@ class TreeDrafter:
 
     The candidates live in fixed device buffers (`tree_pool.CandidatePool`), and the choice of the next nodes (a
     sort by value) runs on the device too, compiled with the forwards, so the whole expansion is one CUDA-graph
-    replay and the host reads the tree once, at the end. A node forward whose nodes
-    are all padding (every chosen candidate already forwarded) still runs: static shapes cost one spare forward.
-    Each node gets the shortlist of its own draft position: a forward computes the head once per distinct
-    shortlist its nodes' positions use (once, for a schedule that does not change with the position). Greedy trees
-    choose children from the shortlist rows alone; sampled ones keep every forwarded node's q over the vocabulary.
+    replay and the host reads the tree once, at the end. A node forward whose nodes are all padding (every chosen
+    candidate already forwarded) still runs: static shapes cost one spare forward. Each node gets the shortlist of
+    its own draft position: a forward computes the head once per distinct shortlist its nodes' positions use (once,
+    for a schedule that does not change with the position). Greedy trees choose children from the shortlist rows
+    alone; sampled ones keep every forwarded node's q over the vocabulary.
     """
 
     def __init__(self, assistant, max_length: int, max_depth: int, width: int, compile_options: dict | None = None):
@@ -279,9 +279,9 @@ class TreeDrafter:
             self.states[0].copy_(states[-2])
         self.pool.token[:1].copy_(ids[0, -1:])
 
-    def _head(self, hidden, previous, token_ids, shortlist: Shortlist) -> torch.Tensor:
-        context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
-        return self.assistant.draft_step(hidden, previous, token_ids, shortlist, self.index, context)
+    def _context(self, hidden: torch.Tensor, shortlist: Shortlist) -> torch.Tensor | None:
+        """The context slots for each row of `hidden`, where `shortlist` has any."""
+        return self.context.expand(hidden.shape[0], -1) if shortlist.context else None
 
     def _expansion(self, plan: list[list[tuple[Shortlist, list[int]]]], do_sample: bool, per_node: int,
                    processors) -> None:
@@ -310,12 +310,6 @@ class TreeDrafter:
                        block, rows, do_sample, per_node, processors)
         self.result.copy_(self.chosen_tree(pool, self.budget))
 
-    def node_logits(self, hidden, previous, token_ids, depths: torch.Tensor, shortlists) -> torch.Tensor:
-        """The head over a node forward's body outputs `hidden`, each row from the shortlist of its depth
-        (`by_position`)."""
-        head = lambda shortlist: (self._head(hidden, previous, token_ids, shortlist),)  # noqa: E731
-        return by_position(depths, shortlists, head)[0]
-
     def _grow(self, span: torch.Tensor, hidden: torch.Tensor, previous: torch.Tensor, token_ids: torch.Tensor,
               depths: torch.Tensor, shortlists, parents: torch.Tensor, valid: torch.Tensor, ancestors: torch.Tensor,
               rows: torch.Tensor, do_sample: bool, per_node: int, processors) -> None:
@@ -328,7 +322,8 @@ class TreeDrafter:
             scores, tokens, count = by_position(depths, shortlists, lambda shortlist: self.greedy_children(
                 hidden, previous, token_ids, shortlist))
         else:
-            logits = self.node_logits(hidden, previous, token_ids, depths, shortlists)
+            logits = by_position(depths, shortlists, lambda shortlist: (self.assistant.draft_step(
+                hidden, previous, token_ids, shortlist, self.index, self._context(hidden, shortlist)),))[0]
             if do_sample and processors:
                 logits = processors(None, logits)
             q = (logits - logits.logsumexp(-1, keepdim=True)).exp()  # softmax; its CUDA kernel runs a block per row
@@ -343,8 +338,8 @@ class TreeDrafter:
 
     def _greedy_children(self, hidden, previous, token_ids, shortlist: Shortlist):
         """Router, head and the likeliest children of each row, from the shortlist's rows alone."""
-        context = self.context.expand(hidden.shape[0], -1) if shortlist.context else None
-        logits, tokens, _ = self.assistant.shortlist_logits(hidden, previous, token_ids, shortlist, self.index, context)
+        logits, tokens, _ = self.assistant.shortlist_logits(hidden, previous, token_ids, shortlist, self.index,
+                                                            self._context(hidden, shortlist))
         return likeliest_children(logits, tokens, self.width)
 
     def shortlist_plan(self, temperature: float, max_depth: int) -> list[list[tuple[Shortlist, list[int]]]]:
