@@ -65,13 +65,17 @@ class DraftStepMixin:
             )
 
     def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       size: int | None = None) -> torch.Tensor | None:
+                       size: int | None = None, recent: torch.Tensor | None = None) -> torch.Tensor | None:
         """`[B, size]` most recent distinct tokens of `input_ids` (padding excluded), most recent first, or None
-        for no slots. `size` defaults to `config.max_context_tokens`, a buffer whose prefixes serve every schedule."""
+        for no slots. `size` defaults to `config.max_context_tokens`, a buffer whose prefixes serve every schedule.
+        `recent`: this method's answer for the text before `input_ids`, which the new tokens update (re-reading
+        the end of that text changes nothing), so a drafter need not read the whole text every round."""
         size = self.config.max_context_tokens if size is None else size
         if not size:
             return None
         ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
+        if recent is not None:  # the earlier distinct tokens as a text of their own, least recent first
+            ids = torch.cat([recent.flip(1), ids], dim=1)
         return recent_distinct_tokens(ids, size, self.config.drafter_vocab_size)
 
     def next_token_logits(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,

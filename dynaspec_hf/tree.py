@@ -270,7 +270,8 @@ class TreeDrafter:
             self.rates.record(candidates, accepted_index)
 
     def _prefix_step(self, ids: torch.Tensor) -> None:
-        """Body over `ids` `[1, count]`; the root's body output (and the one before it) and token."""
+        """Body over `ids` `[1, count]`; the root's body output (and the one before it) and token; the context
+        slots updated by `ids`."""
         count = ids.shape[1]
         positions = torch.arange(count, device=self.device) + self.cache.write_position
         states = self.cache.forward(ids, positions, causal(count, self.device)).last_hidden_state[0]
@@ -278,6 +279,8 @@ class TreeDrafter:
         if count > 1:
             self.states[0].copy_(states[-2])
         self.pool.token[:1].copy_(ids[0, -1:])
+        if self.context.shape[1]:  # the context slots follow the committed text, inside the prefix's graph
+            self.context.copy_(self.assistant.context_tokens(ids, size=self.context.shape[1], recent=self.context))
 
     def _context(self, hidden: torch.Tensor, shortlist: Shortlist) -> torch.Tensor | None:
         """The context slots for each row of `hidden`, where `shortlist` has any."""
@@ -369,8 +372,7 @@ class TreeDrafter:
         self.cache.set_length(start)
         if start == 0:
             self.states[0].zero_()
-        if self.context.shape[1]:
-            self.context.copy_(self.assistant.context_tokens(committed[None], size=self.context.shape[1]))
+            self.context.fill_(-1)
         if start > 0 and count <= self.prefix.shape[1]:
             ids = self.prefix[:, :count]
             ids.copy_(committed[None, start:])

@@ -27,6 +27,21 @@ def test_recent_distinct_tokens_are_the_latest_distinct_ones_most_recent_first()
         assert got == [reference_recent(row, 16) for row in ids.tolist()]
 
 
+def test_recent_tokens_updated_by_new_ones_equal_those_of_the_whole_text():
+    """`context_tokens(new, recent=context_tokens(old))` is `context_tokens(old + new)`, also when `new` starts by
+    re-reading the end of `old`, as a drafter's prefix does."""
+    _, drafter = tiny_pair("llama")
+    assistant = make_assistant(drafter, "context")
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        text = torch.randint(0, 20, (1, 50), generator=generator)
+        cut, reread = (int(v) for v in torch.randint(1, 45, (2,), generator=generator))
+        reread = min(reread % 3, cut)
+        recent = assistant.context_tokens(text[:, :cut])
+        updated = assistant.context_tokens(text[:, cut - reread :], recent=recent)
+        assert torch.equal(updated, assistant.context_tokens(text)), (cut, reread)
+
+
 def test_shortlist_is_the_union_of_core_clusters_and_context():
     """Each draft position scores exactly core prefix ∪ routed clusters ∪ context tokens, once each, with the
     drafter's own logits; a context token outside the other two parts is what lets a copy be drafted."""

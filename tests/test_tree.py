@@ -186,6 +186,21 @@ def test_tree_depth_costs_one_drafter_forward_per_level():
     assert len(tree) == 21 and calls[0] <= 5
 
 
+def test_tree_drafter_context_slots_follow_the_committed_text():
+    """The context slots are updated by each draft's new tokens, not rebuilt from the whole text: after drafts over
+    growing texts (repeated tokens, re-read ones, a new generation) they equal those of the whole text."""
+    _, drafter = tiny_pair("llama", seed=4)
+    assistant = make_assistant(drafter, "context")
+    tree_drafter = TreeDrafter(assistant, 64, max_depth=3, width=2)
+    text = torch.randint(0, 12, (40,), generator=torch.Generator().manual_seed(2))  # a few tokens, often repeated
+    for lengths in ([9, 10, 14, 15, 21, 30], [5, 8]):  # the second list: a new generation
+        tree_drafter.start()
+        for length in lengths:
+            tree_drafter.draft(text[:length], num_nodes=4, do_sample=False)
+            expected = assistant.context_tokens(text[None, :length], size=tree_drafter.context.shape[1])
+            assert torch.equal(tree_drafter.context, expected), length
+
+
 def test_sampled_tree_shape_does_not_depend_on_drafted_tokens():
     """Under sampling the shape comes from sibling acceptance rates, never from q of the drawn tokens (which would
     bias rejection sampling): trees drawn with different seeds differ in tokens, not in shape."""
