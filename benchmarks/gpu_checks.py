@@ -319,9 +319,10 @@ def round_times(log, drafters=ROUND_DRAFTERS) -> dict:
     results = {"copy bandwidth (GB/s)": bandwidth / 1e9, "target floor (ms)": target_floor, **target_times(target)}
     log(f"| target | copy bandwidth {bandwidth / 1e9:.0f} GB/s; eager forward of 7 tokens "
         f"{results['target forward, 7 token(s), eager']:.2f} ms | - | {target_floor:.2f} | - |")
-    chain = TokenTree(root_position=255)
+    tree = TokenTree(root_position=255)
     for token in range(7):
-        chain.add(token, token - 1)
+        tree.add(token, token - 1)
+    chain = tree.nodes("cuda")
     for kernels, options in COMPILED.items():
         started = time.perf_counter()
         verifier = tree_verifier(target, 256 + 16, TreeConfig.chain(BLOCK).verified_tokens, options)

@@ -62,7 +62,7 @@ def models(args):
 @contextmanager
 def timed_parts(totals: dict):
     """Time each part of a round (wall, device synchronized before and after) while the block runs."""
-    patches = [(ChainDrafter, "draft", "draft"), (TreeDrafter, "draft", "draft"),
+    patches = [(ChainDrafter, "draft_nodes", "draft"), (TreeDrafter, "draft_nodes", "draft"),
                (TreeVerifier, "verify", "verify"), (TreeVerifier, "sample", "accept"), (generation, "accept", "accept")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
 

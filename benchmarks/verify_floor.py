@@ -75,9 +75,10 @@ def products_ms(target, rows: int, concatenated: bool) -> float:
 @torch.no_grad()
 def verification_pass(target, options) -> dict:
     prompt = torch.randint(0, VOCAB, (256,), device="cuda")
-    chain = TokenTree(root_position=255)
+    tree = TokenTree(root_position=255)
     for token in range(7):
-        chain.add(token, token - 1)
+        tree.add(token, token - 1)
+    chain = tree.nodes("cuda")
     started = time.perf_counter()
     verifier = tree_verifier(target, 256 + 16, 13, options)
     verifier.verify(prompt, chain)  # the prompt, eagerly

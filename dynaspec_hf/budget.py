@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import ChainDrafter, SiblingAcceptance, TokenTree, drafter_for
+from .tree import ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, drafter_for
 
 PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
 MEMORY = 8  # probe rounds over which an estimate fades
@@ -75,16 +75,16 @@ class RoundCosts:
         def verify(size: int) -> float:
             def step():
                 ids = grown()
-                verifier.verify(ids, _chain_tree(ids, size - 2), size)
+                verifier.verify(ids, _chain_tree(ids, size - 2).nodes(device), size)
             return seconds(step)
 
-        verifier.verify(committed, _chain_tree(committed, 0))  # the prompt's pass
+        verifier.verify(committed, _chain_tree(committed, 0).nodes(device))  # the prompt's pass
         small, large = 3, probe.verified_tokens
         verify_times = verify(small), verify(large)
-        chains = [seconds(lambda depth=depth: chain.draft(grown(), num_nodes=depth, do_sample=False,
-                                                          max_depth=depth)) for depth in (1, probe.max_depth)]
-        trees = [seconds(lambda depth=depth: tree.draft(grown(), num_nodes=probe.num_nodes, do_sample=False,
-                                                        max_depth=depth)) for depth in (2, probe.max_depth)]
+        chains = [seconds(lambda depth=depth: chain.draft_nodes(grown(), num_nodes=depth, do_sample=False,
+                                                                max_depth=depth)) for depth in (1, probe.max_depth)]
+        trees = [seconds(lambda depth=depth: tree.draft_nodes(grown(), num_nodes=probe.num_nodes, do_sample=False,
+                                                              max_depth=depth)) for depth in (2, probe.max_depth)]
         verifier.start()
         chain.cache = None
         tree.start(probe)
@@ -119,19 +119,22 @@ class AutomaticDrafter:
     with the most expected tokens per second (`shape` is the one drafted next)."""
 
     def __init__(self, chain, tree, config, costs: RoundCosts, rates: SiblingAcceptance):
-        self.chain, self.tree, self.costs, self.rates = chain, tree, costs, rates
+        self.chain, self.tree_drafter, self.costs, self.rates = chain, tree, costs, rates
         self.assistant = tree.assistant
         self.candidates = config.candidates()
         self.shape = config.probe
         self.probing = PROBE_ROUNDS if not rates.reached else 1  # probe rounds left in this generation
 
-    def draft(self, committed: torch.Tensor, *, num_nodes: int, **options) -> TokenTree:
-        drafter = self.chain if self.shape.is_chain else self.tree
-        return drafter.draft(committed, num_nodes=num_nodes, max_depth=self.shape.max_depth, **options)
+    def draft_nodes(self, committed: torch.Tensor, *, num_nodes: int, **options) -> DraftNodes:
+        self.drafting = self.chain if self.shape.is_chain else self.tree_drafter
+        return self.drafting.draft_nodes(committed, num_nodes=num_nodes, max_depth=self.shape.max_depth, **options)
+
+    def tree(self) -> TokenTree:
+        return self.drafting.tree()
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
         if not self.shape.is_chain:
-            self.tree.update(trials)
+            self.tree_drafter.update(trials)
         if not self.probing:
             return
         self.rates.fade(1 - 1 / MEMORY)

@@ -231,10 +231,12 @@ def speculative_round(drafter, verifier, committed: torch.Tensor, budget: int, d
     mark = clock.mark if clock is not None else lambda part: None
     shape = drafter.shape
     mark("draft")
-    tree = drafter.draft(committed.to(drafter.assistant.device), num_nodes=budget, do_sample=do_sample,
-                         processors=processors, temperature=temperature)
+    nodes = drafter.draft_nodes(committed.to(drafter.assistant.device), num_nodes=budget, do_sample=do_sample,
+                                processors=processors, temperature=temperature)
     mark("verify")
-    logits = verifier.verify(committed, tree, shape.verified_tokens)
+    logits = verifier.verify(committed, nodes, shape.verified_tokens)
+    tree = drafter.tree()  # read while the target's pass runs
+    logits = logits[: len(tree)]
     mark("accept")
     new, trials = accept(tree, logits, verifier.sample(tree, logits, processors) if do_sample else None)
     drafter.update(trials)

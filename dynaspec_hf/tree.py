@@ -22,7 +22,7 @@ from .configuration_dynaspec import Shortlist
 from .engines import engine_for
 from .fast_draft import draft_block
 from .static_cache import StaticCacheModel, causal, compiled
-from .tree_pool import CandidatePool, add_children, chosen_tree, likeliest_children, next_nodes
+from .tree_pool import CandidatePool, add_children, chosen_tree, likeliest_children, next_nodes, nodes_to_verify
 
 
 @dataclass(frozen=True)
@@ -114,18 +114,30 @@ class TokenTree:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def ancestor_mask(self, device=None) -> torch.Tensor:
-        """`[N-1, N-1]` bool over the draft nodes: row i may attend to column j (j is i or one of its ancestors)."""
+    def nodes(self, device=None) -> "DraftNodes":
+        """The draft nodes as the verification pass reads them."""
         n = len(self) - 1
         rows = [node - 1 for node in range(1, len(self)) for _ in self.paths[node]]
         columns = [ancestor - 1 for node in range(1, len(self)) for ancestor in self.paths[node]]
-        mask = torch.zeros(n, n, dtype=torch.bool, device=device)
-        mask[torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(columns, dtype=torch.long, device=device)] = True
-        return mask
+        visible = torch.zeros(n, n, dtype=torch.bool)
+        visible[torch.tensor(rows, dtype=torch.long), torch.tensor(columns, dtype=torch.long)] = True
+        positions = torch.tensor(self.depths[1:], dtype=torch.long) + self.root_position
+        return DraftNodes(*(t.to(device) for t in (torch.tensor(self.tokens[1:], dtype=torch.long), positions, visible)))
 
-    def positions(self, device=None) -> torch.Tensor:
-        """Sequence positions of the draft nodes: the root's position plus their depth."""
-        return torch.tensor(self.depths[1:], dtype=torch.long, device=device) + self.root_position
+
+@dataclass
+class DraftNodes:
+    """A tree's draft nodes (not the root, the last committed token) as the target's verification pass reads them,
+    numbered as in the `TokenTree` and on the target's device: tokens `[n]`, sequence positions `[n]` and which
+    node sees which `[n, n]` (itself and its ancestors). Nodes past the tree's are padding, which sees only itself.
+    A tree drafter builds them on the device, so the target's pass needs no read of the tree first."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    visible: torch.Tensor
+
+    def first(self, count: int) -> "DraftNodes":
+        return DraftNodes(self.tokens[:count], self.positions[:count], self.visible[:count, :count])
 
 
 class ChainDrafter:
@@ -137,8 +149,22 @@ class ChainDrafter:
         self.shape = TreeConfig.chain(max_depth)
         self.cache = None  # the chain drafter's cache between rounds
 
+    def draft(self, committed: torch.Tensor, **options) -> TokenTree:
+        """`draft_nodes`, then the tree it drafted."""
+        self.draft_nodes(committed, **options)
+        return self.tree()
+
+    def draft_nodes(self, committed: torch.Tensor, **options) -> DraftNodes:
+        """Draft (`chain`) and return the drafts as the verification pass reads them."""
+        self.last = self.chain(committed, **options)
+        return self.last.nodes(committed.device)
+
+    def tree(self) -> TokenTree:
+        """The chain `draft_nodes` drafted last."""
+        return self.last
+
     @torch.no_grad()
-    def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
+    def chain(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
               temperature: float = 0.0, max_depth: int | None = None) -> TokenTree:
         """A chain of at most `num_nodes` (and `max_depth`) drafts after `committed` (1-D ids that extend the previous
         call's); under sampling each node keeps q, the distribution its child was drawn from."""
@@ -216,7 +242,8 @@ class TreeDrafter:
 
     The candidates live in fixed device buffers (`tree_pool.CandidatePool`), and the choice of the next nodes (a
     sort by value) runs on the device too, compiled with the forwards, so the whole expansion is one CUDA-graph
-    replay and the host reads the tree once, at the end. A node forward whose nodes are all padding (every chosen
+    replay, which also lays out the tree's nodes for the target's pass (`draft_nodes`); the host reads the tree
+    once, while the target verifies it (`tree`). A node forward whose nodes are all padding (every chosen
     candidate already forwarded) still runs: static shapes cost one spare forward. Each node gets the shortlist of
     its own draft position: a forward computes the head once per distinct shortlist its nodes' positions use (once,
     for a schedule that does not change with the position). Greedy trees choose children from the shortlist rows
@@ -243,7 +270,12 @@ class TreeDrafter:
         self.q = torch.zeros(2 + self.capacity, vocab, dtype=torch.float32, device=device)
         size = 1 + width + self.forwards * width * width
         self.pool = CandidatePool.empty(size, self.capacity, device)
-        self.result = torch.zeros(4, size, **long)  # what the host reads (`chosen_tree`)
+        self.result = torch.zeros(4, size, **long)  # what the host reads (`chosen_tree`), after the target's pass starts
+        self.result_host = torch.zeros(4, size, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.result_read = torch.cuda.Event() if device.type == "cuda" else None
+        # the tree's draft nodes as the target's pass reads them (`nodes_to_verify`)
+        self.nodes = DraftNodes(torch.zeros(size - 1, **long), torch.zeros(size - 1, **long),
+                                torch.zeros(size - 1, size - 1, dtype=torch.bool, device=device))
         self.slots = torch.arange(self.capacity, device=device).view(self.forwards, width)
         self.own_slots = torch.eye(self.capacity, dtype=torch.bool, device=device).view(self.forwards, width, -1)
         # where each node forward's children go in the pool (the root's children first)
@@ -253,6 +285,7 @@ class TreeDrafter:
         self.add_children = compiled(add_children, compile_options)
         self.greedy_children = compiled(self._greedy_children, compile_options)
         self.chosen_tree = compiled(chosen_tree, compile_options)
+        self.nodes_to_verify = compiled(nodes_to_verify, compile_options)
         self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
         self.index = assistant.lm_head.index()
         self.start()
@@ -312,6 +345,9 @@ class TreeDrafter:
             self._grow(span, states, self.states[parent_rows], ids[0], pool.depth[batch], shortlists, batch, valid,
                        block, rows, do_sample, per_node, processors)
         self.result.copy_(self.chosen_tree(pool, self.budget))
+        for buffer, value in zip((self.nodes.tokens, self.nodes.positions, self.nodes.visible),
+                                 self.nodes_to_verify(pool, self.budget, self.base, self.max_depth)):
+            buffer.copy_(value)
 
     def _grow(self, span: torch.Tensor, hidden: torch.Tensor, previous: torch.Tensor, token_ids: torch.Tensor,
               depths: torch.Tensor, shortlists, parents: torch.Tensor, valid: torch.Tensor, ancestors: torch.Tensor,
@@ -357,12 +393,19 @@ class TreeDrafter:
             plan.append(list(shortlists.items()))
         return plan
 
+    def draft(self, committed: torch.Tensor, **options) -> TokenTree:
+        """`draft_nodes`, then the tree it drafted."""
+        self.draft_nodes(committed, **options)
+        return self.tree()
+
     @torch.no_grad()
-    def draft(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
-              temperature: float = 0.0, max_depth: int | None = None, max_children: int | None = None,
-              sibling_acceptance: SiblingAcceptance | None = None) -> TokenTree:
-        """A tree of at most `num_nodes` draft tokens and `max_depth` levels (at most the drafter's) after
-        `committed` (1-D ids on the assistant's device, which extend those of the previous call since `start`).
+    def draft_nodes(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
+                    temperature: float = 0.0, max_depth: int | None = None, max_children: int | None = None,
+                    sibling_acceptance: SiblingAcceptance | None = None) -> DraftNodes:
+        """Draft a tree of at most `num_nodes` draft tokens and `max_depth` levels (at most the drafter's) after
+        `committed` (1-D ids on the assistant's device, which extend those of the previous call since `start`), and
+        return its draft nodes as the verification pass reads them, without waiting for the device: `tree` reads the
+        tree, so the host builds it while the target verifies.
         Under sampling, children are drawn without replacement from q, the processed (temperature / top-k / top-p)
         shortlist distribution; greedy trees take each node's most probable tokens. `temperature` (0: greedy) picks
         the shortlist schedule."""
@@ -396,9 +439,19 @@ class TreeDrafter:
         plan, key = self._expansions[settings]
         self.cache.run(key, lambda: self._expansion(plan, do_sample, per_node, processors))
         self.cache.set_length(length)
+        self.result_host.copy_(self.result, non_blocking=True)
+        if self.result_read is not None:
+            self.result_read.record()
+        # a sampled tree keeps its q past the next draft; greedy reads none
+        self.drafted = length, self.q.clone() if do_sample else None
+        return self.nodes.first(num_nodes)  # the tree's nodes come first
 
-        chosen, tokens, parents, rows = self.result.tolist()  # the one read of the tree
-        q = self.q.clone() if do_sample else None  # a sampled tree keeps its q past the next draft; greedy reads none
+    def tree(self) -> TokenTree:
+        """The tree `draft_nodes` drafted last, read once its expansion is done (the target's pass may still run)."""
+        if self.result_read is not None:
+            self.result_read.synchronize()
+        chosen, tokens, parents, rows = self.result_host.tolist()
+        length, q = self.drafted
         tree = TokenTree(root_position=length - 1)
         number = {0: tree.add(tokens[0], -1)}
         tree.probs[0] = None if q is None else q[1]

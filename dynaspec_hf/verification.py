@@ -6,6 +6,8 @@ explicit positions. The pass is padded to a fixed number of tokens, `size`, so e
 one CUDA graph: a padding token sees only itself, is written beyond the committed text and is overwritten by the
 next pass. The prompt's pass, longer than `size`, runs eagerly. The cache keeps only committed tokens: the accepted
 ones are fed again in the next pass, which costs a few positions in a pass that reads all the weights anyway.
+The pass's inputs are built on the device from the draft nodes (`tree.DraftNodes`), so a tree drafter's nodes go
+to the target without a read of the tree: the host reads it while the target's pass runs.
 
 Under sampling, the verifier also runs recursive rejection sampling for every node of the tree at once, on the
 device and replayed from a graph of its own, so the loop reads the outcome of a round in one device sync.
@@ -17,7 +19,7 @@ import torch
 
 from .engines import engine_for
 from .static_cache import StaticCacheModel, causal
-from .tree import TokenTree, processors_key
+from .tree import DraftNodes, TokenTree, processors_key
 
 
 class TreeVerifier:
@@ -29,12 +31,9 @@ class TreeVerifier:
         self.model = StaticCacheModel(target, max_length, compile_options)
         self.size, self.cached = size, 0
         device = target.device
-        # a replayed pass's inputs, written on the host and sent in one copy (building them with device operations
-        # would be ~15 launches of host time with the device idle, per round): tokens, positions, which
-        # token sees which (`[size, size]`, as 0/1) and the write position, which the graph sets itself
+        # a replayed pass's inputs, built on the device while the drafter's work is still queued: tokens,
+        # positions, which token sees which (`[size, size]`, as 0/1) and the write position, which the graph sets
         self.staged = torch.zeros(_staged_length(size), dtype=torch.long, device=device)
-        self.host = torch.zeros(self.staged.shape, dtype=torch.long, pin_memory=device.type == "cuda")
-        self.sent = None  # the event after the last copy out of `host`: its end frees `host` for the next pass
         self.logits = torch.zeros(size, target.config.get_text_config().vocab_size, dtype=torch.float32, device=device)
         # sampling's inputs and outputs, one row per tree node (`size` rows hold any tree the pass holds)
         self.node_logits, self.node_q = torch.zeros_like(self.logits), torch.zeros_like(self.logits)
@@ -53,31 +52,26 @@ class TreeVerifier:
         self.model.release()
 
     @torch.no_grad()
-    def verify(self, committed: torch.Tensor, tree: TokenTree, size: int | None = None) -> torch.Tensor:
-        """Target logits (float32 `[len(tree), vocab]`) after the root and after every draft node, in one forward
-        padded to `size` tokens (at most the verifier's; default: it).
+    def verify(self, committed: torch.Tensor, nodes: DraftNodes, size: int | None = None) -> torch.Tensor:
+        """Target logits (float32 `[1 + n, vocab]`) after the root and after each of the n draft `nodes`, in one
+        forward padded to `size` tokens (at most the verifier's; default: it). Reads nothing from the device, so
+        the pass queues behind a drafter's work that is still running.
 
         `committed` (1-D) extends what the previous call committed; on return the cache holds exactly it.
         """
         size = size or self.size
         if size > self.size:
             raise ValueError(f"This verifier passes at most {self.size} tokens, not {size}.")
-        chain = committed[self.cached :].tolist()  # the tokens committed since the last pass: a few
-        n_chain, count = len(chain), len(chain) + len(tree) - 1
-        if count > size:  # the prompt's pass: longer than `size`, unpadded and eager, built on the device
-            ids, positions, block = _pass_inputs(chain, tree, self.cached, count, self.staged.device)
+        chain = committed[self.cached :]  # the tokens committed since the last pass: a few
+        n_chain, count = chain.shape[0], chain.shape[0] + nodes.tokens.shape[0]
+        if count > size:  # the prompt's pass: longer than `size`, unpadded and eager
+            ids, positions, block = _pass_inputs(chain, nodes, self.cached, count)
             self.model.set_length(self.cached)
-            logits = self._forward(ids, positions, block, keep=len(tree))
+            logits = self._forward(ids, positions, block, keep=count - n_chain + 1)
         else:
-            if self.sent is not None:
-                self.sent.synchronize()
-            ids, positions, block = _pass_inputs(chain, tree, self.cached, size, "cpu")
-            used = _staged_length(size)
-            torch.cat([ids, positions, block.flatten(), torch.tensor([self.cached])], out=self.host[:used])
-            self.staged[:used].copy_(self.host[:used], non_blocking=True)
-            if self.staged.is_cuda:
-                self.sent = torch.cuda.Event()
-                self.sent.record()
+            ids, positions, block = _pass_inputs(chain, nodes, self.cached, size)
+            torch.cat([ids, positions, block.flatten().long(), ids.new_full((1,), self.cached)],
+                      out=self.staged[: _staged_length(size)])
             self.model.run(size, lambda: self._replayed_step(size))
             logits = self.logits[n_chain - 1 : count].clone()
         self.cached = committed.shape[0]
@@ -129,19 +123,21 @@ def _staged_length(size: int) -> int:
     return 2 * size + size * size + 1
 
 
-def _pass_inputs(chain: list[int], tree: TokenTree, cached: int, padded: int, device):
-    """A pass's tokens, positions and `[padded, padded]` visibility: the committed `chain` from position `cached`
-    as a causal chain, then the tree's drafts (each sees the chain and its ancestors); a padding token sees only
-    itself."""
-    n_chain, count = len(chain), len(chain) + len(tree) - 1
+def _pass_inputs(chain: torch.Tensor, nodes: DraftNodes, cached: int, padded: int):
+    """A pass's tokens, positions and `[padded, padded]` visibility, on the device: the committed `chain` from
+    position `cached` as a causal chain, then the draft `nodes` (each sees the chain and what `nodes` lets it);
+    a padding token sees only itself."""
+    device, n_chain = chain.device, chain.shape[0]
+    count = n_chain + nodes.tokens.shape[0]
     ids = torch.zeros(padded, dtype=torch.long, device=device)
-    ids[:count] = torch.tensor(chain + tree.tokens[1:], dtype=torch.long, device=device)
+    ids[:n_chain] = chain
+    ids[n_chain:count] = nodes.tokens
     positions = torch.zeros(padded, dtype=torch.long, device=device)
     positions[:n_chain] = torch.arange(cached, cached + n_chain, device=device)
-    positions[n_chain:count] = tree.positions(device)
+    positions[n_chain:count] = nodes.positions
     block = torch.eye(padded, dtype=torch.bool, device=device)
     block[:count, :n_chain] = causal(count, device)[:, :n_chain]  # drafts see the whole chain
-    block[n_chain:count, n_chain:count] = tree.ancestor_mask(device)
+    block[n_chain:count, n_chain:count] = nodes.visible
     return ids, positions, block
 
 

@@ -64,10 +64,10 @@ def test_tree_verification_logits_equal_plain_forward(size, family):
     committed = torch.randint(0, VOCAB, (11,), generator=torch.Generator().manual_seed(3))
     verifier = TreeVerifier(target, max_length=64, size=size)
     drafter = TreeDrafter(assistant, 64, max_depth=4, width=3)
-    verifier.verify(committed[:7], drafter.draft(committed[:7], num_nodes=5, do_sample=False))
-    tree = drafter.draft(committed, num_nodes=14, max_children=3, do_sample=False)
+    verifier.verify(committed[:7], drafter.draft_nodes(committed[:7], num_nodes=5, do_sample=False))
+    logits = verifier.verify(committed, drafter.draft_nodes(committed, num_nodes=14, max_children=3, do_sample=False))
+    tree = drafter.tree()  # the nodes the pass read were built on the device, before the tree was read
     assert len(tree) == 15 and max(tree.depths) <= 4 and max(tree.depths) >= 2 and max(map(len, tree.children)) >= 2
-    logits = verifier.verify(committed, tree)
     assert verifier.model.write_position == committed.shape[0]
     for node in range(len(tree)):
         path, ancestor = [], node

@@ -6,7 +6,8 @@ import torch
 
 from dynaspec_hf.tree import TreeDrafter
 from dynaspec_hf.static_cache import compiled
-from dynaspec_hf.tree_pool import CandidatePool, add_children, likeliest_children, next_nodes
+from dynaspec_hf.tree_pool import (CandidatePool, add_children, kept_candidates, likeliest_children, next_nodes,
+                                   nodes_to_verify)
 from conftest import VOCAB, make_assistant, tiny_pair
 
 SIZE, CAPACITY, WIDTH = 1 + 3 + 2 * 3 * 3, 6, 3
@@ -67,6 +68,27 @@ def test_compiled_children_equal_eager():
     assert pools[0].value[span].isfinite().sum() == 4  # two children each for the two real parents
     for name in ("token", "parent", "depth", "value", "ancestors"):
         assert torch.equal(getattr(pools[0], name), getattr(pools[1], name)), name
+
+
+def test_nodes_to_verify_are_the_kept_candidates_with_their_ancestors():
+    """The pass's draft nodes: the root and the budget's best candidates, in pool order (what the host's tree
+    numbers them by), each seeing itself and its kept ancestors; then padding, which sees only itself. Compiled,
+    the same."""
+    pool, budget, base = grown_pool(0), torch.tensor(5), torch.tensor(20)
+    for node in range(1, 1 + WIDTH + WIDTH * WIDTH):  # values as an expansion makes them: below the parent's
+        pool.value[node] = pool.value[pool.parent[node]] * (0.3 + 0.1 * (node % 5))
+    tokens, positions, visible = nodes_to_verify(pool, budget, base, max_depth=3)
+    kept = kept_candidates(pool, budget)[1].nonzero().flatten().tolist()[1:]  # pool order, without the root
+    assert len(kept) == 5 and tokens.shape == (SIZE - 1,)
+    assert tokens[:5].tolist() == pool.token[kept].tolist() and not tokens[5:].any()
+    assert positions[:5].tolist() == (19 + pool.depth[kept]).tolist()
+    for row, node in enumerate(kept):
+        ancestors = {node, int(pool.parent[node])} - {0}  # the grown pool is two levels deep
+        assert {kept[column] for column in visible[row, :5].nonzero().flatten().tolist()} == ancestors
+    assert torch.equal(visible[5:], torch.eye(SIZE - 1, dtype=torch.bool)[5:])
+    fused = compiled(nodes_to_verify, {"fullgraph": True})(pool, budget, base, 3)
+    for expected, actual in zip((tokens, positions, visible), fused):
+        assert torch.equal(expected, actual)
 
 
 @pytest.mark.parametrize("do_sample", [False, True])
