@@ -154,31 +154,32 @@ class ChainDrafter:
         self.draft_nodes(committed, **options)
         return self.tree()
 
-    def draft_nodes(self, committed: torch.Tensor, **options) -> DraftNodes:
-        """Draft (`chain`) and return the drafts as the verification pass reads them."""
-        self.last = self.chain(committed, **options)
-        return self.last.nodes(committed.device)
-
-    def tree(self) -> TokenTree:
-        """The chain `draft_nodes` drafted last."""
-        return self.last
-
     @torch.no_grad()
-    def chain(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
-              temperature: float = 0.0, max_depth: int | None = None) -> TokenTree:
-        """A chain of at most `num_nodes` (and `max_depth`) drafts after `committed` (1-D ids that extend the previous
-        call's); under sampling each node keeps q, the distribution its child was drawn from."""
+    def draft_nodes(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
+                    temperature: float = 0.0, max_depth: int | None = None) -> DraftNodes:
+        """Draft a chain of at most `num_nodes` (and `max_depth`) drafts after `committed` (1-D ids that extend the
+        previous call's) and return its nodes as the verification pass reads them, without waiting for the device
+        (`tree` reads the chain); under sampling each node keeps q, the distribution its child was drawn from."""
         length = committed.shape[0]
         out = draft_block(self.assistant, committed[None], min(num_nodes, max_depth or self.max_depth), self.cache,
                           do_sample=do_sample, logits_processor=processors, temperature=temperature,
                           compile_options=self.compile_options, static_cache=True, keep_scores=do_sample)
         self.cache = output_cache(out)
+        drafts = out.sequences[0, length - 1 :]  # the root, then the drafts
+        self.drafted = length, drafts, [scores[0].softmax(-1) for scores in out.scores] if do_sample else None
+        count = drafts.shape[0] - 1
+        return DraftNodes(drafts[1:], torch.arange(length, length + count, device=drafts.device),
+                          causal(count, drafts.device))
+
+    def tree(self) -> TokenTree:
+        """The chain `draft_nodes` drafted last, as a token tree."""
+        length, drafts, q = self.drafted
         tree = TokenTree(root_position=length - 1)
-        node = tree.add(int(committed[-1]), -1)
-        for position, token in enumerate(out.sequences[0, length:].tolist()):
-            if do_sample:  # q for rejection sampling; greedy acceptance reads only the tokens
-                tree.probs[node] = out.scores[position][0].softmax(-1)
+        node = -1
+        for position, token in enumerate(drafts.tolist()):
             node = tree.add(token, node)
+            if q is not None and position < len(q):  # q for rejection sampling; greedy acceptance reads the tokens
+                tree.probs[node] = q[position]
         return tree
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
