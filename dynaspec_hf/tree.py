@@ -128,7 +128,7 @@ class TokenTree:
 @dataclass
 class DraftNodes:
     """A tree's draft nodes (not the root, the last committed token) as the target's verification pass reads them,
-    numbered as in the `TokenTree` and on the target's device: tokens `[n]`, sequence positions `[n]` and which
+    numbered as in the `TokenTree`, on the device: tokens `[n]`, sequence positions `[n]` and which
     node sees which `[n, n]` (itself and its ancestors). Nodes past the tree's are padding, which sees only itself.
     A tree drafter builds them on the device, so the target's pass needs no read of the tree first."""
 
@@ -345,9 +345,10 @@ class TreeDrafter:
             span = self.spans[width + forward * width * width : width + (forward + 1) * width * width]
             self._grow(span, states, self.states[parent_rows], ids[0], pool.depth[batch], shortlists, batch, valid,
                        block, rows, do_sample, per_node, processors)
-        self.result.copy_(self.chosen_tree(pool, self.budget))
+        chosen = self.chosen_tree(pool, self.budget)
+        self.result.copy_(chosen)
         for buffer, value in zip((self.nodes.tokens, self.nodes.positions, self.nodes.visible),
-                                 self.nodes_to_verify(pool, self.budget, self.base, self.max_depth)):
+                                 self.nodes_to_verify(pool, chosen[0] > 0, self.base, self.max_depth)):
             buffer.copy_(value)
 
     def _grow(self, span: torch.Tensor, hidden: torch.Tensor, previous: torch.Tensor, token_ids: torch.Tensor,

@@ -90,15 +90,15 @@ def chosen_tree(pool: CandidatePool, budget: torch.Tensor) -> torch.Tensor:
     return torch.stack([kept_candidates(pool, budget)[1].long(), pool.token, pool.parent, pool.row])
 
 
-def nodes_to_verify(pool: CandidatePool, budget: torch.Tensor, base: torch.Tensor, max_depth: int
+def nodes_to_verify(pool: CandidatePool, kept: torch.Tensor, base: torch.Tensor, max_depth: int
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The tree's draft nodes as the target's pass reads them (`tree.DraftNodes`), numbered as `chosen_tree`'s
-    reader numbers them (pool order, parents first), then padding: tokens, positions (the root sits at `base - 1`)
-    and which sees which (a node itself and its ancestors, found by following parents `max_depth` times), `[size -
-    1]`, `[size - 1]`, `[size - 1, size - 1]`."""
+    """The tree's draft nodes (the `kept` candidates, as `chosen_tree` gives them, but the root) as the target's
+    pass reads them (`tree.DraftNodes`), numbered as the host's tree numbers them (pool order, parents first), then
+    padding: tokens, positions (the root sits at `base - 1`) and which sees which (a node itself and its ancestors,
+    found by following parents `max_depth` times), `[size - 1]`, `[size - 1]`, `[size - 1, size - 1]`."""
     size = pool.value.shape[0]
     index = torch.arange(size, device=pool.value.device)
-    drafts = kept_candidates(pool, budget)[1] & (index > 0)
+    drafts = kept & (index > 0)
     order = torch.where(drafts, index, index + size).sort().indices[: size - 1]
     valid = drafts[order]
     parent = torch.where(index > 0, pool.parent, 0)  # the root's own parent: itself

@@ -77,8 +77,9 @@ def test_nodes_to_verify_are_the_kept_candidates_with_their_ancestors():
     pool, budget, base = grown_pool(0), torch.tensor(5), torch.tensor(20)
     for node in range(1, 1 + WIDTH + WIDTH * WIDTH):  # values as an expansion makes them: below the parent's
         pool.value[node] = pool.value[pool.parent[node]] * (0.3 + 0.1 * (node % 5))
-    tokens, positions, visible = nodes_to_verify(pool, budget, base, max_depth=3)
-    kept = kept_candidates(pool, budget)[1].nonzero().flatten().tolist()[1:]  # pool order, without the root
+    chosen = kept_candidates(pool, budget)[1]
+    tokens, positions, visible = nodes_to_verify(pool, chosen, base, max_depth=3)
+    kept = chosen.nonzero().flatten().tolist()[1:]  # pool order, without the root
     assert len(kept) == 5 and tokens.shape == (SIZE - 1,)
     assert tokens[:5].tolist() == pool.token[kept].tolist() and not tokens[5:].any()
     assert positions[:5].tolist() == (19 + pool.depth[kept]).tolist()
@@ -86,7 +87,7 @@ def test_nodes_to_verify_are_the_kept_candidates_with_their_ancestors():
         ancestors = {node, int(pool.parent[node])} - {0}  # the grown pool is two levels deep
         assert {kept[column] for column in visible[row, :5].nonzero().flatten().tolist()} == ancestors
     assert torch.equal(visible[5:], torch.eye(SIZE - 1, dtype=torch.bool)[5:])
-    fused = compiled(nodes_to_verify, {"fullgraph": True})(pool, budget, base, 3)
+    fused = compiled(nodes_to_verify, {"fullgraph": True})(pool, chosen, base, 3)
     for expected, actual in zip((tokens, positions, visible), fused):
         assert torch.equal(expected, actual)
 
