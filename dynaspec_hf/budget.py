@@ -1,8 +1,10 @@
 """The automatic draft shape: DySpec's greedy expansion with a budget set by what a round costs on this hardware.
 
 A round costs drafting its shape plus one verification pass, and yields one token plus the accepted drafts. The
-costs are measured once per model pair and device, at first use, in a few timed calls of the engines the
-generation uses anyway (`RoundCosts.measure`), and kept on the assistant.
+costs are measured once per model pair, device and drafting mode (greedy, or sampled with its schedule), at first
+use, in a few timed calls of the engines the generation uses anyway (`RoundCosts.measure`), and kept on the
+assistant. The same calls capture (and compile) every engine state a later round can reach, so no round waits for a
+compile, whichever candidate the shape switches to.
 
 The accepted drafts are predicted from what the target accepted, not from the drafter's own probabilities (greedy,
 the target takes the drafter's first choice far more often than q of it says). A generation's first round (the
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, drafter_for
+from .tree import ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, drafter_for, processors_key
 
 PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
 MEMORY = 8  # probe rounds over which an estimate fades
@@ -51,20 +53,25 @@ class RoundCosts:
 
     @classmethod
     @torch.no_grad()
-    def measure(cls, verifier, chain, tree, probe, repeats: int = 5) -> "RoundCosts":
-        """Time the generation's own engines (so their graphs are captured once, here): verification passes of the
-        smallest and the largest size, chains of 1 and `probe.max_depth` drafts, trees of 1 and `probe.max_depth - 1`
-        forwards. Each part is a straight line through two sizes. The engines are left as a generation starts."""
+    def measure(cls, verifier, chain, tree, probe, repeats: int = 5, **drafting) -> "RoundCosts":
+        """Time the generation's own engines, drafting as it will (`drafting`: `do_sample`, `processors`,
+        `temperature`): verification passes of the smallest and the largest size, chains of 1 and
+        `probe.max_depth` drafts, trees of 1 and `probe.max_depth - 1` forwards. Each part is a straight line
+        through two sizes. Every graph a later round can replay is captured here, its forwards compiled: the
+        tree's expansion at each depth, and its prefix after each number of accepted drafts. The engines are left
+        as a generation starts."""
         device = verifier.logits.device
         committed = torch.arange(8, device=device)
+        drafting = {"do_sample": False, **drafting}
 
-        def grown() -> torch.Tensor:  # each call commits one more token, as a round does
+        def grown(count: int = 1) -> torch.Tensor:  # commits `count` more tokens, as a round does
             nonlocal committed
-            committed = torch.cat([committed, committed[-1:]])
+            committed = torch.cat([committed, committed[-1:].expand(count)])
             return committed
 
         def seconds(step) -> float:
-            step()  # captures its graphs
+            step()  # an engine's first call reads the prompt, eagerly
+            step()  # the second captures (and compiles) a round's graphs, so none is built while timed
             _synchronize(device)
             start = time.perf_counter()
             for _ in range(repeats):
@@ -79,12 +86,15 @@ class RoundCosts:
             return seconds(step)
 
         verifier.verify(committed, _chain_tree(committed, 0).nodes(device))  # the prompt's pass
+        for depth in range(1, probe.max_depth + 2):  # untimed: each depth's expansion, each length of the prefix
+            tree.draft_nodes(grown(depth), num_nodes=probe.num_nodes, max_depth=min(max(depth, 2), probe.max_depth),
+                             **drafting)
         small, large = 3, probe.verified_tokens
         verify_times = verify(small), verify(large)
-        chains = [seconds(lambda depth=depth: chain.draft_nodes(grown(), num_nodes=depth, do_sample=False,
-                                                                max_depth=depth)) for depth in (1, probe.max_depth)]
-        trees = [seconds(lambda depth=depth: tree.draft_nodes(grown(), num_nodes=probe.num_nodes, do_sample=False,
-                                                              max_depth=depth)) for depth in (2, probe.max_depth)]
+        chains = [seconds(lambda depth=depth: chain.draft_nodes(grown(), num_nodes=depth, max_depth=depth,
+                                                                **drafting)) for depth in (1, probe.max_depth)]
+        trees = [seconds(lambda depth=depth: tree.draft_nodes(grown(), num_nodes=probe.num_nodes, max_depth=depth,
+                                                              **drafting)) for depth in (2, probe.max_depth)]
         verifier.start()
         chain.cache = None
         tree.start(probe)
@@ -167,23 +177,21 @@ def expected_drafts(shape, rates: SiblingAcceptance) -> float:
     return total
 
 
-def automatic_drafter(target, assistant, verifier, length: int, config, do_sample: bool, temperature: float,
-                      compile_options: dict | None) -> AutomaticDrafter:
-    """The automatic drafter for a generation of `length` positions, over its engines. Its round costs: the
-    assistant's `drafting.round_costs` when set, else measured on first use and kept on the assistant. Its sibling
-    acceptance rates: kept on the assistant per drafting mode and schedule (greedy and sampled drafts are accepted
-    at different rates)."""
+def automatic_drafter(target, assistant, verifier, length: int, config, do_sample: bool, processors,
+                      temperature: float, compile_options: dict | None) -> AutomaticDrafter:
+    """The automatic drafter for a generation of `length` positions, over its engines. Its round costs: measured
+    on first use and kept on the assistant (the assistant's `drafting.round_costs`, when set, are chosen by
+    instead; the first use still captures the engines). Costs and sibling acceptance rates are kept per drafting
+    mode and schedule: sampled drafts cost more than greedy ones, and are accepted at other rates."""
     chain = ChainDrafter(assistant, config.max_depth, compile_options)
     tree = drafter_for(assistant, length, config.probe, compile_options)
-    costs = assistant.drafting.round_costs
-    if costs is None:
-        kept = assistant.__dict__.setdefault("_dynaspec_round_costs", {})
-        # per target, device, shape and compilation, and per schedule: a head over more tokens costs more
-        key = (id(target), target.device, target.dtype, config.probe, repr(compile_options),
-               repr(assistant.config.schedule()))
-        if key not in kept:
-            kept[key] = RoundCosts.measure(verifier, chain, tree, config.probe)
-        costs = kept[key]
-    kept_rates = assistant.__dict__.setdefault("_dynaspec_sibling_acceptance", {})
-    rates = kept_rates.setdefault((do_sample, repr(assistant.config.schedule(temperature))), SiblingAcceptance())
+    mode = (do_sample, repr(assistant.config.schedule(temperature)), processors_key(processors) if do_sample else ())
+    kept = assistant.__dict__.setdefault("_dynaspec_round_costs", {})
+    # per target, device, shape and compilation, and per mode: a head over more tokens costs more
+    key = (id(target), target.device, target.dtype, config.probe, repr(compile_options), mode)
+    if key not in kept:
+        kept[key] = RoundCosts.measure(verifier, chain, tree, config.probe, do_sample=do_sample,
+                                       processors=processors, temperature=temperature)
+    costs = assistant.drafting.round_costs or kept[key]
+    rates = assistant.__dict__.setdefault("_dynaspec_sibling_acceptance", {}).setdefault(mode, SiblingAcceptance())
     return AutomaticDrafter(chain, tree, config, costs, rates)

@@ -39,8 +39,8 @@ class DraftingOptions:
     cuda_graphs: bool = True  # draft on a static cache, each step replayed from a CUDA graph on CUDA; False: eager
     static_cache_off_cuda: bool = False  # the static-cache drafter off CUDA too, its steps eager (the own loop's
     # chains always draft so: a static cache rolls back on any transformers version)
-    round_costs: RoundCosts | None = None  # what an automatic tree shape is chosen by (`budget.py`); None: measured
-    # at first use on each target and device
+    round_costs: RoundCosts | None = None  # what an automatic tree shape is chosen by (`budget.py`); None: those
+    # measured at first use on each target, device and drafting mode
     head_kernel: str = "triton"  # the shortlist head's cluster blocks: "triton" reads them in place on CUDA,
     # "gather" copies them (`ShortlistHead.forward`); steps captured already keep the kernel they were captured with
 

@@ -194,7 +194,7 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     length = prompt.shape[0] + max_new_tokens
     verifier = tree_verifier(target, length + shape.verified_tokens, shape.verified_tokens, compile_options)
     if shape.is_automatic:
-        drafter = automatic_drafter(target, assistant, verifier, length, shape, do_sample, temperature,
+        drafter = automatic_drafter(target, assistant, verifier, length, shape, do_sample, processors, temperature,
                                     compile_options)
         stats.costs = drafter.costs
     else:

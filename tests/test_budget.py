@@ -5,7 +5,7 @@ import torch
 
 import dynaspec_hf
 from dynaspec_hf import RoundCosts, TreeConfig
-from dynaspec_hf.budget import PROBE_ROUNDS, expected_drafts
+from dynaspec_hf.budget import PROBE_ROUNDS, AutomaticDrafter, expected_drafts
 from dynaspec_hf.tree import SiblingAcceptance
 from conftest import make_assistant, random_cases, tiny_pair
 
@@ -15,7 +15,8 @@ VERIFICATION_BOUND = RoundCosts(verify_fixed=0.0, verify_per_token=1.0, chain_fi
 DRAFTING_BOUND = RoundCosts(verify_fixed=1.0, verify_per_token=0.0, chain_fixed=0.0, chain_step=1.0,
                             tree_fixed=0.0, tree_forward=1.0)
 
-# what the published benchmark measured for DynaSpec 1/16 on an H100 (BENCHMARKS.md, "a round's anatomy")
+# what the bf16 run of commit 496dd0f measured for DynaSpec 1/16 on an H100 (its round costs, in
+# benchmarks/results/history/2026-12-06-bf16-496dd0f/)
 PUBLISHED_H100 = RoundCosts(verify_fixed=2.13e-3, verify_per_token=2.5e-5, chain_fixed=4.85e-3, chain_step=1.34e-4,
                             tree_fixed=4.77e-3, tree_forward=7.3e-4)
 
@@ -86,6 +87,35 @@ def test_costs_are_measured_once_and_kept(pair):
                                   return_stats=True)[1].costs for _ in range(2)]
     assert costs[0] is costs[1]
     assert costs[0].seconds(TreeConfig.chain(2)) > 0 and costs[0].seconds(TreeConfig().probe) > 0
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_no_shape_compiles_after_the_first_generation(monkeypatch, do_sample):
+    """An assistant's first automatic generation, with round costs given (as the benchmark gives them) and trees
+    chosen, compiles every engine state the candidates reach, sampled ones included: a later generation switched to
+    any candidate compiles nothing, so no round of it waits for a compile. (On the CPU no graph replays, so every
+    call checks the compiled entries' guards: a stricter count than on a GPU.)"""
+    compiles = []
+    backend = lambda graph_module, example_inputs: compiles.append(1) or graph_module.forward  # noqa: E731
+    target, drafter = tiny_pair("llama", seed=3, noise=0.2)
+    assistant = make_assistant(drafter, "context")
+    assistant.drafting.round_costs = DRAFTING_BOUND
+    prompts = torch.randint(0, 64, (len(TreeConfig().candidates()) + 1, 1, 12),
+                            generator=torch.Generator().manual_seed(4))
+
+    def generate(ids):
+        out = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=16, tree=TreeConfig(),
+                                   compile={"backend": backend}, do_sample=do_sample)
+        if not do_sample:
+            assert torch.equal(out, target.generate(ids, do_sample=False, max_new_tokens=16))
+
+    generate(prompts[0])
+    assert compiles, "the first generation compiles"
+    compiles.clear()
+    for shape, ids in zip(TreeConfig().candidates(), prompts[1:]):
+        monkeypatch.setattr(AutomaticDrafter, "best", lambda self, shape=shape: shape)
+        generate(ids)
+        assert not compiles, f"switching to {shape} compiled"
 
 
 def test_automatic_needs_room_to_branch():
