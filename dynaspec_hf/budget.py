@@ -53,14 +53,14 @@ class RoundCosts:
 
     @classmethod
     @torch.no_grad()
-    def measure(cls, verifier, chain, tree, probe, repeats: int = 5, **drafting) -> "RoundCosts":
-        """Time the generation's own engines, drafting as it will (`drafting`: `do_sample`, `processors`,
-        `temperature`): verification passes of the smallest and the largest size, chains of 1 and
-        `probe.max_depth` drafts, trees of 1 and `probe.max_depth - 1` forwards. Each part is a straight line
-        through two sizes. Every graph a later round can replay is captured here, its forwards compiled: the
-        tree's expansion at each depth, and its prefix after each number of accepted drafts. The engines are left
-        as a generation starts."""
-        device = verifier.logits.device
+    def measure(cls, verifier, chain, tree, shape, repeats: int = 5, **drafting) -> "RoundCosts":
+        """Time the generation's own engines for the automatic `shape`, drafting as it will (`drafting`:
+        `do_sample`, `processors`, `temperature`): verification passes of the smallest and the largest size, chains
+        of 1 and `probe.max_depth` drafts, trees of 1 and `probe.max_depth - 1` forwards. Each part is a straight
+        line through two sizes. First, untimed, every graph a later round can replay is captured, its forwards
+        compiled: the verification pass of each candidate's size, the tree's expansion at each depth, and its
+        prefix after each number of accepted drafts. The engines are left as a generation starts."""
+        probe, device = shape.probe, verifier.logits.device
         committed = torch.arange(8, device=device)
         drafting = {"do_sample": False, **drafting}
 
@@ -68,6 +68,10 @@ class RoundCosts:
             nonlocal committed
             committed = torch.cat([committed, committed[-1:].expand(count)])
             return committed
+
+        def verify(size: int) -> None:
+            ids = grown()
+            verifier.verify(ids, _chain_tree(ids, size - 2).nodes(device), size)
 
         def seconds(step) -> float:
             step()  # an engine's first call reads the prompt, eagerly
@@ -79,18 +83,14 @@ class RoundCosts:
             _synchronize(device)
             return (time.perf_counter() - start) / repeats
 
-        def verify(size: int) -> float:
-            def step():
-                ids = grown()
-                verifier.verify(ids, _chain_tree(ids, size - 2).nodes(device), size)
-            return seconds(step)
-
         verifier.verify(committed, _chain_tree(committed, 0).nodes(device))  # the prompt's pass
-        for depth in range(1, probe.max_depth + 2):  # untimed: each depth's expansion, each length of the prefix
+        for size in sorted({candidate.verified_tokens for candidate in shape.candidates()}):
+            verify(size)
+        for depth in range(1, probe.max_depth + 2):
             tree.draft_nodes(grown(depth), num_nodes=probe.num_nodes, max_depth=min(max(depth, 2), probe.max_depth),
                              **drafting)
         small, large = 3, probe.verified_tokens
-        verify_times = verify(small), verify(large)
+        verify_times = seconds(lambda: verify(small)), seconds(lambda: verify(large))
         chains = [seconds(lambda depth=depth: chain.draft_nodes(grown(), num_nodes=depth, max_depth=depth,
                                                                 **drafting)) for depth in (1, probe.max_depth)]
         trees = [seconds(lambda depth=depth: tree.draft_nodes(grown(), num_nodes=probe.num_nodes, max_depth=depth,
@@ -187,10 +187,11 @@ def automatic_drafter(target, assistant, verifier, length: int, config, do_sampl
     tree = drafter_for(assistant, length, config.probe, compile_options)
     mode = (do_sample, repr(assistant.config.schedule(temperature)), processors_key(processors) if do_sample else ())
     kept = assistant.__dict__.setdefault("_dynaspec_round_costs", {})
-    # per target, device, shape and compilation, and per mode: a head over more tokens costs more
-    key = (id(target), target.device, target.dtype, config.probe, repr(compile_options), mode)
+    # per target, device, shape and compilation, and per mode (a head over more tokens costs more); and per build
+    # of the engines, whose graphs measuring captures
+    key = (id(target), target.device, target.dtype, config.probe, repr(compile_options), mode, id(verifier), id(tree))
     if key not in kept:
-        kept[key] = RoundCosts.measure(verifier, chain, tree, config.probe, do_sample=do_sample,
+        kept[key] = RoundCosts.measure(verifier, chain, tree, config, do_sample=do_sample,
                                        processors=processors, temperature=temperature)
     costs = assistant.drafting.round_costs or kept[key]
     rates = assistant.__dict__.setdefault("_dynaspec_sibling_acceptance", {}).setdefault(mode, SiblingAcceptance())
