@@ -205,9 +205,7 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
     """One generation with `method`; returns the new tokens, the number of target forward passes and, for the own
     loop, its `GenerationStats` (None otherwise). `compile`: the own loop's (None: its default, compiled on CUDA;
     τ passes False, since counting accepted tokens needs no compiled kernels)."""
-    options = dict(do_sample=temperature > 0, max_new_tokens=new_tokens)
-    if temperature > 0:
-        options.update(temperature=temperature, top_k=0, top_p=1.0)
+    options = decoding_options(temperature, new_tokens)
     assistant = None
     if method["engine"].startswith("dynaspec"):
         assistant = assistants[method["method"]] if method["method"] in assistants else assistants[
@@ -215,7 +213,7 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
         assistant.set_schedule(**method["schedule"])
         assistant.use_cuda_graphs = method["engine"] in ("dynaspec-graph", "dynaspec-tree")  # the own loop's
         # chains draft with the graph drafter; its trees replay graphs of their own wherever they can
-        costs = method.get("round_costs")
+        costs = (method.get("round_costs") or {}).get(str(temperature))
         assistant.drafting.round_costs = dynaspec_hf.RoundCosts(**costs) if costs else None
     elif method["engine"] == "transformers" and method["method"] != "autoregressive":
         assistant = drafters[method.get("drafter", "like-for-like")]
@@ -233,6 +231,14 @@ def generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.
         else:
             out = target.generate(ids, assistant_model=assistant, **options)
     return out[0, ids.shape[1] :].cpu(), calls[0], stats
+
+
+def decoding_options(temperature: float, new_tokens: int) -> dict:
+    """`generate` options of a row at `temperature` (0: greedy; else pure sampling, no top-k or top-p)."""
+    options = dict(do_sample=temperature > 0, max_new_tokens=new_tokens)
+    if temperature > 0:
+        options.update(temperature=temperature, top_k=0, top_p=1.0)
+    return options
 
 
 def timed_generate(method: dict, target, drafters: dict, assistants: dict, ids: torch.Tensor, temperature: float,
@@ -367,9 +373,9 @@ def run_calibration(args) -> None:
 
 
 def measure_round_costs(args, calibration: dict) -> dict:
-    """The round costs of every automatic-tree row (`dynaspec_hf.RoundCosts`), timed here, with the device to
-    itself, once: every τ worker (they share the device, which would skew their own timings) and the timing phase
-    then choose shapes by the same costs."""
+    """The round costs of every automatic-tree row at each temperature (`dynaspec_hf.RoundCosts`: sampled drafts
+    cost more), timed here, with the device to itself, once: every τ worker (they share the device, which would skew
+    their own timings) and the timing phase then choose shapes by the same costs."""
     rows = [m for m in run_methods(calibration, args) if m["engine"] == "dynaspec-tree" and m["tree"].is_automatic]
     if not rows:
         return {}
@@ -380,9 +386,10 @@ def measure_round_costs(args, calibration: dict) -> dict:
         assistant = assistants[method.get("assistant", "dynaspec")]
         assistant.set_schedule(**method["schedule"])
         assistant.drafting.round_costs = None
-        _, stats = dynaspec_hf.generate(target, assistant, prompt, tree=method["tree"], max_new_tokens=8,
-                                        return_stats=True)
-        costs[method["method"]] = dataclasses.asdict(stats.costs)
+        for temperature in args.temperatures:
+            _, stats = dynaspec_hf.generate(target, assistant, prompt, tree=method["tree"], return_stats=True,
+                                            **decoding_options(temperature, 8))
+            costs.setdefault(method["method"], {})[str(temperature)] = dataclasses.asdict(stats.costs)
     return costs
 
 
