@@ -63,6 +63,7 @@ BASELINES = ("autoregressive", COMPILED_PLAIN, PROMPT_LOOKUP, ASSISTED_DEFAULTS)
 PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value; no default exists
 # the shortlists compared in the package's own loop, each a chain of DRAFT_TOKENS drafts
 OWN_LOOP_CHAINS = ("full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec 1/64")
+OWN_LOOP_TAU_ONLY = ("static frequency 1/64", "VocabTrim 1/64")  # their τ only: DynaSpec 1/64's comparison
 
 
 def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str]]:
@@ -164,9 +165,10 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
         row(name, "dynaspec-tree", base["fraction"], tau=BOTH if base is dynaspec_16 else GREEDY, timed=BOTH,
             schedule=base["schedule"], tree=tree or TreeConfig(),
             round_costs=calibration.get("round_costs", {}).get(name))  # the automatic shape's, `measure_round_costs`
-    for name in OWN_LOOP_CHAINS:  # the package's own loop, where drafting is a large share of a round
-        base = next(m for m in out if m["method"] == name)
-        row(f"chain (own loop): {name}", "dynaspec-tree", base["fraction"], timed=BOTH,
+    for name in OWN_LOOP_CHAINS + OWN_LOOP_TAU_ONLY:  # the package's own loop, where drafting is a large share
+        base = next(m for m in out if m["method"] == name)  # of a round
+        timed = BOTH if name in OWN_LOOP_CHAINS else NONE
+        row(f"chain (own loop): {name}", "dynaspec-tree", base["fraction"], timed=timed,
             **{key: base[key] for key in ("schedule", "assistant") if key in base}, tree=TreeConfig.chain(DRAFT_TOKENS))
     return out
 
@@ -413,6 +415,8 @@ def run_tau(args, state) -> None:
                    "--per-category", str(args.per_category), "--max-new-tokens", str(args.max_new_tokens),
                    "--seed", str(args.seed), "--temperatures", *map(str, args.temperatures), "--dtype", args.dtype,
                    *(["--tau-per-category", str(args.tau_per_category)] if args.tau_per_category else []),
+                   *(["--own-loop-tau-per-category", str(args.own_loop_tau_per_category)]
+                     if args.own_loop_tau_per_category else []),
                    *(["--methods", *args.methods] if args.methods else []), *(["--no-trees"] if args.no_trees else []),
                    *(["--no-ablations"] if args.no_ablations else []),
                    *(["--tree", *map(str, args.tree)] if args.tree else []),
@@ -453,8 +457,11 @@ def run_worker(args) -> None:
     transformers.utils.logging.disable_progress_bar()  # progress is the parent's to show, once
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafters, assistants = load_models(args, args.device)
-    limit = args.tau_per_category
-    prompts = [(c, i, p) for c, ps in encoded_prompts(args).items() for i, p in enumerate(ps[:limit])][index::count]
+    encoded = encoded_prompts(args)
+    own_limit = args.own_loop_tau_per_category or args.tau_per_category
+    prompts, own_loop_prompts = (
+        [(c, i, p) for c, ps in encoded.items() for i, p in enumerate(ps[:limit])][index::count]
+        for limit in (args.tau_per_category, own_limit))
     temperatures = ",".join(str(t) for t in args.temperatures)
     shard = args.pair / "shards" / f"T{temperatures}-{index}.json"
     records = json.loads(shard.read_text()) if shard.exists() else []  # resume an interrupted run
@@ -465,7 +472,7 @@ def run_worker(args) -> None:
         for method in run_methods(calibration, args):
             if temperature not in method["temperatures"]:
                 continue
-            for category, number, prompt in prompts:
+            for category, number, prompt in own_loop_prompts if method["engine"] == "dynaspec-tree" else prompts:
                 if (method["method"], category, number, temperature) in done:
                     continue
                 ids = prompt[None].to(args.device)
@@ -620,7 +627,7 @@ def merge(args) -> dict:
             for category in categories:
                 mine = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
                         (method["method"], category, temperature)]
-                reference = "tree: full vocabulary" if method["method"].startswith("tree") else "full vocabulary"
+                reference = reference_row(method["method"])
                 full = [r for r in records if (r["method"], r["category"], r["temperature"]) ==
                         (reference, category, temperature)]
                 timed = speed.get((method["method"], category, temperature))
@@ -628,12 +635,15 @@ def merge(args) -> dict:
                 tau = sum(r["tokens"] for r in mine) / max(sum(r["target_calls"] for r in mine), 1) if mine else None
                 tau = 1.0 if method["method"] == "autoregressive" else tau
                 full_tau = sum(r["tokens"] for r in full) / sum(r["target_calls"] for r in full) if full else None
+                tau_se, full_se = standard_error(mine), standard_error(full)
+                recovery = None if tau is None or full_tau is None or method["fraction"] is None else tau / full_tau
                 shaped = [r for r in mine if "drafted" in r]
                 passes = sum(r["target_calls"] for r in shaped)
                 rows.append(dict(
                     method=method["method"], engine=method["engine"], shortlist_fraction=method["fraction"],
-                    category=category, temperature=temperature, tau=tau,
-                    recovery=None if tau is None or full_tau is None or method["fraction"] is None else tau / full_tau,
+                    category=category, temperature=temperature, tau=tau, tau_se=tau_se, recovery=recovery,
+                    recovery_se=None if recovery is None or tau_se is None or full_se is None
+                    else recovery * ((tau_se / tau) ** 2 + (full_se / full_tau) ** 2) ** 0.5,
                     prompts=len(mine), exact=timed and timed["exact"],
                     tokens_per_s=timed and timed["tokens_per_s"],
                     speedup=timed and base and timed["tokens_per_s"] / base["tokens_per_s"],
@@ -650,6 +660,26 @@ def merge(args) -> dict:
                                          for t in sorted({r["temperature"] for r in records})},
             "calibration": calibration, "recipe": json.loads((args.pair / "recipe.json").read_text()),
             "realism": pooled_realism(records), "rows": rows}
+
+
+def reference_row(method: str) -> str:
+    """The full-vocabulary row a row's recovery is measured against: the same loop's and shape's."""
+    if method.startswith("tree"):
+        return "tree: full vocabulary"
+    return "chain (own loop): full vocabulary" if method.startswith("chain (own loop)") else "full vocabulary"
+
+
+def standard_error(records: list[dict]) -> float | None:
+    """The standard error of τ (all tokens over all target passes) over prompts, by the delta method for a ratio;
+    None below two prompts. A recovery's adds its two τs' relative errors in quadrature (as if independent: the
+    two rows' prompts are the same, so this overstates it)."""
+    n = len(records)
+    if n < 2:
+        return None
+    tau = sum(r["tokens"] for r in records) / sum(r["target_calls"] for r in records)
+    calls = sum(r["target_calls"] for r in records) / n
+    residuals = sum((r["tokens"] - tau * r["target_calls"]) ** 2 for r in records)
+    return (residuals / (n * (n - 1))) ** 0.5 / calls
 
 
 def pooled_realism(records: list[dict]) -> dict:
@@ -780,6 +810,9 @@ def main(argv=None):
                         help="the tree rows' shape (default: TreeConfig(), the package's default)")
     parser.add_argument("--tau-per-category", type=int, default=None,
                         help="measure τ on the first N prompts of each category's sample (default: all)")
+    parser.add_argument("--own-loop-tau-per-category", type=int, default=None,
+                        help="the own loop's rows on the first N prompts instead (default: --tau-per-category): "
+                             "they replay graphs, so many more prompts cost little")
     args = parser.parse_args(argv)
     if args.worker:
         return run_worker(args)

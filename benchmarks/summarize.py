@@ -201,22 +201,34 @@ def realism_table(realism: dict) -> str:
 
 def recovery_table(rows: list[dict], temperature: float) -> str:
     """Recovery of the full vocabulary's τ per category at `temperature`, for every shortlist row (static,
-    VocabTrim, DynaSpec and its ablations), and the mean over categories."""
+    VocabTrim, DynaSpec and its ablations), ± its standard error where a row has one, and the mean over
+    categories (its error: the cells' in quadrature over their count)."""
     shortlists = [r for r in rows if r["temperature"] == temperature and r.get("recovery") is not None
                   and r["shortlist_fraction"] is not None and r["shortlist_fraction"] < 1]
     methods = list(dict.fromkeys(r["method"] for r in shortlists))
     if not methods:
         return ""
-    recovery = {(r["method"], r["category"]): r["recovery"] for r in shortlists}
+    cells = {(r["method"], r["category"]): (r["recovery"], r.get("recovery_se")) for r in shortlists}
     categories = sorted({r["category"] for r in shortlists})
     lines = [f"Recovery at T = {temperature:.0f}:", "", "| category | " + " | ".join(methods) + " |",
              "|---" * (len(methods) + 1) + "|"]
     for category in categories:
-        values = [recovery.get((m, category)) for m in methods]
-        lines.append(f"| {category} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
-    means = [[recovery[(m, c)] for c in categories if (m, c) in recovery] for m in methods]
-    lines.append("| **mean** | " + " | ".join(f"{sum(v) / len(v):.3f}" if v else "-" for v in means) + " |")
+        lines.append(f"| {category} | " + " | ".join(_with_error(*cells.get((m, category), (None, None)))
+                                                    for m in methods) + " |")
+    means = []
+    for method in methods:
+        values = [cells[(method, c)] for c in categories if (method, c) in cells]
+        errors = [se for _, se in values]
+        error = None if None in errors else sum(se ** 2 for se in errors) ** 0.5 / len(errors)
+        means.append(_with_error(sum(v for v, _ in values) / len(values), error))
+    lines.append("| **mean** | " + " | ".join(means) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _with_error(value: float | None, error: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if error is None else f"{value:.3f} ± {error:.3f}"
 
 
 def sampled_acceptance_table(calibration: dict) -> str:

@@ -89,7 +89,7 @@ def test_tau_phase_two_processes_equal_one(calibrated, tmp_path):
         runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
     # every greedy τ method (autoregressive and eager drafting need none), one prompt per category: Spec-Bench's
     # six, HumanEval and the two out-of-domain ones, headers and package documentation
-    assert len(runs[1]) == 26 * 9
+    assert len(runs[1]) == 28 * 9
     assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers", "package_docs"}
     assert runs[1] == runs[2]  # the automatic trees chose by the round costs calibration timed, not their own
     assert set(json.loads((pair / "calibration.json").read_text())["round_costs"]) == {
@@ -105,6 +105,28 @@ def test_tau_phase_two_processes_equal_one(calibrated, tmp_path):
     for stats in realism:  # greedy tokens inside the static shortlists: counts that grow with the shortlist
         inside = stats["greedy_in_static"]
         assert 0 <= inside["1/64"] <= inside["1/32"] <= inside["1/16"] <= stats["positions"]
+
+
+def test_own_loop_rows_take_more_prompts_and_report_standard_errors(calibrated, tmp_path):
+    """`--own-loop-tau-per-category`: the own loop's rows on more prompts than transformers' loop's; their recovery
+    is against the own loop's full-head chain, with a standard error once a category has two prompts."""
+    pair, common = calibrated_pair(calibrated, tmp_path)
+    run(common + ["--phase", "tau", "--workers", "2", "--per-category", "2", "--tau-per-category", "1",
+                  "--own-loop-tau-per-category", "2", "--no-trees"], [sys.executable])
+    records = json.loads((pair / "tau-T0.0.json").read_text())
+    prompts = {}
+    for r in records:
+        prompts.setdefault(r["method"], set()).add((r["category"], r["prompt"]))
+    assert len(prompts["chain (own loop): static frequency 1/64"]) == 2 * 9  # a τ-only own-loop row
+    assert len(prompts["chain (own loop): DynaSpec 1/16"]) == 2 * 9 and len(prompts["DynaSpec 1/16"]) == 9
+    run(common + ["--phase", "merge", "--no-trees"], [sys.executable])
+    rows = [r for r in json.loads((tmp_path / "out" / "latest.json").read_text())["rows"] if r["temperature"] == 0]
+    own = [r for r in rows if r["method"] == "chain (own loop): DynaSpec 1/16"]
+    assert all(r["recovery_se"] is not None and r["recovery_se"] >= 0 and r["prompts"] == 2 for r in own)
+    assert all(r["recovery_se"] is None for r in rows if r["method"] == "DynaSpec 1/16")
+    full = {r["category"]: r["tau"] for r in rows if r["method"] == "chain (own loop): full vocabulary"}
+    assert all(r["recovery"] == pytest.approx(r["tau"] / full[r["category"]]) for r in own)
+    assert " ± " in (tmp_path / "out" / "summary.md").read_text().split("Recovery at T = 0:")[1]
 
 
 def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes(calibrated, tmp_path):
