@@ -149,11 +149,6 @@ class ChainDrafter:
         self.shape = TreeConfig.chain(max_depth)
         self.cache = None  # the chain drafter's cache between rounds
 
-    def draft(self, committed: torch.Tensor, **options) -> TokenTree:
-        """`draft_nodes`, then the tree it drafted."""
-        self.draft_nodes(committed, **options)
-        return self.tree()
-
     @torch.no_grad()
     def draft_nodes(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
                     temperature: float = 0.0, max_depth: int | None = None) -> DraftNodes:
