@@ -34,8 +34,9 @@ MEMORY = 8  # probe rounds over which an estimate fades
 @dataclass(frozen=True)
 class RoundCosts:
     """Seconds of one round's parts for one pair on one device: verification is `verify_fixed` plus
-    `verify_per_token` per token of the pass; a chain costs `chain_fixed` plus `chain_step` per draft; a tree
-    `tree_fixed` plus `tree_forward` per drafter forward of its expansion (a tree of depth d takes d - 1)."""
+    `verify_per_token` per token of the pass; a chain costs `chain_fixed` plus `chain_step` per draft, and
+    `runner_ups` more with runner-ups (choosing them needs each step's logits); a tree `tree_fixed` plus
+    `tree_forward` per drafter forward of its expansion (a tree of depth d takes d - 1)."""
 
     verify_fixed: float
     verify_per_token: float
@@ -43,12 +44,14 @@ class RoundCosts:
     chain_step: float
     tree_fixed: float
     tree_forward: float
+    runner_ups: float = 0.0
 
     def seconds(self, shape) -> float:
         """The predicted seconds of one round drafting the fixed `shape` (a `TreeConfig`)."""
         verify = self.verify_fixed + self.verify_per_token * shape.verified_tokens
         if shape.is_chain:
-            return verify + self.chain_fixed + self.chain_step * shape.max_depth
+            return verify + self.chain_fixed + self.chain_step * shape.max_depth + (
+                self.runner_ups if shape.runner_ups else 0.0)
         return verify + self.tree_fixed + self.tree_forward * (shape.max_depth - 1)
 
     @classmethod
@@ -56,7 +59,8 @@ class RoundCosts:
     def measure(cls, verifier, chain, tree, shape, repeats: int = 5, **drafting) -> "RoundCosts":
         """Time the generation's own engines for the automatic `shape`, drafting as it will (`drafting`:
         `do_sample`, `processors`, `temperature`): verification passes of the smallest and the largest size, chains
-        of 1 and `probe.max_depth` drafts, trees of 1 and `probe.max_depth - 1` forwards. Each part is a straight
+        of 1 and `probe.max_depth` drafts (the longer also with a runner-up each), trees of 1 and
+        `probe.max_depth - 1` forwards. Each part is a straight
         line through two sizes. First, untimed, every graph a later round can replay is captured, its forwards
         compiled: the verification pass of each candidate's size, the tree's expansion at each depth, and its
         prefix after each number of accepted drafts. The engines are left as a generation starts."""
@@ -91,17 +95,19 @@ class RoundCosts:
                              **drafting)
         small, large = 3, probe.verified_tokens
         verify_times = seconds(lambda: verify(small)), seconds(lambda: verify(large))
-        chains = [seconds(lambda depth=depth: chain.draft_nodes(grown(), num_nodes=depth, max_depth=depth,
-                                                                **drafting)) for depth in (1, probe.max_depth)]
+        chains = [seconds(lambda depth=depth, runner_ups=runner_ups: chain.draft_nodes(
+            grown(), num_nodes=depth, max_depth=depth, runner_ups=runner_ups, **drafting))
+            for depth, runner_ups in ((1, 0), (probe.max_depth, 0), (probe.max_depth, 1))]
         trees = [seconds(lambda depth=depth: tree.draft_nodes(grown(), num_nodes=probe.num_nodes, max_depth=depth,
                                                               **drafting)) for depth in (2, probe.max_depth)]
         verifier.start()
         chain.cache = None
         tree.start(probe)
         verify_fixed, verify_per_token = _line(small, large, *verify_times)
-        chain_fixed, chain_step = _line(1, probe.max_depth, *chains)
+        chain_fixed, chain_step = _line(1, probe.max_depth, *chains[:2])
         tree_fixed, tree_forward = _line(1, probe.max_depth - 1, *trees)
-        return cls(verify_fixed, verify_per_token, chain_fixed, chain_step, tree_fixed, tree_forward)
+        return cls(verify_fixed, verify_per_token, chain_fixed, chain_step, tree_fixed, tree_forward,
+                   max(chains[2] - chains[1], 0.0))
 
 
 def _synchronize(device: torch.device) -> None:
@@ -137,6 +143,8 @@ class AutomaticDrafter:
 
     def draft_nodes(self, committed: torch.Tensor, *, num_nodes: int, **options) -> DraftNodes:
         self.drafting = self.chain if self.shape.is_chain else self.tree_drafter
+        if self.shape.is_chain:
+            options["runner_ups"] = self.shape.runner_ups
         return self.drafting.draft_nodes(committed, num_nodes=num_nodes, max_depth=self.shape.max_depth, **options)
 
     def tree(self) -> TokenTree:
@@ -162,13 +170,20 @@ class AutomaticDrafter:
 
 def expected_drafts(shape, rates: SiblingAcceptance) -> float:
     """The drafts `shape` expects accepted: a node is accepted with its parent's probability times the chance that
-    its earlier siblings failed and it did not (`rates`). A chain keeps first children; a tree, level by level, its
-    `num_nodes / max_depth` likeliest nodes, with at most `max_children` children a node."""
-    children = 1 if shape.is_chain else min(shape.width, shape.max_children or shape.width)
+    its earlier siblings failed and it did not (`rates`). A chain grows from first children, each beside its
+    runner-ups; a tree keeps, level by level, its `num_nodes / max_depth` likeliest nodes, with at most
+    `max_children` children a node."""
+    children = 1 + shape.runner_ups if shape.is_chain else min(shape.width, shape.max_children or shape.width)
     shares, missed = [], 1.0
     for index in range(children):
         shares.append(missed * rates.rate(index))
         missed *= 1 - rates.rate(index)
+    if shape.is_chain:
+        reached, total = 1.0, 0.0
+        for _ in range(shape.max_depth):
+            total += reached * sum(shares)
+            reached *= shares[0]
+        return total
     per_level = max(shape.num_nodes // shape.max_depth, 1)
     level, total = [1.0], 0.0
     for _ in range(shape.max_depth):

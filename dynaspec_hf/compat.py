@@ -20,10 +20,10 @@ def cache_field(output_class) -> str:
     return "cache" if "cache" in output_class.__dataclass_fields__ else "past_key_values"
 
 
-def draft_output(sequences, scores: tuple, cache) -> GenerateDecoderOnlyOutput:
-    """A draft block's output, with the drafter's cache where the assisted loop looks for it."""
-    field = cache_field(GenerateDecoderOnlyOutput)
-    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores, **{field: cache})
+def draft_output(output_class, sequences, scores: tuple, cache, **fields) -> GenerateDecoderOnlyOutput:
+    """A draft block's output (`output_class`, a `GenerateDecoderOnlyOutput`), with the drafter's cache where the
+    assisted loop looks for it."""
+    return output_class(sequences=sequences, scores=scores, **{cache_field(output_class): cache}, **fields)
 
 
 def output_cache(output):

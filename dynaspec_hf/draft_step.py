@@ -110,16 +110,23 @@ class DraftStepMixin:
     def greedy_draft_token(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
                            shortlist: Shortlist, index: ShortlistIndex | None = None,
                            context_ids: torch.Tensor | None = None,
-                           routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
-        """`[B, 1]`: the argmax of `draft_step`'s logits, read from the shortlist's rows alone, so a greedy draft
-        never builds a full-vocabulary tensor (a shortlist without a tail: outside it every logit is `-inf`)."""
+                           routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+                           count: int = 1) -> torch.Tensor:
+        """`[B, count]`: the argmax of `draft_step`'s logits (and with `count` > 1 the next likeliest tokens, in
+        order), read from the shortlist's rows alone, so a greedy draft never builds a full-vocabulary tensor (a
+        shortlist without a tail: outside it every logit is `-inf`)."""
         if shortlist.tail:
             raise ValueError("A shortlist with a sampling tail drafts from the full vocabulary: use `draft_step`.")
         if index is None and (shortlist.core or shortlist.context):
             index = self.lm_head.index()
         logits, tokens, _ = self.shortlist_logits(hidden, previous_hidden, token_ids, shortlist, index, context_ids,
                                                   routing)
-        return tokens.gather(1, logits.argmax(-1, keepdim=True))
+        if count == 1:
+            return tokens.gather(1, logits.argmax(-1, keepdim=True))
+        if logits.shape[1] < count:  # fewer rows than tokens asked for: the rest are impossible ones
+            logits = torch.nn.functional.pad(logits, (0, count - logits.shape[1]), value=float("-inf"))
+            tokens = torch.nn.functional.pad(tokens, (0, count - tokens.shape[1]), value=0)
+        return tokens.gather(1, logits.topk(count, dim=-1).indices)
 
     def shortlist_logits(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
                          shortlist: Shortlist, index: ShortlistIndex | None = None,

@@ -61,9 +61,29 @@ class DraftOptions:
     confidence_threshold: float | None = None
     temperature: float = 0.0
     keep_scores: bool = True
+    runner_ups: int = 0  # per draft, the tokens its step would have drafted next (`runner_up_tokens`)
 
     def __post_init__(self):
         self.logits_processor = LogitsProcessorList(self.logits_processor or [])  # the assisted loop passes a list
+
+
+@dataclass
+class DraftOutput(GenerateDecoderOnlyOutput):
+    """A draft block: transformers' output of a generation, and with `DraftOptions.runner_ups`, `runner_ups`
+    `[B, drafts, runner_ups]`, each draft's runner-ups (the own loop verifies them as leaves beside it)."""
+
+    runner_ups: torch.LongTensor | None = None
+
+
+def runner_up_tokens(logits: torch.Tensor, drafted: torch.Tensor, count: int, do_sample: bool) -> torch.Tensor:
+    """`[B, count]`: the `count` tokens a draft step (`logits` `[B, vocab]`, processed, what `drafted` `[B]` was
+    chosen from) would have drafted after `drafted`. Greedy: the next likeliest. Sampling: further draws from
+    q = softmax(logits) without replacement (Gumbel top-k), so a draft and its runner-ups are draws in order, as
+    recursive rejection sampling reads them. Where q has fewer tokens, the rest have q = 0 (never accepted)."""
+    logits = logits.float().scatter(1, drafted[:, None], float("-inf"))
+    if do_sample:
+        logits = logits - torch.empty_like(logits).exponential_().log()
+    return logits.topk(count, dim=-1).indices
 
 
 @torch.no_grad()
@@ -112,13 +132,15 @@ def draft_eagerly(assistant, input_ids: torch.LongTensor, max_new_tokens: int, o
     index = assistant.lm_head.index()
     context = assistant.context_tokens(input_ids, attention_mask)  # the verified text: fixed for the block
 
-    sequences, scores = input_ids, []
+    sequences, scores, runner_ups = input_ids, [], []
     for position in range(max_new_tokens):
         logits = assistant.next_token_logits(hidden, previous, sequences[:, -1], position, index, context,
                                              options.temperature)
         if len(processors):
             logits = processors(sequences, logits)
         token = torch.multinomial(logits.softmax(-1), 1) if options.do_sample else logits.argmax(-1, keepdim=True)
+        if options.runner_ups:
+            runner_ups.append(runner_up_tokens(logits, token[:, 0], options.runner_ups, options.do_sample))
         sequences = torch.cat([sequences, token], dim=-1)
         scores.append(logits)
         stop = stops_at(token, [logits], options)  # the rule, one position at a time
@@ -139,7 +161,8 @@ def draft_eagerly(assistant, input_ids: torch.LongTensor, max_new_tokens: int, o
         outputs.append(hidden)
     if isinstance(cache, DraftCache):
         cache.keep_body_outputs(torch.stack(outputs, dim=1), first=length - 1)
-    return draft_output(sequences, tuple(scores), cache)
+    return draft_output(DraftOutput, sequences, tuple(scores), cache,
+                        runner_ups=torch.stack(runner_ups, 1) if runner_ups else None)
 
 
 def stops_at(tokens: torch.Tensor, scores: list[torch.Tensor | None], options: DraftOptions) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ from transformers.generation import GenerateDecoderOnlyOutput
 
 from .compat import draft_output
 from .configuration_dynaspec import Shortlist
-from .eager_draft import DraftOptions, draft_eagerly, kept_drafts
+from .eager_draft import DraftOptions, DraftOutput, draft_eagerly, kept_drafts, runner_up_tokens
 from .engines import engine_for
 from .static_cache import StaticCacheModel, causal, compiled
 
@@ -74,7 +74,8 @@ class GraphDrafter:
         self.tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.previous = torch.zeros(1, hidden_size, dtype=dtype, device=device)  # body output of the last step
         self.logits = torch.zeros(1, assistant.config.vocab_size, dtype=torch.float32, device=device)
-        self.token = torch.zeros(1, 1, dtype=torch.long, device=device)  # a greedy step's draft, without logits
+        # a greedy step's draft and its runner-ups, without logits
+        self.tokens_drafted = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.router_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # None: CPU, for tests
         self.index = assistant.lm_head.index()
         # the text's most recent distinct tokens, refreshed in place at the start of every block; a step with c
@@ -90,13 +91,14 @@ class GraphDrafter:
     def graphs(self) -> dict:
         return self.body.graphs
 
-    def _step(self, ids: torch.Tensor, shortlist: Shortlist, greedy: bool = False) -> None:
+    def _step(self, ids: torch.Tensor, shortlist: Shortlist, likeliest: int = 0) -> None:
         """Body over `ids` at the cache's write position, then router + head over `shortlist` (core tokens, routed
         clusters, context slots, tail: `config.shortlist_at`).
 
         Writes the full-vocabulary logits (`-inf` outside the shortlist, or the tail's estimate) to `self.logits`,
-        or with `greedy` only the drafted token to `self.token`, and the last hidden state to `self.previous`. Only
-        device operations: this is what the graphs capture.
+        or with `likeliest` = n only the n likeliest tokens (a greedy draft and its runner-ups) to
+        `self.tokens_drafted`, and the last hidden state to `self.previous`. Only device operations: this is what
+        the graphs capture.
         """
         assistant, num_tokens = self.assistant, ids.shape[1]
         positions = torch.arange(num_tokens, device=ids.device) + self.body.write_position
@@ -122,9 +124,12 @@ class GraphDrafter:
                     if tensor is not None:
                         tensor.record_stream(main)
         # a step with c context slots reads the first c (most recent) of the buffer
-        step = self.greedy_draft_token if greedy else self.draft_step
-        (self.token if greedy else self.logits).copy_(step(hidden, self.previous, ids[:, -1], shortlist, self.index,
-                                                           self.context, routing))
+        if likeliest:
+            self.tokens_drafted[:, :likeliest].copy_(self.greedy_draft_token(
+                hidden, self.previous, ids[:, -1], shortlist, self.index, self.context, routing, count=likeliest))
+        else:
+            self.logits.copy_(self.draft_step(hidden, self.previous, ids[:, -1], shortlist, self.index, self.context,
+                                              routing))
         self.previous.copy_(hidden)
 
     def _routing(self, previous: torch.Tensor, token_ids: torch.Tensor, shortlist) -> tuple:
@@ -134,18 +139,19 @@ class GraphDrafter:
             return torch.arange(k, device=token_ids.device)[None], scores.log_softmax(-1) if tail else None
         return self.assistant.routing(previous, token_ids, k, tail)
 
-    def step(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False, greedy: bool = False) -> None:
-        """One draft step over `ids` (`_step`: body, router, head; the result in `self.logits`, or with `greedy` the
-        drafted token in `self.token`), replayed from its graph when it has a graph shape (a `prompt`'s read, whose
-        length varies, runs eagerly: it is never captured or compiled); head counters count it once."""
+    def step(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False, likeliest: int = 0) -> None:
+        """One draft step over `ids` (`_step`: body, router, head; the result in `self.logits`, or with `likeliest`
+        the likeliest tokens in `self.tokens_drafted`), replayed from its graph when it has a graph shape (a
+        `prompt`'s read, whose length varies, runs eagerly: it is never captured or compiled); head counters count
+        it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
         if not self.use_graphs or prompt or ids.shape[1] > MAX_GRAPH_TOKENS:
-            self._step(ids, shortlist, greedy)
+            self._step(ids, shortlist, likeliest)
         else:
             tokens = self.tokens[:, : ids.shape[1]]
             tokens.copy_(ids)
-            self.body.run((ids.shape[1], *shortlist, greedy), lambda: self._step(tokens, shortlist, greedy),
+            self.body.run((ids.shape[1], *shortlist, likeliest), lambda: self._step(tokens, shortlist, likeliest),
                           keep=(self.previous,))
         head.rows_computed = rows + shortlist.core + shortlist.clusters * self.assistant.config.cluster_size + \
             shortlist.context
@@ -160,8 +166,8 @@ class GraphDrafter:
               options: DraftOptions | None = None) -> GenerateDecoderOnlyOutput:
         """`DynaSpecAssistant.draft` on the static cache; the stopping rule is applied once, after the block
         (`kept_drafts`). `options.keep_scores=False`: the caller reads only the tokens, so greedy steps without
-        processors or a confidence rule draft from the shortlist's rows (`greedy_draft_token`), and `scores` comes
-        back empty."""
+        processors or a confidence rule draft from the shortlist's rows (`greedy_draft_token`, runner-ups too),
+        and `scores` comes back empty."""
         with torch.cuda.device(self.device) if self.router_stream is not None else nullcontext():
             return self._draft(input_ids, max_new_tokens, past_key_values, options or DraftOptions())
 
@@ -180,14 +186,15 @@ class GraphDrafter:
         if self.context.shape[1]:
             self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
         tokens_only = not (options.keep_scores or do_sample or len(logits_processor) or options.confidence_threshold)
-        sequences, scores = input_ids, []
+        sequences, scores, runner_ups = input_ids, [], []
         for position in range(max_new_tokens):
             shortlist = self.assistant.config.shortlist_at(position, options.temperature)
-            greedy = tokens_only and not shortlist.tail
+            likeliest = 1 + options.runner_ups if tokens_only and not shortlist.tail else 0
             self.step(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
-                      prompt=position == 0 and start == 0, greedy=greedy)
-            if greedy:
-                token, logits = self.token.clone(), None
+                      prompt=position == 0 and start == 0, likeliest=likeliest)
+            if likeliest:
+                drawn, logits = self.tokens_drafted[:, :likeliest].clone(), None
+                token, runner_ups_drawn = drawn[:, :1], drawn[:, 1:]
             else:
                 logits = self.logits.clone()
                 if len(logits_processor):
@@ -196,11 +203,17 @@ class GraphDrafter:
                     token = torch.multinomial(logits.softmax(dim=-1), 1)
                 else:
                     token = logits.argmax(dim=-1, keepdim=True)
+                if options.runner_ups:
+                    runner_ups_drawn = runner_up_tokens(logits, token[:, 0], options.runner_ups, do_sample)
             sequences = torch.cat([sequences, token], dim=-1)
             scores.append(logits)
+            if options.runner_ups:
+                runner_ups.append(runner_ups_drawn)
         cache.length = length + max(max_new_tokens - 1, 0)
         keep = kept_drafts(sequences[:, length:], scores, options)
-        return draft_output(sequences[:, : length + keep], tuple(scores[:keep]) if options.keep_scores else (), cache)
+        return draft_output(DraftOutput, sequences[:, : length + keep],
+                            tuple(scores[:keep]) if options.keep_scores else (), cache,
+                            runner_ups=torch.stack(runner_ups[:keep], 1) if options.runner_ups else None)
 
 
 def draft_block(assistant, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None,

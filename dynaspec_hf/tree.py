@@ -20,7 +20,7 @@ import torch
 from .compat import output_cache
 from .configuration_dynaspec import Shortlist
 from .engines import engine_for
-from .fast_draft import draft_block
+from .fast_draft import MAX_GRAPH_TOKENS, draft_block
 from .static_cache import StaticCacheModel, causal, compiled
 from .tree_pool import CandidatePool, add_children, chosen_tree, likeliest_children, next_nodes, nodes_to_verify
 
@@ -30,16 +30,19 @@ class TreeConfig:
     """Shape of the draft tree. `TreeConfig()` sizes it automatically (`budget.py`): per generation, the chain or
     tree of at most `max_depth` drafts with the most expected tokens per second for this pair on this device.
     Setting `num_nodes` fixes the shape; `TreeConfig.chain(n)` drafts a plain chain of n (`DEFAULT_TREE`, what
-    `dynaspec_hf.generate` drafts unless told otherwise, is a chain)."""
+    `dynaspec_hf.generate` drafts unless told otherwise, is a chain), and `TreeConfig.chain(n, runner_ups=1)` a
+    chain with each draft's runner-up beside it as a leaf."""
 
     num_nodes: int | None = None  # draft tokens per tree; None: automatic
     max_depth: int = 7  # longest draft path: the drafter forwards this many times per tree
     width: int = 4  # nodes each drafter forward takes, and candidate children per node
     max_children: int | None = None  # per node, when fewer than `width`
+    runner_ups: int = 0  # a chain's leaves beside each draft (`ChainDrafter`)
 
     @classmethod
-    def chain(cls, length: int) -> "TreeConfig":
-        return cls(num_nodes=length, max_depth=length, width=1, max_children=1)
+    def chain(cls, length: int, runner_ups: int = 0) -> "TreeConfig":
+        return cls(num_nodes=length * (1 + runner_ups), max_depth=length, width=1, max_children=1,
+                   runner_ups=runner_ups)
 
     @property
     def is_automatic(self) -> bool:
@@ -56,9 +59,10 @@ class TreeConfig:
         return self.candidates()[-1]
 
     def candidates(self) -> list["TreeConfig"]:
-        """What an automatic shape chooses from: chains of 1 to `max_depth` drafts, and trees of each depth from 2
-        with 2 or 4 nodes per level (the probe, the largest, last)."""
-        chains = [TreeConfig.chain(depth) for depth in range(1, self.max_depth + 1)]
+        """What an automatic shape chooses from: chains of 1 to `max_depth` drafts, without and with a runner-up
+        beside each, and trees of each depth from 2 with 2 or 4 nodes per level (the probe, the largest, last)."""
+        chains = [TreeConfig.chain(depth, runner_ups) for runner_ups in (0, 1)
+                  for depth in range(1, self.max_depth + 1)]
         trees = [TreeConfig(per_level * depth, depth, self.width, self.max_children)
                  for per_level in (2, 4) for depth in range(2, self.max_depth + 1)]
         return chains + trees
@@ -69,11 +73,16 @@ class TreeConfig:
         drafts (a chain drafts at most `max_depth`; an automatic shape at most its probe's)."""
         if self.is_automatic:
             return self.probe.verified_tokens
-        return self.max_depth + 1 + (min(self.num_nodes, self.max_depth) if self.is_chain else self.num_nodes)
+        if self.is_chain:
+            return self.max_depth + 1 + min(self.num_nodes, self.max_depth * (1 + self.runner_ups))
+        return self.max_depth + 1 + self.num_nodes
 
     def validate(self) -> None:
         if min(1 if self.is_automatic else self.num_nodes, self.max_depth, self.width, self.max_children or 1) < 1:
-            raise ValueError(f"Every TreeConfig field must be at least 1, got {self}.")
+            raise ValueError(f"Every TreeConfig field but runner_ups must be at least 1, got {self}.")
+        if not 0 <= self.runner_ups < MAX_GRAPH_TOKENS or (self.runner_ups and not self.is_chain):
+            raise ValueError(f"runner_ups (leaves beside a chain's drafts) takes a count from 0 to "
+                             f"{MAX_GRAPH_TOKENS - 1}, for chains (TreeConfig.chain(length, runner_ups)), got {self}.")
         if self.is_automatic and (self.max_depth < 2 or min(self.width, self.max_children or self.width) < 2):
             raise ValueError(f"An automatic TreeConfig (num_nodes=None) chooses among trees, so it needs max_depth "
                              f"and children per node of at least 2, got {self}: give num_nodes for a fixed shape.")
@@ -142,43 +151,73 @@ class DraftNodes:
 
 class ChainDrafter:
     """Chains, as token trees of width 1, for the own loop: drafted by the assistant's chain drafter on its static
-    cache (`draft_block`: CUDA-graph steps on CUDA, eager ones elsewhere), as in transformers' loop on the GPU."""
+    cache (`draft_block`: CUDA-graph steps on CUDA, eager ones elsewhere), as in transformers' loop on the GPU.
 
-    def __init__(self, assistant, max_depth: int, compile_options: dict | None = None):
+    With `runner_ups`, each draft gets that many leaves beside it: the tokens its draft step would have drafted
+    next (the next likeliest greedy; further draws without replacement from q when sampling), verified in the same
+    target pass. A leaf needs no drafter forward, so a runner-up costs only a few verified tokens, and where the
+    target rejects a chain's draft for its runner-up, the round gains that token."""
+
+    def __init__(self, assistant, max_depth: int, compile_options: dict | None = None, runner_ups: int = 0):
         self.assistant, self.max_depth, self.compile_options = assistant, max_depth, compile_options
-        self.shape = TreeConfig.chain(max_depth)
+        self.shape = TreeConfig.chain(max_depth, runner_ups)
         self.cache = None  # the chain drafter's cache between rounds
+        self.layouts = {}  # (drafts, runner-ups) -> their depths and visibility, built on the device once
 
     @torch.no_grad()
     def draft_nodes(self, committed: torch.Tensor, *, num_nodes: int, do_sample: bool, processors=None,
-                    temperature: float = 0.0, max_depth: int | None = None) -> DraftNodes:
+                    temperature: float = 0.0, max_depth: int | None = None, runner_ups: int | None = None
+                    ) -> DraftNodes:
         """Draft a chain of at most `num_nodes` (and `max_depth`) drafts after `committed` (1-D ids that extend the
-        previous call's) and return its nodes as the verification pass reads them, without waiting for the device
-        (`tree` reads the chain); under sampling each node keeps q, the distribution its child was drawn from."""
+        previous call's), each with `runner_ups` leaves beside it (default: the shape's), and return its nodes as
+        the verification pass reads them, without waiting for the device (`tree` reads the chain); under sampling
+        each chain node keeps q, the distribution its children were drawn from."""
+        runner_ups = self.shape.runner_ups if runner_ups is None else runner_ups
         length = committed.shape[0]
         out = draft_block(self.assistant, committed[None], min(num_nodes, max_depth or self.max_depth), self.cache,
                           do_sample=do_sample, logits_processor=processors, temperature=temperature,
-                          compile_options=self.compile_options, static_cache=True, keep_scores=do_sample)
+                          compile_options=self.compile_options, static_cache=True, keep_scores=do_sample,
+                          runner_ups=runner_ups)
         self.cache = output_cache(out)
         drafts = out.sequences[0, length - 1 :]  # the root, then the drafts
-        self.drafted = length, drafts, [scores[0].softmax(-1) for scores in out.scores] if do_sample else None
         count = drafts.shape[0] - 1
-        return DraftNodes(drafts[1:], torch.arange(length, length + count, device=drafts.device),
-                          causal(count, drafts.device))
+        leaves = out.runner_ups[0] if runner_ups else None
+        self.drafted = length, drafts, leaves, [scores[0].softmax(-1) for scores in out.scores] if do_sample else None
+        if (count, runner_ups) not in self.layouts:
+            self.layouts[count, runner_ups] = chain_layout(count, runner_ups, drafts.device)
+        depths, visible = self.layouts[count, runner_ups]
+        tokens = drafts[1:] if leaves is None else torch.cat([drafts[1:, None], leaves], 1).flatten()
+        return DraftNodes(tokens, depths + (length - 1), visible)
 
     def tree(self) -> TokenTree:
-        """The chain `draft_nodes` drafted last, as a token tree."""
-        length, drafts, q = self.drafted
+        """The chain `draft_nodes` drafted last, with its runner-ups, as a token tree (numbered as its nodes)."""
+        length, drafts, leaves, q = self.drafted
         tree = TokenTree(root_position=length - 1)
-        node = -1
-        for position, token in enumerate(drafts.tolist()):
-            node = tree.add(token, node)
-            if q is not None and position < len(q):  # q for rejection sampling; greedy acceptance reads the tokens
-                tree.probs[node] = q[position]
+        tokens = drafts.tolist()
+        leaves = leaves.tolist() if leaves is not None else [[] for _ in tokens[1:]]
+        parent = tree.add(tokens[0], -1)
+        for position, (token, runner_ups) in enumerate(zip(tokens[1:], leaves)):
+            node = tree.add(token, parent)
+            for leaf in runner_ups:
+                tree.add(leaf, parent)
+            if q is not None:  # q for rejection sampling; greedy acceptance reads the tokens
+                tree.probs[parent] = q[position]
+            parent = node
         return tree
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
         """A chain's shape does not learn from outcomes."""
+
+
+def chain_layout(drafts: int, runner_ups: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depths `[n]` and which node sees which `[n, n]` of a chain of `drafts` with `runner_ups` leaves beside each,
+    numbered as `ChainDrafter.tree` numbers them: each draft, then its runner-ups. A node sees the chain's drafts
+    above it and itself."""
+    per_level = 1 + runner_ups
+    index = torch.arange(drafts * per_level, device=device)
+    level, on_chain = index // per_level, index % per_level == 0
+    visible = ((level[None, :] < level[:, None]) & on_chain[None, :]) | (index[None, :] == index[:, None])
+    return level + 1, visible
 
 
 @dataclass
@@ -491,7 +530,7 @@ def drafter_for(assistant, length: int, shape, compile_options: dict | None = No
     """The drafting engine for a generation of `length` positions with tree shape `shape` (a `TreeConfig`): a chain
     drafter, or the assistant's tree drafter, kept on it between generations (`engines.py`)."""
     if shape.is_chain:
-        return ChainDrafter(assistant, shape.max_depth, compile_options)
+        return ChainDrafter(assistant, shape.max_depth, compile_options, shape.runner_ups)
     settings = (shape.max_depth, shape.width, assistant.device, assistant.dtype, assistant.config.max_context_tokens,
                 compile_options)
     drafter = engine_for(assistant, "tree drafter", length, settings,

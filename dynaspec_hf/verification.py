@@ -148,7 +148,8 @@ def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: tor
     Device work only, every row at once.
 
     Candidate i is accepted with probability min(1, p_i(x)/q_i(x)); after a rejection p becomes the normalized
-    residual max(p_i - q_i, 0) and x is removed from q. Returns `(index of the accepted candidate or -1, token)`:
+    residual max(p_i - q_i, 0) and x is removed from q. A candidate with q_i(x) = 0 is no draw (q had no tokens
+    left, which does not depend on the draws) and is skipped. Returns `(index of the accepted candidate or -1, token)`:
     the candidate, or after every rejection a draw from the last residual (from p for a row without candidates).
     """
     rows = torch.arange(p.shape[0], device=p.device)
@@ -156,8 +157,8 @@ def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: tor
     accepted = torch.full_like(rows, -1)
     for index in range(candidates.shape[1]):
         token = candidates[:, index]
-        live = (accepted < 0) & (token >= 0)
         x = token.clamp(min=0)
+        live = (accepted < 0) & (token >= 0) & (q[rows, x] > 0)
         take = live & (torch.rand(rows.shape, device=p.device) * q[rows, x] < p[rows, x])
         accepted = torch.where(take, index, accepted)
         rejected = (live & ~take)[:, None]

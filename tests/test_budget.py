@@ -52,6 +52,8 @@ def test_expected_drafts_follow_the_sibling_acceptance_rates():
     rates = SiblingAcceptance(accepted=[5.0, 1.0], reached=[8.0, 2.0])
     assert expected_drafts(TreeConfig.chain(1), rates) == pytest.approx(0.6)
     assert expected_drafts(TreeConfig.chain(2), rates) == pytest.approx(0.6 + 0.36)
+    # a runner-up beside each draft: 0.6 + 0.2 at the first level, reached by the chain at 0.6 on the second
+    assert expected_drafts(TreeConfig.chain(2, runner_ups=1), rates) == pytest.approx(0.8 + 0.6 * 0.8)
     # two children a node: 0.6 and 0.4 * 0.5; two nodes a level, the likeliest of the next level 0.36 and 0.12
     assert expected_drafts(TreeConfig(num_nodes=4, max_depth=2, max_children=2), rates) == pytest.approx(0.8 + 0.48)
     assert expected_drafts(TreeConfig(num_nodes=2, max_depth=1, max_children=2), rates) == pytest.approx(0.8)
@@ -60,7 +62,15 @@ def test_expected_drafts_follow_the_sibling_acceptance_rates():
 
 
 def test_expensive_verification_picks_a_chain(pair):
-    assert all(shape.is_chain for shape in chosen_shapes(pair, VERIFICATION_BOUND))
+    assert all(shape.is_chain and not shape.runner_ups for shape in chosen_shapes(pair, VERIFICATION_BOUND))
+
+
+def test_free_verified_tokens_and_costly_trees_pick_a_chain_with_runner_ups(pair):
+    """A runner-up costs only verified tokens: where those are free and a tree's forwards are not, every chain
+    gains by them."""
+    costs = RoundCosts(verify_fixed=1.0, verify_per_token=0.0, chain_fixed=0.0, chain_step=0.01, tree_fixed=10.0,
+                       tree_forward=1.0)
+    assert all(shape.is_chain and shape.runner_ups for shape in chosen_shapes(pair, costs))
 
 
 def test_a_drafter_the_target_agrees_with_drafts_deep_chains_at_measured_costs():

@@ -13,7 +13,8 @@ from dynaspec_hf.engines import kept_engine
 from dynaspec_hf.fast_draft import chain_drafter
 from dynaspec_hf.generation import compile_options_for
 from dynaspec_hf.measure import count_forward_calls
-from dynaspec_hf.tree import SiblingAcceptance, TreeDrafter
+from dynaspec_hf.eager_draft import runner_up_tokens
+from dynaspec_hf.tree import ChainDrafter, SiblingAcceptance, TreeDrafter
 from conftest import FAMILIES, FAMILY_CASES, VOCAB, make_assistant, random_cases, tiny_pair
 from test_budget import VERIFICATION_BOUND
 from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_distributions
@@ -21,7 +22,7 @@ from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_dis
 PROMPTS = 30
 SLIDING = sorted(family for family, (_, kwargs) in FAMILIES.items() if "sliding_window" in kwargs)
 TREES = {"tree": TreeConfig(num_nodes=12, max_depth=5, width=3), "chain": TreeConfig.chain(4),
-         "automatic": TreeConfig(max_depth=5, width=3)}
+         "runner-ups": TreeConfig.chain(4, runner_ups=2), "automatic": TreeConfig(max_depth=5, width=3)}
 
 
 @pytest.mark.parametrize("shape", sorted(TREES))
@@ -89,6 +90,35 @@ def test_tree_shape_limits():
         tokens = [tree.tokens[c] for c in children]
         assert len(set(tokens)) == len(tokens), "siblings must be drawn without replacement"
         assert all(float(tree.probs[node][t]) > 0 for t in tokens), "children must come from the node's shortlist"
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_chain_runner_ups_are_the_next_draws_beside_each_draft(do_sample):
+    """Each draft's runner-ups are distinct tokens other than the draft, after it among its parent's children
+    (sampled, from q), and leaves; greedy, the next likeliest. The nodes the target reads are the tree's."""
+    _, drafter = tiny_pair("qwen2", seed=1)
+    assistant = make_assistant(drafter, "routed")
+    chain = ChainDrafter(assistant, 3, runner_ups=2)
+    nodes = chain.draft_nodes(torch.arange(5), num_nodes=9, do_sample=do_sample)
+    tree = chain.tree()
+    assert len(tree) == 10 and max(tree.depths) == 3 and [len(c) for c in tree.children if c] == [3, 3, 3]
+    assert torch.equal(tree.nodes().visible, nodes.visible) and torch.equal(tree.nodes().tokens, nodes.tokens)
+    assert torch.equal(tree.nodes().positions, nodes.positions)
+    for node, children in enumerate(tree.children):
+        if not children:
+            continue
+        tokens = [tree.tokens[c] for c in children]
+        assert len(set(tokens)) == 3 and not any(tree.children[c] for c in children[1:])
+        assert do_sample or tree.probs[node] is None
+        assert not do_sample or all(float(tree.probs[node][t]) > 0 for t in tokens)
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, float("-inf")]])
+    assert runner_up_tokens(logits, torch.tensor([1]), 2, do_sample=False).tolist() == [[2, 3]]
+    with pytest.raises(ValueError, match="runner_ups"):
+        TreeConfig(num_nodes=8, max_depth=4, runner_ups=1).validate()
+    with pytest.raises(ValueError, match="runner_ups"):
+        TreeConfig(runner_ups=1).validate()
+    with pytest.raises(ValueError, match="runner_ups"):
+        TreeConfig.chain(3, runner_ups=16).validate()
 
 
 def test_tree_graphs_are_keyed_by_the_sampling_settings():
@@ -298,6 +328,25 @@ def test_own_loop_chain_drafts_with_the_graph_drafter():
     assert kept_engine(target, "verifier").size == TreeConfig.chain(5).verified_tokens == 11
 
 
+def test_both_draft_paths_give_the_same_runner_ups():
+    """Greedy runner-ups read from the shortlist's rows in the chain drafter's step equal those of the eager draft
+    loop (`drafting.cuda_graphs=False`), which reads them from the logits, and both stay exact."""
+    target, drafter = tiny_pair("qwen2", seed=9)
+    assistant = make_assistant(drafter, "routed")
+    trees = []
+    for graphs in (True, False):
+        assistant.drafting.cuda_graphs = graphs
+        chain = ChainDrafter(assistant, 4, runner_ups=2)
+        chain.draft_nodes(torch.arange(7), num_nodes=12, do_sample=False)
+        trees.append(chain.tree())
+        ids, new_tokens = next(iter(random_cases(1, seed=2)))
+        got = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new_tokens,
+                                   tree=TreeConfig.chain(4, runner_ups=2))
+        assert torch.equal(got, target.generate(ids, do_sample=False, max_new_tokens=new_tokens))
+    assert trees[0].tokens == trees[1].tokens and trees[0].parents == trees[1].parents
+    assert len(trees[0]) == 13
+
+
 def test_compile_defaults_to_cuda_as_transformers_static_cache_decoding():
     """The own loop compiles by default where transformers compiles static-cache decoding and its passes replay
     CUDA graphs: on one GPU, unless the generation config sets `disable_compile`; an explicit `compile` wins."""
@@ -389,6 +438,18 @@ def test_recursive_rejection_sampling_is_exact():
     assert 0.5 < took.float().mean() < 0.9  # both outcomes occur
 
 
+def test_recursive_rejection_sampling_skips_candidates_q_cannot_draw():
+    """q has one token, so a runner-up beside it (`ChainDrafter`) has q = 0: no draw, never accepted. After the
+    first candidate's rejection the token follows the residual, which splits evenly between tokens 1 and 2."""
+    torch.manual_seed(0)
+    draws = 20000
+    p = torch.tensor([0.5, 0.25, 0.25]).expand(draws, -1)
+    q = torch.tensor([1.0, 0.0, 0.0]).expand(draws, -1)
+    accepted, tokens = recursive_rejection_sample(p, q, torch.tensor([0, 1]).expand(draws, -1))
+    assert (accepted != 1).all()
+    assert chi_square_p_value(tokens, p[0]) > 1e-3
+
+
 def test_recursive_rejection_sampling_rows_are_independent():
     """Rows without candidates draw from their own p; a row's outcome does not depend on the other rows."""
     torch.manual_seed(0)
@@ -407,7 +468,7 @@ def test_recursive_rejection_sampling_rows_are_independent():
 
 
 SAMPLING_SHAPES = {"tree": TreeConfig(num_nodes=6, max_depth=2, width=3), "chain": TreeConfig.chain(2),
-                   "automatic": TreeConfig(max_depth=2, width=3)}
+                   "runner-ups": TreeConfig.chain(2, runner_ups=2), "automatic": TreeConfig(max_depth=2, width=3)}
 
 
 def draw_tree(target, assistant, draws, tree=SAMPLING_SHAPES["tree"]):
@@ -420,6 +481,7 @@ def draw_tree(target, assistant, draws, tree=SAMPLING_SHAPES["tree"]):
 @pytest.mark.slow
 @pytest.mark.parametrize("setting,shape,tail", [("full", "tree", False), ("routed", "tree", False),
                                                 ("routed", "chain", False), ("routed", "tree", True),
+                                                ("routed", "runner-ups", False), ("routed", "runner-ups", True),
                                                 ("routed", "automatic", False)])
 def test_tree_sampling_keeps_target_distribution(sampling_pair, setting, shape, tail, monkeypatch):
     target, drafter = sampling_pair
