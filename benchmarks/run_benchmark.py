@@ -64,6 +64,7 @@ PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value; no default 
 # the shortlists compared in the package's own loop, each a chain of DRAFT_TOKENS drafts
 OWN_LOOP_CHAINS = ("full vocabulary", "static frequency 1/16", "VocabTrim 1/16", "DynaSpec 1/16", "DynaSpec 1/64")
 OWN_LOOP_TAU_ONLY = ("static frequency 1/64", "VocabTrim 1/64")  # their τ only: DynaSpec 1/64's comparison
+RUNNER_UP_CHAINS = ("full vocabulary", "DynaSpec 1/16")  # the same chains with each draft's runner-up beside it
 
 
 def load_prompts(data: Path, per_category: int, seed: int) -> dict[str, list[str]]:
@@ -170,6 +171,10 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
         timed = BOTH if name in OWN_LOOP_CHAINS else NONE
         row(f"chain (own loop): {name}", "dynaspec-tree", base["fraction"], timed=timed,
             **{key: base[key] for key in ("schedule", "assistant") if key in base}, tree=TreeConfig.chain(DRAFT_TOKENS))
+    for name in RUNNER_UP_CHAINS:
+        base = next(m for m in out if m["method"] == name)
+        row(f"chain + runner-ups (own loop): {name}", "dynaspec-tree", base["fraction"], timed=BOTH,
+            schedule=base["schedule"], tree=TreeConfig.chain(DRAFT_TOKENS, runner_ups=1))
     return out
 
 
@@ -663,10 +668,10 @@ def merge(args) -> dict:
 
 
 def reference_row(method: str) -> str:
-    """The full-vocabulary row a row's recovery is measured against: the same loop's and shape's."""
-    if method.startswith("tree"):
-        return "tree: full vocabulary"
-    return "chain (own loop): full vocabulary" if method.startswith("chain (own loop)") else "full vocabulary"
+    """The full-vocabulary row a row's recovery is measured against: the same loop's and shape's (a row named
+    "shape: shortlist" against "shape: full vocabulary")."""
+    shape, _, _ = method.rpartition(": ")
+    return f"{shape}: full vocabulary" if shape else "full vocabulary"
 
 
 def standard_error(records: list[dict]) -> float | None:

@@ -89,13 +89,13 @@ def test_tau_phase_two_processes_equal_one(calibrated, tmp_path):
         runs[processes] = sorted(records, key=lambda r: (r["method"], r["category"], r["prompt"]))
     # every greedy τ method (autoregressive and eager drafting need none), one prompt per category: Spec-Bench's
     # six, HumanEval and the two out-of-domain ones, headers and package documentation
-    assert len(runs[1]) == 28 * 9
+    assert len(runs[1]) == 30 * 9
     assert {r["category"] for r in runs[1]} >= {"humaneval", "cpp_headers", "package_docs"}
     assert runs[1] == runs[2]  # the automatic trees chose by the round costs calibration timed, not their own
     assert set(json.loads((pair / "calibration.json").read_text())["round_costs"]) == {
         "tree: full vocabulary", "tree: DynaSpec 1/16"}
     assert any(r["target_calls"] < r["tokens"] for r in runs[1])  # drafts were accepted: τ > 1 somewhere
-    own = [r for r in runs[1] if r["method"].startswith(("tree:", "chain (own loop)"))]
+    own = [r for r in runs[1] if r["method"].startswith(("tree:", "chain"))]
     assert own and all(r["target_calls"] - 1 <= r["drafted"] and r["depths"] <= r["drafted"] for r in own)
     run(common + ["--phase", "merge"], [sys.executable])  # τ without timings: the own loop's draft shapes
     drafts = (tmp_path / "out" / "summary.md").read_text().split("The own loop's drafts per round:")[1]
@@ -126,6 +126,9 @@ def test_own_loop_rows_take_more_prompts_and_report_standard_errors(calibrated, 
     assert all(r["recovery_se"] is None for r in rows if r["method"] == "DynaSpec 1/16")
     full = {r["category"]: r["tau"] for r in rows if r["method"] == "chain (own loop): full vocabulary"}
     assert all(r["recovery"] == pytest.approx(r["tau"] / full[r["category"]]) for r in own)
+    full = {r["category"]: r["tau"] for r in rows if r["method"] == "chain + runner-ups (own loop): full vocabulary"}
+    assert all(r["recovery"] == pytest.approx(r["tau"] / full[r["category"]])  # against the same shape's full head
+               for r in rows if r["method"] == "chain + runner-ups (own loop): DynaSpec 1/16")
     assert " ± " in (tmp_path / "out" / "summary.md").read_text().split("Recovery at T = 0:")[1]
 
 
@@ -142,10 +145,10 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
                                            "transformers assisted (drafter, transformers' defaults)",
                                            "chain (own loop): full vocabulary", "chain (own loop): VocabTrim 1/16",
                                            "chain (own loop): static frequency 1/16", "chain (own loop): DynaSpec 1/64"}
-    assert len({r["method"] for r in rows}) == 18
+    assert len({r["method"] for r in rows}) == 20
     assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
     assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding
-    own_loop = [r for r in rows if r["method"].startswith(("chain (own loop)", "tree"))]
+    own_loop = [r for r in rows if r["method"].startswith(("chain", "tree"))]
     assert own_loop and all(set(r["round_ms"]) == {"draft", "verify", "accept", "commit"} for r in own_loop)
     assert all(r["round_ms"] is None for r in rows if r not in own_loop)  # where the own loop's rounds' time went
     # a merge after a time limit reads the rounds done so far from the progress file: here all of them
