@@ -280,8 +280,6 @@ def summary(rows: list[dict], realism: dict | None = None, calibration: dict | N
                           "The same with the full-vocabulary head:"),
               ratio_table(rows, "chain + runner-ups (own loop): DynaSpec 1/16", (PACKAGE_DEFAULT,),
                           "Runner-ups (each draft's runner-up beside it as a leaf) against the plain chain:"),
-              ratio_table(rows, "chain + runner-ups (own loop): full vocabulary", ("chain (own loop): full vocabulary",),
-                          "The same with the full-vocabulary head:"),
               left_out_note(rows), summary_table(rows), draft_shape_table(rows), round_time_table(rows),
               side_by_side_table(rows)]
     tables += [realism_table(realism)] if realism else []

@@ -145,7 +145,7 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
                                            "transformers assisted (drafter, transformers' defaults)",
                                            "chain (own loop): full vocabulary", "chain (own loop): VocabTrim 1/16",
                                            "chain (own loop): static frequency 1/16", "chain (own loop): DynaSpec 1/64"}
-    assert len({r["method"] for r in rows}) == 20
+    assert len({r["method"] for r in rows}) == 19
     assert all(r["timing_runs"] == 2 and r["timed_tokens"] == 2 * 8 for r in rows)
     assert all(r["exact"] == 2 for r in rows), [r for r in rows if r["exact"] != 2]  # greedy equals plain decoding
     own_loop = [r for r in rows if r["method"].startswith(("chain", "tree"))]
