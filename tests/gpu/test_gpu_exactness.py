@@ -23,7 +23,7 @@ from dynaspec_hf.fast_draft import GraphDrafter
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 LARGE_VOCAB = 128_256
-OWN_LOOP = {"chain": TreeConfig.chain(6), "tree": TreeConfig()}
+OWN_LOOP = {"chain": TreeConfig.chain(6), "runner-ups": TreeConfig.chain(6, runner_ups=1), "tree": TreeConfig()}
 
 
 def random_prompts(count: int, seed: int = 1, longest: int = 30) -> list[tuple[torch.Tensor, int]]:
@@ -155,6 +155,8 @@ SAMPLING_LOOPS = {
         target, assistant, prompt, do_sample=True, max_new_tokens=3, tree=SAMPLED_TREE),
     "own loop, chain of 2": lambda target, assistant, prompt: dynaspec_hf.generate(
         target, assistant, prompt, do_sample=True, max_new_tokens=3, tree=TreeConfig.chain(2)),
+    "own loop, chain of 2 + runner-ups": lambda target, assistant, prompt: dynaspec_hf.generate(
+        target, assistant, prompt, do_sample=True, max_new_tokens=3, tree=TreeConfig.chain(2, runner_ups=2)),
 }
 
 
