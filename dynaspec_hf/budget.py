@@ -7,12 +7,12 @@ assistant. The same calls capture (and compile) every engine state a later round
 compile, whichever candidate the shape switches to.
 
 The accepted drafts are predicted from what the target accepted, not from the drafter's own probabilities (greedy,
-the target takes the drafter's first choice far more often than q of it says). A generation's first round (the
-first three, for an assistant's first generation) drafts the probe, the largest candidate tree, and counts how
-often the target accepted a node's i-th child once the earlier ones failed (`SiblingAcceptance`, kept on the
-assistant and fading over its recent probe rounds). Those rates give every candidate, chain or tree, its expected
-accepted drafts (`expected_drafts`), and the generation goes on with the candidate of the most expected tokens
-per second. Chains are candidates, so the automatic shape loses to the best chain only by the probe rounds and
+the target takes the drafter's first choice far more often than q of it says). Every round counts how often the
+target accepted a node's i-th child once the earlier ones failed (`SiblingAcceptance`, kept on the assistant and
+fading over its last `MEMORY` rounds); a generation's first round (the first three, for an assistant's first
+generation) drafts the probe, the largest candidate tree, whose nodes have every number of children. Those rates
+give every candidate, chain or tree, its expected accepted drafts (`expected_drafts`), and the generation goes on
+with the candidate of the most expected tokens per second. Chains are candidates, so the automatic shape loses to the best chain only by the probe rounds and
 the estimate's error.
 
 The shape depends only on earlier rounds' outcomes, never on the round's own draws, so sampling stays exact.
@@ -28,7 +28,7 @@ import torch
 from .tree import ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, drafter_for, processors_key
 
 PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
-MEMORY = 8  # probe rounds over which an estimate fades
+MEMORY = 64  # rounds over which an estimate fades
 
 
 @dataclass(frozen=True)
@@ -153,14 +153,13 @@ class AutomaticDrafter:
     def update(self, trials: list[tuple[int, int | None]]) -> None:
         if not self.shape.is_chain:
             self.tree_drafter.update(trials)
-        if not self.probing:
-            return
         self.rates.fade(1 - 1 / MEMORY)
         for candidates, accepted_index in trials:
             self.rates.record(candidates, accepted_index)
-        self.probing -= 1
-        if not self.probing:
-            self.shape = self.best()
+        if self.probing:
+            self.probing -= 1
+            if not self.probing:
+                self.shape = self.best()
 
     def best(self):
         """The candidate of the most expected tokens per second by the measured rates and round costs."""
@@ -170,14 +169,14 @@ class AutomaticDrafter:
 
 def expected_drafts(shape, rates: SiblingAcceptance) -> float:
     """The drafts `shape` expects accepted: a node is accepted with its parent's probability times the chance that
-    its earlier siblings failed and it did not (`rates`). A chain grows from first children, each beside its
-    runner-ups; a tree keeps, level by level, its `num_nodes / max_depth` likeliest nodes, with at most
-    `max_children` children a node."""
+    its earlier siblings failed and it did not (`rates`, non-increasing by sibling: a child seldom reached is not
+    valued by its prior alone). A chain grows from first children, each beside its runner-ups; a tree keeps, level
+    by level, its `num_nodes / max_depth` likeliest nodes, with at most `max_children` children a node."""
     children = 1 + shape.runner_ups if shape.is_chain else min(shape.width, shape.max_children or shape.width)
     shares, missed = [], 1.0
-    for index in range(children):
-        shares.append(missed * rates.rate(index))
-        missed *= 1 - rates.rate(index)
+    for rate in rates.scores(children):
+        shares.append(missed * rate)
+        missed *= 1 - rate
     if shape.is_chain:
         reached, total = 1.0, 0.0
         for _ in range(shape.max_depth):

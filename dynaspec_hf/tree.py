@@ -223,7 +223,7 @@ def chain_layout(drafts: int, runner_ups: int, device) -> tuple[torch.Tensor, to
 @dataclass
 class SiblingAcceptance:
     """How often a node's i-th child is accepted once the earlier children were rejected (Laplace's rule: 1/2 before
-    any evidence): over the rounds of one generation for a sampled tree's expansion, and over an assistant's probe
+    any evidence): over the rounds of one generation for a sampled tree's expansion, and over an assistant's
     rounds for the automatic shape (`budget.py`), whose older rounds `fade`.
 
     Under sampling the tree's shape must not depend on the drafted tokens (recursive rejection sampling would be

@@ -59,6 +59,22 @@ def test_expected_drafts_follow_the_sibling_acceptance_rates():
     assert expected_drafts(TreeConfig(num_nodes=2, max_depth=1, max_children=2), rates) == pytest.approx(0.8)
     rates.fade(0.5)
     assert rates.rate(0) == pytest.approx(3.5 / 6)  # older outcomes weigh less against the prior
+    # a later sibling is never valued above an earlier one (here a second child seldom tried, by its prior)
+    rates = SiblingAcceptance(accepted=[2.0], reached=[10.0])
+    assert expected_drafts(TreeConfig.chain(1, runner_ups=1), rates) == pytest.approx(0.25 + 0.75 * 0.25)
+
+
+def test_every_round_counts_toward_the_acceptance_rates():
+    """The rates learn from every round, not only from the probe's: after one generation they have counted the
+    first children of the chain rounds too, more than the probe rounds hold."""
+    target, drafter = tiny_pair("llama", noise=0.1)
+    assistant = make_assistant(drafter, "routed")
+    assistant.drafting.round_costs = VERIFICATION_BOUND  # a chain after the probe rounds
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(0))
+    _, stats = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=60, tree=TreeConfig(), return_stats=True)
+    rates = next(iter(assistant._dynaspec_sibling_acceptance.values()))
+    probe_trials = PROBE_ROUNDS * TreeConfig().probe.max_depth  # at most one per level of each probe tree
+    assert stats.shapes[-1].is_chain and rates.reached[0] > probe_trials
 
 
 def test_expensive_verification_picks_a_chain(pair):
