@@ -12,8 +12,8 @@ target accepted a node's i-th child once the earlier ones failed (`SiblingAccept
 fading over its last `MEMORY` rounds); a generation's first round (the first three, for an assistant's first
 generation) drafts the probe, the largest candidate tree, whose nodes have every number of children. Those rates
 give every candidate, chain or tree, its expected accepted drafts (`expected_drafts`), and the generation goes on
-with the candidate of the most expected tokens per second. Chains are candidates, so the automatic shape loses to the best chain only by the probe rounds and
-the estimate's error.
+with the candidate of the most expected tokens per second. Chains are candidates, so the automatic shape loses to
+the best chain only by the probe rounds and the estimate's error.
 
 The shape depends only on earlier rounds' outcomes, never on the round's own draws, so sampling stays exact.
 """
@@ -35,8 +35,9 @@ MEMORY = 64  # rounds over which an estimate fades
 class RoundCosts:
     """Seconds of one round's parts for one pair on one device: verification is `verify_fixed` plus
     `verify_per_token` per token of the pass; a chain costs `chain_fixed` plus `chain_step` per draft, and
-    `runner_ups` more with runner-ups (choosing them needs each step's logits); a tree `tree_fixed` plus
-    `tree_forward` per drafter forward of its expansion (a tree of depth d takes d - 1)."""
+    `runner_ups` more with runner-ups (a top-k per greedy step; per sampled step, draws from q over the
+    vocabulary); a tree `tree_fixed` plus `tree_forward` per drafter forward of its expansion (a tree of depth d
+    takes d - 1)."""
 
     verify_fixed: float
     verify_per_token: float
@@ -60,10 +61,10 @@ class RoundCosts:
         """Time the generation's own engines for the automatic `shape`, drafting as it will (`drafting`:
         `do_sample`, `processors`, `temperature`): verification passes of the smallest and the largest size, chains
         of 1 and `probe.max_depth` drafts (the longer also with a runner-up each), trees of 1 and
-        `probe.max_depth - 1` forwards. Each part is a straight
-        line through two sizes. First, untimed, every graph a later round can replay is captured, its forwards
-        compiled: the verification pass of each candidate's size, the tree's expansion at each depth, and its
-        prefix after each number of accepted drafts. The engines are left as a generation starts."""
+        `probe.max_depth - 1` forwards. Each part is a straight line through two sizes. First, untimed, every graph
+        a later round can replay is captured, its forwards compiled: the verification pass of each candidate's size,
+        the tree's expansion at each depth, and its prefix after each number of accepted drafts. The engines are
+        left as a generation starts."""
         probe, device = shape.probe, verifier.logits.device
         committed = torch.arange(8, device=device)
         drafting = {"do_sample": False, **drafting}
