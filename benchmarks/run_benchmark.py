@@ -52,7 +52,7 @@ from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_schedu
                                    split_schedule)
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
 from corpora import DOCS, OUT_OF_DOMAIN, docs_prompts, header_prompts  # noqa: E402
-from summarize import ASSISTED, ASSISTED_DEFAULTS, COMPILED_PLAIN, PROMPT_LOOKUP, summary  # noqa: E402
+from summarize import ASSISTED, ASSISTED_DEFAULTS, COMPILED_PLAIN, PACKAGE_DEFAULT, PROMPT_LOOKUP, summary  # noqa: E402
 
 DRAFT_TOKENS = 6
 MAX_PROMPT_TOKENS = 512  # a prompt's last tokens kept
@@ -183,6 +183,16 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
 def is_headline_row(method: dict) -> bool:
     """The rows a user's question needs: the baselines they would pick instead, and the package's own loop."""
     return method["method"] in BASELINES + (ASSISTED,) or method["engine"] == "dynaspec-tree"
+
+
+def timing_order(method: dict) -> int:
+    """Where a row is timed: the baselines, the package's default, the rest of the own loop, then transformers'
+    loop with the package's heads, so a timing pass the time limit stops has the headline first."""
+    if method["method"] in BASELINES + (ASSISTED,):
+        return 0
+    if method["method"] == PACKAGE_DEFAULT:
+        return 1
+    return 2 if is_headline_row(method) else 3
 
 
 def is_ablation(name: str) -> bool:
@@ -545,9 +555,7 @@ def run_timing(args) -> None:
     warm = next(iter(sample.values()))[0][None].to(args.device)
     timed = [(t, m) for t in args.temperatures for m in run_methods(calibration, args)
              if t in m["timed_temperatures"]]
-    # the headline's rows first (the baselines, and the own loop's chains and trees), so a run the time limit stops
-    # has them; transformers' loop with the package's heads comes last
-    timed.sort(key=lambda item: not is_headline_row(item[1]))
+    timed.sort(key=lambda item: timing_order(item[1]))
     for method in {m["method"]: m for _, m in timed if m["engine"].startswith("dynaspec")}.values():
         # an assistant of its own per method: no timed call re-captures graphs for another method's schedule
         assistants[method["method"]] = copy.deepcopy(assistants[method.get("assistant", "dynaspec")])

@@ -157,6 +157,8 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
 
     progress = json.loads((pair / "timing-progress-T0.0.json").read_text())
     assert timing_rows(progress["totals"], 1) == rows
+    order = [method for round_, _, method in progress["done"] if round_ == 0]  # a stopped pass keeps the headline
+    assert order.index("chain (own loop): DynaSpec 1/16") == 5 and order[-1] == "DynaSpec 1/16, eager drafting"
     (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
     assert "timed" not in run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
     assert json.loads((pair / "timing-T0.0.json").read_text()) == rows  # resumed: nothing timed twice
