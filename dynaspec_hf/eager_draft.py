@@ -61,7 +61,7 @@ class DraftOptions:
     confidence_threshold: float | None = None
     temperature: float = 0.0
     keep_scores: bool = True
-    runner_ups: int = 0  # per draft, the tokens its step would have drafted next (`runner_up_tokens`)
+    runner_ups: int = 0  # per draft, the tokens its step would have drafted next (`draft_tokens`)
 
     def __post_init__(self):
         self.logits_processor = LogitsProcessorList(self.logits_processor or [])  # the assisted loop passes a list
@@ -75,15 +75,17 @@ class DraftOutput(GenerateDecoderOnlyOutput):
     runner_ups: torch.LongTensor | None = None
 
 
-def runner_up_tokens(logits: torch.Tensor, drafted: torch.Tensor, count: int, do_sample: bool) -> torch.Tensor:
-    """`[B, count]`: the `count` tokens a draft step (`logits` `[B, vocab]`, processed, what `drafted` `[B]` was
-    chosen from) would have drafted after `drafted`. Greedy: the next likeliest. Sampling: further draws from
-    q = softmax(logits) without replacement (Gumbel top-k), so a draft and its runner-ups are draws in order, as
-    recursive rejection sampling reads them. Where q has fewer tokens, the rest have q = 0 (never accepted)."""
-    logits = logits.float().scatter(1, drafted[:, None], float("-inf"))
-    if do_sample:
-        logits = logits - torch.empty_like(logits).exponential_().log()
-    return logits.topk(count, dim=-1).indices
+def draft_tokens(logits: torch.Tensor, do_sample: bool, runner_ups: int = 0) -> torch.Tensor:
+    """`[B, 1 + runner_ups]`: a draft step's token from its (processed) `logits` `[B, vocab]`, then the tokens it
+    would have drafted next. Greedy: the likeliest, in order. Sampling: draws from q = softmax(logits) without
+    replacement, in order (Gumbel top-k: the first follows q), as recursive rejection sampling reads a node's
+    children. Where q has fewer tokens, the rest have q = 0 (never accepted)."""
+    if not do_sample:
+        return logits.argmax(-1, keepdim=True) if not runner_ups else logits.topk(1 + runner_ups, dim=-1).indices
+    if not runner_ups:
+        return torch.multinomial(logits.softmax(-1), 1)
+    return (logits.float() - torch.empty_like(logits, dtype=torch.float32).exponential_().log()).topk(
+        1 + runner_ups, dim=-1).indices
 
 
 @torch.no_grad()
@@ -138,9 +140,9 @@ def draft_eagerly(assistant, input_ids: torch.LongTensor, max_new_tokens: int, o
                                              options.temperature)
         if len(processors):
             logits = processors(sequences, logits)
-        token = torch.multinomial(logits.softmax(-1), 1) if options.do_sample else logits.argmax(-1, keepdim=True)
-        if options.runner_ups:
-            runner_ups.append(runner_up_tokens(logits, token[:, 0], options.runner_ups, options.do_sample))
+        drawn = draft_tokens(logits, options.do_sample, options.runner_ups)
+        token = drawn[:, :1]
+        runner_ups.append(drawn[:, 1:])
         sequences = torch.cat([sequences, token], dim=-1)
         scores.append(logits)
         stop = stops_at(token, [logits], options)  # the rule, one position at a time
@@ -162,7 +164,7 @@ def draft_eagerly(assistant, input_ids: torch.LongTensor, max_new_tokens: int, o
     if isinstance(cache, DraftCache):
         cache.keep_body_outputs(torch.stack(outputs, dim=1), first=length - 1)
     return draft_output(DraftOutput, sequences, tuple(scores), cache,
-                        runner_ups=torch.stack(runner_ups, 1) if runner_ups else None)
+                        runner_ups=torch.stack(runner_ups, 1) if options.runner_ups else None)
 
 
 def stops_at(tokens: torch.Tensor, scores: list[torch.Tensor | None], options: DraftOptions) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ from transformers.generation import GenerateDecoderOnlyOutput
 
 from .compat import draft_output
 from .configuration_dynaspec import Shortlist
-from .eager_draft import DraftOptions, DraftOutput, draft_eagerly, kept_drafts, runner_up_tokens
+from .eager_draft import DraftOptions, DraftOutput, draft_eagerly, draft_tokens, kept_drafts
 from .engines import engine_for
 from .static_cache import StaticCacheModel, causal, compiled
 
@@ -194,21 +194,14 @@ class GraphDrafter:
                       prompt=position == 0 and start == 0, likeliest=likeliest)
             if likeliest:
                 drawn, logits = self.tokens_drafted[:, :likeliest].clone(), None
-                token, runner_ups_drawn = drawn[:, :1], drawn[:, 1:]
             else:
                 logits = self.logits.clone()
                 if len(logits_processor):
                     logits = logits_processor(sequences, logits)
-                if do_sample:
-                    token = torch.multinomial(logits.softmax(dim=-1), 1)
-                else:
-                    token = logits.argmax(dim=-1, keepdim=True)
-                if options.runner_ups:
-                    runner_ups_drawn = runner_up_tokens(logits, token[:, 0], options.runner_ups, do_sample)
-            sequences = torch.cat([sequences, token], dim=-1)
+                drawn = draft_tokens(logits, do_sample, options.runner_ups)
+            sequences = torch.cat([sequences, drawn[:, :1]], dim=-1)
             scores.append(logits)
-            if options.runner_ups:
-                runner_ups.append(runner_ups_drawn)
+            runner_ups.append(drawn[:, 1:])
         cache.length = length + max(max_new_tokens - 1, 0)
         keep = kept_drafts(sequences[:, length:], scores, options)
         return draft_output(DraftOutput, sequences[:, : length + keep],

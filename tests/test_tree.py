@@ -13,7 +13,7 @@ from dynaspec_hf.engines import kept_engine
 from dynaspec_hf.fast_draft import chain_drafter
 from dynaspec_hf.generation import compile_options_for
 from dynaspec_hf.measure import count_forward_calls
-from dynaspec_hf.eager_draft import runner_up_tokens
+from dynaspec_hf.eager_draft import draft_tokens
 from dynaspec_hf.tree import ChainDrafter, SiblingAcceptance, TreeDrafter
 from conftest import FAMILIES, FAMILY_CASES, VOCAB, make_assistant, random_cases, tiny_pair
 from test_budget import VERIFICATION_BOUND
@@ -112,7 +112,7 @@ def test_chain_runner_ups_are_the_next_draws_beside_each_draft(do_sample):
         assert do_sample or tree.probs[node] is None
         assert not do_sample or all(float(tree.probs[node][t]) > 0 for t in tokens)
     logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, float("-inf")]])
-    assert runner_up_tokens(logits, torch.tensor([1]), 2, do_sample=False).tolist() == [[2, 3]]
+    assert draft_tokens(logits, do_sample=False, runner_ups=2).tolist() == [[1, 2, 3]]
     with pytest.raises(ValueError, match="runner_ups"):
         TreeConfig(num_nodes=8, max_depth=4, runner_ups=1).validate()
     with pytest.raises(ValueError, match="runner_ups"):
