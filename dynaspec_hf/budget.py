@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, drafter_for, processors_key
+from .tree import (ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, chain_tree, drafter_for,
+                   processors_key)
 
 PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
 MEMORY = 64  # rounds over which an estimate fades
@@ -76,7 +77,7 @@ class RoundCosts:
 
         def verify(size: int) -> None:
             ids = grown()
-            verifier.verify(ids, _chain_tree(ids, size - 2).nodes(device), size)
+            verifier.verify(ids, _chain_after(ids, size - 2).nodes(device), size)
 
         def seconds(step) -> float:
             step()  # an engine's first call reads the prompt, eagerly
@@ -88,7 +89,7 @@ class RoundCosts:
             _synchronize(device)
             return (time.perf_counter() - start) / repeats
 
-        verifier.verify(committed, _chain_tree(committed, 0).nodes(device))  # the prompt's pass
+        verifier.verify(committed, _chain_after(committed, 0).nodes(device))  # the prompt's pass
         for size in sorted({candidate.verified_tokens for candidate in shape.candidates()}):
             verify(size)
         for depth in range(1, probe.max_depth + 2):
@@ -116,19 +117,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _chain_after(committed: torch.Tensor, drafts: int) -> TokenTree:
+    """A chain of `drafts` nodes after `committed`, for timing a verification pass."""
+    last = int(committed[-1])
+    return chain_tree([last] * (drafts + 1), [[]] * drafts, committed.shape[0] - 1)
+
+
 def _line(x1: int, x2: int, y1: float, y2: float) -> tuple[float, float]:
     """Intercept and slope (neither below zero) of the line through (x1, y1) and (x2, y2)."""
     slope = max((y2 - y1) / (x2 - x1), 0.0) if x2 > x1 else 0.0
     return max(y1 - slope * x1, 0.0), slope
-
-
-def _chain_tree(committed: torch.Tensor, drafts: int) -> TokenTree:
-    """A chain of `drafts` nodes after `committed`, for timing a verification pass."""
-    tree = TokenTree(root_position=committed.shape[0] - 1)
-    node = tree.add(int(committed[-1]), -1)
-    for _ in range(drafts):
-        node = tree.add(int(committed[-1]), node)
-    return tree
 
 
 class AutomaticDrafter:

@@ -9,7 +9,6 @@ import inspect
 import torch
 import transformers
 from transformers.cache_utils import DynamicSlidingWindowLayer
-from transformers.generation import GenerateDecoderOnlyOutput
 
 # ---------------------------------------------------------------------------------------------------------------
 # the cache's name: `past_key_values` up to transformers 5.23, `cache` from 5.24 (the old name goes in 5.40)
@@ -18,12 +17,6 @@ from transformers.generation import GenerateDecoderOnlyOutput
 def cache_field(output_class) -> str:
     """The cache field of a transformers `ModelOutput` class under the installed version."""
     return "cache" if "cache" in output_class.__dataclass_fields__ else "past_key_values"
-
-
-def draft_output(output_class, sequences, scores: tuple, cache, **fields) -> GenerateDecoderOnlyOutput:
-    """A draft block's output (`output_class`, a `GenerateDecoderOnlyOutput`), with the drafter's cache where the
-    assisted loop looks for it."""
-    return output_class(sequences=sequences, scores=scores, **{cache_field(output_class): cache}, **fields)
 
 
 def output_cache(output):

@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList
 from transformers.generation import GenerateDecoderOnlyOutput
 
-from .compat import cache_keyword, check_rollback_possible, crop_cache, draft_output, output_cache, record_past
+from .compat import cache_field, cache_keyword, check_rollback_possible, crop_cache, output_cache, record_past
 
 
 class DraftCache(DynamicCache):
@@ -75,6 +75,13 @@ class DraftOutput(GenerateDecoderOnlyOutput):
     runner_ups: torch.LongTensor | None = None
 
 
+def draft_output(sequences, scores: tuple, cache, drawn: list[torch.Tensor], runner_ups: int) -> DraftOutput:
+    """A draft block's output, with the drafter's cache where the assisted loop looks for it; `drawn`: each step's
+    `draft_tokens`, whose runner-ups it keeps when `runner_ups` asks for them."""
+    kept = torch.stack(drawn, 1)[..., 1:] if runner_ups else None
+    return DraftOutput(sequences=sequences, scores=scores, runner_ups=kept, **{cache_field(DraftOutput): cache})
+
+
 def draft_tokens(logits: torch.Tensor, do_sample: bool, runner_ups: int = 0) -> torch.Tensor:
     """`[B, 1 + runner_ups]`: a draft step's token from its (processed) `logits` `[B, vocab]`, then the tokens it
     would have drafted next. Greedy: the likeliest, in order. Sampling: draws from q = softmax(logits) without
@@ -134,15 +141,14 @@ def draft_eagerly(assistant, input_ids: torch.LongTensor, max_new_tokens: int, o
     index = assistant.lm_head.index()
     context = assistant.context_tokens(input_ids, attention_mask)  # the verified text: fixed for the block
 
-    sequences, scores, runner_ups = input_ids, [], []
+    sequences, scores, drawn = input_ids, [], []
     for position in range(max_new_tokens):
         logits = assistant.next_token_logits(hidden, previous, sequences[:, -1], position, index, context,
                                              options.temperature)
         if len(processors):
             logits = processors(sequences, logits)
-        drawn = draft_tokens(logits, options.do_sample, options.runner_ups)
-        token = drawn[:, :1]
-        runner_ups.append(drawn[:, 1:])
+        drawn.append(draft_tokens(logits, options.do_sample, options.runner_ups))
+        token = drawn[-1][:, :1]
         sequences = torch.cat([sequences, token], dim=-1)
         scores.append(logits)
         stop = stops_at(token, [logits], options)  # the rule, one position at a time
@@ -163,8 +169,7 @@ def draft_eagerly(assistant, input_ids: torch.LongTensor, max_new_tokens: int, o
         outputs.append(hidden)
     if isinstance(cache, DraftCache):
         cache.keep_body_outputs(torch.stack(outputs, dim=1), first=length - 1)
-    return draft_output(DraftOutput, sequences, tuple(scores), cache,
-                        runner_ups=torch.stack(runner_ups, 1) if options.runner_ups else None)
+    return draft_output(sequences, tuple(scores), cache, drawn, options.runner_ups)
 
 
 def stops_at(tokens: torch.Tensor, scores: list[torch.Tensor | None], options: DraftOptions) -> torch.Tensor | None:

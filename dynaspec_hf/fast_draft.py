@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.generation import GenerateDecoderOnlyOutput
 
-from .compat import draft_output
 from .configuration_dynaspec import Shortlist
-from .eager_draft import DraftOptions, DraftOutput, draft_eagerly, draft_tokens, kept_drafts
+from .eager_draft import DraftOptions, draft_eagerly, draft_output, draft_tokens, kept_drafts
 from .engines import engine_for
 from .static_cache import StaticCacheModel, causal, compiled
 
@@ -186,27 +185,26 @@ class GraphDrafter:
         if self.context.shape[1]:
             self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
         tokens_only = not (options.keep_scores or do_sample or len(logits_processor) or options.confidence_threshold)
-        sequences, scores, runner_ups = input_ids, [], []
+        sequences, scores, drawn = input_ids, [], []
         for position in range(max_new_tokens):
             shortlist = self.assistant.config.shortlist_at(position, options.temperature)
             likeliest = 1 + options.runner_ups if tokens_only and not shortlist.tail else 0
             self.step(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
                       prompt=position == 0 and start == 0, likeliest=likeliest)
             if likeliest:
-                drawn, logits = self.tokens_drafted[:, :likeliest].clone(), None
+                drawn.append(self.tokens_drafted[:, :likeliest].clone())
+                logits = None
             else:
                 logits = self.logits.clone()
                 if len(logits_processor):
                     logits = logits_processor(sequences, logits)
-                drawn = draft_tokens(logits, do_sample, options.runner_ups)
-            sequences = torch.cat([sequences, drawn[:, :1]], dim=-1)
+                drawn.append(draft_tokens(logits, do_sample, options.runner_ups))
+            sequences = torch.cat([sequences, drawn[-1][:, :1]], dim=-1)
             scores.append(logits)
-            runner_ups.append(drawn[:, 1:])
         cache.length = length + max(max_new_tokens - 1, 0)
         keep = kept_drafts(sequences[:, length:], scores, options)
-        return draft_output(DraftOutput, sequences[:, : length + keep],
-                            tuple(scores[:keep]) if options.keep_scores else (), cache,
-                            runner_ups=torch.stack(runner_ups[:keep], 1) if options.runner_ups else None)
+        return draft_output(sequences[:, : length + keep], tuple(scores[:keep]) if options.keep_scores else (), cache,
+                            drawn[:keep], options.runner_ups)
 
 
 def draft_block(assistant, input_ids, max_new_tokens: int, past_key_values=None, attention_mask=None,

@@ -183,8 +183,9 @@ class ChainDrafter:
         count = drafts.shape[0] - 1
         leaves = out.runner_ups[0] if runner_ups else None
         self.drafted = length, drafts, leaves, [scores[0].softmax(-1) for scores in out.scores] if do_sample else None
-        if (count, runner_ups) not in self.layouts:
-            self.layouts[count, runner_ups] = chain_layout(count, runner_ups, drafts.device)
+        if (count, runner_ups) not in self.layouts:  # the shape's positions and mask, copied to the device once
+            layout = chain_tree([0] * (count + 1), [[0] * runner_ups] * count, root_position=0).nodes(drafts.device)
+            self.layouts[count, runner_ups] = layout.positions, layout.visible
         depths, visible = self.layouts[count, runner_ups]
         tokens = drafts[1:] if leaves is None else torch.cat([drafts[1:, None], leaves], 1).flatten()
         return DraftNodes(tokens, depths + (length - 1), visible)
@@ -192,32 +193,28 @@ class ChainDrafter:
     def tree(self) -> TokenTree:
         """The chain `draft_nodes` drafted last, with its runner-ups, as a token tree (numbered as its nodes)."""
         length, drafts, leaves, q = self.drafted
-        tree = TokenTree(root_position=length - 1)
         tokens = drafts.tolist()
-        leaves = leaves.tolist() if leaves is not None else [[] for _ in tokens[1:]]
-        parent = tree.add(tokens[0], -1)
-        for position, (token, runner_ups) in enumerate(zip(tokens[1:], leaves)):
-            node = tree.add(token, parent)
-            for leaf in runner_ups:
-                tree.add(leaf, parent)
-            if q is not None:  # q for rejection sampling; greedy acceptance reads the tokens
-                tree.probs[parent] = q[position]
-            parent = node
-        return tree
+        return chain_tree(tokens, leaves.tolist() if leaves is not None else [[] for _ in tokens[1:]], length - 1, q)
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
         """A chain's shape does not learn from outcomes."""
 
 
-def chain_layout(drafts: int, runner_ups: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depths `[n]` and which node sees which `[n, n]` of a chain of `drafts` with `runner_ups` leaves beside each,
-    numbered as `ChainDrafter.tree` numbers them: each draft, then its runner-ups. A node sees the chain's drafts
-    above it and itself."""
-    per_level = 1 + runner_ups
-    index = torch.arange(drafts * per_level, device=device)
-    level, on_chain = index // per_level, index % per_level == 0
-    visible = ((level[None, :] < level[:, None]) & on_chain[None, :]) | (index[None, :] == index[:, None])
-    return level + 1, visible
+def chain_tree(tokens: list[int], leaves: list[list[int]], root_position: int,
+               q: list[torch.Tensor] | None = None) -> TokenTree:
+    """A chain as a token tree: the root and drafts `tokens`, each draft numbered before the runner-ups beside it
+    (`leaves`, one list per draft), which share its parent; under sampling each chain node keeps q (`q[i]`: what
+    the children at draft position i were drawn from)."""
+    tree = TokenTree(root_position=root_position)
+    parent = tree.add(tokens[0], -1)
+    for position, (token, runner_ups) in enumerate(zip(tokens[1:], leaves)):
+        node = tree.add(token, parent)
+        for leaf in runner_ups:
+            tree.add(leaf, parent)
+        if q is not None:  # q for rejection sampling; greedy acceptance reads the tokens
+            tree.probs[parent] = q[position]
+        parent = node
+    return tree
 
 
 @dataclass
