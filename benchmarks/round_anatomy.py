@@ -182,8 +182,9 @@ def main(argv=None):
                "weights": "trained pair" if args.pair else f"random ({args.shape} shapes)", "loops": {},
                "compiled": args.compile, "temperature": args.temperature}
     for name, tree in LOOPS.items():
-        results["loops"][name] = measure(target, assistant, tree, prompt, args.new_tokens, args.compile,
-                                         args.temperature)
+        results["loops"][name] = loop = measure(target, assistant, tree, prompt, args.new_tokens, args.compile,
+                                                args.temperature)
+        print(f"{name}: warm-up {loop['warm_up_s']:.1f} s, ms per round {json.dumps(loop['ms'])}", flush=True)
     results["tree expansion split (ms per tree)"] = split = tree_forward_split(assistant)
     parts = list(next(iter(results["loops"].values()))["ms"])
     sampling = f", sampling at T = {args.temperature:g}" if args.temperature else ", greedy"

@@ -2,7 +2,8 @@
 it (the tree's own work: masks, heads, choosing, growing the pool). Operations that compute (views excluded) are a
 kernel each on CUDA unless compiled, so the count is what a tree round's kernel time scales with; counting runs on
 the CPU, eagerly, and needs no GPU. With `--cuda`, the GPU's own count instead: kernels and device milliseconds
-per tree draft as it runs (graph-replayed, bf16; `--compile` as `generate`'s default on one GPU).
+per tree draft as it runs (graph-replayed, bf16; `--compile` as `generate`'s default on one GPU), by kernel, beside a
+chain's of as many drafter forwards.
 
     python benchmarks/diagnostics/expansion_ops.py [--shape 16/7/4] [--sampled] [--top 15] [--cuda [--compile]]
 
@@ -26,7 +27,7 @@ from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dynaspec_hf import DynaSpecAssistant  # noqa: E402
-from dynaspec_hf.tree import TreeDrafter  # noqa: E402
+from dynaspec_hf.tree import ChainDrafter, TreeDrafter  # noqa: E402
 from gpu_checks import VOCAB, llama_config, random_clusters  # noqa: E402
 from timing import cuda_ms  # noqa: E402
 
@@ -85,33 +86,43 @@ def main(argv=None):
 
 
 def cuda_kernels(args) -> dict:
-    """Kernels and device milliseconds per tree draft on the GPU, steady state (the graphs captured, compiled)."""
+    """Kernels and device milliseconds per tree draft on the GPU, steady state (the graphs captured, compiled), and
+    the same for a chain drafting as many drafter forwards (the chain drafter's graph-replayed steps), with every
+    kernel by name: what a node forward adds to a chain step."""
     nodes, depth, width = (int(part) for part in args.shape.split("/"))
     torch.manual_seed(0)
     with torch.device("cuda"):
         drafter = AutoModelForCausalLM.from_config(llama_config(768, 4, 3072), dtype=torch.bfloat16).eval()
     assistant = DynaSpecAssistant.from_drafter(drafter, random_clusters(), k_by_position=[7],
                                                core_by_position=[4253], num_context_tokens=256)
-    tree_drafter = TreeDrafter(assistant, 512, max_depth=depth, width=width, compile_options={} if args.compile
-                               else None)
+    compile_options = {} if args.compile else None
     committed = torch.randint(0, VOCAB, (64,), generator=torch.Generator().manual_seed(1)).cuda()
-    options = dict(num_nodes=nodes, do_sample=args.sampled, temperature=1.0 if args.sampled else 0.0)
-    tree_drafter.draft(committed[:60], **options)  # the prompt
-    start = time.perf_counter()
-    draft = lambda: tree_drafter.draft(committed, **options)  # noqa: E731  (re-reads two tokens, as a round does)
-    draft()  # captures the graphs (and compiles)
-    first = time.perf_counter() - start
-    repeats = 20
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        for _ in range(repeats):
-            draft()
-        torch.cuda.synchronize()
-    events = [event for event in profile.key_averages() if event.self_device_time_total > 0]
-    return dict(shape=args.shape, sampled=args.sampled, compile=args.compile, drafter_forwards=depth,
-                kernels_per_draft=sum(event.count for event in events) / repeats,
-                device_ms_per_draft=sum(event.self_device_time_total for event in events) / 1e3 / repeats,
-                ms_per_draft=cuda_ms(draft, repeats=50), first_call_s=round(first, 1),
-                gpu=torch.cuda.get_device_name(), package=str(Path(sys.modules["dynaspec_hf"].__file__).parent))
+    options = dict(do_sample=args.sampled, temperature=1.0 if args.sampled else 0.0)
+    engines = {"tree": (TreeDrafter(assistant, 512, max_depth=depth, width=width, compile_options=compile_options),
+                        nodes),
+               "chain": (ChainDrafter(assistant, depth, compile_options), depth)}
+    out = dict(shape=args.shape, sampled=args.sampled, compile=args.compile, drafter_forwards=depth,
+               gpu=torch.cuda.get_device_name(), package=str(Path(sys.modules["dynaspec_hf"].__file__).parent))
+    for name, (engine, num_nodes) in engines.items():
+        engine.draft_nodes(committed[:60], num_nodes=num_nodes, **options)  # the prompt
+        draft = lambda: (engine.draft_nodes(committed, num_nodes=num_nodes, **options), engine.tree())  # noqa: E731
+        start = time.perf_counter()
+        draft()  # captures the graphs (and compiles); re-reads two tokens, as a round does
+        first = time.perf_counter() - start
+        repeats = 20
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            for _ in range(repeats):
+                draft()
+            torch.cuda.synchronize()
+        events = sorted((event for event in profile.key_averages() if event.self_device_time_total > 0),
+                        key=lambda event: -event.count)
+        out[name] = dict(kernels_per_draft=sum(event.count for event in events) / repeats,
+                         device_ms_per_draft=sum(event.self_device_time_total for event in events) / 1e3 / repeats,
+                         ms_per_draft=cuda_ms(draft, repeats=50), first_call_s=round(first, 1),
+                         kernels={event.key[:100]: [event.count / repeats,
+                                                    round(event.self_device_time_total / repeats, 1)]
+                                  for event in events})  # name: [per draft, microseconds per draft]
+    return out
 
 
 if __name__ == "__main__":
