@@ -103,7 +103,9 @@ class StaticCacheModel:
         `attention_mask` says)."""
         short = ids.shape[1] <= SHORT_FORWARD and self.dtype == torch.float32
         kwargs[cache_keyword(self.model)] = self.cache
-        forward = self.compiled if self._fixed_shape and self.compiled is not None else self._masked_forward
+        # inside a larger compiled function (a tree's node forward), the forward is traced as part of it
+        fixed = self._fixed_shape and self.compiled is not None and not torch.compiler.is_compiling()
+        forward = self.compiled if fixed else self._masked_forward
         with sdpa_kernel([SDPBackend.MATH]) if short else nullcontext():
             return forward(ids, positions, block, base, kwargs)
 
@@ -196,6 +198,8 @@ def compiled(function: Callable, compile_options: dict | None) -> Callable:
 
     @functools.wraps(function)
     def call(*args, **kwargs):
+        if torch.compiler.is_compiling():  # called by a larger compiled function: traced as part of it
+            return function(*args, **kwargs)
         with many_compiled_shapes():
             return compiled_function(*args, **kwargs)
     return call

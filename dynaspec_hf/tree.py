@@ -314,6 +314,7 @@ class TreeDrafter:
         self.spans = torch.arange(1, size, device=device)
         # the bookkeeping, fused into a few kernels where the forwards are compiled (`tree_pool.py`)
         self.next_nodes = compiled(next_nodes, compile_options)
+        self.node_forward = compiled(self._node_forward, compile_options)
         self.add_children = compiled(add_children, compile_options)
         self.greedy_children = compiled(self._greedy_children, compile_options)
         self.chosen_tree = compiled(chosen_tree, compile_options)
@@ -368,19 +369,29 @@ class TreeDrafter:
                    torch.zeros(1, dtype=torch.long, device=self.device), pool.forwarded[:1], pool.ancestors[:1],
                    pool.row[:1], do_sample, per_node, processors)
         for forward, shortlists in enumerate(nodes):
-            batch, valid, rows, ids, positions, block, parent_rows = self.next_nodes(
-                pool, self.budget, self.depth_limit, self.base, self.slots[forward], self.own_slots[forward])
-            states = self.cache.forward(ids, positions, block, base=self.base).last_hidden_state[0]
-            first = 2 + forward * width
-            self.states[first : first + width].copy_(states)
             span = self.spans[width + forward * width * width : width + (forward + 1) * width * width]
-            self._grow(span, states, self.states[parent_rows], ids[0], pool.depth[batch], shortlists, batch, valid,
-                       block, rows, do_sample, per_node, processors)
+            if len(shortlists) == 1:  # one shortlist serves every node: the same compiled node forward at any depth
+                shortlists = [(shortlists[0][0], [])]
+            self.node_forward(self.slots[forward], self.own_slots[forward], span, shortlists, do_sample, per_node,
+                              processors)
         chosen = self.chosen_tree(pool, self.budget)
         self.result.copy_(chosen)
         for buffer, value in zip((self.nodes.tokens, self.nodes.positions, self.nodes.visible),
                                  self.nodes_to_verify(pool, chosen[0] > 0, self.base, self.max_depth)):
             buffer.copy_(value)
+
+    def _node_forward(self, slots: torch.Tensor, own_slots: torch.Tensor, span: torch.Tensor, shortlists,
+                      do_sample: bool, per_node: int, processors) -> None:
+        """One node forward: choose its nodes (into cache `slots`), the drafter's body over them, and their children
+        into the pool at `span`. One function, so that compiled it fuses across its parts (a choice's outputs into
+        the body's inputs and mask, the body's outputs into the head and the pool's writes)."""
+        pool = self.pool
+        batch, valid, rows, ids, positions, block, parent_rows = self.next_nodes(
+            pool, self.budget, self.depth_limit, self.base, slots, own_slots)
+        states = self.cache.forward(ids, positions, block, base=self.base).last_hidden_state[0]
+        self.states[2 + slots] = states
+        self._grow(span, states, self.states[parent_rows], ids[0], pool.depth[batch], shortlists, batch, valid,
+                   block, rows, do_sample, per_node, processors)
 
     def _grow(self, span: torch.Tensor, hidden: torch.Tensor, previous: torch.Tensor, token_ids: torch.Tensor,
               depths: torch.Tensor, shortlists, parents: torch.Tensor, valid: torch.Tensor, ancestors: torch.Tensor,
