@@ -5,7 +5,8 @@ the CPU, eagerly, and needs no GPU. With `--cuda`, the GPU's own count instead: 
 per tree draft as it runs (graph-replayed, bf16; `--compile` as `generate`'s default on one GPU), by kernel, beside a
 chain's of as many drafter forwards.
 
-    python benchmarks/diagnostics/expansion_ops.py [--shape 16/7/4] [--sampled] [--top 15] [--cuda [--compile]]
+    python benchmarks/diagnostics/expansion_ops.py [--shape 16/7/4] [--sampled] [--top 15]
+        [--cuda [--compile] [--sdpa efficient]]
 
 Random weights of the trained pair's drafter shapes (128,256 tokens, 4 layers of 768) with the published DynaSpec
 1/16 greedy split (`round_times.pair_shaped_models`' schedule), a tree drafted mid-generation (a cached prefix),
@@ -56,9 +57,15 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=15, help="the most frequent operations outside the body")
     parser.add_argument("--cuda", action="store_true", help="count the kernels a graph-replayed draft runs on the GPU")
     parser.add_argument("--compile", action="store_true", help="with --cuda: forwards and bookkeeping compiled")
+    parser.add_argument("--sdpa", choices=("default", "efficient", "math"), default="default",
+                        help="with --cuda: the attention kernels SDPA may pick (default: any; efficient: no cuDNN)")
     args = parser.parse_args(argv)
     if args.cuda:
-        return print(json.dumps(cuda_kernels(args)))
+        if args.sdpa != "default":
+            torch.backends.cuda.enable_cudnn_sdp(False)
+            torch.backends.cuda.enable_flash_sdp(False)
+            torch.backends.cuda.enable_mem_efficient_sdp(args.sdpa == "efficient")
+        return print(json.dumps(dict(cuda_kernels(args), sdpa=args.sdpa)))
     nodes, depth, width = (int(part) for part in args.shape.split("/"))
     torch.manual_seed(0)
     drafter = AutoModelForCausalLM.from_config(llama_config(768, 4, 3072)).eval()
