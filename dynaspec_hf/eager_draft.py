@@ -82,11 +82,12 @@ def draft_output(sequences, scores: tuple, cache, drawn: list[torch.Tensor], run
     return DraftOutput(sequences=sequences, scores=scores, runner_ups=kept, **{cache_field(DraftOutput): cache})
 
 
+@torch.compiler.disable  # drawn by torch's own generator, also where a caller is compiled (a tree's node forward)
 def draft_tokens(logits: torch.Tensor, do_sample: bool, runner_ups: int = 0) -> torch.Tensor:
     """`[B, 1 + runner_ups]`: a draft step's token from its (processed) `logits` `[B, vocab]`, then the tokens it
     would have drafted next. Greedy: the likeliest, in order. Sampling: draws from q = softmax(logits) without
     replacement, in order (Gumbel top-k: the first follows q), as recursive rejection sampling reads a node's
-    children. Where q has fewer tokens, the rest have q = 0 (never accepted)."""
+    children (a tree's sampled children too). Where q has fewer tokens, the rest have q = 0 (never accepted)."""
     if not do_sample:
         return logits.argmax(-1, keepdim=True) if not runner_ups else logits.topk(1 + runner_ups, dim=-1).indices
     if not runner_ups:

@@ -19,6 +19,7 @@ import torch
 
 from .compat import output_cache
 from .configuration_dynaspec import Shortlist
+from .eager_draft import draft_tokens
 from .engines import engine_for
 from .fast_draft import MAX_GRAPH_TOKENS, draft_block
 from .static_cache import StaticCacheModel, causal, compiled
@@ -411,8 +412,8 @@ class TreeDrafter:
                 logits = processors(None, logits)
             q = (logits - logits.logsumexp(-1, keepdim=True)).exp()  # softmax; its CUDA kernel runs a block per row
             self.q.index_copy_(0, rows, q)
-            if do_sample:  # Gumbel-top-k: the order of draws from q without replacement, every row at once
-                tokens = (q.log() - torch.empty_like(q).exponential_().log()).topk(self.width).indices
+            if do_sample:  # the order of draws from q without replacement, every row at once
+                tokens = draft_tokens(logits, do_sample=True, runner_ups=self.width - 1)
                 scores = self.child_scores.expand(q.shape[0], -1)
             else:
                 scores, tokens = q.topk(self.width)
