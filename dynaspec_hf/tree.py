@@ -313,8 +313,8 @@ class TreeDrafter:
         self.own_slots = torch.eye(self.capacity, dtype=torch.bool, device=device).view(self.forwards, width, -1)
         # where each node forward's children go in the pool (the root's children first)
         self.spans = torch.arange(1, size, device=device)
-        # the bookkeeping, fused into a few kernels where the forwards are compiled (`tree_pool.py`)
-        self.next_nodes = compiled(next_nodes, compile_options)
+        # each node forward and the bookkeeping around them, fused into a few kernels where the forwards are
+        # compiled (`tree_pool.py`); the root's children are grown outside any node forward
         self.node_forward = compiled(self._node_forward, compile_options)
         self.add_children = compiled(add_children, compile_options)
         self.greedy_children = compiled(self._greedy_children, compile_options)
@@ -387,7 +387,7 @@ class TreeDrafter:
         into the pool at `span`. One function, so that compiled it fuses across its parts (a choice's outputs into
         the body's inputs and mask, the body's outputs into the head and the pool's writes)."""
         pool = self.pool
-        batch, valid, rows, ids, positions, block, parent_rows = self.next_nodes(
+        batch, valid, rows, ids, positions, block, parent_rows = next_nodes(
             pool, self.budget, self.depth_limit, self.base, slots, own_slots)
         states = self.cache.forward(ids, positions, block, base=self.base).last_hidden_state[0]
         self.states[2 + slots] = states
