@@ -371,8 +371,6 @@ class TreeDrafter:
                    pool.row[:1], do_sample, per_node, processors)
         for forward, shortlists in enumerate(nodes):
             span = self.spans[width + forward * width * width : width + (forward + 1) * width * width]
-            if len(shortlists) == 1:  # one shortlist serves every node: the same compiled node forward at any depth
-                shortlists = [(shortlists[0][0], [])]
             self.node_forward(self.slots[forward], self.own_slots[forward], span, shortlists, do_sample, per_node,
                               processors)
         chosen = self.chosen_tree(pool, self.budget)
@@ -429,13 +427,14 @@ class TreeDrafter:
     def shortlist_plan(self, temperature: float, max_depth: int) -> list[list[tuple[Shortlist, list[int]]]]:
         """The root's shortlist, then per node forward (`max_depth - 1` of them) the distinct shortlists of the
         draft positions its nodes can have (forward f takes nodes of depth 1..f+1, and a node of depth d drafts
-        position d)."""
-        plan = [[(self.assistant.config.shortlist_at(0, temperature), [0])]]
+        position d). Where one shortlist serves all of a forward's nodes its positions are left out, so node
+        forwards of every depth are the same call (one compiled function)."""
+        plan = [[(self.assistant.config.shortlist_at(0, temperature), [])]]
         for forward in range(max_depth - 1):
             shortlists: dict[Shortlist, list[int]] = {}
             for position in range(1, forward + 2):
                 shortlists.setdefault(self.assistant.config.shortlist_at(position, temperature), []).append(position)
-            plan.append(list(shortlists.items()))
+            plan.append(list(shortlists.items()) if len(shortlists) > 1 else [(next(iter(shortlists)), [])])
         return plan
 
     def draft(self, committed: torch.Tensor, **options) -> TokenTree:
