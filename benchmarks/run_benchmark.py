@@ -553,8 +553,12 @@ def run_timing(args) -> None:
         model.generation_config.eos_token_id = None
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
-    timed = [(t, m) for t in args.temperatures for m in run_methods(calibration, args)
-             if t in m["timed_temperatures"]]
+    rows = run_methods(calibration, args)
+    unknown = set(args.timed_methods or ()) - {m["method"] for m in rows}
+    if unknown:
+        raise SystemExit(f"Unknown --timed-methods {sorted(unknown)}; known: {[m['method'] for m in rows]}")
+    timed = [(t, m) for t in args.temperatures for m in rows
+             if t in m["timed_temperatures"] and (not args.timed_methods or m["method"] in args.timed_methods)]
     timed.sort(key=lambda item: timing_order(item[1]))
     for method in {m["method"]: m for _, m in timed if m["engine"].startswith("dynaspec")}.values():
         # an assistant of its own per method: no timed call re-captures graphs for another method's schedule
@@ -815,6 +819,8 @@ def main(argv=None):
                         help="what users run; greedy rows then report agreement with plain bf16 decoding (bf16 "
                              "numerics differ between pass shapes; float32 exactness is tests/gpu's)")
     parser.add_argument("--methods", nargs="+", help="run only these methods (names as in the results' rows)")
+    parser.add_argument("--timed-methods", nargs="+",
+                        help="time only these rows (τ is still measured for every row): a shorter timing pass")
     parser.add_argument("--sampling-checks", nargs="+", default=list(FRACTIONS), choices=list(FRACTIONS),
                         help="sizes whose sampling band and tail calibration checks end to end (1/16 always: the "
                              "assistant's own); the others sample with their greedy split and no tail")

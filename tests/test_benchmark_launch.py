@@ -164,6 +164,20 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
     assert json.loads((pair / "timing-T0.0.json").read_text()) == rows  # resumed: nothing timed twice
 
 
+def test_timed_methods_time_only_the_named_rows(calibrated, tmp_path):
+    """`--timed-methods`: a shorter timing pass of the named rows; an unknown name is refused before any timing."""
+    pair, common = calibrated_pair(calibrated, tmp_path)
+    named = ["autoregressive", "chain (own loop): DynaSpec 1/16"]
+    printed = run(common + ["--phase", "timing", "--no-ablations", "--timed-methods", *named], [sys.executable])
+    assert printed.count("timed T=0") == 2
+    rows = json.loads((pair / "timing-T0.0.json").read_text())
+    assert {r["method"] for r in rows} == set(named) and len(rows) == 2 * 9
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    refused = subprocess.run([sys.executable, str(SCRIPT), *common, "--phase", "timing", "--timed-methods", "tree"],
+                             capture_output=True, text=True, env=env, timeout=900)
+    assert refused.returncode != 0 and "Unknown --timed-methods ['tree']" in refused.stderr
+
+
 def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from run_benchmark import chosen_methods
