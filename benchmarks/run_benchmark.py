@@ -51,6 +51,7 @@ from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
 from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_schedule, drafter_output_counts,  # noqa: E402
                                    split_schedule)
 from dynaspec_hf.measure import count_forward_calls  # noqa: E402
+from dynaspec_hf.report import pyplot  # noqa: E402
 from corpora import DOCS, OUT_OF_DOMAIN, docs_prompts, header_prompts  # noqa: E402
 from summarize import ASSISTED, ASSISTED_DEFAULTS, COMPILED_PLAIN, PACKAGE_DEFAULT, PROMPT_LOOKUP, summary  # noqa: E402
 
@@ -757,15 +758,10 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Bars per category: recovery at T = 0 and T = 1, and speedup at T = 0 (each panel only where measured)."""
-    try:
-        import matplotlib
-    except ImportError:  # the `plot` extra; the tables are written without it
+    plt = pyplot()
+    if plt is None:  # the `plot` extra; the tables are written without it
         print(f"{path.name} not written: matplotlib is not installed (pip install 'dynaspec-hf[plot]')")
         return
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [(key, t, label) for key, t, label in (("recovery", 0, "recovery of full-vocabulary τ, greedy"),
                                                    ("recovery", 1, "recovery of full-vocabulary τ, T = 1"),
                                                    ("speedup", 0, "speedup over autoregressive, greedy"))

@@ -5,8 +5,9 @@
 Every shape (draft nodes, depth, width: `TreeConfig`) drafts with the "DynaSpec 1/16" assistant in the package's own
 loop (`dynaspec_hf.generate`), beside the own loop's chain of 6 drafts (the benchmark's, the ratios' base) and chains
 of other lengths (`--chains`, so a tree is weighed against the best chain too), at T = 0 and T = 1, on prompts sampled
-with another seed than the benchmark's. Writes DIR/tree_budgets.{json,md,png} and prints the shape with the highest
-geometric mean of tokens/s over the temperatures, the one to make `TreeConfig`'s default.
+with another seed than the benchmark's. `auto` among the shapes times the automatic shape (`TreeConfig()`). Writes
+DIR/tree_budgets.{json,md,png} (after every shape: run again, it goes on where a time limit stopped it) and prints
+the tree and the chain with the highest geometric mean of tokens/s over the temperatures.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from run_benchmark import (DRAFT_TOKENS, chosen_methods, encoded_prompts, genera
                            hardware_block, load_models, timed_generate)
 
 from dynaspec_hf import TreeConfig  # noqa: E402
+from dynaspec_hf.report import pyplot  # noqa: E402
 
 # Every level costs a drafter forward, and a width-4 forward about 1.4 chain steps (results/history/2026-12-01-engine/): shallower and
 # narrower trees than the 2026-11-30 sweep tried (16-64 nodes, depth 8-12; 16/8/4 won). On 2026-12-01 16/7/4 and
@@ -32,33 +34,50 @@ from dynaspec_hf import TreeConfig  # noqa: E402
 SHAPES = ["12,6,3", "16,6,4", "16,7,4", "16,8,4", "16,8,2", "24,8,4"]
 
 
-def measure(args, saved) -> list[dict]:
+def measure(args, saved, rows: list[dict]) -> list[dict]:
+    """Times every shape at every temperature after `rows` (those of an earlier, stopped call: skipped)."""
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafter, assistants = load_models(args, args.device)
+    for model in (target, *drafter.values(), *assistants.values()):
+        model.generation_config.eos_token_id = None  # every generation makes max_new_tokens, as the benchmark's timing
     base = chosen_methods(calibration, ["DynaSpec 1/16"])[0]
     shapes = {"chain (own loop)": TreeConfig.chain(DRAFT_TOKENS)}
     shapes.update({f"chain of {length}": TreeConfig.chain(length) for length in args.chains if length != DRAFT_TOKENS})
-    shapes.update({f"tree {shape}": TreeConfig(*map(int, shape.split(","))) for shape in args.shapes})
-    prompts = [p for ps in encoded_prompts(args).values() for p in ps]
-    rows = []
+    shapes.update({f"tree {shape}": parse_shape(shape) for shape in args.shapes})
+    prompts = encoded_prompts(args)
+    done = {(r["shape"], r["temperature"]) for r in rows}
     for temperature in args.temperatures:
         for name, tree in tqdm(shapes.items(), desc=f"T={temperature:g}"):
+            if (name, temperature) in done:
+                continue
             method = dict(base, method=name, engine="dynaspec-tree", tree=tree)
-            generate(method, target, drafter, assistants, prompts[0][None].to(args.device), temperature,
-                     args.max_new_tokens)  # warm-up at the timed length
-            tokens = calls = 0
-            seconds = 0.0
-            for number, prompt in enumerate(prompts):
-                torch.manual_seed(args.seed + number)
-                out, stats, spent = timed_generate(method, target, drafter, assistants, prompt[None].to(args.device),
-                                                   temperature, args.max_new_tokens)
-                tokens, calls, seconds = tokens + out.numel(), calls + stats.target_passes, seconds + spent
+            first = next(iter(prompts.values()))[0][None].to(args.device)
+            generate(method, target, drafter, assistants, first, temperature, args.max_new_tokens)  # warm-up
+            totals = {}  # category -> [tokens, target passes, seconds, draft nodes, longest paths]
+            for category, texts in prompts.items():
+                total = totals.setdefault(category, [0, 0, 0.0, 0, 0])
+                for number, prompt in enumerate(texts):
+                    torch.manual_seed(args.seed + number)
+                    out, stats, spent = timed_generate(method, target, drafter, assistants,
+                                                       prompt[None].to(args.device), temperature, args.max_new_tokens)
+                    for i, value in enumerate((out.numel(), stats.target_passes, spent, stats.drafted_tokens,
+                                               sum(stats.depths))):
+                        total[i] += value
+            tokens, calls, seconds, nodes, depths = (sum(t[i] for t in totals.values()) for i in range(5))
             rows.append(dict(shape=name, num_nodes=tree.num_nodes, max_depth=tree.max_depth, width=tree.width,
                              temperature=temperature, tau=tokens / calls, tokens_per_s=tokens / seconds,
-                             prompts=len(prompts), tokens=tokens))
+                             nodes_per_round=nodes / calls, depth_per_round=depths / calls,
+                             per_category={c: t[0] / t[2] for c, t in totals.items()},
+                             prompts=sum(map(len, prompts.values())), tokens=tokens))
             saved(rows)
-            print(f"T={temperature:g} {name}: τ {tokens / calls:.2f}, {tokens / seconds:.1f} tokens/s", flush=True)
+            print(f"T={temperature:g} {name}: τ {tokens / calls:.2f}, {tokens / seconds:.1f} tokens/s, "
+                  f"{nodes / calls:.1f} nodes and depth {depths / calls:.1f} a round", flush=True)
     return rows
+
+
+def parse_shape(shape: str) -> TreeConfig:
+    """`auto`: the automatic shape (`TreeConfig()`); else NODES,DEPTH,WIDTH."""
+    return TreeConfig() if shape == "auto" else TreeConfig(*map(int, shape.split(",")))
 
 
 def save(rows: list[dict], args) -> None:
@@ -68,9 +87,9 @@ def save(rows: list[dict], args) -> None:
     (args.out / "tree_budgets.md").write_text(table(rows))
 
 
-def best_shape(rows: list[dict]) -> dict:
-    """The tree shape with the highest geometric mean of tokens/s over the measured temperatures."""
-    trees = {r["shape"] for r in rows if r["shape"].startswith("tree")}
+def best_shape(rows: list[dict], prefix: str = "tree") -> dict:
+    """The shape named `prefix`... with the highest geometric mean of tokens/s over the measured temperatures."""
+    trees = {r["shape"] for r in rows if r["shape"].startswith(prefix)}
     score = {s: math.exp(sum(math.log(r["tokens_per_s"]) for r in rows if r["shape"] == s) /
                          sum(r["shape"] == s for r in rows)) for s in trees}
     name = max(score, key=score.get)
@@ -78,20 +97,35 @@ def best_shape(rows: list[dict]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| T | shape (nodes, depth, width) | τ | τ / chain | tokens/s | tokens/s / chain |", "|---|---|---|---|---|---|"]
+    """τ and tokens/s per shape, against the chain of 6 and against the best chain at the same temperature (tokens/s
+    over all prompts; "per category": the geometric mean and the least of the shape's ratios to the best chain)."""
+    lines = ["| T | shape (nodes, depth, width) | nodes · depth a round | τ | τ / chain | tokens/s | tokens/s / chain "
+             "| / best chain | per category: geometric mean, least |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        chain = next(c for c in rows if c["shape"] == "chain (own loop)" and c["temperature"] == r["temperature"])
-        lines.append(f"| {r['temperature']:g} | {r['shape']} | {r['tau']:.2f} | {r['tau'] / chain['tau']:.3f} | "
-                     f"{r['tokens_per_s']:.1f} | {r['tokens_per_s'] / chain['tokens_per_s']:.3f} |")
+        same = [c for c in rows if c["temperature"] == r["temperature"]]
+        chain = next((c for c in same if c["shape"] == "chain (own loop)"), None)
+        chains = [c for c in same if c["shape"].startswith("chain")]
+        if chain is None:
+            continue
+        best = max(chains, key=lambda c: c["tokens_per_s"])
+        ratios = [r["per_category"][c] / best["per_category"][c] for c in r.get("per_category", {})]
+        spread = f"{geometric_mean(ratios):.3f}, {min(ratios):.3f}" if ratios else ""
+        lines.append(f"| {r['temperature']:g} | {r['shape']} | {r.get('nodes_per_round', 0):.1f} · "
+                     f"{r.get('depth_per_round', 0):.1f} | {r['tau']:.2f} | {r['tau'] / chain['tau']:.3f} | "
+                     f"{r['tokens_per_s']:.1f} | {r['tokens_per_s'] / chain['tokens_per_s']:.3f} | "
+                     f"{r['tokens_per_s'] / best['tokens_per_s']:.3f} ({best['shape']}) | {spread} |")
     return "\n".join(lines) + "\n"
 
 
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        print(f"{path.name} not written: matplotlib is not installed (pip install 'dynaspec-hf[plot]')")
+        return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     temperatures = sorted({r["temperature"] for r in rows})
@@ -109,7 +143,8 @@ def main(argv=None):
     parser.add_argument("--pair", required=True, type=Path)
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--shapes", nargs="+", default=SHAPES, help="NODES,DEPTH,WIDTH per tree")
+    parser.add_argument("--shapes", nargs="+", default=SHAPES,
+                        help="NODES,DEPTH,WIDTH per tree, or auto (the automatic shape, TreeConfig())")
     parser.add_argument("--chains", type=int, nargs="*", default=[4, 8], help="further chain lengths to time")
     parser.add_argument("--per-category", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -119,11 +154,13 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = measure(args, lambda rows: save(rows, args))  # saved after every shape: a time limit keeps what ran
+    saved = args.out / "tree_budgets.json"  # a call stopped by a time limit kept what ran: go on from there
+    rows = json.loads(saved.read_text())["rows"] if saved.exists() else []
+    rows = measure(args, lambda rows: save(rows, args), rows)
     best = best_shape(rows)
-    (args.out / "best.txt").write_text(f"{best['num_nodes']} {best['max_depth']} {best['width']}\n")
+    (args.out / "best.txt").write_text(f"{best['shape']}\n")
     print(table(rows))
-    print(f"best: {best['num_nodes']} {best['max_depth']} {best['width']}")
+    print(f"best tree: {best['shape']}; best chain: {best_shape(rows, 'chain')['shape']}")
     plot(rows, args.out / "tree_budgets.png")
 
 

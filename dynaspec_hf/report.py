@@ -65,14 +65,22 @@ def calibration_summary(report: dict, assistant) -> tuple[str, str | None]:
     return "\n".join(lines), warning
 
 
-def plot_curves(curves: dict, path) -> bool:
-    """Save a PNG; returns False (and writes nothing) when matplotlib is not installed."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None where matplotlib (the `plot` extra) is not installed."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(curves: dict, path) -> bool:
+    """Save a PNG; returns False (and writes nothing) when matplotlib is not installed."""
+    plt = pyplot()
+    if plt is None:
         return False
     domains = curves["domains"]
     fig, axes = plt.subplots(2, len(domains), figsize=(4 * len(domains), 6), squeeze=False)

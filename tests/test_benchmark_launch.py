@@ -178,6 +178,33 @@ def test_timed_methods_time_only_the_named_rows(calibrated, tmp_path):
     assert refused.returncode != 0 and "Unknown --timed-methods ['tree']" in refused.stderr
 
 
+def test_tree_budgets_times_the_automatic_shape_beside_chains_and_resumes(calibrated, tmp_path):
+    """`tree_budgets.py`: the automatic shape and fixed ones against chains, per category; a second call after a time
+    limit goes on from the saved rows instead of timing them again."""
+    pair, common = calibrated_pair(calibrated, tmp_path)
+    script = SCRIPT.parent / "tree_budgets.py"
+    options = ["--pair", str(pair), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "budgets"),
+               "--device", "cpu", "--per-category", "1", "--max-new-tokens", "8", "--temperatures", "0",
+               "--shapes", "auto", "4,3,2", "--chains", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    first = subprocess.run([sys.executable, str(script), *options], capture_output=True, text=True, env=env,
+                           timeout=900)
+    assert first.returncode == 0, first.stderr[-4000:]
+    saved = tmp_path / "budgets" / "tree_budgets.json"
+    rows = json.loads(saved.read_text())["rows"]
+    assert [r["shape"] for r in rows] == ["chain (own loop)", "chain of 3", "tree auto", "tree 4,3,2"]
+    assert all(len(r["per_category"]) == 9 and r["tau"] >= 1 and r["nodes_per_round"] >= 1 for r in rows)
+    assert next(r for r in rows if r["shape"] == "chain of 3")["depth_per_round"] <= 3
+    assert "best chain" in first.stdout
+    stopped = dict(json.loads(saved.read_text()), rows=rows[:3])  # as if a time limit had stopped the first call
+    saved.write_text(json.dumps(stopped))
+    again = subprocess.run([sys.executable, str(script), *options], capture_output=True, text=True, env=env,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stdout.count("tokens/s, ") == 1 and "T=0 tree 4,3,2" in again.stdout  # only the missing shape
+    assert [r["shape"] for r in json.loads(saved.read_text())["rows"]] == [r["shape"] for r in rows]
+
+
 def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from run_benchmark import chosen_methods
