@@ -50,7 +50,7 @@ import dynaspec_hf  # noqa: E402
 from dynaspec_hf import DynaSpecAssistant, TreeConfig  # noqa: E402
 from dynaspec_hf.calibrate import (best_splits, calibrate, check_sampling_schedule, drafter_output_counts,  # noqa: E402
                                    split_schedule)
-from dynaspec_hf.measure import count_forward_calls  # noqa: E402
+from dynaspec_hf.measure import count_forward_calls, gap_at_first_difference  # noqa: E402
 from dynaspec_hf.report import pyplot  # noqa: E402
 from corpora import DOCS, OUT_OF_DOMAIN, docs_prompts, header_prompts  # noqa: E402
 from summarize import ASSISTED, ASSISTED_DEFAULTS, COMPILED_PLAIN, PACKAGE_DEFAULT, PROMPT_LOOKUP, summary  # noqa: E402
@@ -594,24 +594,15 @@ def run_timing(args) -> None:
                         expected = reference.setdefault(f"{category}|{number}", out.tolist())
                         total["exact"] += out.tolist() == expected
                         if out.tolist() != expected:  # bf16: how close the plain target's call was there
-                            total.setdefault("gaps", []).append(top_two_gap(target, prompt, expected, out.tolist()))
+                            _, gap = gap_at_first_difference(target, torch.cat([prompt, torch.tensor(expected)]),
+                                                             torch.cat([prompt, out.cpu()]))
+                            total.setdefault("gaps", []).append(gap)
             state["done"].append([round_, temperature, method["method"]])
             partial = progress_file.with_suffix(".tmp")
             partial.write_text(json.dumps(state))
             partial.replace(progress_file)
             print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})", flush=True)
     (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(timing_rows(totals, args.timing_per_category)))
-
-
-def top_two_gap(target, prompt: torch.Tensor, expected: list[int], out: list[int]) -> float:
-    """The plain target's top-two logit gap at the first token where `out` leaves `expected` (its own greedy
-    continuation): a small gap says the two differ by rounding (a pass over several tokens rounds differently
-    from one-token decoding in bf16), a large one would say the method is wrong."""
-    first = next((i for i, (a, b) in enumerate(zip(expected, out)) if a != b), min(len(expected), len(out)))
-    ids = torch.cat([prompt, torch.tensor(expected[:first], dtype=prompt.dtype)])[None].to(target.device)
-    with torch.no_grad():
-        top = target(ids).logits[0, -1].float().topk(2).values
-    return float(top[0] - top[1])
 
 
 def timing_rows(totals: dict, prompts_per_category: int) -> list[dict]:

@@ -23,6 +23,22 @@ def count_forward_calls(model: torch.nn.Module):
         handle.remove()
 
 
+@torch.no_grad()
+def gap_at_first_difference(model, expected: torch.Tensor, got: torch.Tensor) -> tuple[int, float] | None:
+    """Where token sequence `got` first leaves `expected` (the model's own greedy sequence; 1-D, or `[1, length]`)
+    and the model's top-two logit gap there, or None where they agree. A gap near the dtype's rounding says that two
+    passes of different shapes broke a near-tie differently (batched and one-token kernels round differently); a
+    clear gap says the method is wrong."""
+    expected, got = expected.flatten().cpu(), got.flatten().cpu()
+    length = min(len(expected), len(got))
+    differ = (expected[:length] != got[:length]).nonzero()
+    if not len(differ) and len(expected) == len(got):
+        return None
+    position = int(differ[0]) if len(differ) else length
+    top = model(expected[None, :position].to(model.device)).logits[0, -1].float().topk(2).values
+    return position, float(top[0] - top[1])
+
+
 def mean_accepted_length(new_tokens: int, target_calls: int) -> float:
     """τ: tokens produced per target forward pass (1.0 for plain decoding)."""
     return new_tokens / max(target_calls, 1)

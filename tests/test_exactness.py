@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dynaspec_hf
-from dynaspec_hf.measure import count_forward_calls
+from dynaspec_hf.measure import count_forward_calls, gap_at_first_difference
 from conftest import FAMILY_CASES_WITH_FULL_HEAD, SETTINGS, VOCAB, make_assistant, random_cases, rollback_limited, tiny_pair
 
 PROMPTS = 50
@@ -89,3 +89,18 @@ def test_neither_loop_uses_the_deprecated_cache_name(monkeypatch):
     for tree in (dynaspec_hf.TreeConfig(), dynaspec_hf.TreeConfig.chain(4)):
         dynaspec_hf.generate(target, assistant, ids, max_new_tokens=12, tree=tree)
     assert not [m for m in messages if "past_key_values" in str(m)], messages
+
+
+def test_gap_at_first_difference_finds_the_position_and_the_targets_top_two_gap():
+    """What the GPU exactness test and the benchmark read a mismatch by: where two outputs part, and how close the
+    target's top two were there (a near-tie, or a wrong token)."""
+    target, _ = tiny_pair("llama")
+    ids = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(3))
+    plain = target.generate(ids, do_sample=False, max_new_tokens=8)
+    assert gap_at_first_difference(target, plain, plain.clone()) is None
+    wrong = plain.clone()
+    wrong[0, 9] = (plain[0, 9] + 1) % VOCAB
+    with torch.no_grad():
+        top = target(plain[:, :9]).logits[0, -1].topk(2).values
+    assert gap_at_first_difference(target, plain, wrong) == (9, pytest.approx(float(top[0] - top[1])))
+    assert gap_at_first_difference(target, plain[0], plain[0, :11])[0] == 11  # one output stopped early

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import dynaspec_hf  # noqa: E402
 from conftest import make_assistant, tiny_pair  # noqa: E402
 from dynaspec_hf import TreeConfig  # noqa: E402
+from dynaspec_hf.measure import gap_at_first_difference  # noqa: E402
 
 SHAPES = {"chain": TreeConfig.chain(6), "runner-ups": TreeConfig.chain(6, runner_ups=1), "tree": TreeConfig()}
 
@@ -44,10 +45,9 @@ def main(argv=None):
                     plain = target.generate(ids, do_sample=False, max_new_tokens=args.new_tokens)
                     own = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=args.new_tokens, tree=shape,
                                                compile=args.compile)
-                    if not torch.equal(plain, own):
-                        position = int((plain != own).nonzero()[0, 1])
-                        top = target(plain[:, :position]).logits[0, -1].float().topk(2).values
-                        differences.append(f"prompt {prompt}: position {position}, gap {float(top[0] - top[1]):.1e}")
+                    difference = gap_at_first_difference(target, plain, own)
+                    if difference is not None:
+                        differences.append(f"prompt {prompt}: position {difference[0]}, gap {difference[1]:.1e}")
             failed = sorted({str(w.message)[:200] for w in caught if "capture failed" in str(w.message)})
             print(f"{family}, {name}: {len(differences)} of 10 differ {differences}; capture failures: {failed}",
                   flush=True)

@@ -19,10 +19,12 @@ from dynaspec_hf import DynaSpecAssistant, TokenClusters, TreeConfig
 from dynaspec_hf.compat import output_cache
 from dynaspec_hf.engines import kept_engine
 from dynaspec_hf.fast_draft import GraphDrafter
+from dynaspec_hf.measure import gap_at_first_difference
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 LARGE_VOCAB = 128_256
+NEAR_TIE = 1e-5  # float32 logits: two passes of different shapes may round a closer top two either way
 OWN_LOOP = {"chain": TreeConfig.chain(6), "runner-ups": TreeConfig.chain(6, runner_ups=1), "tree": TreeConfig()}
 
 
@@ -54,10 +56,13 @@ OWN_CASES = [(family, setting, shape, compile) for family, setting in CASES for 
 
 @pytest.mark.parametrize("family,setting,shape,compile", OWN_CASES)
 def test_own_loop_greedy_is_exact(family, setting, shape, compile):
+    """Token for token, but for a float32 near-tie (a top-two gap of the target's below `NEAR_TIE`, where the
+    verification pass's kernels and one-token decoding's round differently), at most one prompt in ten."""
     target, drafter = (model.cuda() for model in tiny_pair(family))
     assistant = make_assistant(drafter, setting)
     new = 100 if family in SLIDING else 20  # sliding windows of 8: texts outgrow them
     generator = torch.Generator().manual_seed(2)
+    near_ties = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(10):
@@ -65,7 +70,11 @@ def test_own_loop_greedy_is_exact(family, setting, shape, compile):
             plain = target.generate(ids, do_sample=False, max_new_tokens=new)
             own = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=new, tree=OWN_LOOP[shape],
                                        compile=compile)
-            assert torch.equal(plain, own)
+            difference = gap_at_first_difference(target, plain, own)
+            if difference is not None:
+                assert difference[1] < NEAR_TIE, f"differs at {difference[0]}, top-two gap {difference[1]:.2e}"
+                near_ties.append(difference)
+    assert len(near_ties) <= 1, near_ties
     failed = [str(warning.message) for warning in caught if "capture failed" in str(warning.message)]
     assert not failed, failed  # every fixed-shape forward replays from a graph, compiled ones too
     assert kept_engine(target, "verifier").model.graphs, "verification was not replayed from a CUDA graph"
