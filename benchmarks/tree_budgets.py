@@ -28,17 +28,16 @@ from run_benchmark import (DRAFT_TOKENS, chosen_methods, encoded_prompts, genera
 from dynaspec_hf import TreeConfig  # noqa: E402
 from dynaspec_hf.report import pyplot  # noqa: E402
 
-# Every level costs a drafter forward, and a width-4 forward about 1.4 chain steps (results/history/2026-12-01-engine/): shallower and
-# narrower trees than the 2026-11-30 sweep tried (16-64 nodes, depth 8-12; 16/8/4 won). On 2026-12-01 16/7/4 and
-# 16/6/4 won (results/history/2026-12-01-engine-pair/).
+# every level costs a drafter forward: shapes around the depth a chain of 6-8 reaches (the history of earlier sweeps
+# is in results/history/2026-11-30-trees/ and 2026-12-01-engine-pair/)
 SHAPES = ["12,6,3", "16,6,4", "16,7,4", "16,8,4", "16,8,2", "24,8,4"]
 
 
 def measure(args, saved, rows: list[dict]) -> list[dict]:
     """Times every shape at every temperature after `rows` (those of an earlier, stopped call: skipped)."""
     calibration = json.loads((args.pair / "calibration.json").read_text())
-    target, drafter, assistants = load_models(args, args.device)
-    for model in (target, *drafter.values(), *assistants.values()):
+    target, drafters, assistants = load_models(args, args.device)
+    for model in (target, *drafters.values(), *assistants.values()):
         model.generation_config.eos_token_id = None  # every generation makes max_new_tokens, as the benchmark's timing
     base = chosen_methods(calibration, ["DynaSpec 1/16"])[0]
     shapes = {"chain (own loop)": TreeConfig.chain(DRAFT_TOKENS)}
@@ -52,13 +51,13 @@ def measure(args, saved, rows: list[dict]) -> list[dict]:
                 continue
             method = dict(base, method=name, engine="dynaspec-tree", tree=tree)
             first = next(iter(prompts.values()))[0][None].to(args.device)
-            generate(method, target, drafter, assistants, first, temperature, args.max_new_tokens)  # warm-up
+            generate(method, target, drafters, assistants, first, temperature, args.max_new_tokens)  # warm-up
             totals = {}  # category -> [tokens, target passes, seconds, draft nodes, longest paths]
             for category, texts in prompts.items():
                 total = totals.setdefault(category, [0, 0, 0.0, 0, 0])
                 for number, prompt in enumerate(texts):
                     torch.manual_seed(args.seed + number)
-                    out, stats, spent = timed_generate(method, target, drafter, assistants,
+                    out, stats, spent = timed_generate(method, target, drafters, assistants,
                                                        prompt[None].to(args.device), temperature, args.max_new_tokens)
                     for i, value in enumerate((out.numel(), stats.target_passes, spent, stats.drafted_tokens,
                                                sum(stats.depths))):
