@@ -8,7 +8,7 @@ node's i-th child is accepted once the earlier ones failed (`--rates`: the first
 and its round's seconds from the round costs a benchmark run measured for `--row` (RESULTS' calibration). Prints
 the best chain, the best tree and the fixed 16/7/4 tree with their τ, round time and tokens/s.
 `--tree-forward-as-chain-step` prices a tree's node forward as a chain's draft step: the ceiling for trees whose
-bookkeeping costs nothing. No GPU needed.
+bookkeeping costs nothing; `--costs` replaces measured costs (e.g. another pair's shapes). No GPU needed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ EVIDENCE = 1e6  # rounds behind each rate: the rates as given, not pulled toward
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="a benchmark results file (its calibration's round costs)")
+    parser.add_argument("--costs", nargs="+", default=[], metavar="FIELD=SECONDS",
+                        help="round costs to use instead of the run's (`RoundCosts` fields), e.g. other shapes'")
     parser.add_argument("--row", default="tree: DynaSpec 1/16")
     parser.add_argument("--temperature", default="0.0")
     parser.add_argument("--rates", type=float, nargs="+", required=True,
@@ -38,6 +40,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     costs = RoundCosts(**json.loads(args.results.read_text())["calibration"]["round_costs"][args.row][
         str(float(args.temperature))])
+    costs = dataclasses.replace(costs, **{field: float(value) for field, value in
+                                          (item.split("=") for item in args.costs)})
     if args.tree_forward_as_chain_step:
         costs = dataclasses.replace(costs, tree_fixed=costs.chain_fixed, tree_forward=costs.chain_step)
     rates = SiblingAcceptance(accepted=[rate * EVIDENCE for rate in args.rates], reached=[EVIDENCE] * len(args.rates))
