@@ -122,7 +122,6 @@ def likeliest_children(logits: torch.Tensor, tokens: torch.Tensor, width: int
     if logits.shape[1] < width:  # fewer rows than children: pad with impossible ones
         logits = torch.nn.functional.pad(logits, (0, width - logits.shape[1]), value=float("-inf"))
         tokens = torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=0)
-    log_total = logits.float().logsumexp(-1, keepdim=True)
-    values, picked = logits.topk(width)
-    count = ((logits.float() - log_total).exp() > 0).sum(-1, keepdim=True)
-    return (values.float() - log_total).exp(), tokens.gather(1, picked), count
+    log_q = logits.float().log_softmax(-1)
+    picked = logits.topk(width).indices
+    return log_q.gather(1, picked).exp(), tokens.gather(1, picked), (log_q.exp() > 0).sum(-1, keepdim=True)
