@@ -44,14 +44,14 @@ def measure(args, saved, rows: list[dict]) -> list[dict]:
     shapes.update({f"chain of {length}": TreeConfig.chain(length) for length in args.chains if length != DRAFT_TOKENS})
     shapes.update({f"tree {shape}": parse_shape(shape) for shape in args.shapes})
     prompts = encoded_prompts(args)
+    first = next(iter(prompts.values()))[0][None].to(args.device)  # each shape's warm-up
     done = {(r["shape"], r["temperature"]) for r in rows}
     for temperature in args.temperatures:
         for name, tree in tqdm(shapes.items(), desc=f"T={temperature:g}"):
             if (name, temperature) in done:
                 continue
             method = dict(base, method=name, engine="dynaspec-tree", tree=tree)
-            first = next(iter(prompts.values()))[0][None].to(args.device)
-            generate(method, target, drafters, assistants, first, temperature, args.max_new_tokens)  # warm-up
+            generate(method, target, drafters, assistants, first, temperature, args.max_new_tokens)
             totals = {}  # category -> [tokens, target passes, seconds, draft nodes, longest paths]
             for category, texts in prompts.items():
                 total = totals.setdefault(category, [0, 0, 0.0, 0, 0])

@@ -45,11 +45,12 @@ def build_pair(pair: Path, data: Path) -> None:
         f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts[12:14])
 
 
-def run(arguments: list[str], launcher: list[str] = ()) -> str:
+def run(arguments: list[str], launcher: list[str] = (), script: Path = SCRIPT, succeeds: bool = True) -> str:
+    """The script's output (stdout; stderr where it is to fail), after checking how it exited."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "TQDM_DISABLE": "1"}
-    result = subprocess.run([*launcher, str(SCRIPT), *arguments], capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result.stdout
+    result = subprocess.run([*launcher, str(script), *arguments], capture_output=True, text=True, env=env, timeout=900)
+    assert (result.returncode == 0) == succeeds, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout if succeeds else result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +173,8 @@ def test_timed_methods_time_only_the_named_rows(calibrated, tmp_path):
     assert printed.count("timed T=0") == 2
     rows = json.loads((pair / "timing-T0.0.json").read_text())
     assert {r["method"] for r in rows} == set(named) and len(rows) == 2 * 9
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    refused = subprocess.run([sys.executable, str(SCRIPT), *common, "--phase", "timing", "--timed-methods", "tree"],
-                             capture_output=True, text=True, env=env, timeout=900)
-    assert refused.returncode != 0 and "Unknown --timed-methods ['tree']" in refused.stderr
+    refused = run(common + ["--phase", "timing", "--timed-methods", "tree"], [sys.executable], succeeds=False)
+    assert "Unknown --timed-methods ['tree']" in refused
 
 
 def test_tree_budgets_times_the_automatic_shape_beside_chains_and_resumes(calibrated, tmp_path):
@@ -186,22 +185,17 @@ def test_tree_budgets_times_the_automatic_shape_beside_chains_and_resumes(calibr
     options = ["--pair", str(pair), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "budgets"),
                "--device", "cpu", "--per-category", "1", "--max-new-tokens", "8", "--temperatures", "0",
                "--shapes", "auto", "4,3,2", "--chains", "3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    first = subprocess.run([sys.executable, str(script), *options], capture_output=True, text=True, env=env,
-                           timeout=900)
-    assert first.returncode == 0, first.stderr[-4000:]
+    first = run(options, [sys.executable], script)
     saved = tmp_path / "budgets" / "tree_budgets.json"
     rows = json.loads(saved.read_text())["rows"]
     assert [r["shape"] for r in rows] == ["chain (own loop)", "chain of 3", "tree auto", "tree 4,3,2"]
     assert all(len(r["per_category"]) == 9 and r["tau"] >= 1 and r["nodes_per_round"] >= 1 for r in rows)
     assert next(r for r in rows if r["shape"] == "chain of 3")["depth_per_round"] <= 3
-    assert "best chain" in first.stdout
+    assert "best chain" in first
     stopped = dict(json.loads(saved.read_text()), rows=rows[:3])  # as if a time limit had stopped the first call
     saved.write_text(json.dumps(stopped))
-    again = subprocess.run([sys.executable, str(script), *options], capture_output=True, text=True, env=env,
-                           timeout=900)
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stdout.count("tokens/s, ") == 1 and "T=0 tree 4,3,2" in again.stdout  # only the missing shape
+    again = run(options, [sys.executable], script)
+    assert again.count("tokens/s, ") == 1 and "T=0 tree 4,3,2" in again  # only the missing shape
     assert [r["shape"] for r in json.loads(saved.read_text())["rows"]] == [r["shape"] for r in rows]
 
 
