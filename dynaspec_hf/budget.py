@@ -12,7 +12,8 @@ target accepted a node's i-th child once the earlier ones failed (`SiblingAccept
 fading over its last `MEMORY` rounds); a generation's first round (the first three, for an assistant's first
 generation) drafts the probe, the largest candidate tree, whose nodes have every number of children. Those rates
 give every candidate, chain or tree, its expected accepted drafts (`expected_drafts`), and the generation goes on
-with the candidate of the most expected tokens per second. Chains are candidates, so the automatic shape loses to
+with the candidate of the most expected tokens per second; its trees value their children by the same rates, so
+the tree drafted is the one the estimate priced. Chains are candidates, so the automatic shape loses to
 the best chain only by the probe rounds and the estimate's error.
 
 The shape depends only on earlier rounds' outcomes, never on the round's own draws, so sampling stays exact.
@@ -20,6 +21,7 @@ The shape depends only on earlier rounds' outcomes, never on the round's own dra
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass
 
@@ -144,6 +146,8 @@ class AutomaticDrafter:
         self.drafting = self.chain if self.shape.is_chain else self.tree_drafter
         if self.shape.is_chain:
             options["runner_ups"] = self.shape.runner_ups
+        else:  # the tree values its children by the rates its shape was chosen by
+            options["sibling_acceptance"] = self.rates
         return self.drafting.draft_nodes(committed, num_nodes=num_nodes, max_depth=self.shape.max_depth, **options)
 
     def tree(self) -> TokenTree:
@@ -167,26 +171,26 @@ class AutomaticDrafter:
 
 
 def expected_drafts(shape, rates: SiblingAcceptance) -> float:
-    """The drafts `shape` expects accepted: a node is accepted with its parent's probability times the chance that
-    its earlier siblings failed and it did not (`rates`, non-increasing by sibling: a child seldom reached is not
-    valued by its prior alone). A chain grows from first children, each beside its runner-ups; a tree keeps, level
-    by level, its `num_nodes / max_depth` likeliest nodes, with at most `max_children` children a node."""
+    """The drafts `shape` expects accepted: the sum of its nodes' chances of being accepted, each its parent's times
+    its share (`rates.shares`: its earlier siblings rejected, it accepted). A chain grows from first children, each
+    beside its runner-ups; a tree is the one the tree drafter builds from the same shares: best first, its
+    `num_nodes` likeliest nodes no deeper than `max_depth`, with at most `max_children` children a node."""
     children = 1 + shape.runner_ups if shape.is_chain else min(shape.width, shape.max_children or shape.width)
-    shares, missed = [], 1.0
-    for rate in rates.scores(children):
-        shares.append(missed * rate)
-        missed *= 1 - rate
+    shares = rates.shares(children)
     if shape.is_chain:
         reached, total = 1.0, 0.0
         for _ in range(shape.max_depth):
             total += reached * sum(shares)
             reached *= shares[0]
         return total
-    per_level = max(shape.num_nodes // shape.max_depth, 1)
-    level, total = [1.0], 0.0
-    for _ in range(shape.max_depth):
-        level = sorted((parent * share for parent in level for share in shares), reverse=True)[:per_level]
-        total += sum(level)
+    frontier = [(-share, 1) for share in shares]  # (minus the chance, depth): the root's children
+    total = 0.0
+    for _ in range(shape.num_nodes):
+        chance, depth = heapq.heappop(frontier)
+        total -= chance
+        if depth < shape.max_depth:
+            for share in shares:
+                heapq.heappush(frontier, (chance * share, depth + 1))
     return total
 
 

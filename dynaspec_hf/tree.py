@@ -1,14 +1,21 @@
-"""DySpec token trees (arXiv 2410.11744): drafted where the drafter is most likely to be right.
+"""DySpec token trees (arXiv 2410.11744): drafted where the target is most likely to accept.
 
 A tree grows from its root, the last committed token. Each drafter forward takes the most valuable nodes not yet
 forwarded (any depth; a node's value estimates the probability that the target accepts its whole path) and gives
 each of them candidate children from its routed shortlist; the most valuable candidates become the tree. Only
 nodes with children need a forward, so depth, not node count, sets the drafting cost.
 
-Why sampled trees are valued by measured rates, not by q: under sampling a node's children are drawn from q
-without replacement and verified by recursive rejection sampling (see `generation.py`), which is exact only if
-whether the i-th child exists is decided before that child is drawn. Valuing a child by q of its own token would
-keep likely tokens and drop unlikely ones, a bias; valuing it by how often an i-th child gets accepted does not.
+Why a child is valued by measured acceptance, not by q of its token (DySpec's value):
+- Greedy, the target takes a drafter's first choice far more often than q says: a drafter distilled from the
+  target spreads q like the target's own distribution, whose top token often holds a third of the mass while the
+  two models agree on it most of the time. Products of q then undervalue depth by that factor per level, and
+  trees grow wide and shallow where a chain would be accepted whole.
+- Sampling, children are drawn from q without replacement and verified by recursive rejection sampling (see
+  `generation.py`), which is exact only if whether the i-th child exists is decided before it is drawn: valuing
+  a child by q of its own token would bias it.
+So the i-th child of a node is valued by its share: the chance, measured over earlier rounds, that the earlier
+children were rejected and it was accepted (`SiblingAcceptance`; Sequoia, arXiv 2402.12374, values positions from
+rates measured offline). The tree's shape then depends only on earlier rounds' outcomes.
 """
 
 from __future__ import annotations
@@ -221,12 +228,9 @@ def chain_tree(tokens: list[int], leaves: list[list[int]], root_position: int,
 @dataclass
 class SiblingAcceptance:
     """How often a node's i-th child is accepted once the earlier children were rejected (Laplace's rule: 1/2 before
-    any evidence): over the rounds of one generation for a sampled tree's expansion, and over an assistant's
-    rounds for the automatic shape (`budget.py`), whose older rounds `fade`.
-
-    Under sampling the tree's shape must not depend on the drafted tokens (recursive rejection sampling would be
-    biased), so a child is valued by these rates, the verified outcomes of earlier rounds, not by q of its token
-    (Sequoia, arXiv 2402.12374, values positions the same way, from rates measured offline).
+    any evidence): over the rounds of one generation for a fixed tree's expansion, and over an assistant's rounds
+    for the automatic shape (`budget.py`, which also values its trees' children by them), whose older rounds
+    `fade`. A tree values its children by their `shares` (see the module's docstring for why not by q).
     """
 
     accepted: list[float] = field(default_factory=list)
@@ -237,13 +241,17 @@ class SiblingAcceptance:
             return 0.5
         return (self.accepted[index] + 1) / (self.reached[index] + 2)
 
-    def scores(self, count: int) -> list[float]:
-        """Values of a node's first `count` children relative to the node: non-increasing, so the tree keeps a
-        prefix of each node's draws (a later draw stands for q only given the earlier ones)."""
-        out = []
+    def shares(self, count: int) -> list[float]:
+        """The chance that a node's i-th child is the accepted one, given the node is, for its first `count`
+        children: the earlier ones rejected and it accepted. Non-increasing, so the tree keeps a prefix of each
+        node's draws (a later draw stands for q only given the earlier ones): each rate is capped by the one before
+        it (a child seldom tried is not valued above an earlier one by its prior)."""
+        shares, rate, missed = [], 1.0, 1.0
         for index in range(count):
-            out.append(min(self.rate(index), out[-1]) if out else self.rate(index))
-        return out
+            rate = min(self.rate(index), rate)
+            shares.append(missed * rate)
+            missed *= 1 - rate
+        return shares
 
     def fade(self, keep: float) -> None:
         """Weigh every earlier outcome by `keep`."""
@@ -269,9 +277,9 @@ class TreeDrafter:
     root's body output. The expansion: the root's head, then `max_depth - 1` drafter forwards, each over the
     `width` most valuable candidates not forwarded yet (any depth), which gives each of them
     `min(width, max_children)` candidate children; then the most valuable candidates form the tree. A candidate's
-    value estimates the probability that its path is accepted: greedy, the product of q along it (DySpec);
-    sampling, the product of `SiblingAcceptance` rates of the child indices along it. Leaves need no forward, so a
-    tree of depth d costs d drafter forwards, like a chain of d.
+    value estimates the probability that its path is accepted: the product of the `SiblingAcceptance` shares of
+    the child indices along it. Leaves need no forward, so a tree of depth d costs d drafter forwards, like a chain
+    of d.
 
     The candidates live in fixed device buffers (`tree_pool.CandidatePool`), and the choice of the next nodes (a
     sort by value) runs on the device too, compiled with the forwards, so the whole expansion is one CUDA-graph
@@ -296,7 +304,7 @@ class TreeDrafter:
         self.base = torch.zeros((), **long)  # the committed length: where the nodes start in the cache
         self.budget = torch.zeros((), **long)  # draft nodes wanted
         self.depth_limit = torch.zeros((), **long)  # the tree's depth: no node forward takes a node this deep
-        self.child_scores = torch.ones(width, dtype=torch.float32, device=device)  # sampling: SiblingAcceptance
+        self.child_shares = torch.ones(width, dtype=torch.float32, device=device)  # `SiblingAcceptance.shares`
         # body outputs and q by row: 0 unused (padding writes there), 1 the root, 2 + slot a forwarded node; the
         # body output before the root is row 0 of `states`
         self.states = torch.zeros(2 + self.capacity, hidden_size, dtype=dtype, device=device)
@@ -397,11 +405,12 @@ class TreeDrafter:
               rows: torch.Tensor, do_sample: bool, per_node: int, processors) -> None:
         """The candidate children of the forwarded `parents` (real where `valid`; body outputs `hidden`, each from
         the shortlist of its depth) into the pool at `span`, `width` each (`ancestors`: the slots each child
-        sees). Greedy, without a sampling tail: each parent's likeliest tokens, from its shortlist rows alone, and
-        their q as values. Otherwise q over the vocabulary goes into the parents' `rows` (recursive rejection
-        sampling reads it), and sampled children are drawn from it without replacement."""
+        sees), each valued by its parent's value times its index's share. Greedy, without a sampling tail: each
+        parent's likeliest tokens, from its shortlist rows alone. Otherwise q over the vocabulary goes into the
+        parents' `rows` (recursive rejection sampling reads it), and sampled children are drawn from it without
+        replacement."""
         if not do_sample and not any(shortlist.tail for shortlist, _ in shortlists):
-            scores, tokens, count = by_position(depths, shortlists, lambda shortlist: self.greedy_children(
+            tokens, count = by_position(depths, shortlists, lambda shortlist: self.greedy_children(
                 hidden, previous, token_ids, shortlist))
         else:
             logits = by_position(depths, shortlists, lambda shortlist: (self.assistant.draft_step(
@@ -412,11 +421,11 @@ class TreeDrafter:
             self.q.index_copy_(0, rows, q)
             if do_sample:  # the order of draws from q without replacement, every row at once
                 tokens = draft_tokens(logits, do_sample=True, runner_ups=self.width - 1)
-                scores = self.child_scores.expand(q.shape[0], -1)
             else:
-                scores, tokens = q.topk(self.width)
+                tokens = q.topk(self.width).indices
             count = (q > 0).sum(-1, keepdim=True)  # a top-k / top-p q has few tokens
-        self.add_children(self.pool, span, tokens, scores, count, parents, valid, ancestors, per_node)
+        shares = self.child_shares.expand(tokens.shape[0], -1)
+        self.add_children(self.pool, span, tokens, shares, count, parents, valid, ancestors, per_node)
 
     def _greedy_children(self, hidden, previous, token_ids, shortlist: Shortlist):
         """Router, head and the likeliest children of each row, from the shortlist's rows alone."""
@@ -451,8 +460,9 @@ class TreeDrafter:
         return its draft nodes as the verification pass reads them, without waiting for the device: `tree` reads the
         tree, so the host builds it while the target verifies.
         Under sampling, children are drawn without replacement from q, the processed (temperature / top-k / top-p)
-        shortlist distribution; greedy trees take each node's most probable tokens. `temperature` (0: greedy) picks
-        the shortlist schedule."""
+        shortlist distribution; greedy trees take each node's most probable tokens. Children are valued by the shares
+        of `sibling_acceptance` (default: this generation's rounds so far). `temperature` (0: greedy) picks the
+        shortlist schedule."""
         length = committed.shape[0]
         start = max(min(self.cached, length - 2), 0)  # re-read two tokens: the router's input
         count = length - start
@@ -469,9 +479,8 @@ class TreeDrafter:
         self.cached = length
         self.base.fill_(length)
         self.budget.fill_(num_nodes)
-        if do_sample:
-            scores = (sibling_acceptance or self.rates).scores(self.width)
-            self.child_scores.copy_(torch.tensor(scores, dtype=torch.float32))
+        shares = (sibling_acceptance or self.rates).shares(self.width)
+        self.child_shares.copy_(torch.tensor(shares, dtype=torch.float32))
         per_node = min(self.width, max_children or self.shape.max_children or self.width)
         max_depth = min(max_depth or self.max_depth, self.max_depth)
         self.depth_limit.fill_(max_depth)

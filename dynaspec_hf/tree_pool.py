@@ -74,7 +74,8 @@ def add_children(pool: CandidatePool, span: torch.Tensor, tokens: torch.Tensor, 
                  count: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor, ancestors: torch.Tensor,
                  per_node: int) -> None:
     """Write the candidate children of `parents` (real where `valid`) into the pool at `span`: `tokens` and
-    `scores` `[P, width]` in the order drawn, each child's value its parent's times its score; of each parent's
+    `scores` `[P, width]` in the order drawn (each child's value its parent's times its score: the share of
+    its index, `SiblingAcceptance.shares`); of each parent's
     `count` possible children at most `per_node` exist. `ancestors` `[P, capacity]`: the slots each parent's
     children see."""
     width = tokens.shape[1]
@@ -113,15 +114,12 @@ def nodes_to_verify(pool: CandidatePool, kept: torch.Tensor, base: torch.Tensor,
             visible)
 
 
-def likeliest_children(logits: torch.Tensor, tokens: torch.Tensor, width: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Greedy children from shortlist rows (`logits`, `tokens` `[P, R]`, q is 0 outside them): each row's `width`
-    likeliest tokens and their q, and how many tokens have q > 0. The top-k runs on the logits as they come (q has
-    their order), not on q in float32: on a GPU a half-precision top-k over a shortlist's rows is several times
-    faster, and only the chosen tokens' q is needed."""
+def likeliest_children(logits: torch.Tensor, tokens: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy children from shortlist rows (`logits`, `tokens` `[P, R]`; a row padded with `-inf` holds no token):
+    each row's `width` likeliest tokens, and how many tokens the row holds. The top-k runs on the logits as they
+    come: on a GPU a half-precision top-k over a shortlist's rows is several times faster than on q in float32."""
     if logits.shape[1] < width:  # fewer rows than children: pad with impossible ones
         logits = torch.nn.functional.pad(logits, (0, width - logits.shape[1]), value=float("-inf"))
         tokens = torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=0)
-    log_q = logits.float().log_softmax(-1)
     picked = logits.topk(width).indices
-    return log_q.gather(1, picked).exp(), tokens.gather(1, picked), (log_q.exp() > 0).sum(-1, keepdim=True)
+    return tokens.gather(1, picked), (logits > float("-inf")).sum(-1, keepdim=True)

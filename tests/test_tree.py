@@ -247,6 +247,28 @@ def test_sampled_tree_shape_does_not_depend_on_drafted_tokens():
     assert len(shapes) == 1 and len(token_sets) > 1
 
 
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_tree_is_the_one_its_sibling_shares_price(do_sample):
+    """A tree keeps the nodes of the highest chance of acceptance by its children's shares, greedy too (not by q,
+    which a distilled drafter spreads thin): the drafted tree is the one `expected_drafts` prices. With a first
+    child accepted at 0.7 and a second at 0.5 once the first failed (share 0.15), six nodes are a chain of five
+    and the root's second child; valued by the second child's rate (0.5) instead, the tree would be wider."""
+    from dynaspec_hf.budget import expected_drafts
+
+    _, drafter = tiny_pair("llama", seed=3)
+    assistant = make_assistant(drafter, "routed")
+    rates = SiblingAcceptance(accepted=[0.7e6, 0.15e6], reached=[1e6, 0.3e6])
+    shares = rates.shares(2)
+    tree = TreeDrafter(assistant, 64, max_depth=6, width=2).draft(torch.arange(5), num_nodes=6, do_sample=do_sample,
+                                                                  sibling_acceptance=rates)
+    assert sorted(tree.depths[1:]) == [1, 1, 2, 3, 4, 5]
+    chance = [1.0] + [0.0] * (len(tree) - 1)
+    for node in range(1, len(tree)):
+        parent = tree.parents[node]
+        chance[node] = chance[parent] * shares[tree.children[parent].index(node)]
+    assert sum(chance[1:]) == pytest.approx(expected_drafts(TreeConfig(6, 6, 2), rates), rel=1e-4)
+
+
 def test_sibling_acceptance_counts_tried_children():
     rates = SiblingAcceptance()
     assert rates.rate(0) == rates.rate(3) == 0.5  # no evidence yet
@@ -254,7 +276,8 @@ def test_sibling_acceptance_counts_tried_children():
     rates.record(2, None)  # both rejected
     assert (rates.reached, rates.accepted) == ([2, 2], [0, 1])
     assert rates.rate(0) == 1 / 4 and rates.rate(1) == 2 / 4 and rates.rate(2) == 0.5
-    assert rates.scores(3) == [1 / 4, 1 / 4, 1 / 4], "a later child is never valued above an earlier one"
+    # a child's share: the earlier ones rejected, it accepted; a later child's rate is capped by an earlier one's
+    assert rates.shares(3) == [1 / 4, 3 / 4 * 1 / 4, 9 / 16 * 1 / 4]
 
 
 def test_batch_rows_equal_their_own_generation():
