@@ -9,7 +9,7 @@ compile, whichever candidate the shape switches to.
 The accepted drafts are predicted from what the target accepted, not from the drafter's own probabilities (greedy,
 the target takes the drafter's first choice far more often than q of it says). Every round counts how often the
 target accepted a node's i-th child once the earlier ones failed (`SiblingAcceptance`, kept on the assistant and
-fading over its last `MEMORY` rounds); a generation's first round (the first three, for an assistant's first
+fading over its last `tree.MEMORY` rounds); a generation's first round (the first three, for an assistant's first
 generation) drafts the probe, the largest candidate tree, whose nodes have every number of children. Those rates
 give every candidate, chain or tree, its expected accepted drafts (`expected_drafts`), and the generation goes on
 with the candidate of the most expected tokens per second; its trees value their children by the same rates, so
@@ -27,11 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import (ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, chain_tree, drafter_for,
-                   processors_key)
+from .tree import (ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, assistant_sibling_acceptance,
+                   chain_tree, drafter_for, drafting_mode)
 
 PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
-MEMORY = 64  # rounds over which an estimate fades
 
 
 @dataclass(frozen=True)
@@ -154,11 +153,7 @@ class AutomaticDrafter:
         return self.drafting.tree()
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
-        if not self.shape.is_chain:
-            self.tree_drafter.update(trials)
-        self.rates.fade(1 - 1 / MEMORY)
-        for candidates, accepted_index in trials:
-            self.rates.record(candidates, accepted_index)
+        self.rates.record_round(trials)  # the rates its trees are valued by, too
         if self.probing:
             self.probing -= 1
             if not self.probing:
@@ -202,7 +197,7 @@ def automatic_drafter(target, assistant, verifier, length: int, config, do_sampl
     mode and schedule: sampled drafts cost more than greedy ones, and are accepted at other rates."""
     chain = ChainDrafter(assistant, config.max_depth, compile_options)
     tree = drafter_for(assistant, length, config.probe, compile_options)
-    mode = (do_sample, repr(assistant.config.schedule(temperature)), processors_key(processors) if do_sample else ())
+    mode = drafting_mode(assistant, do_sample, temperature, processors)
     kept = assistant.__dict__.setdefault("_dynaspec_round_costs", {})
     # per target, device, shape and compilation, and per mode (a head over more tokens costs more); and per build
     # of the engines, whose graphs measuring captures
@@ -211,5 +206,5 @@ def automatic_drafter(target, assistant, verifier, length: int, config, do_sampl
         kept[key] = RoundCosts.measure(verifier, chain, tree, config, do_sample=do_sample,
                                        processors=processors, temperature=temperature)
     costs = assistant.drafting.round_costs or kept[key]
-    rates = assistant.__dict__.setdefault("_dynaspec_sibling_acceptance", {}).setdefault(mode, SiblingAcceptance())
+    rates = assistant_sibling_acceptance(assistant, do_sample, temperature, processors)
     return AutomaticDrafter(chain, tree, config, costs, rates)

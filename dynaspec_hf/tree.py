@@ -32,6 +32,8 @@ from .fast_draft import MAX_GRAPH_TOKENS, draft_block
 from .static_cache import StaticCacheModel, causal, compiled
 from .tree_pool import CandidatePool, add_children, chosen_tree, likeliest_children, next_nodes, nodes_to_verify
 
+MEMORY = 64  # rounds over which a sibling acceptance rate fades
+
 
 @dataclass(frozen=True)
 class TreeConfig:
@@ -228,9 +230,9 @@ def chain_tree(tokens: list[int], leaves: list[list[int]], root_position: int,
 @dataclass
 class SiblingAcceptance:
     """How often a node's i-th child is accepted once the earlier children were rejected (Laplace's rule: 1/2 before
-    any evidence): over the rounds of one generation for a fixed tree's expansion, and over an assistant's rounds
-    for the automatic shape (`budget.py`, which also values its trees' children by them), whose older rounds
-    `fade`. A tree values its children by their `shares` (see the module's docstring for why not by q).
+    any evidence), over an assistant's rounds in one drafting mode (`sibling_acceptance`), older rounds fading. A
+    tree values its children by their `shares` (see the module's docstring for why not by q); the automatic shape
+    (`budget.py`) prices its candidates by them.
     """
 
     accepted: list[float] = field(default_factory=list)
@@ -252,6 +254,13 @@ class SiblingAcceptance:
             shares.append(missed * rate)
             missed *= 1 - rate
         return shares
+
+    def record_round(self, trials: list[tuple[int, int | None]]) -> None:
+        """One round's outcomes (`generation.accept`'s trials), after fading the earlier ones over `MEMORY`
+        rounds."""
+        self.fade(1 - 1 / MEMORY)
+        for candidates, accepted_index in trials:
+            self.record(candidates, accepted_index)
 
     def fade(self, keep: float) -> None:
         """Weigh every earlier outcome by `keep`."""
@@ -333,16 +342,14 @@ class TreeDrafter:
         self.start()
 
     def start(self, shape: TreeConfig | None = None) -> None:
-        """Begin a generation of trees of `shape` (default: the drafter's largest): nothing cached, no sibling
-        acceptance counted."""
+        """Begin a generation of trees of `shape` (default: the drafter's largest): nothing cached."""
         self.shape = shape or TreeConfig(self.width * self.forwards, self.max_depth, self.width)
-        self.cached, self.rates = 0, SiblingAcceptance()
+        self.cached = 0
         self._expansions = {}  # this generation's expansion plans and graph keys, built on its first round
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
-        """Count a round's outcomes (`accept`'s trials) into the sibling acceptance that shapes sampled trees."""
-        for candidates, accepted_index in trials:
-            self.rates.record(candidates, accepted_index)
+        """Count a round's outcomes (`accept`'s trials) into the sibling acceptance its tree was valued by."""
+        self.rates.record_round(trials)
 
     def _prefix_step(self, ids: torch.Tensor) -> None:
         """Body over `ids` `[1, count]`; the root's body output (and the one before it) and token; the context
@@ -461,8 +468,8 @@ class TreeDrafter:
         tree, so the host builds it while the target verifies.
         Under sampling, children are drawn without replacement from q, the processed (temperature / top-k / top-p)
         shortlist distribution; greedy trees take each node's most probable tokens. Children are valued by the shares
-        of `sibling_acceptance` (default: this generation's rounds so far). `temperature` (0: greedy) picks the
-        shortlist schedule."""
+        of `sibling_acceptance` (default: the assistant's, for this drafting mode). `temperature` (0: greedy) picks
+        the shortlist schedule."""
         length = committed.shape[0]
         start = max(min(self.cached, length - 2), 0)  # re-read two tokens: the router's input
         count = length - start
@@ -479,7 +486,9 @@ class TreeDrafter:
         self.cached = length
         self.base.fill_(length)
         self.budget.fill_(num_nodes)
-        shares = (sibling_acceptance or self.rates).shares(self.width)
+        self.rates = sibling_acceptance or assistant_sibling_acceptance(self.assistant, do_sample, temperature,
+                                                                        processors)
+        shares = self.rates.shares(self.width)
         self.child_shares.copy_(torch.tensor(shares, dtype=torch.float32))
         per_node = min(self.width, max_children or self.shape.max_children or self.width)
         max_depth = min(max_depth or self.max_depth, self.max_depth)
@@ -533,6 +542,19 @@ def by_position(depths: torch.Tensor, shortlists, compute) -> tuple[torch.Tensor
             uses = uses | (depths == position)
         merged = tuple(torch.where(uses.view(-1, *[1] * (new.ndim - 1)), new, old) for new, old in zip(part, merged))
     return merged
+
+
+def drafting_mode(assistant, do_sample: bool, temperature: float, processors) -> tuple:
+    """What a draft's cost and acceptance depend on besides the models: greedy or sampled, the shortlist schedule
+    the temperature picks, and the sampling processors' settings."""
+    return do_sample, repr(assistant.config.schedule(temperature)), processors_key(processors) if do_sample else ()
+
+
+def assistant_sibling_acceptance(assistant, do_sample: bool, temperature: float, processors) -> SiblingAcceptance:
+    """The sibling acceptance kept on `assistant` for a drafting mode: every tree it drafts in that mode, fixed or
+    automatic, learns from and is valued by the same rates, from one generation to the next."""
+    kept = assistant.__dict__.setdefault("_dynaspec_sibling_acceptance", {})
+    return kept.setdefault(drafting_mode(assistant, do_sample, temperature, processors), SiblingAcceptance())
 
 
 def processors_key(processors) -> tuple:

@@ -269,6 +269,22 @@ def test_tree_is_the_one_its_sibling_shares_price(do_sample):
     assert sum(chance[1:]) == pytest.approx(expected_drafts(TreeConfig(6, 6, 2), rates), rel=1e-4)
 
 
+def test_fixed_trees_learn_across_generations():
+    """A fixed tree is valued by the assistant's rates for its drafting mode, which the rounds of every generation
+    update: where the drafter is usually right, a second generation's first tree is deeper than the first's, drafted
+    at the prior (1/2 a child)."""
+    target, drafter = tiny_pair("llama", noise=0.1)
+    assistant = make_assistant(drafter, "full")
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(0))
+    shape = TreeConfig(num_nodes=12, max_depth=6, width=3)
+    first_rounds = []
+    for _ in range(2):
+        _, stats = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=40, tree=shape, return_stats=True)
+        first_rounds.append(stats.depths[0])
+    rates = assistant._dynaspec_sibling_acceptance[(False, repr(assistant.config.schedule(0.0)), ())]
+    assert rates.rate(0) > 0.7 and first_rounds[1] > first_rounds[0]
+
+
 def test_sibling_acceptance_counts_tried_children():
     rates = SiblingAcceptance()
     assert rates.rate(0) == rates.rate(3) == 0.5  # no evidence yet
