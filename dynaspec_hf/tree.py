@@ -230,9 +230,9 @@ def chain_tree(tokens: list[int], leaves: list[list[int]], root_position: int,
 @dataclass
 class SiblingAcceptance:
     """How often a node's i-th child is accepted once the earlier children were rejected (Laplace's rule: 1/2 before
-    any evidence), over an assistant's rounds in one drafting mode (`sibling_acceptance`), older rounds fading. A
-    tree values its children by their `shares` (see the module's docstring for why not by q); the automatic shape
-    (`budget.py`) prices its candidates by them.
+    any evidence), over an assistant's rounds in one drafting mode (`assistant_sibling_acceptance`), older rounds
+    fading. A tree values its children by their `shares` (see the module's docstring for why not by q); the
+    automatic shape (`budget.py`) prices its candidates by them.
     """
 
     accepted: list[float] = field(default_factory=list)
@@ -486,10 +486,6 @@ class TreeDrafter:
         self.cached = length
         self.base.fill_(length)
         self.budget.fill_(num_nodes)
-        self.rates = sibling_acceptance or assistant_sibling_acceptance(self.assistant, do_sample, temperature,
-                                                                        processors)
-        shares = self.rates.shares(self.width)
-        self.child_shares.copy_(torch.tensor(shares, dtype=torch.float32))
         per_node = min(self.width, max_children or self.shape.max_children or self.width)
         max_depth = min(max_depth or self.max_depth, self.max_depth)
         self.depth_limit.fill_(max_depth)
@@ -497,8 +493,11 @@ class TreeDrafter:
         if settings not in self._expansions:  # once per generation, not per round: host work the device waits for
             plan = self.shortlist_plan(temperature, max_depth)
             hashable = tuple(tuple((shortlist, tuple(positions)) for shortlist, positions in forward) for forward in plan)
-            self._expansions[settings] = plan, ("tree", *settings[1:], hashable)
-        plan, key = self._expansions[settings]
+            rates = assistant_sibling_acceptance(self.assistant, do_sample, temperature, processors)
+            self._expansions[settings] = plan, ("tree", *settings[1:], hashable), rates
+        plan, key, rates = self._expansions[settings]
+        self.rates = sibling_acceptance or rates
+        self.child_shares.copy_(torch.tensor(self.rates.shares(self.width), dtype=torch.float32))
         self.cache.run(key, lambda: self._expansion(plan, do_sample, per_node, processors))
         self.cache.set_length(length)
         self.result_host.copy_(self.result, non_blocking=True)
