@@ -314,6 +314,8 @@ class TreeDrafter:
         self.budget = torch.zeros((), **long)  # draft nodes wanted
         self.depth_limit = torch.zeros((), **long)  # the tree's depth: no node forward takes a node this deep
         self.child_shares = torch.ones(width, dtype=torch.float32, device=device)  # `SiblingAcceptance.shares`
+        # written by the host each round and copied without waiting for the device (the round's sync has passed)
+        self.child_shares_host = torch.ones(width, dtype=torch.float32, pin_memory=device.type == "cuda")
         # body outputs and q by row: 0 unused (padding writes there), 1 the root, 2 + slot a forwarded node; the
         # body output before the root is row 0 of `states`
         self.states = torch.zeros(2 + self.capacity, hidden_size, dtype=dtype, device=device)
@@ -497,7 +499,8 @@ class TreeDrafter:
             self._expansions[settings] = plan, ("tree", *settings[1:], hashable), rates
         plan, key, rates = self._expansions[settings]
         self.rates = sibling_acceptance or rates
-        self.child_shares.copy_(torch.tensor(self.rates.shares(self.width), dtype=torch.float32))
+        self.child_shares_host.copy_(torch.tensor(self.rates.shares(self.width), dtype=torch.float32))
+        self.child_shares.copy_(self.child_shares_host, non_blocking=True)
         self.cache.run(key, lambda: self._expansion(plan, do_sample, per_node, processors))
         self.cache.set_length(length)
         self.result_host.copy_(self.result, non_blocking=True)
