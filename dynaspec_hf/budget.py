@@ -181,6 +181,8 @@ def expected_drafts(shape, rates: SiblingAcceptance) -> float:
     frontier = [(-share, 1) for share in shares]  # (minus the chance, depth): the root's children
     total = 0.0
     for _ in range(shape.num_nodes):
+        if not frontier:  # every node a tree of this depth and width can hold
+            break
         chance, depth = heapq.heappop(frontier)
         total -= chance
         if depth < shape.max_depth:

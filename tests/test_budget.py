@@ -57,6 +57,9 @@ def test_expected_drafts_follow_the_sibling_acceptance_rates():
     # two children a node: 0.6 and 0.4 * 0.5; two nodes a level, the likeliest of the next level 0.36 and 0.12
     assert expected_drafts(TreeConfig(num_nodes=4, max_depth=2, max_children=2), rates) == pytest.approx(0.8 + 0.48)
     assert expected_drafts(TreeConfig(num_nodes=2, max_depth=1, max_children=2), rates) == pytest.approx(0.8)
+    # more nodes than such a tree can hold: all it can (the automatic candidates of max_children=2, depth 2)
+    assert expected_drafts(TreeConfig(num_nodes=8, max_depth=2, max_children=2), rates) == pytest.approx(
+        0.8 + 0.8 * 0.8)
     rates.fade(0.5)
     assert rates.rate(0) == pytest.approx(3.5 / 6)  # older outcomes weigh less against the prior
     # a later sibling is never valued above an earlier one (here a second child seldom tried, by its prior)
