@@ -250,8 +250,8 @@ def accept(tree: TokenTree, logits: torch.Tensor, outcomes: tuple[list[int], lis
     Greedy (`outcomes` None): follow the child equal to the target's argmax, read in one device sync. Sampling:
     `outcomes` are every node's recursive rejection sampling outcome (`TreeVerifier.sample`: the index of the
     accepted child or -1, and the node's token). Also returns the trials of the visited nodes with children: how
-    many children each had and which was accepted (None: none), what shapes later sampled trees and the automatic
-    shape's choice."""
+    many children each had and which was accepted (None: none), what later trees' children are valued by and the
+    automatic shape's choice."""
     accepted, tokens = outcomes if outcomes is not None else (None, logits.argmax(-1).tolist())
     node, out, trials = 0, [], []
     while True:

@@ -14,7 +14,7 @@ from dynaspec_hf.fast_draft import chain_drafter
 from dynaspec_hf.generation import compile_options_for
 from dynaspec_hf.measure import count_forward_calls
 from dynaspec_hf.eager_draft import draft_tokens
-from dynaspec_hf.tree import ChainDrafter, SiblingAcceptance, TreeDrafter
+from dynaspec_hf.tree import ChainDrafter, SiblingAcceptance, TreeDrafter, assistant_sibling_acceptance
 from conftest import FAMILIES, FAMILY_CASES, VOCAB, make_assistant, random_cases, tiny_pair
 from test_budget import VERIFICATION_BOUND
 from test_sampling import PROMPT as SAMPLE_PROMPT, chi_square_p_value, exact_distributions
@@ -281,7 +281,7 @@ def test_fixed_trees_learn_across_generations():
     for _ in range(2):
         _, stats = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=40, tree=shape, return_stats=True)
         first_rounds.append(stats.depths[0])
-    rates = assistant._dynaspec_sibling_acceptance[(False, repr(assistant.config.schedule(0.0)), ())]
+    rates = assistant_sibling_acceptance(assistant, do_sample=False, temperature=0.0, processors=None)
     assert rates.rate(0) > 0.7 and first_rounds[1] > first_rounds[0]
 
 
