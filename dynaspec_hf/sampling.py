@@ -24,3 +24,11 @@ def sampling_processors(generation_config: GenerationConfig) -> LogitsProcessorL
     if generation_config.top_p is not None and generation_config.top_p < 1.0:
         processors.append(TopPLogitsWarper(generation_config.top_p))
     return processors
+
+
+def processors_key(processors) -> tuple:
+    """A hashable description of sampling processors (transformers' warpers keep their settings as plain
+    attributes), so a graph that applies them is reused only by processors with the same settings."""
+    return tuple((type(p).__name__, tuple(sorted((name, value) for name, value in vars(p).items()
+                                                 if isinstance(value, (bool, int, float, str)))))
+                 for p in processors or ())

@@ -29,6 +29,7 @@ from .configuration_dynaspec import Shortlist
 from .eager_draft import draft_tokens
 from .engines import engine_for
 from .fast_draft import MAX_GRAPH_TOKENS, draft_block
+from .sampling import processors_key
 from .static_cache import StaticCacheModel, causal, compiled
 from .tree_pool import CandidatePool, add_children, chosen_tree, likeliest_children, next_nodes, nodes_to_verify
 
@@ -557,14 +558,6 @@ def assistant_sibling_acceptance(assistant, do_sample: bool, temperature: float,
     automatic, learns from and is valued by the same rates, from one generation to the next."""
     kept = assistant.__dict__.setdefault("_dynaspec_sibling_acceptance", {})
     return kept.setdefault(drafting_mode(assistant, do_sample, temperature, processors), SiblingAcceptance())
-
-
-def processors_key(processors) -> tuple:
-    """A hashable description of sampling processors (transformers' warpers keep their settings as plain
-    attributes), so a graph that applies them is reused only by processors with the same settings."""
-    return tuple((type(p).__name__, tuple(sorted((name, value) for name, value in vars(p).items()
-                                                 if isinstance(value, (bool, int, float, str)))))
-                 for p in processors or ())
 
 
 def drafter_for(assistant, length: int, shape, compile_options: dict | None = None) -> ChainDrafter | TreeDrafter:

@@ -19,7 +19,8 @@ import torch
 
 from .engines import engine_for
 from .static_cache import StaticCacheModel, causal
-from .tree import DraftNodes, TokenTree, processors_key
+from .sampling import processors_key
+from .tree import DraftNodes, TokenTree
 
 
 class TreeVerifier:
@@ -37,7 +38,10 @@ class TreeVerifier:
         self.logits = torch.zeros(size, target.config.get_text_config().vocab_size, dtype=torch.float32, device=device)
         # sampling's inputs and outputs, one row per tree node (`size` rows hold any tree the pass holds)
         self.node_logits, self.node_q = torch.zeros_like(self.logits), torch.zeros_like(self.logits)
-        self.candidates = torch.full((size, size), -1, dtype=torch.long, device=device)  # children's tokens
+        # children's tokens, `[rows, width]` of a round's sample step at the front (pinned on the host, so the
+        # copy does not wait for the device)
+        self.candidates = torch.full((size * size,), -1, dtype=torch.long, device=device)
+        self.candidates_host = torch.full((size * size,), -1, dtype=torch.long, pin_memory=device.type == "cuda")
         self.outcomes = torch.zeros(2, size, dtype=torch.long, device=device)
 
     def start(self) -> None:
@@ -85,24 +89,27 @@ class TreeVerifier:
         or -1, and the node's token. All nodes at once, replayed from a graph (its ~100 small operations, launched one
         by one, would cost more than the pass they follow). One device sync reads the outcomes."""
         count, width = len(tree), max(1, *(len(children) for children in tree.children))
-        candidates = torch.full((self.size, width), -1, dtype=torch.long)
+        rows = min(self.size, 1 << (count - 1).bit_length())  # a graph per power of two, not one of `size` rows
+        candidates = self.candidates_host[: rows * width].view(rows, width)  # the last round's copy is done
+        candidates.fill_(-1)
         candidates[:count] = torch.tensor([[tree.tokens[c] for c in children] + [-1] * (width - len(children))
                                            for children in tree.children], dtype=torch.long)
-        if self.candidates.is_cuda:  # pinned, so the copy does not wait for the device
-            candidates = candidates.pin_memory()
-        self.candidates[:, :width].copy_(candidates, non_blocking=True)
+        self.candidates[: rows * width].copy_(self.candidates_host[: rows * width], non_blocking=True)
         self.node_logits[:count].copy_(logits)
         drafted = [q for q in tree.probs if q is not None]  # q of the nodes with children
         if drafted:  # a leaf has no q: its row is never read, and another node's stands in
-            self.node_q[:count].copy_(torch.stack([q if q is not None else drafted[0] for q in tree.probs]))
-        self.model.run(("sample", width, processors_key(processors)), lambda: self._sample_step(width, processors))
+            torch.stack([q if q is not None else drafted[0] for q in tree.probs], out=self.node_q[:count])
+        self.model.run(("sample", rows, width, processors_key(processors)),
+                       lambda: self._sample_step(rows, width, processors))
         accepted, tokens = self.outcomes[:, :count].tolist()
         return accepted, tokens
 
-    def _sample_step(self, width: int, processors) -> None:
-        logits = processors(None, self.node_logits) if processors else self.node_logits
-        self.outcomes.copy_(torch.stack(recursive_rejection_sample(logits.softmax(-1), self.node_q,
-                                                                   self.candidates[:, :width])))
+    def _sample_step(self, rows: int, width: int, processors) -> None:
+        """Recursive rejection sampling over the first `rows` nodes (rows past the tree's have no candidates)."""
+        logits = processors(None, self.node_logits[:rows]) if processors else self.node_logits[:rows]
+        candidates = self.candidates[: rows * width].view(rows, width)
+        self.outcomes[:, :rows].copy_(torch.stack(recursive_rejection_sample(logits.softmax(-1), self.node_q[:rows],
+                                                                             candidates)))
 
     def _replayed_step(self, size: int) -> None:
         """The pass of `size` tokens from the staged inputs: tokens, positions, which token sees which (`[size,
@@ -151,22 +158,32 @@ def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: tor
     residual max(p_i - q_i, 0) and x is removed from q. A candidate with q_i(x) = 0 is no draw (q had no tokens
     left, which does not depend on the draws) and is skipped. Returns `(index of the accepted candidate or -1, token)`:
     the candidate, or after every rejection a draw from the last residual (from p for a row without candidates).
+
+    Each rejection costs a few passes over the vocabulary, not a dozen: p is kept unnormalized beside its row sum,
+    and q as its draws' complement beside the mass left, so only the residual itself is computed in full.
     """
     rows = torch.arange(p.shape[0], device=p.device)
-    tiny = torch.finfo(q.dtype).tiny
     accepted = torch.full_like(rows, -1)
+    p, p_mass = p.float(), p.float().sum(-1)  # p_i = p / p_mass
+    q = q.float().clone()  # q_i = q / q_mass, its rejected draws zeroed
+    q_mass = q.sum(-1)
     for index in range(candidates.shape[1]):
         token = candidates[:, index]
         x = token.clamp(min=0)
-        live = (accepted < 0) & (token >= 0) & (q[rows, x] > 0)
-        take = live & (torch.rand(rows.shape, device=p.device) * q[rows, x] < p[rows, x])
+        q_x, p_x = q[rows, x], p[rows, x]
+        live = (accepted < 0) & (token >= 0) & (q_x > 0)
+        take = live & (torch.rand(rows.shape, device=p.device) * q_x * p_mass < p_x * q_mass)
         accepted = torch.where(take, index, accepted)
-        rejected = (live & ~take)[:, None]
-        residual = (p - q).clamp_(min=0)
-        mass = residual.sum(-1, keepdim=True)  # zero only when p == q, where a rejection has probability zero
-        p = torch.where(rejected & (mass > 0), residual / mass.clamp(min=tiny), p)
-        q = torch.where(rejected, q.index_put((rows, x), torch.zeros_like(rows, dtype=q.dtype)), q)
-        q = torch.where(rejected, q / q.sum(-1, keepdim=True).clamp(min=tiny), q)
+        rejected = live & ~take
+        # the residual max(p_i - q_i, 0), unnormalized: rows not rejected subtract nothing
+        scale = torch.where(rejected, p_mass / q_mass.clamp(min=torch.finfo(q.dtype).tiny), 0.0)
+        residual = torch.addcmul(p, q, scale[:, None], value=-1).clamp_(min=0)
+        residual_mass = residual.sum(-1)
+        # a zero residual (p == q) has rejection probability zero; where rounding makes one, p stays
+        keep = rejected & (residual_mass > 0)
+        p, p_mass = torch.where(keep[:, None], residual, p), torch.where(keep, residual_mass, p_mass)
+        q[rows, x] = torch.where(rejected, 0.0, q_x)
+        q_mass = torch.where(rejected, q_mass - q_x, q_mass)
     drawn = (p / torch.empty_like(p).exponential_()).argmax(-1)  # a draw from p (the exponential race)
     return accepted, torch.where(accepted >= 0, candidates[rows, accepted.clamp(min=0)], drawn)
 

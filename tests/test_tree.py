@@ -124,7 +124,7 @@ def test_chain_runner_ups_are_the_next_draws_beside_each_draft(do_sample):
 def test_tree_graphs_are_keyed_by_the_sampling_settings():
     """The expansion graph applies the warpers inside it: warpers with other settings must not reuse it."""
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
-    from dynaspec_hf.tree import processors_key
+    from dynaspec_hf.sampling import processors_key
 
     def key(*processors):
         return processors_key(LogitsProcessorList(processors))
