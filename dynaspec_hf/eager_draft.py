@@ -90,10 +90,8 @@ def draft_tokens(logits: torch.Tensor, do_sample: bool, runner_ups: int = 0) -> 
     children (a tree's sampled children too). Where q has fewer tokens, the rest have q = 0 (never accepted)."""
     if not do_sample:
         return logits.argmax(-1, keepdim=True) if not runner_ups else logits.topk(1 + runner_ups, dim=-1).indices
-    if not runner_ups:
-        return torch.multinomial(logits.softmax(-1), 1)
-    return (logits.float() - torch.empty_like(logits, dtype=torch.float32).exponential_().log()).topk(
-        1 + runner_ups, dim=-1).indices
+    perturbed = logits.float() - torch.empty_like(logits, dtype=torch.float32).exponential_().log()
+    return perturbed.argmax(-1, keepdim=True) if not runner_ups else perturbed.topk(1 + runner_ups, dim=-1).indices
 
 
 @torch.no_grad()

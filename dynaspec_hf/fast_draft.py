@@ -23,6 +23,7 @@ from transformers.generation import GenerateDecoderOnlyOutput
 from .configuration_dynaspec import Shortlist
 from .eager_draft import DraftOptions, draft_eagerly, draft_output, draft_tokens, kept_drafts
 from .engines import engine_for
+from .sampling import processors_key, reads_only_scores
 from .static_cache import StaticCacheModel, causal, compiled
 
 if TYPE_CHECKING:
@@ -69,11 +70,12 @@ class GraphDrafter:
         # the head after the body, compiled where the body is (a step replays both from one graph)
         self.greedy_draft_token = compiled(assistant.greedy_draft_token, compile_options)
         self.draft_step = compiled(assistant.draft_step, compile_options)
+        self.sampled_draft_step = compiled(self._sampled_draft_step, compile_options)
         hidden_size = assistant.config.drafter_config.hidden_size
         self.tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.previous = torch.zeros(1, hidden_size, dtype=dtype, device=device)  # body output of the last step
         self.logits = torch.zeros(1, assistant.config.vocab_size, dtype=torch.float32, device=device)
-        # a greedy step's draft and its runner-ups, without logits
+        # a step's draft and its runner-ups (greedy ones without logits)
         self.tokens_drafted = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)
         self.router_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # None: CPU, for tests
         self.index = assistant.lm_head.index()
@@ -90,14 +92,16 @@ class GraphDrafter:
     def graphs(self) -> dict:
         return self.body.graphs
 
-    def _step(self, ids: torch.Tensor, shortlist: Shortlist, likeliest: int = 0) -> None:
+    def _step(self, ids: torch.Tensor, shortlist: Shortlist, likeliest: int = 0, draws: int = 0,
+              processors=None) -> None:
         """Body over `ids` at the cache's write position, then router + head over `shortlist` (core tokens, routed
         clusters, context slots, tail: `config.shortlist_at`).
 
         Writes the full-vocabulary logits (`-inf` outside the shortlist, or the tail's estimate) to `self.logits`,
         or with `likeliest` = n only the n likeliest tokens (a greedy draft and its runner-ups) to
-        `self.tokens_drafted`, and the last hidden state to `self.previous`. Only device operations: this is what
-        the graphs capture.
+        `self.tokens_drafted`; with `draws` = n the logits through `processors` (score-only ones) and n draws from
+        them without replacement (a sampled draft and its runner-ups) to `self.tokens_drafted`. Also the last
+        hidden state to `self.previous`. Only device operations: this is what the graphs capture.
         """
         assistant, num_tokens = self.assistant, ids.shape[1]
         positions = torch.arange(num_tokens, device=ids.device) + self.body.write_position
@@ -126,10 +130,22 @@ class GraphDrafter:
         if likeliest:
             self.tokens_drafted[:, :likeliest].copy_(self.greedy_draft_token(
                 hidden, self.previous, ids[:, -1], shortlist, self.index, self.context, routing, count=likeliest))
+        elif draws:
+            logits, tokens = self.sampled_draft_step(hidden, ids[:, -1], shortlist, routing, processors, draws)
+            self.logits.copy_(logits)
+            self.tokens_drafted[:, :draws].copy_(tokens)
         else:
             self.logits.copy_(self.draft_step(hidden, self.previous, ids[:, -1], shortlist, self.index, self.context,
                                               routing))
         self.previous.copy_(hidden)
+
+    def _sampled_draft_step(self, hidden, token_ids, shortlist: Shortlist, routing, processors, draws: int):
+        """Router + head, the processors and `draws` draws without replacement: a sampled step in one compiled
+        function, so that the draw runs inside the step's graph instead of after it on the host."""
+        logits = self.assistant.draft_step(hidden, self.previous, token_ids, shortlist, self.index, self.context,
+                                           routing)
+        logits = processors(None, logits) if processors else logits
+        return logits, draft_tokens(logits, do_sample=True, runner_ups=draws - 1)
 
     def _routing(self, previous: torch.Tensor, token_ids: torch.Tensor, shortlist) -> tuple:
         k, tail = shortlist.clusters, shortlist.tail
@@ -138,20 +154,21 @@ class GraphDrafter:
             return torch.arange(k, device=token_ids.device)[None], scores.log_softmax(-1) if tail else None
         return self.assistant.routing(previous, token_ids, k, tail)
 
-    def step(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False, likeliest: int = 0) -> None:
-        """One draft step over `ids` (`_step`: body, router, head; the result in `self.logits`, or with `likeliest`
-        the likeliest tokens in `self.tokens_drafted`), replayed from its graph when it has a graph shape (a
-        `prompt`'s read, whose length varies, runs eagerly: it is never captured or compiled); head counters count
-        it once."""
+    def step(self, ids: torch.Tensor, shortlist: Shortlist, prompt: bool = False, likeliest: int = 0,
+             draws: int = 0, processors=None) -> None:
+        """One draft step over `ids` (`_step`: body, router, head; the result in `self.logits`, and with
+        `likeliest` or `draws` the drafted tokens in `self.tokens_drafted`), replayed from its graph when it has a
+        graph shape (a `prompt`'s read, whose length varies, runs eagerly: it is never captured or compiled); head
+        counters count it once."""
         head = self.assistant.lm_head
         rows, calls = head.rows_computed, head.calls
         if not self.use_graphs or prompt or ids.shape[1] > MAX_GRAPH_TOKENS:
-            self._step(ids, shortlist, likeliest)
+            self._step(ids, shortlist, likeliest, draws, processors)
         else:
             tokens = self.tokens[:, : ids.shape[1]]
             tokens.copy_(ids)
-            self.body.run((ids.shape[1], *shortlist, likeliest), lambda: self._step(tokens, shortlist, likeliest),
-                          keep=(self.previous,))
+            self.body.run((ids.shape[1], *shortlist, likeliest, draws, processors_key(processors)),
+                          lambda: self._step(tokens, shortlist, likeliest, draws, processors), keep=(self.previous,))
         head.rows_computed = rows + shortlist.core + shortlist.clusters * self.assistant.config.cluster_size + \
             shortlist.context
         head.calls = calls + 1
@@ -185,15 +202,21 @@ class GraphDrafter:
         if self.context.shape[1]:
             self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
         tokens_only = not (options.keep_scores or do_sample or len(logits_processor) or options.confidence_threshold)
+        # a sampled step draws inside its graph where the processors read only the scores
+        draws = 1 + options.runner_ups if do_sample and reads_only_scores(logits_processor) else 0
         sequences, scores, drawn = input_ids, [], []
         for position in range(max_new_tokens):
             shortlist = self.assistant.config.shortlist_at(position, options.temperature)
             likeliest = 1 + options.runner_ups if tokens_only and not shortlist.tail else 0
             self.step(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
-                      prompt=position == 0 and start == 0, likeliest=likeliest)
+                      prompt=position == 0 and start == 0, likeliest=likeliest, draws=draws,
+                      processors=logits_processor if draws else None)
             if likeliest:
                 drawn.append(self.tokens_drafted[:, :likeliest].clone())
                 logits = None
+            elif draws:
+                logits = self.logits.clone()
+                drawn.append(self.tokens_drafted[:, :draws].clone())
             else:
                 logits = self.logits.clone()
                 if len(logits_processor):

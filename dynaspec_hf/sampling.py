@@ -4,7 +4,15 @@ processors a draft is sampled through (the target's own, as transformers' assist
 from __future__ import annotations
 
 from transformers import GenerationConfig, LogitsProcessorList
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+# processors that read the scores alone (not the text so far), so a draft step may apply them inside its graph
+SCORE_ONLY_PROCESSORS = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper)
 
 
 def drafting_temperature(generation_config: GenerationConfig) -> float:
@@ -24,6 +32,11 @@ def sampling_processors(generation_config: GenerationConfig) -> LogitsProcessorL
     if generation_config.top_p is not None and generation_config.top_p < 1.0:
         processors.append(TopPLogitsWarper(generation_config.top_p))
     return processors
+
+
+def reads_only_scores(processors) -> bool:
+    """Whether every one of `processors` reads only the scores (`SCORE_ONLY_PROCESSORS`), not the text so far."""
+    return all(type(processor) in SCORE_ONLY_PROCESSORS for processor in processors or ())
 
 
 def processors_key(processors) -> tuple:

@@ -168,6 +168,34 @@ def test_sampling_through_the_stock_loop_uses_the_static_cache():
     assert out.shape == (1, 19) and engine.active is not None
 
 
+@pytest.mark.parametrize("processors", ["temperature + top-k", "repetition penalty"])
+def test_sampled_steps_draw_what_eager_drafting_draws(processors, monkeypatch):
+    """A sampled step whose processors read only the scores draws inside its (graph-replayed) step; one whose
+    processors read the text (a repetition penalty) draws after it, through them: either way the static-cache
+    drafter draws the eager drafter's tokens from the same seed, from the same processed logits."""
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
+
+    _, drafter = tiny_pair("llama", seed=16)
+    assistant = make_assistant(drafter, "routed")
+    engine = GraphDrafter(assistant, max_length=128)
+    chosen = {"temperature + top-k": [TemperatureLogitsWarper(0.7), TopKLogitsWarper(5)],
+              "repetition penalty": [RepetitionPenaltyLogitsProcessor(1.5)]}[processors]
+    in_step = []
+    sampled_step = engine.sampled_draft_step
+    monkeypatch.setattr(engine, "sampled_draft_step", lambda *args: in_step.append(1) or sampled_step(*args))
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    for seed in range(3):
+        options = dict(do_sample=True, temperature=0.7, logits_processor=LogitsProcessorList(chosen))
+        torch.manual_seed(seed)
+        eager = assistant.draft(ids, 4, **options)
+        torch.manual_seed(seed)
+        fast = engine.draft(ids, 4, None, DraftOptions(**options))
+        assert torch.equal(eager.sequences, fast.sequences)
+        torch.testing.assert_close(torch.stack(eager.scores), torch.stack(fast.scores))
+    assert len(in_step) == (12 if processors == "temperature + top-k" else 0)
+
+
 def test_static_draft_cache_crop_counts_like_dynamic_cache():
     cache = StaticDraftCache(drafter=None)
     cache.length = 10
