@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import (ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, assistant_sibling_acceptance,
-                   chain_tree, drafter_for, drafting_mode)
+from .tree import (ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, TreeConfig,
+                   assistant_sibling_acceptance, chain_tree, drafter_for, drafting_mode)
+from .verification import sampled_rows
 
 PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
 
@@ -39,7 +40,8 @@ class RoundCosts:
     `verify_per_token` per token of the pass; a chain costs `chain_fixed` plus `chain_step` per draft, and
     `runner_ups` more with runner-ups (a top-k per greedy step; per sampled step, draws from q over the
     vocabulary); a tree `tree_fixed` plus `tree_forward` per drafter forward of its expansion (a tree of depth d
-    takes d - 1)."""
+    takes d - 1). Sampled rounds also pay the recursive rejection sampling of their nodes: `sample_fixed` plus
+    `sample_per_pass` per row of the sampling step and child a node may have (a pass over the vocabulary each)."""
 
     verify_fixed: float
     verify_per_token: float
@@ -48,10 +50,13 @@ class RoundCosts:
     tree_fixed: float
     tree_forward: float
     runner_ups: float = 0.0
+    sample_fixed: float = 0.0
+    sample_per_pass: float = 0.0
 
     def seconds(self, shape) -> float:
         """The predicted seconds of one round drafting the fixed `shape` (a `TreeConfig`)."""
-        verify = self.verify_fixed + self.verify_per_token * shape.verified_tokens
+        verify = self.verify_fixed + self.verify_per_token * shape.verified_tokens + self.sample_fixed + \
+            self.sample_per_pass * sampled_rows(1 + shape.num_nodes) * shape.children
         if shape.is_chain:
             return verify + self.chain_fixed + self.chain_step * shape.max_depth + (
                 self.runner_ups if shape.runner_ups else 0.0)
@@ -63,8 +68,9 @@ class RoundCosts:
         """Time the generation's own engines for the automatic `shape`, drafting as it will (`drafting`:
         `do_sample`, `processors`, `temperature`): verification passes of the smallest and the largest size, chains
         of 1 and `probe.max_depth` drafts (the longer also with a runner-up each), trees of 1 and
-        `probe.max_depth - 1` forwards. Each part is a straight line through two sizes. First, untimed, every graph
-        a later round can replay is captured, its forwards compiled: the verification pass of each candidate's size,
+        `probe.max_depth - 1` forwards, and when sampling the rejection sampling of a chain of 1 and of the probe.
+        Each part is a straight line through two sizes. First, untimed, every graph a later round can replay is
+        captured, its forwards compiled: the verification pass of each candidate's size (and its sampling step),
         the tree's expansion at each depth, and its prefix after each number of accepted drafts. The engines are
         left as a generation starts."""
         probe, device = shape.probe, verifier.logits.device
@@ -90,9 +96,17 @@ class RoundCosts:
             _synchronize(device)
             return (time.perf_counter() - start) / repeats
 
+        def sample(candidate) -> None:  # the sampling step of a tree of the candidate's nodes and children
+            nodes = _tree_to_sample(committed, 1 + candidate.num_nodes, candidate.children, verifier.logits.shape[1])
+            verifier.sample(nodes, torch.zeros(len(nodes), verifier.logits.shape[1], device=device),
+                            drafting.get("processors"))
+
         verifier.verify(committed, _chain_after(committed, 0).nodes(device))  # the prompt's pass
         for size in sorted({candidate.verified_tokens for candidate in shape.candidates()}):
             verify(size)
+        if drafting["do_sample"]:
+            for candidate in shape.candidates():
+                sample(candidate)
         for depth in range(1, probe.max_depth + 2):
             tree.draft_nodes(grown(depth), num_nodes=probe.num_nodes, max_depth=min(max(depth, 2), probe.max_depth),
                              **drafting)
@@ -103,6 +117,11 @@ class RoundCosts:
             for depth, runner_ups in ((1, 0), (probe.max_depth, 0), (probe.max_depth, 1))]
         trees = [seconds(lambda depth=depth: tree.draft_nodes(grown(), num_nodes=probe.num_nodes, max_depth=depth,
                                                               **drafting)) for depth in (2, probe.max_depth)]
+        sampling = (0.0, 0.0)
+        if drafting["do_sample"]:
+            passes = [(sampled_rows(1 + candidate.num_nodes) * candidate.children, candidate)
+                      for candidate in (TreeConfig.chain(1), probe)]
+            sampling = _line(passes[0][0], passes[1][0], *(seconds(lambda c=c: sample(c)) for _, c in passes))
         verifier.start()
         chain.cache = None
         tree.start(probe)
@@ -110,7 +129,7 @@ class RoundCosts:
         chain_fixed, chain_step = _line(1, probe.max_depth, *chains[:2])
         tree_fixed, tree_forward = _line(1, probe.max_depth - 1, *trees)
         return cls(verify_fixed, verify_per_token, chain_fixed, chain_step, tree_fixed, tree_forward,
-                   max(chains[2] - chains[1], 0.0))
+                   max(chains[2] - chains[1], 0.0), *sampling)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -122,6 +141,20 @@ def _chain_after(committed: torch.Tensor, drafts: int) -> TokenTree:
     """A chain of `drafts` nodes after `committed`, for timing a verification pass."""
     last = int(committed[-1])
     return chain_tree([last] * (drafts + 1), [[]] * drafts, committed.shape[0] - 1)
+
+
+def _tree_to_sample(committed: torch.Tensor, count: int, children: int, vocab_size: int) -> TokenTree:
+    """A tree of `count` nodes, each with `children` children until the count is reached, with a uniform q at
+    every node: for timing the sampling step of a shape."""
+    tree = TokenTree(root_position=committed.shape[0] - 1)
+    tree.add(0, -1)
+    parent = 0
+    while len(tree) < count:
+        parent += len(tree.children[parent]) == children
+        tree.add(len(tree) % vocab_size, parent)
+    q = torch.full((vocab_size,), 1 / vocab_size, device=committed.device)
+    tree.probs = [q if node_children else None for node_children in tree.children]
+    return tree
 
 
 def _line(x1: int, x2: int, y1: float, y2: float) -> tuple[float, float]:
@@ -170,8 +203,7 @@ def expected_drafts(shape, rates: SiblingAcceptance) -> float:
     its share (`rates.shares`: its earlier siblings rejected, it accepted). A chain grows from first children, each
     beside its runner-ups; a tree is the one the tree drafter builds from the same shares: best first, its
     `num_nodes` likeliest nodes no deeper than `max_depth`, with at most `max_children` children a node."""
-    children = 1 + shape.runner_ups if shape.is_chain else min(shape.width, shape.max_children or shape.width)
-    shares = rates.shares(children)
+    shares = rates.shares(shape.children)
     if shape.is_chain:
         reached, total = 1.0, 0.0
         for _ in range(shape.max_depth):

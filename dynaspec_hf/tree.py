@@ -64,6 +64,11 @@ class TreeConfig:
         return self.max_children == 1 and not self.is_automatic
 
     @property
+    def children(self) -> int:
+        """Candidate children a node may have: a chain's draft and its runner-ups, or a tree's own."""
+        return 1 + self.runner_ups if self.is_chain else min(self.width, self.max_children or self.width)
+
+    @property
     def probe(self) -> "TreeConfig":
         """The largest candidate of an automatic shape, drafted first: its rounds measure how often each child of a
         node is accepted, from which every candidate's accepted drafts are predicted (`budget.py`)."""

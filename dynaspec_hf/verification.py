@@ -89,7 +89,7 @@ class TreeVerifier:
         or -1, and the node's token. All nodes at once, replayed from a graph (its ~100 small operations, launched one
         by one, would cost more than the pass they follow). One device sync reads the outcomes."""
         count, width = len(tree), max(1, *(len(children) for children in tree.children))
-        rows = min(self.size, 1 << (count - 1).bit_length())  # a graph per power of two, not one of `size` rows
+        rows = min(self.size, sampled_rows(count))
         candidates = self.candidates_host[: rows * width].view(rows, width)  # the last round's copy is done
         candidates.fill_(-1)
         candidates[:count] = torch.tensor([[tree.tokens[c] for c in children] + [-1] * (width - len(children))
@@ -123,6 +123,12 @@ class TreeVerifier:
         """The target over `ids` `[T]` written at the cache's write position; float32 logits of the last `keep`
         (0: all)."""
         return self.model.forward(ids[None], positions, block, logits_to_keep=keep).logits[0].float()
+
+
+def sampled_rows(count: int) -> int:
+    """Rows the sampling step of a tree of `count` nodes (the root included) runs over: a graph per power of two, not
+    one of the verifier's whole size."""
+    return 1 << (count - 1).bit_length()
 
 
 def _staged_length(size: int) -> int:

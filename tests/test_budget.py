@@ -1,5 +1,7 @@
 """The automatic draft shape (`budget.py`): chosen by the round costs and the measured acceptance, exact."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -105,6 +107,33 @@ def test_expensive_drafting_picks_a_bushy_tree(pair):
     """Same pair, same prompts, other costs: the bushiest candidates (a level costs the same however many nodes it
     has), so the choice follows the costs."""
     assert all(shape.num_nodes == 4 * shape.max_depth for shape in chosen_shapes(pair, DRAFTING_BOUND))
+
+
+def sampled_shapes(pair, costs: RoundCosts, prompts: int = 4) -> list[TreeConfig]:
+    """The shape each sampled generation drafted last."""
+    target, assistant = pair
+    assistant.drafting.round_costs = costs
+    torch.manual_seed(0)
+    return [dynaspec_hf.generate(target, assistant, ids, do_sample=True, max_new_tokens=40, tree=TreeConfig(),
+                                 return_stats=True)[1].shapes[-1] for ids, _ in random_cases(prompts, seed=5)]
+
+
+def test_costly_sampled_acceptance_picks_a_chain(pair):
+    """Sampled rounds also pay rejection sampling, a pass over the vocabulary per row and child: made expensive,
+    it turns the drafting-bound costs' bushy trees into a chain of single drafts."""
+    assert all(shape.num_nodes == 4 * shape.max_depth for shape in sampled_shapes(pair, DRAFTING_BOUND))
+    costly = dataclasses.replace(DRAFTING_BOUND, sample_per_pass=100.0)
+    assert all(shape.is_chain and not shape.runner_ups for shape in sampled_shapes(pair, costly))
+
+
+def test_sampled_acceptance_is_timed_only_when_sampling(pair):
+    target, assistant = pair
+    assistant.drafting.round_costs = None
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(4))
+    greedy, sampled = (dynaspec_hf.generate(target, assistant, ids, do_sample=do_sample, max_new_tokens=8,
+                                            tree=TreeConfig(), return_stats=True)[1].costs for do_sample in (False, True))
+    assert greedy.sample_fixed == greedy.sample_per_pass == 0
+    assert sampled.sample_fixed + sampled.sample_per_pass > 0
 
 
 def test_costs_are_measured_once_and_kept(pair):
