@@ -32,6 +32,7 @@ from .tree import (ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, TreeC
 from .verification import sampled_rows
 
 PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
+PASSES = 3  # times round costs are measured, the fastest kept
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class RoundCosts:
         `do_sample`, `processors`, `temperature`): verification passes of the smallest and the largest size, chains
         of 1 and `probe.max_depth` drafts (the longer also with a runner-up each), trees of 1 and
         `probe.max_depth - 1` forwards, and when sampling the rejection sampling of a chain of 1 and of the probe.
-        Each part is a straight line through two sizes. First, untimed, every graph a later round can replay is
+        Each part is a straight line through two sizes, each size timed in `PASSES` passes over all parts, the
+        fastest pass kept. First, untimed, every graph a later round can replay is
         captured, its forwards compiled: the verification pass of each candidate's size (and its sampling step),
         the tree's expansion at each depth, and its prefix after each number of accepted drafts. The engines are
         left as a generation starts."""
@@ -111,17 +113,27 @@ class RoundCosts:
             tree.draft_nodes(grown(depth), num_nodes=probe.num_nodes, max_depth=min(max(depth, 2), probe.max_depth),
                              **drafting)
         small, large = 3, probe.verified_tokens
-        verify_times = seconds(lambda: verify(small)), seconds(lambda: verify(large))
-        chains = [seconds(lambda depth=depth, runner_ups=runner_ups: chain.draft_nodes(
-            grown(), num_nodes=depth, max_depth=depth, runner_ups=runner_ups, **drafting))
-            for depth, runner_ups in ((1, 0), (probe.max_depth, 0), (probe.max_depth, 1))]
-        trees = [seconds(lambda depth=depth: tree.draft_nodes(grown(), num_nodes=probe.num_nodes, max_depth=depth,
-                                                              **drafting)) for depth in (2, probe.max_depth)]
+        parts = {("verify", small): lambda: verify(small), ("verify", large): lambda: verify(large)}
+        for depth, runner_ups in ((1, 0), (probe.max_depth, 0), (probe.max_depth, 1)):
+            parts["chain", depth, runner_ups] = lambda depth=depth, runner_ups=runner_ups: chain.draft_nodes(
+                grown(), num_nodes=depth, max_depth=depth, runner_ups=runner_ups, **drafting)
+        for depth in (2, probe.max_depth):
+            parts["tree", depth] = lambda depth=depth: tree.draft_nodes(grown(), num_nodes=probe.num_nodes,
+                                                                         max_depth=depth, **drafting)
+        sampled = [TreeConfig.chain(1), probe] if drafting["do_sample"] else []
+        for candidate in sampled:
+            parts["sample", candidate] = lambda candidate=candidate: sample(candidate)
+        # every part once per pass, the fastest pass kept: a slow spell of the device or the host within one pass
+        # does not set a cost
+        passes = [{key: seconds(step) for key, step in parts.items()} for _ in range(PASSES)]
+        cost = {key: min(times[key] for times in passes) for key in parts}
+        verify_times = cost["verify", small], cost["verify", large]
+        chains = [cost["chain", 1, 0], cost["chain", probe.max_depth, 0], cost["chain", probe.max_depth, 1]]
+        trees = [cost["tree", 2], cost["tree", probe.max_depth]]
         sampling = (0.0, 0.0)
-        if drafting["do_sample"]:
-            passes = [(sampled_rows(1 + candidate.num_nodes) * candidate.children, candidate)
-                      for candidate in (TreeConfig.chain(1), probe)]
-            sampling = _line(passes[0][0], passes[1][0], *(seconds(lambda c=c: sample(c)) for _, c in passes))
+        if sampled:
+            sizes = [sampled_rows(1 + candidate.num_nodes) * candidate.children for candidate in sampled]
+            sampling = _line(*sizes, *(cost["sample", candidate] for candidate in sampled))
         verifier.start()
         chain.cache = None
         tree.start(probe)

@@ -136,6 +136,30 @@ def test_sampled_acceptance_is_timed_only_when_sampling(pair):
     assert sampled.sample_fixed + sampled.sample_per_pass > 0
 
 
+def test_a_slow_spell_in_one_pass_does_not_set_a_cost(monkeypatch):
+    """Each size is timed once per pass over all parts and the fastest pass kept: verification passes slowed by
+    30 ms during the first pass alone leave the measured verification cost at the other passes'."""
+    import time
+
+    from dynaspec_hf.verification import TreeVerifier
+
+    target, drafter = tiny_pair("llama", noise=0.1)
+    assistant = make_assistant(drafter, "routed")
+    verify, calls = TreeVerifier.verify, []
+
+    def slowed(self, committed, nodes, size=None):
+        calls.append(size)
+        if size == 3 and 2 <= calls.count(3) <= 8:  # the first pass's smallest passes (the first is its capture)
+            time.sleep(0.03)
+        return verify(self, committed, nodes, size)
+
+    monkeypatch.setattr(TreeVerifier, "verify", slowed)
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(3))
+    costs = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, tree=TreeConfig(), return_stats=True)[1].costs
+    assert calls.count(3) >= 8 + 7  # the slowed pass, and another
+    assert costs.verify_fixed + 3 * costs.verify_per_token < 0.015
+
+
 def test_costs_are_measured_once_and_kept(pair):
     """Without `drafting.round_costs`, the first automatic generation times the costs, and later ones reuse them."""
     target, assistant = pair
