@@ -71,10 +71,9 @@ class RoundCosts:
         of 1 and `probe.max_depth` drafts (the longer also with a runner-up each), trees of 1 and
         `probe.max_depth - 1` forwards, and when sampling the rejection sampling of a chain of 1 and of the probe.
         Each part is a straight line through two sizes, each size timed in `PASSES` passes over all parts, the
-        fastest pass kept. First, untimed, every graph a later round can replay is
-        captured, its forwards compiled: the verification pass of each candidate's size (and its sampling step),
-        the tree's expansion at each depth, and its prefix after each number of accepted drafts. The engines are
-        left as a generation starts."""
+        fastest pass kept. First, untimed, every graph a later round can replay is captured, its forwards compiled:
+        the verification pass of each candidate's size (and its sampling step), the tree's expansion at each depth,
+        and its prefix after each number of accepted drafts. The engines are left as a generation starts."""
         probe, device = shape.probe, verifier.logits.device
         committed = torch.arange(8, device=device)
         drafting = {"do_sample": False, **drafting}
