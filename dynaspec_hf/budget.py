@@ -57,7 +57,7 @@ class RoundCosts:
     def seconds(self, shape) -> float:
         """The predicted seconds of one round drafting the fixed `shape` (a `TreeConfig`)."""
         verify = self.verify_fixed + self.verify_per_token * shape.verified_tokens + self.sample_fixed + \
-            self.sample_per_pass * sampled_rows(1 + shape.num_nodes) * shape.children
+            self.sample_per_pass * sampling_passes(shape)
         if shape.is_chain:
             return verify + self.chain_fixed + self.chain_step * shape.max_depth + (
                 self.runner_ups if shape.runner_ups else 0.0)
@@ -131,8 +131,7 @@ class RoundCosts:
         trees = [cost["tree", 2], cost["tree", probe.max_depth]]
         sampling = (0.0, 0.0)
         if sampled:
-            sizes = [sampled_rows(1 + candidate.num_nodes) * candidate.children for candidate in sampled]
-            sampling = _line(*sizes, *(cost["sample", candidate] for candidate in sampled))
+            sampling = _line(*map(sampling_passes, sampled), *(cost["sample", candidate] for candidate in sampled))
         verifier.start()
         chain.cache = None
         tree.start(probe)
@@ -141,6 +140,12 @@ class RoundCosts:
         tree_fixed, tree_forward = _line(1, probe.max_depth - 1, *trees)
         return cls(verify_fixed, verify_per_token, chain_fixed, chain_step, tree_fixed, tree_forward,
                    max(chains[2] - chains[1], 0.0), *sampling)
+
+
+def sampling_passes(shape) -> int:
+    """Passes over the vocabulary of a sampled round's rejection sampling for `shape`: one per row of the sampling
+    step and child a node may have."""
+    return sampled_rows(1 + shape.num_nodes) * shape.children
 
 
 def _synchronize(device: torch.device) -> None:

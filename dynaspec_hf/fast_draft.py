@@ -211,14 +211,10 @@ class GraphDrafter:
             self.step(input_ids[:, start:] if position == 0 else sequences[:, -1:], shortlist,
                       prompt=position == 0 and start == 0, likeliest=likeliest, draws=draws,
                       processors=logits_processor if draws else None)
-            if likeliest:
-                drawn.append(self.tokens_drafted[:, :likeliest].clone())
-                logits = None
-            elif draws:
-                logits = self.logits.clone()
-                drawn.append(self.tokens_drafted[:, :draws].clone())
+            logits = None if likeliest else self.logits.clone()
+            if likeliest or draws:  # drafted inside the step
+                drawn.append(self.tokens_drafted[:, : likeliest or draws].clone())
             else:
-                logits = self.logits.clone()
                 if len(logits_processor):
                     logits = logits_processor(sequences, logits)
                 drawn.append(draft_tokens(logits, do_sample, options.runner_ups))

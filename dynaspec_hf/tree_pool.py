@@ -75,8 +75,8 @@ def add_children(pool: CandidatePool, span: torch.Tensor, tokens: torch.Tensor, 
                  per_node: int) -> None:
     """Write the candidate children of `parents` (real where `valid`) into the pool at `span`: `tokens` and
     `scores` `[P, width]` in the order drawn (each child's value its parent's times its score: the share of its
-    index, `SiblingAcceptance.shares`); of each parent's `count` possible children at most `per_node` exist. `ancestors` `[P, capacity]`: the slots each parent's
-    children see."""
+    index, `SiblingAcceptance.shares`); of each parent's `count` possible children at most `per_node` exist.
+    `ancestors` `[P, capacity]`: the slots each parent's children see."""
     width = tokens.shape[1]
     exists = valid[:, None] & (torch.arange(width, device=tokens.device) < count.clamp(max=per_node))
     pool.token[span] = tokens.flatten()

@@ -170,7 +170,8 @@ def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: tor
     """
     rows = torch.arange(p.shape[0], device=p.device)
     accepted = torch.full_like(rows, -1)
-    p, p_mass = p.float(), p.float().sum(-1)  # p_i = p / p_mass
+    p = p.float()
+    p_mass = p.sum(-1)  # p_i = p / p_mass
     q = q.float().clone()  # q_i = q / q_mass, its rejected draws zeroed
     q_mass = q.sum(-1)
     for index in range(candidates.shape[1]):

@@ -131,7 +131,8 @@ def test_sampled_acceptance_is_timed_only_when_sampling(pair):
     assistant.drafting.round_costs = None
     ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(4))
     greedy, sampled = (dynaspec_hf.generate(target, assistant, ids, do_sample=do_sample, max_new_tokens=8,
-                                            tree=TreeConfig(), return_stats=True)[1].costs for do_sample in (False, True))
+                                            tree=TreeConfig(), return_stats=True)[1].costs
+                       for do_sample in (False, True))
     assert greedy.sample_fixed == greedy.sample_per_pass == 0
     assert sampled.sample_fixed + sampled.sample_per_pass > 0
 
@@ -155,7 +156,8 @@ def test_a_slow_spell_in_one_pass_does_not_set_a_cost(monkeypatch):
 
     monkeypatch.setattr(TreeVerifier, "verify", slowed)
     ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(3))
-    costs = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, tree=TreeConfig(), return_stats=True)[1].costs
+    _, stats = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=4, tree=TreeConfig(), return_stats=True)
+    costs = stats.costs
     assert calls.count(3) >= 8 + 7  # the slowed pass, and another
     assert costs.verify_fixed + 3 * costs.verify_per_token < 0.015
 
