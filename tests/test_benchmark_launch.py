@@ -158,6 +158,10 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
 
     progress = json.loads((pair / "timing-progress-T0.0.json").read_text())
     assert timing_rows(progress["totals"], 1) == rows
+    for r in rows:  # tokens/s of each prompt's fastest run: at least the mean run's
+        total = progress["totals"][f"{r['method']}|{r['category']}|0.0"]
+        tokens, seconds = total["fastest"]["0"]
+        assert r["tokens_per_s"] == pytest.approx(tokens / seconds) and seconds <= total["seconds"] / 2
     order = [method for round_, _, method in progress["done"] if round_ == 0]  # a stopped pass keeps the headline
     assert order.index("chain (own loop): DynaSpec 1/16") == 5 and order[-1] == "DynaSpec 1/16, eager drafting"
     (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
@@ -243,6 +247,9 @@ def test_methods_option_keeps_the_named_rows_and_refuses_unknown_names():
                                      tree=dynaspec_hf.TreeConfig(24, 9, 3))
     assert own_chain["schedule"] == tree["schedule"] == calibrated and own_chain["engine"] == tree["engine"] == "dynaspec-tree"
     assert own_chain["tree"] == dynaspec_hf.TreeConfig.chain(6) and tree["tree"] == dynaspec_hf.TreeConfig(24, 9, 3)
+    eager, = chosen_methods(calibration, ["chain (own loop, eager drafting): DynaSpec 1/16"])  # τ at T = 1 only
+    assert eager["eager_drafting"] and eager["temperatures"] == [1.0] and not eager["timed_temperatures"]
+    assert eager["schedule"] == own_chain["schedule"] and eager["tree"] == own_chain["tree"]
     assert len(chosen_methods(calibration, None)) == len(chosen_methods(calibration, []))
     assert not any(m["method"].startswith("tree") for m in chosen_methods(calibration, None, trees=False))
     with pytest.raises(SystemExit, match="Unknown method"):

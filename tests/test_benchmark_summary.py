@@ -72,6 +72,20 @@ def test_ratio_table_has_a_column_per_measured_reference():
                                                                    "**2.00**"]
 
 
+def test_the_best_chain_is_one_configuration_not_each_categorys_fastest():
+    """Chain x wins category a and y category b; y's geometric mean is higher, so the tree is compared with y in
+    both categories, not with the faster of the two in each."""
+    tree = "tree: DynaSpec 1/16"
+    rows = [row("chain (own loop): x", "a", 200.0), row("chain (own loop): x", "b", 50.0),
+            row("chain (own loop): y", "a", 100.0), row("chain (own loop): y", "b", 150.0),
+            row(tree, "a", 150.0), row(tree, "b", 150.0)]
+    cells = [c.strip() for c in summarize.best_chain_table(rows, tree).splitlines()[4].strip("|").split("|")]
+    assert cells[1] == "chain (own loop): y" and float(cells[2]) == pytest.approx((100 * 150) ** 0.5, abs=0.05)
+    assert float(cells[3].strip("*")) == pytest.approx(1.5 ** 0.5, abs=0.005)  # 1.5 on a, 1.0 on b
+    assert cells[4] == "1.00 (b)" and cells[5] == "0 of 2"
+    assert summarize.best_chain_table(rows[:4], tree) == ""  # no tree timed
+
+
 def test_round_time_table_averages_each_part_over_categories():
     rows = [dict(row(summarize.PACKAGE_DEFAULT, "a", 500.0, timed_tokens=128),
                  round_ms=dict(draft=5.0, verify=2.0, accept=0.5, commit=0.5)),
