@@ -24,6 +24,7 @@ bench=(python benchmarks/run_benchmark.py --pair $pair --data "$data" --out "$ou
 left() { echo $((budget - SECONDS)); }
 merge() {  # whatever exists so far into $out: the pair's report, and the results once τ is in
     cp $pair/recipe.json "$out/recipe.json" 2>/dev/null
+    cp $pair/gpu_clocks.csv "$out/gpu_clocks.csv" 2>/dev/null  # the timing's SM clocks (`run_benchmark.gpu_clocks`)
     [ -e $pair/tau-T0.0,1.0.json ] && "${bench[@]}" --phase merge > /dev/null
 }
 step() {  # step PRODUCT SECONDS_NEEDED COMMAND...: run COMMAND unless PRODUCT exists or too little time is left

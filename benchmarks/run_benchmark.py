@@ -33,10 +33,12 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -186,19 +188,17 @@ def methods(calibration: dict, trees: bool = True, tree: TreeConfig | None = Non
     return out
 
 
-def is_headline_row(method: dict) -> bool:
-    """The rows a user's question needs: the baselines they would pick instead, and the package's own loop."""
-    return method["method"] in BASELINES + (ASSISTED,) or method["engine"] == "dynaspec-tree"
-
-
 def timing_order(method: dict) -> int:
-    """Where a row is timed: the baselines, the package's default, the rest of the own loop, then transformers'
-    loop with the package's heads, so a timing pass the time limit stops has the headline first."""
-    if method["method"] in BASELINES + (ASSISTED,):
+    """Where a row is timed: the strongest baseline, the package's default, the rest of the own loop (seconds to
+    time once warm), the other baselines (transformers' loops: minutes), then transformers' loop with the package's
+    heads, so a timing pass the time limit stops has the package's rows beside the baseline they are read against."""
+    if method["method"] == COMPILED_PLAIN:
         return 0
     if method["method"] == PACKAGE_DEFAULT:
         return 1
-    return 2 if is_headline_row(method) else 3
+    if method["engine"] == "dynaspec-tree":
+        return 2
+    return 3 if method["method"] in BASELINES + (ASSISTED,) else 4
 
 
 def is_ablation(name: str) -> bool:
@@ -287,7 +287,7 @@ def tree_config(args) -> TreeConfig | None:
 def load_models(args, device: str, with_assistants: bool = True):
     """The target, the plain drafter twice (`drafters["like-for-like"]` drafts blocks of DRAFT_TOKENS as the
     assistants do; `drafters["defaults"]` keeps transformers' assisted-generation defaults) and the calibrated
-    assistants by kind."""
+    assistants by kind, none of them stopping at EOS."""
     dtype = getattr(torch, args.dtype)
     target = AutoModelForCausalLM.from_pretrained(args.pair / "target", dtype=dtype).to(device).eval()
     drafters = {name: AutoModelForCausalLM.from_pretrained(args.pair / "drafter", dtype=dtype).to(device).eval()
@@ -306,6 +306,11 @@ def load_models(args, device: str, with_assistants: bool = True):
         assistant.generation_config.num_assistant_tokens = DRAFT_TOKENS
         assistant.generation_config.assistant_confidence_threshold = 0.0
         assistants[name] = assistant.eval()
+    for model in (target, *drafters.values(), *assistants.values()):
+        # every generation makes `max_new_tokens` (benchmarks' "ignore EOS"): an EOS would otherwise end one method's
+        # generation after a token and another's at the full length (sampled), or a whole category's at its first
+        # token (greedy, where the target ends the text the prompt began), and neither τ nor tokens/s would compare
+        model.generation_config.eos_token_id = None
     return target, drafters, assistants
 
 
@@ -557,10 +562,6 @@ def run_timing(args) -> None:
     process, after its own warm-up)."""
     calibration = json.loads((args.pair / "calibration.json").read_text())
     target, drafters, assistants = load_models(args, args.device)
-    for model in (target, *drafters.values(), *assistants.values()):
-        # every timed generation makes `max_new_tokens` (benchmarks' "ignore EOS"): a sampled EOS would otherwise end
-        # one method's generation after a token and another's at the full length, and their tokens/s would not compare
-        model.generation_config.eos_token_id = None
     sample = {c: ps[: args.timing_per_category] for c, ps in encoded_prompts(args).items()}
     warm = next(iter(sample.values()))[0][None].to(args.device)
     rows = run_methods(calibration, args)
@@ -577,44 +578,72 @@ def run_timing(args) -> None:
     progress_file = args.pair / f"timing-progress-T{temperatures}.json"
     state = json.loads(progress_file.read_text()) if progress_file.exists() else dict(done=[], totals={}, reference={})
     totals, reference = state["totals"], state["reference"]  # keyed "method|category|T" and "category|prompt"
-    for round_ in range(args.timing_rounds):
-        for temperature, method in timed:
-            if [round_, temperature, method["method"]] in state["done"]:
-                continue
-            # warm-up (graphs, kernels, compilation) at the timed length: the compiled plain decoding's static cache
-            # is sized by it
-            generate(method, target, drafters, assistants, warm, temperature, args.max_new_tokens)
-            for category, prompts in sample.items():
-                total = totals.setdefault(f"{method['method']}|{category}|{temperature}",
-                                          dict(tokens=0, seconds=0.0, exact=0, runs=0))
-                for number, prompt in enumerate(prompts):
-                    torch.manual_seed(args.seed + number)
-                    out, stats, seconds = timed_generate(method, target, drafters, assistants,
-                                                         prompt[None].to(args.device), temperature, args.max_new_tokens)
-                    total["seconds"] += seconds
-                    fastest = total.setdefault("fastest", {})
-                    if str(number) not in fastest or seconds < fastest[str(number)][1]:
-                        fastest[str(number)] = [out.numel(), seconds]
-                    if stats is not None:  # the own loop: where its rounds' time went
-                        total["rounds"] = total.get("rounds", 0) + stats.target_passes
-                        phases = total.setdefault("phase_seconds", {})
-                        for part, value in stats.phase_seconds.items():
-                            phases[part] = phases.get(part, 0.0) + value
-                    total["tokens"] += out.numel()
-                    total["runs"] += 1
-                    if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
-                        expected = reference.setdefault(f"{category}|{number}", out.tolist())
-                        total["exact"] += out.tolist() == expected
-                        if out.tolist() != expected:  # bf16: how close the plain target's call was there
-                            _, gap = gap_at_first_difference(target, torch.cat([prompt, torch.tensor(expected)]),
-                                                             torch.cat([prompt, out.cpu()]))
-                            total.setdefault("gaps", []).append(gap)
-            state["done"].append([round_, temperature, method["method"]])
-            partial = progress_file.with_suffix(".tmp")
-            partial.write_text(json.dumps(state))
-            partial.replace(progress_file)
-            print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})", flush=True)
+    with gpu_clocks(args.pair / "gpu_clocks.csv"):
+        for round_ in range(args.timing_rounds):
+            for temperature, method in timed:
+                if [round_, temperature, method["method"]] in state["done"]:
+                    continue
+                # warm-up (graphs, kernels, compilation) at the timed length: the compiled plain decoding's static
+                # cache is sized by it
+                generate(method, target, drafters, assistants, warm, temperature, args.max_new_tokens)
+                for category, prompts in sample.items():
+                    total = totals.setdefault(f"{method['method']}|{category}|{temperature}",
+                                              dict(tokens=0, seconds=0.0, exact=0, runs=0))
+                    for number, prompt in enumerate(prompts):
+                        torch.manual_seed(args.seed + number)
+                        out, stats, seconds = timed_generate(method, target, drafters, assistants,
+                                                             prompt[None].to(args.device), temperature,
+                                                             args.max_new_tokens)
+                        count_run(total, out, stats, seconds, number)
+                        if temperature == 0:  # greedy: every method must reproduce plain decoding token for token
+                            expected = reference.setdefault(f"{category}|{number}", out.tolist())
+                            total["exact"] += out.tolist() == expected
+                            if out.tolist() != expected:  # bf16: how close the plain target's call was there
+                                _, gap = gap_at_first_difference(target, torch.cat([prompt, torch.tensor(expected)]),
+                                                                 torch.cat([prompt, out.cpu()]))
+                                total.setdefault("gaps", []).append(gap)
+                state["done"].append([round_, temperature, method["method"]])
+                partial = progress_file.with_suffix(".tmp")
+                partial.write_text(json.dumps(state))
+                partial.replace(progress_file)
+                print(f"timed T={temperature:.0f} {method['method']} (round {round_ + 1}/{args.timing_rounds})",
+                      flush=True)
     (args.pair / f"timing-T{temperatures}.json").write_text(json.dumps(timing_rows(totals, args.timing_per_category)))
+
+
+def count_run(total: dict, out: torch.Tensor, stats, seconds: float, number: int) -> None:
+    """One timed run of prompt `number` into its row's totals: tokens and seconds, the prompt's fastest run, when
+    it ran (epoch seconds, to read beside `gpu_clocks`) and, for the own loop, where its rounds' time went."""
+    total["tokens"] += out.numel()
+    total["seconds"] += seconds
+    total["runs"] += 1
+    fastest = total.setdefault("fastest", {})
+    if str(number) not in fastest or seconds < fastest[str(number)][1]:
+        fastest[str(number)] = [out.numel(), seconds]
+    now = time.time()
+    total.setdefault("spans", []).append([round(now - seconds, 3), round(now, 3)])
+    if stats is not None:
+        total["rounds"] = total.get("rounds", 0) + stats.target_passes
+        phases = total.setdefault("phase_seconds", {})
+        for part, value in stats.phase_seconds.items():
+            phases[part] = phases.get(part, 0.0) + value
+
+
+@contextmanager
+def gpu_clocks(path: Path):
+    """`nvidia-smi` samples the GPU's SM clock, utilization and power every 100 ms into `path` (appended to, with
+    host timestamps) while the block runs, so a slow timed generation (its `spans` in the progress file, in epoch
+    seconds) can be read against the clocks it ran at. Nothing without `nvidia-smi`."""
+    if shutil.which("nvidia-smi") is None:
+        yield
+        return
+    with open(path, "a") as log:
+        monitor = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw",
+                                    "--format=csv,noheader", "-lms", "100"], stdout=log, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            monitor.terminate()
 
 
 def timing_rows(totals: dict, prompts_per_category: int) -> list[dict]:

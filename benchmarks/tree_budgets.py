@@ -36,9 +36,7 @@ SHAPES = ["12,6,3", "16,6,4", "16,7,4", "16,8,4", "16,8,2", "24,8,4"]
 def measure(args, saved, rows: list[dict]) -> list[dict]:
     """Times every shape at every temperature after `rows` (those of an earlier, stopped call: skipped)."""
     calibration = json.loads((args.pair / "calibration.json").read_text())
-    target, drafters, assistants = load_models(args, args.device)
-    for model in (target, *drafters.values(), *assistants.values()):
-        model.generation_config.eos_token_id = None  # every generation makes max_new_tokens, as the benchmark's timing
+    target, drafters, assistants = load_models(args, args.device)  # none stops at EOS
     base = chosen_methods(calibration, ["DynaSpec 1/16"])[0]
     shapes = {"chain (own loop)": TreeConfig.chain(DRAFT_TOKENS)}
     shapes.update({f"chain of {length}": TreeConfig.chain(length) for length in args.chains if length != DRAFT_TOKENS})

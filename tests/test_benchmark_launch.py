@@ -162,8 +162,12 @@ def test_timing_phase_times_every_method_each_round_checks_exactness_and_resumes
         total = progress["totals"][f"{r['method']}|{r['category']}|0.0"]
         tokens, seconds = total["fastest"]["0"]
         assert r["tokens_per_s"] == pytest.approx(tokens / seconds) and seconds <= total["seconds"] / 2
+        (first_start, first_end), (second_start, _) = total["spans"]  # when each run ran: in order, apart
+        assert first_start < first_end <= second_start
     order = [method for round_, _, method in progress["done"] if round_ == 0]  # a stopped pass keeps the headline
-    assert order.index("chain (own loop): DynaSpec 1/16") == 5 and order[-1] == "DynaSpec 1/16, eager drafting"
+    assert order[:2] == ["plain decoding, static cache + torch.compile", "chain (own loop): DynaSpec 1/16"]
+    own_loop = [i for i, method in enumerate(order) if method.startswith(("chain", "tree"))]
+    assert own_loop == list(range(1, len(own_loop) + 1)) and order[-1] == "DynaSpec 1/16, eager drafting"
     (pair / "timing-T0.0.json").unlink()  # as if the time limit had stopped it after its last method
     assert "timed" not in run(common + ["--phase", "timing", "--timing-rounds", "2"], [sys.executable])
     assert json.loads((pair / "timing-T0.0.json").read_text()) == rows  # resumed: nothing timed twice
