@@ -82,6 +82,8 @@ class GraphDrafter:
         # the text's most recent distinct tokens, refreshed in place at the start of every block; a step with c
         # context slots reads the first c (the most recent), so one buffer serves every schedule
         self.context = torch.full((1, assistant.config.max_context_tokens), -1, dtype=torch.long, device=device)
+        self.context_length = 0  # the length of the committed text `context` describes
+        self.new_tokens = torch.zeros(1, MAX_GRAPH_TOKENS, dtype=torch.long, device=device)  # committed since then
         self.active: StaticDraftCache | None = None
         with torch.cuda.device(device) if self.router_stream is not None else nullcontext():
             # the static layers allocate on their first write: one eager forward of the body at position 0
@@ -147,6 +149,23 @@ class GraphDrafter:
         logits = processors(None, logits) if processors else logits
         return logits, draft_tokens(logits, do_sample=True, runner_ups=draws - 1)
 
+    def _refresh_context(self, input_ids: torch.Tensor, new_text: bool) -> None:
+        """The context slots for the committed text `input_ids`: updated by the tokens committed since the last
+        block (replayed from a graph per count, as the tree drafter's prefix does), not recomputed over the whole
+        text, which costs a dozen eager operations a block; recomputed for a `new_text` or more new tokens than a
+        step reads."""
+        new = input_ids.shape[1] - self.context_length
+        self.context_length = input_ids.shape[1]
+        if new_text or not 0 <= new <= MAX_GRAPH_TOKENS:
+            self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
+            return
+        if new:
+            tokens = self.new_tokens[:, :new]
+            tokens.copy_(input_ids[:, -new:])
+            self.body.run(("context", new) if self.use_graphs else None, lambda: self.context.copy_(
+                self.assistant.context_tokens(tokens, size=self.context.shape[1], recent=self.context)),
+                keep=(self.context,))
+
     def _routing(self, previous: torch.Tensor, token_ids: torch.Tensor, shortlist) -> tuple:
         k, tail = shortlist.clusters, shortlist.tail
         if not self.route:  # for measuring the router's cost: the same head work on fixed clusters
@@ -200,7 +219,7 @@ class GraphDrafter:
             self.previous.zero_()
         self.body.set_length(start)
         if self.context.shape[1]:
-            self.context.copy_(self.assistant.context_tokens(input_ids, size=self.context.shape[1]))
+            self._refresh_context(input_ids, new_text=start == 0)
         tokens_only = not (options.keep_scores or do_sample or len(logits_processor) or options.confidence_threshold)
         # a sampled step draws inside its graph where the processors read only the scores
         draws = 1 + options.runner_ups if do_sample and reads_only_scores(logits_processor) else 0

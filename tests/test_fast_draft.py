@@ -9,7 +9,7 @@ import torch
 
 from dynaspec_hf.engines import kept_engine
 from dynaspec_hf.eager_draft import DraftOptions, kept_drafts
-from dynaspec_hf.fast_draft import GraphDrafter, StaticDraftCache, chain_drafter
+from dynaspec_hf.fast_draft import MAX_GRAPH_TOKENS, GraphDrafter, StaticDraftCache, chain_drafter
 from dynaspec_hf.measure import count_forward_calls
 from conftest import FAMILIES, SETTINGS, VOCAB, make_assistant, rollback_limited, tiny_config, tiny_pair
 
@@ -74,6 +74,23 @@ def test_static_cache_drafts_equal_eager_drafts(family, setting):
         eager_cache, static_cache, rows_cache = eager.past_key_values, fast.past_key_values, rows.past_key_values
         ids = torch.cat([eager.sequences[:, : ids.shape[1] + accepted], torch.tensor([[7]])], dim=1)
         for cache in (eager_cache, static_cache, rows_cache):  # what the assisted loop does before the next block
+            cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
+
+
+def test_context_slots_follow_the_committed_text_block_by_block():
+    """The static-cache drafter updates its context slots from the tokens committed since its last block; after
+    every block they are the whole text's, also after more new tokens than a step reads (recomputed) and for a
+    new text on the same drafter."""
+    _, drafter = tiny_pair("llama", seed=12)
+    assistant, engine = static_cache_assistant(drafter, "context")
+    generator = torch.Generator().manual_seed(4)
+    for text_length in (20, 9):  # a second generation, shorter than the first
+        ids, cache = torch.randint(0, VOCAB, (1, text_length), generator=generator), None
+        for committed in (1, 4, 7, MAX_GRAPH_TOKENS + 3, 2):
+            out = engine.draft(ids, 3, cache)
+            assert torch.equal(engine.context, assistant.context_tokens(ids, size=engine.context.shape[1]))
+            cache = out.past_key_values
+            ids = torch.cat([ids, torch.randint(0, VOCAB, (1, committed), generator=generator)], dim=1)
             cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
 
 
