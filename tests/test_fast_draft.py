@@ -80,11 +80,12 @@ def test_static_cache_drafts_equal_eager_drafts(family, setting):
 def test_context_slots_follow_the_committed_text_block_by_block():
     """The static-cache drafter updates its context slots from the tokens committed since its last block; after
     every block they are the whole text's, also after more new tokens than a step reads (recomputed) and for a
-    new text on the same drafter."""
+    new text on the same drafter (a longer one, whose length alone would pass for a few new tokens, and a shorter
+    one)."""
     _, drafter = tiny_pair("llama", seed=12)
     assistant, engine = static_cache_assistant(drafter, "context")
     generator = torch.Generator().manual_seed(4)
-    for text_length in (20, 9):  # a second generation, shorter than the first
+    for text_length in (20, 56, 9):  # the first generation ends at 53 tokens
         ids, cache = torch.randint(0, VOCAB, (1, text_length), generator=generator), None
         for committed in (1, 4, 7, MAX_GRAPH_TOKENS + 3, 2):
             out = engine.draft(ids, 3, cache)
