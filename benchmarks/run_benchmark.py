@@ -651,9 +651,8 @@ def timing_rows(totals: dict, prompts_per_category: int) -> list[dict]:
     rows = []
     for key, total in totals.items():
         method, category, temperature = key.split("|")
-        fastest = total.get("fastest", {}).values()  # each prompt's fastest run (`run_timing`)
-        tokens_per_s = sum(t for t, _ in fastest) / sum(s for _, s in fastest) if fastest else \
-            total["tokens"] / total["seconds"]
+        fastest = total["fastest"].values()  # each prompt's fastest run (`run_timing`)
+        tokens_per_s = sum(tokens for tokens, _ in fastest) / sum(seconds for _, seconds in fastest)
         rows.append(dict(method=method, category=category, temperature=float(temperature),
                          tokens_per_s=tokens_per_s, timed_tokens=total["tokens"],
                          timing_prompts=prompts_per_category, timing_runs=total["runs"],
