@@ -109,15 +109,15 @@ def best_chain_table(rows: list[dict], tree: str = "tree: DynaSpec 1/16") -> str
              "lowest category | categories below 1.0 |", "|---|---|---|---|---|---|"]
     for temperature in sorted({t for t, m, _ in speed if m == tree}):
         categories = sorted(c for t, m, c in speed if (t, m) == (temperature, tree))
-        chains = {m for t, m, _ in speed if t == temperature and m.startswith("chain")}
-        chains = [m for m in chains if all((temperature, m, c) in speed for c in categories)]
+        chains = {m: geometric_mean([speed[(temperature, m, c)] for c in categories])
+                  for m in {m for t, m, _ in speed if t == temperature and m.startswith("chain")}
+                  if all((temperature, m, c) in speed for c in categories)}
         if not chains:
             continue
-        best = max(chains, key=lambda m: geometric_mean([speed[(temperature, m, c)] for c in categories]))
+        best = max(chains, key=chains.get)
         ratios = {c: speed[(temperature, tree, c)] / speed[(temperature, best, c)] for c in categories}
         lowest = min(ratios, key=ratios.get)
-        lines.append(f"| {temperature:.0f} | {best} | "
-                     f"{geometric_mean([speed[(temperature, best, c)] for c in categories]):.1f} | "
+        lines.append(f"| {temperature:.0f} | {best} | {chains[best]:.1f} | "
                      f"**{geometric_mean(list(ratios.values())):.2f}** | {ratios[lowest]:.2f} ({lowest}) | "
                      f"{sum(r < 1.0 for r in ratios.values())} of {len(ratios)} |")
     return "\n".join(lines) + "\n" if len(lines) > 4 else ""
