@@ -8,13 +8,17 @@ compile, whichever candidate the shape switches to.
 
 The accepted drafts are predicted from what the target accepted, not from the drafter's own probabilities (greedy,
 the target takes the drafter's first choice far more often than q of it says). Every round counts how often the
-target accepted a node's i-th child once the earlier ones failed (`SiblingAcceptance`, kept on the assistant and
-fading over its last `tree.MEMORY` rounds); a generation's first round (the first three, for an assistant's first
-generation) drafts the probe, the largest candidate tree, whose nodes have every number of children. Those rates
-give every candidate, chain or tree, its expected accepted drafts (`expected_drafts`), and the generation goes on
-with the candidate of the most expected tokens per second; its trees value their children by the same rates, so
-the tree drafted is the one the estimate priced. Chains are candidates, so the automatic shape loses to
-the best chain only by the probe rounds and the estimate's error.
+target accepted a node's i-th child once the earlier ones failed (`SiblingAcceptance`, the generation's own,
+fading over its last `tree.MEMORY` rounds). A generation's first round drafts the probe, the largest candidate
+tree, whose nodes have every number of children. The rates give every candidate, chain or tree, its expected
+accepted drafts (`expected_drafts`), and every `RESHAPE_ROUNDS` rounds the generation goes on with the candidate of
+the most expected tokens per second; its trees value their children by the same rates, so the tree drafted is the
+one the estimate priced. Chains are candidates, so the automatic shape loses to the best chain only by the probe
+round, the rounds its rates take to settle and the estimate's error.
+
+Why the rates are each generation's own, and the shape chosen again as they come in: how often the target takes
+the drafter's first choice depends on the text. Rates carried over from an earlier text, and a shape chosen once
+after the probe, kept a whole generation on shallow trees where its text would accept a chain of six whole.
 
 The shape depends only on earlier rounds' outcomes, never on the round's own draws, so sampling stays exact.
 """
@@ -27,11 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import (ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, TreeConfig,
-                   assistant_sibling_acceptance, chain_tree, drafter_for, drafting_mode)
+from .tree import (ChainDrafter, DraftNodes, SiblingAcceptance, TokenTree, TreeConfig, chain_tree, drafter_for,
+                   drafting_mode)
 from .verification import sampled_rows
 
-PROBE_ROUNDS = 3  # rounds that draft the probe before an assistant's first generation picks its shape
+PROBE_ROUNDS = 1  # rounds that draft the probe before a generation first picks its shape
+RESHAPE_ROUNDS = 2  # rounds between the choices of a generation's shape, by its rates so far
 PASSES = 3  # times round costs are measured, the fastest kept
 
 
@@ -180,15 +185,16 @@ def _line(x1: int, x2: int, y1: float, y2: float) -> tuple[float, float]:
 
 
 class AutomaticDrafter:
-    """Drafts for an automatic `TreeConfig`: the probe for a generation's first rounds, then the candidate shape
-    with the most expected tokens per second (`shape` is the one drafted next)."""
+    """Drafts one generation for an automatic `TreeConfig`: the probe first, then, chosen again every
+    `RESHAPE_ROUNDS` rounds, the candidate shape with the most expected tokens per second by the generation's rates
+    (`shape` is the one drafted next)."""
 
-    def __init__(self, chain, tree, config, costs: RoundCosts, rates: SiblingAcceptance):
-        self.chain, self.tree_drafter, self.costs, self.rates = chain, tree, costs, rates
+    def __init__(self, chain, tree, config, costs: RoundCosts):
+        self.chain, self.tree_drafter, self.costs, self.rates = chain, tree, costs, SiblingAcceptance()
         self.assistant = tree.assistant
         self.candidates = config.candidates()
         self.shape = config.probe
-        self.probing = PROBE_ROUNDS if not rates.reached else 1  # probe rounds left in this generation
+        self.rounds = 0
 
     def draft_nodes(self, committed: torch.Tensor, *, num_nodes: int, **options) -> DraftNodes:
         self.drafting = self.chain if self.shape.is_chain else self.tree_drafter
@@ -203,10 +209,9 @@ class AutomaticDrafter:
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
         self.rates.record_round(trials)  # the rates its trees are valued by, too
-        if self.probing:
-            self.probing -= 1
-            if not self.probing:
-                self.shape = self.best()
+        self.rounds += 1
+        if self.rounds >= PROBE_ROUNDS and (self.rounds - PROBE_ROUNDS) % RESHAPE_ROUNDS == 0:
+            self.shape = self.best()
 
     def best(self):
         """The candidate of the most expected tokens per second by the measured rates and round costs."""
@@ -243,8 +248,8 @@ def automatic_drafter(target, assistant, verifier, length: int, config, do_sampl
                       temperature: float, compile_options: dict | None) -> AutomaticDrafter:
     """The automatic drafter for a generation of `length` positions, over its engines. Its round costs: measured
     on first use and kept on the assistant (the assistant's `drafting.round_costs`, when set, are chosen by
-    instead; the first use still captures the engines). Costs and sibling acceptance rates are kept per drafting
-    mode and schedule: sampled drafts cost more than greedy ones, and are accepted at other rates."""
+    instead; the first use still captures the engines). Costs are kept per drafting mode and schedule: sampled
+    drafts cost more than greedy ones."""
     chain = ChainDrafter(assistant, config.max_depth, compile_options)
     tree = drafter_for(assistant, length, config.probe, compile_options)
     mode = drafting_mode(assistant, do_sample, temperature, processors)
@@ -255,6 +260,4 @@ def automatic_drafter(target, assistant, verifier, length: int, config, do_sampl
     if key not in kept:
         kept[key] = RoundCosts.measure(verifier, chain, tree, config, do_sample=do_sample,
                                        processors=processors, temperature=temperature)
-    costs = assistant.drafting.round_costs or kept[key]
-    rates = assistant_sibling_acceptance(assistant, do_sample, temperature, processors)
-    return AutomaticDrafter(chain, tree, config, costs, rates)
+    return AutomaticDrafter(chain, tree, config, assistant.drafting.round_costs or kept[key])

@@ -203,7 +203,7 @@ def _generate_row(target, assistant, prompt, max_new_tokens, eos, do_sample, pro
     committed = prompt.to(target.device)
     produced: list[int] = []
     while len(produced) < max_new_tokens:
-        drafted = drafter.shape  # an automatic drafter's changes after its probe rounds
+        drafted = drafter.shape  # an automatic drafter's changes as its rates come in
         budget = min(drafted.num_nodes, max(max_new_tokens - len(produced) - 1, 1))
         new, tree = speculative_round(drafter, verifier, committed, budget, do_sample, processors, temperature, clock)
         if clock is not None:

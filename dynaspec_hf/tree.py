@@ -236,8 +236,9 @@ def chain_tree(tokens: list[int], leaves: list[list[int]], root_position: int,
 @dataclass
 class SiblingAcceptance:
     """How often a node's i-th child is accepted once the earlier children were rejected (Laplace's rule: 1/2 before
-    any evidence), over an assistant's rounds in one drafting mode (`assistant_sibling_acceptance`), older rounds
-    fading. A tree values its children by their `shares` (see the module's docstring for why not by q); the
+    any evidence), over one generation's rounds in one drafting mode, older rounds fading: how often the target
+    takes the drafter's first choice depends on the text, so an earlier text's rates would misprice this one's
+    trees. A tree values its children by their `shares` (see the module's docstring for why not by q); the
     automatic shape (`budget.py`) prices its candidates by them.
     """
 
@@ -353,7 +354,7 @@ class TreeDrafter:
         """Begin a generation of trees of `shape` (default: the drafter's largest): nothing cached."""
         self.shape = shape or TreeConfig(self.width * self.forwards, self.max_depth, self.width)
         self.cached = 0
-        self._expansions = {}  # this generation's expansion plans and graph keys, built on its first round
+        self._expansions = {}  # this generation's expansion plans, graph keys and sibling acceptance rates
 
     def update(self, trials: list[tuple[int, int | None]]) -> None:
         """Count a round's outcomes (`accept`'s trials) into the sibling acceptance its tree was valued by."""
@@ -476,7 +477,7 @@ class TreeDrafter:
         tree, so the host builds it while the target verifies.
         Under sampling, children are drawn without replacement from q, the processed (temperature / top-k / top-p)
         shortlist distribution; greedy trees take each node's most probable tokens. Children are valued by the shares
-        of `sibling_acceptance` (default: the assistant's, for this drafting mode). `temperature` (0: greedy) picks
+        of `sibling_acceptance` (default: this generation's, for this drafting mode). `temperature` (0: greedy) picks
         the shortlist schedule."""
         length = committed.shape[0]
         start = max(min(self.cached, length - 2), 0)  # re-read two tokens: the router's input
@@ -501,8 +502,7 @@ class TreeDrafter:
         if settings not in self._expansions:  # once per generation, not per round: host work the device waits for
             plan = self.shortlist_plan(temperature, max_depth)
             hashable = tuple(tuple((shortlist, tuple(positions)) for shortlist, positions in forward) for forward in plan)
-            rates = assistant_sibling_acceptance(self.assistant, do_sample, temperature, processors)
-            self._expansions[settings] = plan, ("tree", *settings[1:], hashable), rates
+            self._expansions[settings] = plan, ("tree", *settings[1:], hashable), SiblingAcceptance()
         plan, key, rates = self._expansions[settings]
         self.rates = sibling_acceptance or rates
         self.child_shares_host.copy_(torch.tensor(self.rates.shares(self.width), dtype=torch.float32))
@@ -556,13 +556,6 @@ def drafting_mode(assistant, do_sample: bool, temperature: float, processors) ->
     """What a draft's cost and acceptance depend on besides the models: greedy or sampled, the shortlist schedule
     the temperature picks, and the sampling processors' settings."""
     return do_sample, repr(assistant.config.schedule(temperature)), processors_key(processors) if do_sample else ()
-
-
-def assistant_sibling_acceptance(assistant, do_sample: bool, temperature: float, processors) -> SiblingAcceptance:
-    """The sibling acceptance kept on `assistant` for a drafting mode: every tree it drafts in that mode, fixed or
-    automatic, learns from and is valued by the same rates, from one generation to the next."""
-    kept = assistant.__dict__.setdefault("_dynaspec_sibling_acceptance", {})
-    return kept.setdefault(drafting_mode(assistant, do_sample, temperature, processors), SiblingAcceptance())
 
 
 def drafter_for(assistant, length: int, shape, compile_options: dict | None = None) -> ChainDrafter | TreeDrafter:
