@@ -613,7 +613,8 @@ def run_timing(args) -> None:
 
 def count_run(total: dict, out: torch.Tensor, stats, seconds: float, number: int) -> None:
     """One timed run of prompt `number` into its row's totals: tokens and seconds, the prompt's fastest run, when
-    it ran (epoch seconds, to read beside `gpu_clocks`) and, for the own loop, where its rounds' time went."""
+    it ran (epoch seconds, to read beside `gpu_clocks`) and, for the own loop, where its rounds' time went and what
+    they drafted (draft nodes, longest paths, rounds by shape)."""
     total["tokens"] += out.numel()
     total["seconds"] += seconds
     total["runs"] += 1
@@ -624,6 +625,11 @@ def count_run(total: dict, out: torch.Tensor, stats, seconds: float, number: int
     total.setdefault("spans", []).append([round(now - seconds, 3), round(now, 3)])
     if stats is not None:
         total["rounds"] = total.get("rounds", 0) + stats.target_passes
+        total["drafted"] = total.get("drafted", 0) + stats.drafted_tokens
+        total["depths"] = total.get("depths", 0) + sum(stats.depths)
+        shapes = total.setdefault("shapes", {})  # rounds by the shape drafted, "nodes/depth"
+        for shape in stats.shapes:
+            shapes[f"{shape.num_nodes}/{shape.max_depth}"] = shapes.get(f"{shape.num_nodes}/{shape.max_depth}", 0) + 1
         phases = total.setdefault("phase_seconds", {})
         for part, value in stats.phase_seconds.items():
             phases[part] = phases.get(part, 0.0) + value
