@@ -73,6 +73,23 @@ def tiny_pair(family: str, seed: int = 0, noise: float = 0.5, vocab_size: int = 
     return target, drafter
 
 
+def close_and_far_drafters(seed: int = 3):
+    """A target, an assistant over a close noisy copy of it, and by name the weights of that copy and of a far one:
+    loading either into the assistant's drafter (`load_weights`) changes how often the target takes the drafter's
+    first choice, as a change of text does."""
+    target, close = tiny_pair("llama", noise=0.02, seed=seed)
+    far = tiny_pair("llama", noise=0.3, seed=seed)[1]
+    weights = {name: [parameter.detach().clone() for parameter in model.parameters()]
+               for name, model in (("close", close), ("far", far))}
+    return target, make_assistant(close, "full"), weights
+
+
+def load_weights(model, weights: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for parameter, weight in zip(model.parameters(), weights):
+            parameter.copy_(weight)
+
+
 def random_cases(count: int, seed: int = 1, max_length: int = 30, max_new_tokens: int = 25):
     """`count` seeded (prompt ids [1, L], number of new tokens) pairs for exactness tests."""
     generator = torch.Generator().manual_seed(seed)

@@ -9,7 +9,7 @@ import dynaspec_hf
 from dynaspec_hf import RoundCosts, TreeConfig
 from dynaspec_hf.budget import PROBE_ROUNDS, RESHAPE_ROUNDS, AutomaticDrafter, expected_drafts
 from dynaspec_hf.tree import SiblingAcceptance
-from conftest import make_assistant, random_cases, tiny_pair
+from conftest import close_and_far_drafters, load_weights, make_assistant, random_cases, tiny_pair
 
 # verification costs a second per token of the pass and drafting next to nothing, or the other way round
 VERIFICATION_BOUND = RoundCosts(verify_fixed=0.0, verify_per_token=1.0, chain_fixed=0.0, chain_step=0.01,
@@ -73,7 +73,12 @@ def test_expected_drafts_follow_the_sibling_acceptance_rates():
 def generation_rates(monkeypatch) -> list:
     """The sibling acceptance rates of every automatic generation from here on, in order."""
     rates, start = [], AutomaticDrafter.__init__
-    monkeypatch.setattr(AutomaticDrafter, "__init__", lambda self, *args: start(self, *args) or rates.append(self.rates))
+
+    def started(self, *args):
+        start(self, *args)
+        rates.append(self.rates)
+
+    monkeypatch.setattr(AutomaticDrafter, "__init__", started)
     return rates
 
 
@@ -221,21 +226,12 @@ BF16_H100 = RoundCosts(verify_fixed=1.27e-3, verify_per_token=5.5e-6, chain_fixe
                        tree_fixed=6.18e-4, tree_forward=4.52e-4, runner_ups=2.65e-4)  # DynaSpec 1/16, 580d463's run
 
 
-def swap_weights(model, weights: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for parameter, weight in zip(model.parameters(), weights):
-            parameter.copy_(weight)
-
-
-def test_a_text_the_drafter_gets_right_drafts_deep_after_one_it_gets_wrong(monkeypatch):
+def test_a_text_the_drafter_gets_right_drafts_deep_after_one_it_gets_wrong():
     """How often the target takes the drafter's first choice depends on the text (here: the drafter's weights,
     a close or a far copy of the target's). Each generation probes and learns its own rates, so a text the drafter
     gets right drafts the same shapes after a text it got wrong as on its own, deep chains at bf16 costs; rates
     carried over from the earlier text kept shallow trees there."""
-    target, close = tiny_pair("llama", noise=0.02, seed=3)
-    far = [parameter.detach().clone() for parameter in tiny_pair("llama", noise=0.3, seed=3)[1].parameters()]
-    near = [parameter.detach().clone() for parameter in close.parameters()]
-    assistant = make_assistant(close, "full")
+    target, assistant, weights = close_and_far_drafters()
     assistant.drafting.round_costs = BF16_H100
     prompts = [ids for ids, _ in random_cases(2, seed=11)]
 
@@ -246,9 +242,9 @@ def test_a_text_the_drafter_gets_right_drafts_deep_after_one_it_gets_wrong(monke
         return stats.shapes
 
     alone = shapes(prompts[1])
-    swap_weights(assistant.drafter, far)
+    load_weights(assistant.drafter, weights["far"])
     shapes(prompts[0])
-    swap_weights(assistant.drafter, near)
+    load_weights(assistant.drafter, weights["close"])
     after = shapes(prompts[1])
     assert after == alone and after[0] == TreeConfig().probe
     assert after[-1].is_chain and after[-1].max_depth >= 5, after
@@ -257,18 +253,15 @@ def test_a_text_the_drafter_gets_right_drafts_deep_after_one_it_gets_wrong(monke
 def test_the_shape_follows_the_text_within_a_generation(monkeypatch):
     """The shape is chosen again every `RESHAPE_ROUNDS` rounds by the rates so far: when the drafter turns from a
     far copy of the target into a close one after the eighth round, the generation goes deeper, and it stays exact."""
-    target, close = tiny_pair("llama", noise=0.02, seed=3)
-    far = [parameter.detach().clone() for parameter in tiny_pair("llama", noise=0.3, seed=3)[1].parameters()]
-    near = [parameter.detach().clone() for parameter in close.parameters()]
-    assistant = make_assistant(close, "full")
+    target, assistant, weights = close_and_far_drafters()
     assistant.drafting.round_costs = BF16_H100
-    swap_weights(assistant.drafter, far)
+    load_weights(assistant.drafter, weights["far"])
     update = AutomaticDrafter.update
 
     def turning(self, trials):
         update(self, trials)
         if self.rounds == 8:
-            swap_weights(assistant.drafter, near)
+            load_weights(assistant.drafter, weights["close"])
 
     monkeypatch.setattr(AutomaticDrafter, "update", turning)
     ids = next(random_cases(1, seed=11))[0]

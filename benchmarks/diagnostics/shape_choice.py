@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import dynaspec_hf  # noqa: E402
-from conftest import make_assistant, random_cases, tiny_pair  # noqa: E402
+from conftest import close_and_far_drafters, load_weights, random_cases  # noqa: E402
 from dynaspec_hf import RoundCosts, TreeConfig  # noqa: E402
 
 # calibration of 580d463's run (benchmarks/results/history/2026-12-07-run-580d463/), DynaSpec 1/16, greedy
@@ -40,18 +40,13 @@ def main(argv=None) -> None:
     parser.add_argument("--costs", nargs="+", default=[], metavar="FIELD=SECONDS")
     args = parser.parse_args(argv)
     costs = dataclasses.replace(H100_BF16, **{k: float(v) for k, v in (item.split("=") for item in args.costs)})
-    target, close = tiny_pair("llama", noise=0.02, seed=3)
-    weights = {"close": [p.detach().clone() for p in close.parameters()],
-               "far": [p.detach().clone() for p in tiny_pair("llama", noise=0.3, seed=3)[1].parameters()]}
-    assistant = make_assistant(close, "full")
+    target, assistant, weights = close_and_far_drafters()
     assistant.drafting.round_costs = costs
     options = dict(do_sample=True, temperature=args.temperature) if args.temperature else {}
     totals = {}
     for number, (ids, _) in enumerate(random_cases(args.prompts, seed=11)):
         text = ("close", "far")[number % 2]
-        with torch.no_grad():
-            for parameter, weight in zip(assistant.drafter.parameters(), weights[text]):
-                parameter.copy_(weight)
+        load_weights(assistant.drafter, weights[text])
         for name, shape in SHAPES.items():
             torch.manual_seed(number)
             out, stats = dynaspec_hf.generate(target, assistant, ids, max_new_tokens=args.max_new_tokens, tree=shape,
