@@ -17,8 +17,8 @@ one the estimate priced. Chains are candidates, so the automatic shape loses to 
 round, the rounds its rates take to settle and the estimate's error.
 
 Why the rates are each generation's own, and the shape chosen again as they come in: how often the target takes
-the drafter's first choice depends on the text. Rates carried over from an earlier text, and a shape chosen once
-after the probe, kept a whole generation on shallow trees where its text would accept a chain of six whole.
+the drafter's first choice depends on the text. Rates carried over from an earlier text, or a shape chosen once
+after the probe, can keep a whole generation on shallow trees where its text would accept a long chain whole.
 
 The shape depends only on earlier rounds' outcomes, never on the round's own draws, so sampling stays exact.
 """
