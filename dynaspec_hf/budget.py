@@ -193,6 +193,8 @@ class AutomaticDrafter:
         self.chain, self.tree_drafter, self.costs, self.rates = chain, tree, costs, SiblingAcceptance()
         self.assistant = tree.assistant
         self.candidates = config.candidates()
+        self.seconds = {shape: costs.seconds(shape) for shape in self.candidates}  # fixed for the generation
+        self.children = max(shape.children for shape in self.candidates)
         self.shape = config.probe
         self.rounds = 0
 
@@ -214,9 +216,11 @@ class AutomaticDrafter:
             self.shape = self.best()
 
     def best(self):
-        """The candidate of the most expected tokens per second by the measured rates and round costs."""
+        """The candidate of the most expected tokens per second by the measured rates and round costs (host work
+        between rounds: each candidate's shares are a prefix of the widest one's, computed once)."""
+        shares = self.rates.shares(self.children)
         return max(self.candidates,
-                   key=lambda shape: (1 + expected_drafts(shape, self.rates)) / self.costs.seconds(shape))
+                   key=lambda shape: (1 + drafts_from_shares(shape, shares[: shape.children])) / self.seconds[shape])
 
 
 def expected_drafts(shape, rates: SiblingAcceptance) -> float:
@@ -224,7 +228,11 @@ def expected_drafts(shape, rates: SiblingAcceptance) -> float:
     its share (`rates.shares`: its earlier siblings rejected, it accepted). A chain grows from first children, each
     beside its runner-ups; a tree is the one the tree drafter builds from the same shares: best first, its
     `num_nodes` likeliest nodes no deeper than `max_depth`, with at most `max_children` children a node."""
-    shares = rates.shares(shape.children)
+    return drafts_from_shares(shape, rates.shares(shape.children))
+
+
+def drafts_from_shares(shape, shares: list[float]) -> float:
+    """`expected_drafts` from the shares of `shape.children` children."""
     if shape.is_chain:
         reached, total = 1.0, 0.0
         for _ in range(shape.max_depth):
