@@ -629,7 +629,8 @@ def count_run(total: dict, out: torch.Tensor, stats, seconds: float, number: int
         total["depths"] = total.get("depths", 0) + sum(stats.depths)
         shapes = total.setdefault("shapes", {})  # rounds by the shape drafted, "nodes/depth"
         for shape in stats.shapes:
-            shapes[f"{shape.num_nodes}/{shape.max_depth}"] = shapes.get(f"{shape.num_nodes}/{shape.max_depth}", 0) + 1
+            name = f"{shape.num_nodes}/{shape.max_depth}"
+            shapes[name] = shapes.get(name, 0) + 1
         phases = total.setdefault("phase_seconds", {})
         for part, value in stats.phase_seconds.items():
             phases[part] = phases.get(part, 0.0) + value

@@ -9,7 +9,7 @@ import dynaspec_hf
 from dynaspec_hf import RoundCosts, TreeConfig
 from dynaspec_hf.budget import PROBE_ROUNDS, RESHAPE_ROUNDS, AutomaticDrafter, expected_drafts
 from dynaspec_hf.tree import SiblingAcceptance
-from conftest import close_and_far_drafters, load_weights, make_assistant, random_cases, tiny_pair
+from conftest import BF16_H100, close_and_far_drafters, load_weights, make_assistant, random_cases, tiny_pair
 
 # verification costs a second per token of the pass and drafting next to nothing, or the other way round
 VERIFICATION_BOUND = RoundCosts(verify_fixed=0.0, verify_per_token=1.0, chain_fixed=0.0, chain_step=0.01,
@@ -220,10 +220,6 @@ def test_automatic_needs_room_to_branch():
         TreeConfig(max_children=1).validate()
     with pytest.raises(ValueError, match="automatic TreeConfig"):
         TreeConfig(max_depth=1).validate()
-
-
-BF16_H100 = RoundCosts(verify_fixed=1.27e-3, verify_per_token=5.5e-6, chain_fixed=6.7e-4, chain_step=2.66e-4,
-                       tree_fixed=6.18e-4, tree_forward=4.52e-4, runner_ups=2.65e-4)  # DynaSpec 1/16, 580d463's run
 
 
 def test_a_text_the_drafter_gets_right_drafts_deep_after_one_it_gets_wrong():

@@ -5,10 +5,10 @@
 One assistant drafts a run of prompts with tiny random models (the test suite's `tiny_pair`): its drafter's weights
 alternate before each prompt between a close and a far noisy copy of the target, as a benchmark's categories
 alternate texts the drafter gets right and wrong. Each generation (the automatic `TreeConfig()` and fixed chains)
-is priced by the round costs an H100 run measured for DynaSpec 1/16 in bf16 (`--costs` replaces fields): tokens per
-modeled millisecond is the generation's tokens over the sum of its rounds' predicted seconds (`RoundCosts.seconds`
-of each round's shape). It scores the choice of shapes alone, not the engines' speed. Greedy output is checked
-against the target's. No GPU needed; about a minute a temperature on two cores.
+is priced by the round costs an H100 run measured for DynaSpec 1/16 in bf16 (conftest's `BF16_H100`; `--costs`
+replaces fields): tokens per modeled millisecond is the generation's tokens over the sum of its rounds' predicted
+seconds (`RoundCosts.seconds` of each round's shape). It scores the choice of shapes alone, not the engines'
+speed. Greedy output is checked against the target's. No GPU needed; about a minute a temperature on two cores.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import dynaspec_hf  # noqa: E402
-from conftest import close_and_far_drafters, load_weights, random_cases  # noqa: E402
-from dynaspec_hf import RoundCosts, TreeConfig  # noqa: E402
+from conftest import BF16_H100, close_and_far_drafters, load_weights, random_cases  # noqa: E402
+from dynaspec_hf import TreeConfig  # noqa: E402
 
-# calibration of 580d463's run (benchmarks/results/history/2026-12-07-run-580d463/), DynaSpec 1/16, greedy
-H100_BF16 = RoundCosts(verify_fixed=1.27e-3, verify_per_token=5.5e-6, chain_fixed=6.7e-4, chain_step=2.66e-4,
-                       tree_fixed=6.18e-4, tree_forward=4.52e-4, runner_ups=2.65e-4)
 SHAPES = {"automatic": TreeConfig(), **{f"chain of {n}": TreeConfig.chain(n) for n in (3, 4, 6, 7)}}
 
 
@@ -39,7 +36,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument("--costs", nargs="+", default=[], metavar="FIELD=SECONDS")
     args = parser.parse_args(argv)
-    costs = dataclasses.replace(H100_BF16, **{k: float(v) for k, v in (item.split("=") for item in args.costs)})
+    costs = dataclasses.replace(BF16_H100, **{k: float(v) for k, v in (item.split("=") for item in args.costs)})
     target, assistant, weights = close_and_far_drafters()
     assistant.drafting.round_costs = costs
     options = dict(do_sample=True, temperature=args.temperature) if args.temperature else {}
