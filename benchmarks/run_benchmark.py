@@ -348,7 +348,7 @@ def run_calibration(args) -> None:
     core_size = max(ks.values()) * cluster_size
     options = dict(domains=domains, num_clusters=args.num_clusters, frequency_counts=counts, core_size=core_size,
                    router_hidden_size=512, continuation_tokens=0, epochs=6, seed=args.seed, progress=False,
-                   cache_dir=args.pair / "features")
+                   cache_dir=args.pair / "features", check_prompts=args.check_prompts)
     # a run of named rows (`--methods`) builds only what they use: the argmax router, VocabTrim and the sampling
     # band checks at the other sizes each cost minutes
     named = " ".join(args.methods) if args.methods else None
@@ -357,8 +357,8 @@ def run_calibration(args) -> None:
     assistant, report = calibrate(target, drafter, sequences, **options)  # the mass objective, the default
     argmax_report = {}
     if named is None or "argmax router" in named:
-        argmax_assistant, argmax_report = calibrate(target, drafter, sequences, objective="argmax", check_prompts=0,
-                                                    **options)
+        argmax_assistant, argmax_report = calibrate(target, drafter, sequences, objective="argmax",
+                                                    **{**options, "check_prompts": 0})
         argmax_assistant.save_pretrained(args.pair / "assistant-argmax")
     calibrated = time.time() - started
     # the sampling band's and tail's end-to-end checks at every compared size (calibrate ran them at 1/16, what it
@@ -376,7 +376,7 @@ def run_calibration(args) -> None:
             continue
         checks[str(k)] = check_sampling_schedule(target, assistant, report["splits"][str(k)],
                                                  report["sampled_splits"][str(k)],
-                                                 [sequences[i] for i in report["heldout"][:32]], 128)
+                                                 [sequences[i] for i in report["heldout"][:args.check_prompts]], 128)
     assistant.set_schedule(**default)
     checked = time.time() - started - calibrated
     assistant.save_pretrained(args.pair / "assistant-dynaspec")
@@ -844,6 +844,9 @@ def main(argv=None):
     parser.add_argument("--num-clusters", type=int, default=256)
     parser.add_argument("--calibration-windows", type=int, default=1100,
                         help="256-token windows per training domain the router calibrates on")
+    parser.add_argument("--check-prompts", type=int, default=32,
+                        help="held-out prompts of calibration's end-to-end sampling checks (0: none, the sampling "
+                             "band and tail stay off; a shorter calibration)")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     parser.add_argument("--workers", type=int, default=10,
                         help="τ worker processes, spread over the GPUs (each holds the pair and three assistants, ~6.6 GB: "
