@@ -47,7 +47,7 @@ class RoundCosts:
     `runner_ups` more with runner-ups (a top-k per greedy step; per sampled step, draws from q over the
     vocabulary); a tree `tree_fixed` plus `tree_forward` per drafter forward of its expansion (a tree of depth d
     takes d - 1). Sampled rounds also pay the recursive rejection sampling of their nodes: `sample_fixed` plus
-    `sample_per_pass` per row of the sampling step and child a node may have (a pass over the vocabulary each)."""
+    `sample_per_pass` per pass over the vocabulary (`sampling_passes`)."""
 
     verify_fixed: float
     verify_per_token: float
@@ -148,9 +148,11 @@ class RoundCosts:
 
 
 def sampling_passes(shape) -> int:
-    """Passes over the vocabulary of a sampled round's rejection sampling for `shape`: one per row of the sampling
-    step and child a node may have."""
-    return sampled_rows(1 + shape.num_nodes) * shape.children
+    """Row passes over the vocabulary of a sampled round's rejection sampling for `shape`: each row's draw, and each
+    child of a row with children (`TreeVerifier.sample`; a tree's nodes with children: at least one per level, and
+    at least its nodes over the children a node may have)."""
+    parents = max(shape.max_depth, -(-shape.num_nodes // shape.children))
+    return sampled_rows(1 + shape.num_nodes) + sampled_rows(parents) * shape.children
 
 
 def _synchronize(device: torch.device) -> None:

@@ -42,6 +42,9 @@ class TreeVerifier:
         # copy does not wait for the device)
         self.candidates = torch.full((size * size,), -1, dtype=torch.long, device=device)
         self.candidates_host = torch.full((size * size,), -1, dtype=torch.long, pin_memory=device.type == "cuda")
+        # the nodes in the order the sample step's rows take them: nodes with children first
+        self.order = torch.zeros(size, dtype=torch.long, device=device)
+        self.order_host = torch.zeros(size, dtype=torch.long, pin_memory=device.type == "cuda")
         self.outcomes = torch.zeros(2, size, dtype=torch.long, device=device)
 
     def start(self) -> None:
@@ -87,29 +90,40 @@ class TreeVerifier:
         """Every node's outcome of recursive rejection sampling over its children, against the target's
         distribution (`processors` applied to `logits`, as `verify` returned them): the index of the accepted child
         or -1, and the node's token. All nodes at once, replayed from a graph (its ~100 small operations, launched one
-        by one, would cost more than the pass they follow). One device sync reads the outcomes."""
+        by one, would cost more than the pass they follow). One device sync reads the outcomes.
+
+        The step's rows take the nodes with children first, and only those rows run the rejection passes: a leaf
+        only draws its token from p, so a tree's rejection work follows its parents, not its size."""
         count, width = len(tree), max(1, *(len(children) for children in tree.children))
+        order = sorted(range(count), key=lambda node: -len(tree.children[node]))  # parents first
+        parents = sum(1 for children in tree.children if children)
         rows = min(self.size, sampled_rows(count))
-        candidates = self.candidates_host[: rows * width].view(rows, width)  # the last round's copy is done
-        candidates.fill_(-1)
-        candidates[:count] = torch.tensor([[tree.tokens[c] for c in children] + [-1] * (width - len(children))
-                                           for children in tree.children], dtype=torch.long)
-        self.candidates[: rows * width].copy_(self.candidates_host[: rows * width], non_blocking=True)
-        self.node_logits[:count].copy_(logits)
-        drafted = [q for q in tree.probs if q is not None]  # q of the nodes with children
-        if drafted:  # a leaf has no q: its row is never read, and another node's stands in
-            torch.stack([q if q is not None else drafted[0] for q in tree.probs], out=self.node_q[:count])
-        self.model.run(("sample", rows, width, processors_key(processors)),
-                       lambda: self._sample_step(rows, width, processors))
-        accepted, tokens = self.outcomes[:, :count].tolist()
+        parent_rows = min(rows, sampled_rows(max(parents, 1)))
+        candidates = self.candidates_host[: parent_rows * width].view(parent_rows, width)  # the last round's copy
+        candidates.fill_(-1)  # is done
+        candidates[:parents] = torch.tensor([[tree.tokens[c] for c in tree.children[node]]
+                                             + [-1] * (width - len(tree.children[node])) for node in order[:parents]],
+                                            dtype=torch.long).view(parents, width)
+        self.candidates[: parent_rows * width].copy_(self.candidates_host[: parent_rows * width], non_blocking=True)
+        self.order_host[:count] = torch.tensor(order, dtype=torch.long)
+        self.order[:count].copy_(self.order_host[:count], non_blocking=True)
+        torch.index_select(logits, 0, self.order[:count], out=self.node_logits[:count])
+        if parents:  # q of the nodes with children
+            torch.stack([tree.probs[node] for node in order[:parents]], out=self.node_q[:parents])
+        self.model.run(("sample", rows, parent_rows, width, processors_key(processors)),
+                       lambda: self._sample_step(rows, parent_rows, width, processors))
+        accepted, tokens = [0] * count, [0] * count
+        for row, (index, token) in enumerate(zip(*self.outcomes[:, :count].tolist())):
+            accepted[order[row]], tokens[order[row]] = index, token
         return accepted, tokens
 
-    def _sample_step(self, rows: int, width: int, processors) -> None:
-        """Recursive rejection sampling over the first `rows` nodes (rows past the tree's have no candidates)."""
+    def _sample_step(self, rows: int, parent_rows: int, width: int, processors) -> None:
+        """Recursive rejection sampling over the first `rows` nodes, the first `parent_rows` with candidates (rows
+        past the tree's have none)."""
         logits = processors(None, self.node_logits[:rows]) if processors else self.node_logits[:rows]
-        candidates = self.candidates[: rows * width].view(rows, width)
-        self.outcomes[:, :rows].copy_(torch.stack(recursive_rejection_sample(logits.softmax(-1), self.node_q[:rows],
-                                                                             candidates)))
+        candidates = self.candidates[: parent_rows * width].view(parent_rows, width)
+        self.outcomes[:, :rows].copy_(torch.stack(recursive_rejection_sample(logits.softmax(-1),
+                                                                             self.node_q[:parent_rows], candidates)))
 
     def _replayed_step(self, size: int) -> None:
         """The pass of `size` tokens from the staged inputs: tokens, positions, which token sees which (`[size,
@@ -156,21 +170,23 @@ def _pass_inputs(chain: torch.Tensor, nodes: DraftNodes, cached: int, padded: in
 
 def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: torch.LongTensor
                                ) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Per row, one token distributed exactly as `p` (`[rows, vocab]`), given the row's `candidates` (`[rows, m]`,
-    -1 for none) drawn in order from `q` (`[rows, vocab]`) without replacement (Jeon et al., 2024; SpecInfer).
-    Device work only, every row at once.
+    """Per row, one token distributed exactly as `p` (`[rows, vocab]`), given the row's `candidates` (`[m, width]`,
+    -1 for none, for the first m rows; the rows after them have none) drawn in order from `q` (`[m, vocab]`)
+    without replacement (Jeon et al., 2024; SpecInfer). Device work only, every row at once.
 
     Candidate i is accepted with probability min(1, p_i(x)/q_i(x)); after a rejection p becomes the normalized
     residual max(p_i - q_i, 0) and x is removed from q. A candidate with q_i(x) = 0 is no draw (q had no tokens
     left, which does not depend on the draws) and is skipped. Returns `(index of the accepted candidate or -1, token)`:
     the candidate, or after every rejection a draw from the last residual (from p for a row without candidates).
 
-    Each rejection costs a few passes over the vocabulary, not a dozen: p is kept unnormalized beside its row sum,
-    and q as its draws' complement beside the mass left, so only the residual itself is computed in full.
+    Each rejection costs a few passes over the vocabulary of the first m rows, not a dozen: p is kept unnormalized
+    beside its row sum, and q as its draws' complement beside the mass left, so only the residual itself is computed
+    in full.
     """
-    rows = torch.arange(p.shape[0], device=p.device)
+    rows = torch.arange(candidates.shape[0], device=p.device)
     accepted = torch.full_like(rows, -1)
-    p = p.float()
+    leaves = p[rows.shape[0] :].float()  # rows without candidates: a draw from p alone
+    p = p[: rows.shape[0]].float()
     p_mass = p.sum(-1)  # p_i = p / p_mass
     q = q.float().clone()  # q_i = q / q_mass, its rejected draws zeroed
     q_mass = q.sum(-1)
@@ -192,7 +208,9 @@ def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: tor
         q[rows, x] = torch.where(rejected, 0.0, q_x)
         q_mass = torch.where(rejected, q_mass - q_x, q_mass)
     drawn = (p / torch.empty_like(p).exponential_()).argmax(-1)  # a draw from p (the exponential race)
-    return accepted, torch.where(accepted >= 0, candidates[rows, accepted.clamp(min=0)], drawn)
+    tokens = torch.where(accepted >= 0, candidates[rows, accepted.clamp(min=0)], drawn)
+    drawn_leaves = (leaves / torch.empty_like(leaves).exponential_()).argmax(-1)
+    return torch.cat([accepted, accepted.new_full(drawn_leaves.shape, -1)]), torch.cat([tokens, drawn_leaves])
 
 
 def tree_verifier(target, length: int, size: int, compile_options: dict | None = None) -> TreeVerifier:

@@ -502,6 +502,49 @@ def test_recursive_rejection_sampling_rows_are_independent():
     assert chi_square_p_value(tokens[1::2], p[1]) > 1e-3
 
 
+def test_recursive_rejection_sampling_rows_past_the_candidates_draw_from_p():
+    """Only the first rows have candidates (`TreeVerifier.sample` puts a tree's parents first): the rows after
+    them are leaves, which draw from their own p, and their q is never read."""
+    torch.manual_seed(0)
+    draws = 20000
+    p = torch.tensor([[0.0, 0.0, 1.0], [0.2, 0.3, 0.5]]).repeat_interleave(draws, 0)  # parents, then leaves
+    q = torch.tensor([[1.0, 0.0, 0.0]]).repeat(draws, 1)
+    candidates = torch.tensor([[0]]).repeat(draws, 1)
+    accepted, tokens = recursive_rejection_sample(p, q, candidates)
+    assert accepted.shape == tokens.shape == (2 * draws,)
+    assert (accepted[:draws] == -1).all() and (tokens[:draws] == 2).all()
+    assert (accepted[draws:] == -1).all()
+    assert chi_square_p_value(tokens[draws:], p[-1]) > 1e-3
+
+
+def test_sampled_verification_rejects_only_over_the_nodes_with_children(monkeypatch):
+    """A tree of 7 nodes, 2 of them with children: the rejection passes run over 2 rows, the 8 rows' tokens come
+    back in the tree's numbering (each parent's outcome is among its own children or a draw; leaves draw)."""
+    target, _ = tiny_pair("llama", seed=2)
+    verifier = TreeVerifier(target, max_length=64, size=16)
+    tree = dynaspec_hf.tree.TokenTree(root_position=5)
+    root = tree.add(3, -1)
+    first = [tree.add(token, root) for token in (4, 5, 6)]
+    for token in (7, 8, 9):
+        tree.add(token, first[1])
+    q = torch.zeros(VOCAB)
+    q[4:10] = 1 / 6
+    tree.probs = [q if children else None for children in tree.children]
+    shapes = []
+
+    def recorded(p, q, candidates):
+        shapes.append((p.shape[0], candidates.shape[0]))
+        return recursive_rejection_sample(p, q, candidates)
+
+    monkeypatch.setattr(dynaspec_hf.verification, "recursive_rejection_sample", recorded)
+    logits = torch.full((len(tree), VOCAB), -30.0)
+    logits[:, 20] = 0.0  # the target takes token 20 after every node: every child is rejected
+    logits[1, 4] = 30.0  # but after node 1, whose own rows say token 4
+    accepted, tokens = verifier.sample(tree, logits, None)
+    assert shapes == [(8, 2)]
+    assert accepted == [-1] * len(tree) and tokens[1] == 4 and all(t == 20 for i, t in enumerate(tokens) if i != 1)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # sampling through the whole loop (slow): first token and second-token marginal against the exact target
 
@@ -538,8 +581,8 @@ def test_tree_sampling_keeps_target_distribution(sampling_pair, setting, shape, 
 def test_tree_broken_acceptance_rule_is_detected(sampling_pair, monkeypatch):
     """Accepting the first child whenever there is one makes the first token follow q: the test must see it."""
 
-    def accept_first_child(p, q, candidates):
-        first = candidates[:, 0]
+    def accept_first_child(p, q, candidates):  # rows past the candidates' have none
+        first = torch.cat([candidates[:, 0], candidates.new_full((p.shape[0] - candidates.shape[0],), -1)])
         return torch.where(first >= 0, 0, -1), torch.where(first >= 0, first, torch.multinomial(p, 1)[:, 0])
 
     monkeypatch.setattr(dynaspec_hf.verification, "recursive_rejection_sample", accept_first_child)
