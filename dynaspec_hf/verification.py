@@ -99,8 +99,9 @@ class TreeVerifier:
         parents = sum(1 for children in tree.children if children)
         rows = min(self.size, sampled_rows(count))
         parent_rows = min(rows, sampled_rows(max(parents, 1)))
-        candidates = self.candidates_host[: parent_rows * width].view(parent_rows, width)  # the last round's copy
-        candidates.fill_(-1)  # is done
+        # the pinned staging buffers: the last round's copies from them are done (its outcomes were read)
+        candidates = self.candidates_host[: parent_rows * width].view(parent_rows, width)
+        candidates.fill_(-1)
         candidates[:parents] = torch.tensor([[tree.tokens[c] for c in tree.children[node]]
                                              + [-1] * (width - len(tree.children[node])) for node in order[:parents]],
                                             dtype=torch.long).view(parents, width)
