@@ -7,7 +7,9 @@ import torch
 
 import dynaspec_hf
 from dynaspec_hf import RoundCosts, TreeConfig
-from dynaspec_hf.budget import PROBE_ROUNDS, RESHAPE_ROUNDS, AutomaticDrafter, expected_drafts
+from dynaspec_hf.budget import (PROBE_ROUNDS, RESHAPE_ROUNDS, AutomaticDrafter, _tree_to_sample, expected_drafts,
+                                sampling_passes)
+from dynaspec_hf.verification import sampled_rows
 from dynaspec_hf.tree import SiblingAcceptance
 from conftest import BF16_H100, close_and_far_drafters, load_weights, make_assistant, random_cases, tiny_pair
 
@@ -137,6 +139,17 @@ def test_costly_sampled_acceptance_picks_a_chain(pair):
     assert all(shape.num_nodes == 4 * shape.max_depth for shape in sampled_shapes(pair, DRAFTING_BOUND))
     costly = dataclasses.replace(DRAFTING_BOUND, sample_per_pass=100.0)
     assert all(shape.is_chain and not shape.runner_ups for shape in sampled_shapes(pair, costly))
+
+
+def test_the_sampling_cost_line_counts_the_passes_of_the_trees_it_times():
+    """`RoundCosts.measure` times the sampling step of a chain of 1 and of the probe on `_tree_to_sample` trees and
+    fits a line over `sampling_passes`: at both points the passes must be those `TreeVerifier.sample` runs on that
+    tree (each row's draw; each row with children once per candidate child)."""
+    for shape in (TreeConfig.chain(1), TreeConfig().probe):
+        tree = _tree_to_sample(torch.arange(8), 1 + shape.num_nodes, shape.children, 64)
+        parents = sum(1 for children in tree.children if children)
+        width = max(len(children) for children in tree.children)
+        assert sampling_passes(shape) == sampled_rows(len(tree)) + sampled_rows(parents) * width, shape
 
 
 def test_sampled_acceptance_is_timed_only_when_sampling(pair):
