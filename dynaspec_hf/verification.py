@@ -208,10 +208,13 @@ def recursive_rejection_sample(p: torch.Tensor, q: torch.Tensor, candidates: tor
         p, p_mass = torch.where(keep[:, None], residual, p), torch.where(keep, residual_mass, p_mass)
         q[rows, x] = torch.where(rejected, 0.0, q_x)
         q_mass = torch.where(rejected, q_mass - q_x, q_mass)
-    drawn = (p / torch.empty_like(p).exponential_()).argmax(-1)  # a draw from p (the exponential race)
-    tokens = torch.where(accepted >= 0, candidates[rows, accepted.clamp(min=0)], drawn)
-    drawn_leaves = (leaves / torch.empty_like(leaves).exponential_()).argmax(-1)
-    return torch.cat([accepted, accepted.new_full(drawn_leaves.shape, -1)]), torch.cat([tokens, drawn_leaves])
+    tokens = torch.where(accepted >= 0, candidates[rows, accepted.clamp(min=0)], _draw(p))
+    return torch.cat([accepted, accepted.new_full(leaves.shape[:1], -1)]), torch.cat([tokens, _draw(leaves)])
+
+
+def _draw(p: torch.Tensor) -> torch.LongTensor:
+    """A token per row from the unnormalized `p` (`[rows, vocab]`): the exponential race, no normalization needed."""
+    return (p / torch.empty_like(p).exponential_()).argmax(-1)
 
 
 def tree_verifier(target, length: int, size: int, compile_options: dict | None = None) -> TreeVerifier:
