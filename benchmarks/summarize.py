@@ -280,9 +280,9 @@ def sampled_acceptance_table(calibration: dict) -> str:
                                                   "target_mass_in_best_shortlist")] + [kept])
         lines.append("| " + " | ".join(map(str, values)) + " |")
     ranked = {k: c["acceptance_by_rank"] for k, c in checks.items() if c.get("acceptance_by_rank")}
-    if ranked:  # how the tail shares a cluster: corpus counts (rank 0) or a rank-r copy of the head
-        lines += ["", "The tail's exact held-out sampled acceptance by how it shares a cluster (rank 0: corpus "
-                  "counts; r: a rank-r copy of the head):", "",
+    if ranked:  # the tail's estimate: routed mass by corpus counts (rank 0) or a rank-r copy of the head's logits
+        lines += ["", "The tail's exact held-out sampled acceptance by its estimate (rank 0: the router's cluster "
+                  "mass shared by corpus counts; r: the logits of a rank-r copy of the head):", "",
                   "| shortlist rows | rank | " + " | ".join(f"tail {w}" for w in weights) + " |",
                   "|---|---|" + "---|" * len(weights)]
         for key, by_rank in sorted(ranked.items(), key=lambda item: int(item[0])):

@@ -11,10 +11,10 @@ and context tokens (the text's most recent distinct tokens), twice: by held-out 
 best shortlist token is the target's) for greedy decoding, and by held-out sampled acceptance (the overlap
 sum_x min(p(x), q_S(x)) of the target's distribution p with the drafter's q renormalized on the shortlist S, at
 T = 1) for sampling. The calibrated assistant drafts with the first; the second becomes its sampling band
-(`DynaSpecConfig.temperature_bands`), and the tail estimate (`DynaSpecConfig.sampling_tail`, with each token's
-share of its cluster from the corpus counts) is switched on, only where end-to-end τ at T = 1 confirms them. It
-also reports how much target mass the router's clusters cover against the best possible clusters of the same
-number.
+(`DynaSpecConfig.temperature_bands`), and the tail estimate (`DynaSpecConfig.sampling_tail` at the weight and
+`sampling_tail_rank` with the best held-out sampled acceptance) is switched on, only where end-to-end τ at T = 1
+confirms them. It also reports how much target mass the router's clusters cover against the best possible clusters
+of the same number.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ SPLIT_FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # routed share of a shortlist's cluste
 CONTEXT_SIZES = (0, 128, 256)  # context-token slots tried by calibration
 TOP_TOKENS = 512  # the target's most probable tokens kept per held-out row, for sampled acceptance
 TAIL_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 2.0)  # sampling-tail weights calibration compares by exact sampled acceptance
-TAIL_RANKS = (0, 16, 32)  # how the tail shares a cluster: corpus counts (0), or rank-r copies of the head
+TAIL_RANKS = (0, 16, 32)  # the tail's estimates: routed mass by corpus counts (0), or rank-r copies of the head
 CRITERIA = ("acceptance", "sampled_acceptance")  # what a split is chosen by: greedy, or sampled (T = 1)
 SPLIT_RULES = ("worst", "mean")  # over the held-out domains: the worst one's score (the mean breaks ties), or the mean
 _SCORES = ("recall", *CRITERIA)  # the columns shortlist_curves scores every shortlist by

@@ -12,8 +12,8 @@ settings of this one config, so every comparison runs through the same code:
 These fields are the greedy schedule. ``temperature_bands`` can give sampled drafting its own: the best split of a
 shortlist can differ between greedy acceptance (the drafter's top token is the target's) and sampled acceptance
 (the drafter's renormalized distribution overlaps the target's); calibration measures both. ``sampling_tail``
-lets sampled drafts propose tokens outside the shortlist too, at (a weight times) the router's estimate of their
-probability.
+lets sampled drafts propose tokens outside the shortlist too, at (a weight times) an estimate of their
+probability (``sampling_tail_rank``).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Shortlist(NamedTuple):
     core: int  # the most frequent tokens: a prefix of the frequency core
     clusters: int  # clusters the router picks; `num_clusters` is the whole vocabulary, without the router
     context: int  # slots for the text's most recent distinct tokens
-    tail: float  # when sampling: weight of the router's estimate for the tokens outside (0: none)
+    tail: float  # when sampling: weight of the tail's estimate for the tokens outside (0: none)
 
 
 class DynaSpecConfig(PretrainedConfig):
@@ -109,15 +109,16 @@ class DynaSpecConfig(PretrainedConfig):
             drafter's.
         sampling_tail (`float`, *optional*, defaults to 0):
             When sampling with routed clusters, draft from the whole vocabulary: a token outside the shortlist gets
-            `sampling_tail` times the router's estimate of its probability (its cluster's predicted mass times its
-            share of the cluster), and the shortlist keeps the rest of the mass. A shortlist alone can never
-            propose the target's mass outside it. 0 turns it off; calibration chooses the weight. Exact at any
-            weight: verification sees the distribution each draft was sampled from.
+            `sampling_tail` times an estimate of its probability (`sampling_tail_rank` says which), and the
+            shortlist keeps the rest of the mass. A shortlist alone can never propose the target's mass outside it.
+            0 turns it off; calibration chooses the weight. Exact at any weight: verification sees the distribution
+            each draft was sampled from.
         sampling_tail_rank (`int`, *optional*, defaults to 0):
-            How the tail shares a cluster's mass among its tokens. 0: by corpus frequency, the same for every
-            context (O(vocabulary) additions). r > 0: by the drafter's own distribution within the cluster, from a
-            rank-r copy of the head's rows applied to the hidden state (`r / hidden_size` of a full head product);
-            the copy is saved with the weights. Calibration chooses the rank.
+            The tail's estimate. r > 0: the drafter's own logits from a rank-r copy of the head's rows applied to
+            the hidden state (`r / hidden_size` of a full head product), in one softmax with the shortlist's exact
+            logits (the weight multiplies the outside's unnormalized mass); the copy is saved with the weights.
+            0: the router's predicted mass of the token's cluster, shared by corpus frequency (the same for every
+            context; O(vocabulary) additions). Calibration chooses the rank.
     """
 
     model_type = "dynaspec"

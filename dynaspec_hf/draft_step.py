@@ -26,11 +26,13 @@ from .shortlist_head import ShortlistIndex
 class DraftStepMixin:
     """The draft step of `DynaSpecAssistant` (see the module's docstring)."""
 
-    def _spread(self, row_logits: torch.Tensor, row_tokens: torch.Tensor, tail: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def _spread(self, row_logits: torch.Tensor, row_tokens: torch.Tensor, tail: torch.Tensor | None = None,
+                joint: bool = False) -> torch.Tensor:
         """Shortlist logits -> float32 `[B, vocab]` in token-id order (rows with token id -1 are dropped): `-inf`
         outside the shortlist, or, given `tail` (`[B, vocab]` log-probabilities of every token), log-probabilities
-        that keep the tail's outside the shortlist and share the rest of the mass by the shortlist's own softmax."""
+        that keep the tail's outside the shortlist and share the rest of the mass by the shortlist's own softmax.
+        `joint`: `tail` holds logits on the rows' own scale instead, and one softmax spans the rows and the tail's
+        logits outside them."""
         vocab_size = self.config.vocab_size
         slots = row_tokens.masked_fill(row_tokens < 0, vocab_size)
         if tail is None:
@@ -38,8 +40,12 @@ class DraftStepMixin:
             return logits.scatter_(1, slots, row_logits.float())[:, :vocab_size]
         outside = F.pad(tail.float(), (0, vocab_size + 1 - tail.shape[1]), value=float("-inf"))  # padding rows too
         outside = outside.scatter_(1, slots, float("-inf"))
+        rows = row_logits.float()
+        if joint:
+            total = torch.logaddexp(rows.logsumexp(-1, keepdim=True), outside.logsumexp(-1, keepdim=True))
+            return (outside - total).scatter_(1, slots, rows - total)[:, :vocab_size]
         left = 1 - outside.logsumexp(-1, keepdim=True).exp().clamp(max=1 - 1e-6)  # the shortlist's share
-        return outside.scatter_(1, slots, row_logits.float().log_softmax(-1) + left.log())[:, :vocab_size]
+        return outside.scatter_(1, slots, rows.log_softmax(-1) + left.log())[:, :vocab_size]
 
     def routing(self, previous_hidden: torch.Tensor, token_ids: torch.Tensor, k: int, tail: float = 0.0
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -89,9 +95,11 @@ class DraftStepMixin:
                    shortlist: Shortlist, index: ShortlistIndex | None = None, context_ids: torch.Tensor | None = None,
                    routing: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
         """The router + head of every draft step (eager or graph-replayed, chain or tree): float32 `[B, vocab]`
-        logits for the token after `token_ids`, `-inf` outside `shortlist`. With the shortlist's tail weight,
-        log-probabilities instead: each token outside gets the weight times its cluster's routed mass times its
-        share of the cluster (`lm_head.token_log_share`).
+        logits for the token after `token_ids`, `-inf` outside `shortlist`. With the shortlist's tail weight w,
+        log-probabilities over the whole vocabulary instead: with a tail rank (`lm_head.tail_rank`), one softmax
+        over the shortlist's logits and, outside it, the drafter's own logits from the rank-r copy of its head plus
+        log w; without, each token outside gets w times its cluster's routed mass times its corpus share of the
+        cluster (`lm_head.token_log_share`).
 
         `hidden` is the body's output at `token_ids`, `previous_hidden` the one before it: the router's input, so
         routing need not wait for `hidden`. `context_ids` (`context_tokens`, at least `shortlist.context` of them)
@@ -104,8 +112,10 @@ class DraftStepMixin:
                                                          context_ids, routing)
         if not shortlist.tail:
             return self._spread(logits, tokens)
-        estimate = log_mass[:, index.token_cluster] + self.lm_head.token_log_shares(hidden, index)
-        return self._spread(logits, tokens, estimate + math.log(shortlist.tail))
+        weight = math.log(shortlist.tail)
+        if self.lm_head.tail_rank:  # the current hidden state's own logits, where the router sees the previous one
+            return self._spread(logits, tokens, self.lm_head.tail_logits(hidden, index) + weight, joint=True)
+        return self._spread(logits, tokens, log_mass[:, index.token_cluster] + self.lm_head.token_log_share + weight)
 
     def greedy_draft_token(self, hidden: torch.Tensor, previous_hidden: torch.Tensor, token_ids: torch.Tensor,
                            shortlist: Shortlist, index: ShortlistIndex | None = None,

@@ -90,9 +90,9 @@ class DynaSpecAssistant(CheckpointMixin, DraftStepMixin, DynaSpecPreTrainedModel
         """Wrap a causal LM (`AutoModelForCausalLM`) as a DynaSpec assistant.
 
         The drafter's output head is copied into the cluster-contiguous layout of `clusters`. Without `router`, a
-        freshly initialized one is created (train it with `dynaspec_hf.calibrate`). Tokens share their cluster
-        evenly for `sampling_tail` until `lm_head.set_token_shares(counts)` (calibration's) says otherwise, or by the
-        drafter's own distribution with `sampling_tail_rank`.
+        freshly initialized one is created (train it with `dynaspec_hf.calibrate`). For `sampling_tail` at rank 0,
+        tokens share their cluster's routed mass evenly until `lm_head.set_token_shares(counts)` (calibration's) says
+        otherwise; with `sampling_tail_rank` the tail is the rank-r head's own logits.
         `vocab_size`: the target's vocabulary (`target.config.vocab_size`), when it pads the drafter's with rows the
         tokenizer never emits; the assistant's logits then span it, and the padding is never drafted.
         """

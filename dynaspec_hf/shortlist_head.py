@@ -30,8 +30,8 @@ class ShortlistHead(nn.Module):
         # log of each token's share of its cluster's corpus frequency: spreads a cluster's routed mass over its
         # tokens when sampling drafts from outside the shortlist (`DynaSpecConfig.sampling_tail`)
         self.register_buffer("token_log_share", torch.zeros(vocab_size))
-        # or, with `tail_rank` r > 0, each token's share from the drafter's own distribution within its cluster: a
-        # rank-r copy of the cluster rows (`tail_rows` @ `tail_basis`), filled by `set_tail_rank` (saved weights)
+        # or, with `tail_rank` r > 0, the drafter's own logits outside the shortlist from a rank-r copy of the
+        # cluster rows (`tail_rows` @ `tail_basis`), filled by `set_tail_rank` (saved weights)
         self.tail_rank = tail_rank
         if tail_rank:
             self.register_buffer("tail_rows", torch.zeros(num_clusters * cluster_size, tail_rank))
@@ -82,8 +82,8 @@ class ShortlistHead(nn.Module):
 
     @torch.no_grad()
     def set_tail_rank(self, rank: int) -> None:
-        """Share a cluster's tail mass by a rank-`rank` copy of the cluster rows (0: by corpus counts): the best
-        rank-r approximation of the rows, from the top eigenvectors of their Gram matrix."""
+        """Estimate the tail by a rank-`rank` copy of the cluster rows (0: routed mass shared by corpus counts): the
+        best rank-r approximation of the rows, from the top eigenvectors of their Gram matrix."""
         for name in ("tail_rows", "tail_basis"):
             self._buffers.pop(name, None)
         self.tail_rank = rank
@@ -94,16 +94,12 @@ class ShortlistHead(nn.Module):
         self.register_buffer("tail_rows", (rows @ basis).to(self.weight.dtype))
         self.register_buffer("tail_basis", basis.T.contiguous().to(self.weight.dtype))
 
-    def token_log_shares(self, hidden: torch.Tensor, index: "ShortlistIndex") -> torch.Tensor:
-        """Log of each token's share of its cluster for the sampling tail, `[B, vocab]` (or `[vocab]` by corpus
-        counts, the same for every context)."""
-        if not self.tail_rank:
-            return self.token_log_share
-        size = self.cluster_token_ids.shape[1]
+    def tail_logits(self, hidden: torch.Tensor, index: "ShortlistIndex") -> torch.Tensor:
+        """The drafter's float32 logits of every token `[B, vocab]` (token-id order) from the rank-`tail_rank` copy
+        of the rows, on the scale of the shortlist's exact ones: the sampling tail's estimate outside the
+        shortlist."""
         logits = self.transform((hidden @ self.tail_basis.T) @ self.tail_rows.T).float()
-        logits = logits.masked_fill(self.cluster_token_ids.reshape(-1) < 0, float("-inf"))  # padding rows
-        shares = logits.view(-1, self.num_clusters, size).log_softmax(-1).flatten(1)
-        return shares[:, index.cluster_row]
+        return logits[:, index.cluster_row]  # a token's own row: padding rows are never read
 
     def row_token_ids(self) -> torch.Tensor:
         """Token id of every stored row (-1 for padding)."""

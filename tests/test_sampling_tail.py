@@ -1,5 +1,5 @@
-"""`sampling_tail`: sampled drafts can propose tokens outside the shortlist, at (a weight times) the router's
-estimate of their probability, shared within a cluster by corpus counts or by a rank-r copy of the head
+"""`sampling_tail`: sampled drafts can propose tokens outside the shortlist, at (a weight times) an estimate of
+their probability: the router's cluster mass shared by corpus counts, or the logits of a rank-r copy of the head
 (`sampling_tail_rank`), and every loop still draws from what it reports (the exactness of sampling with the tail is
 checked statistically in test_sampling.py)."""
 
@@ -92,14 +92,16 @@ def test_graph_drafter_samples_what_eager_drafting_samples_with_the_tail(monkeyp
             cache.crop(-(cache.get_seq_length() - (ids.shape[1] - 2)))
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.4])
 @pytest.mark.parametrize("rank", ["full", 4])
-def test_a_rank_r_tail_shares_each_cluster_as_the_drafters_head_does(rank):
-    """With `sampling_tail_rank` r, a token outside the shortlist gets its cluster's routed mass shared by the
-    drafter's own distribution within the cluster, from the head's rows projected on their top r right singular
-    vectors: at full rank exactly the drafter's. Corpus counts (rank 0) share it otherwise, as the test checks."""
+def test_a_rank_r_tail_is_one_softmax_over_the_rows_and_the_rank_r_heads_logits(rank, weight):
+    """With `sampling_tail_rank` r, q is one softmax over the shortlist's exact logits and, outside it, the logits
+    of the head's rows projected on their top r right singular vectors plus log(weight). At full rank and weight 1
+    that is the drafter's own full-vocabulary distribution, which no estimate from the router's cluster mass gives
+    (the test fails if the tail falls back to it)."""
     _, drafter = tiny_pair("llama")
     rank = drafter.config.hidden_size if rank == "full" else rank
-    assistant = make_assistant(drafter, "routed", sampling_tail=1.0, sampling_tail_rank=rank)
+    assistant = make_assistant(drafter, "routed", sampling_tail=weight, sampling_tail_rank=rank)
     hidden, previous, tokens, context = step_inputs(assistant)
     head = assistant.lm_head
     with torch.no_grad():
@@ -108,20 +110,16 @@ def test_a_rank_r_tail_shares_each_cluster_as_the_drafters_head_does(rank):
                                                                              context_ids=context, temperature=1.0)
         router = assistant.router(previous, assistant.get_input_embeddings()(tokens)).log_softmax(-1)
         top = torch.linalg.svd(head.weight[head.core_size :].double()).Vh[:rank].float()
-        logits = assistant.full_vocabulary_logits(hidden @ top.T @ top)  # the rank-r head, in token-id order
-    cluster = head.index().token_cluster
-    within = torch.empty_like(logits)
-    for c in range(head.num_clusters):
-        within[:, cluster == c] = logits[:, cluster == c].log_softmax(-1)
-    outside = ~torch.isfinite(plain)
-    torch.testing.assert_close(sampled[outside], (router[:, cluster] + within)[outside], atol=1e-4, rtol=1e-4)
-    by_counts = router[:, cluster] + head.token_log_share
-    assert not torch.allclose(sampled[outside], by_counts[outside], atol=1e-2)
-    if rank == drafter.config.hidden_size:  # the drafter's own distribution within each cluster
+        low_rank = assistant.full_vocabulary_logits(hidden @ top.T @ top)  # the rank-r head, in token-id order
         full = assistant.full_vocabulary_logits(hidden)
-        for c in range(head.num_clusters):
-            torch.testing.assert_close(within[:, cluster == c], full[:, cluster == c].log_softmax(-1), atol=1e-4,
-                                       rtol=1e-4)
+    inside = torch.isfinite(plain)
+    expected = torch.where(inside, plain, low_rank + torch.tensor(weight).log()).log_softmax(-1)
+    torch.testing.assert_close(sampled, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sampled.exp().sum(-1), torch.ones(len(tokens)))
+    if rank == drafter.config.hidden_size and weight == 1.0:  # the drafter's own distribution
+        torch.testing.assert_close(sampled, full.log_softmax(-1), atol=1e-4, rtol=1e-4)
+    by_router = router[:, head.index().token_cluster] + head.token_log_share + torch.tensor(weight).log()
+    assert not torch.allclose(sampled[~inside], by_router[~inside], atol=1e-2)
 
 
 def test_a_rank_r_tail_is_saved_with_the_weights(tmp_path):
