@@ -40,9 +40,10 @@ def test_padded_target_greedy_equals_target(loop):
         assert torch.equal(expected, got)
 
 
-def test_padding_rows_are_never_drafted_when_sampling():
+@pytest.mark.parametrize("tail_rank", [0, 2])
+def test_padding_rows_are_never_drafted_when_sampling(tail_rank):
     target, drafter = padded_pair(seed=1)
-    assistant = make_assistant(drafter, "routed", vocab_size=PADDED, sampling_tail=0.5)
+    assistant = make_assistant(drafter, "routed", vocab_size=PADDED, sampling_tail=0.5, sampling_tail_rank=tail_rank)
     ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(0))
     out = assistant.generate(ids, do_sample=True, max_new_tokens=8, return_dict_in_generate=True, output_scores=True)
     scores = torch.stack(out.scores)
