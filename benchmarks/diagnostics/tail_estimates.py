@@ -2,7 +2,7 @@
 
     dynaspec-hf demo                        # writes dynaspec-demo/{target,assistant} (CPU, ~4 min)
     python benchmarks/diagnostics/tail_estimates.py --target dynaspec-demo/target --assistant dynaspec-demo/assistant
-        [--clusters 4] [--ranks 0 4 8 16] [--text FILE ...]   # default text: the demo's held-out and unseen sets
+        [--clusters 4] [--ranks 0 4 8 16] [--text FILE ...] [--device cuda]   # default text: the demo's two sets
 
 Exact per-token sampled acceptance, sum_x min(p(x), q(x)) at T = 1, teacher-forced (`calibrate.sampled_acceptance`)
 at a routed shortlist of `--clusters` clusters, for each tail rank and weight; then the rank-0 tail's two factors
@@ -34,6 +34,7 @@ def swapped_factors(target, assistant, sequences: list[torch.Tensor], k: int) ->
     cluster = index.token_cluster
     sums, positions = {}, 0
     for ids in sequences:
+        ids = ids.to(assistant.device)
         p = target(input_ids=ids[None]).logits[0, 1:-1].float().softmax(-1)
         states = assistant.drafter(input_ids=ids[None]).last_hidden_state[0]
         hidden, previous, tokens = states[1:-1], states[:-2], ids[1:-1]
@@ -58,10 +59,11 @@ def main(argv=None):
     parser.add_argument("--ranks", type=int, nargs="+", default=[0, 4, 8, 16])
     parser.add_argument("--text", type=Path, nargs="*", help="text files, one set (default: the demo's two sets)")
     parser.add_argument("--tokens", type=int, default=512, help="tokens read of each text")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.target)
-    target = AutoModelForCausalLM.from_pretrained(args.target).eval()
-    assistant = DynaSpecAssistant.from_pretrained(args.assistant).eval()
+    target = AutoModelForCausalLM.from_pretrained(args.target).to(args.device).eval()
+    assistant = DynaSpecAssistant.from_pretrained(args.assistant).to(args.device).eval()
     sets = ({"given": [path.read_text() for path in args.text]} if args.text else
             {"held-out stdlib": stdlib_texts(1_500_000)[::10], "unseen codecs": encoding_texts()[:8]})
     for name, texts in sets.items():
