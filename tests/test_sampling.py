@@ -47,8 +47,8 @@ def draw(target, assistant, draws=DRAWS):
 @pytest.mark.slow
 @pytest.mark.parametrize("setting,tail_rank", [("full", None), ("routed", None), ("routed", 0), ("routed", 2)])
 def test_sampling_keeps_target_distribution(sampling_pair, setting, tail_rank):
-    """(`tail_rank` not None: drafts may also propose tokens outside the band's shortlist, at the router's
-    estimate, shared within a cluster by corpus counts (0) or by a rank-2 copy of the drafter's head.)"""
+    """(`tail_rank` not None: drafts may also propose tokens outside the band's shortlist, at the router's cluster
+    mass shared by corpus counts (0) or at the logits of a rank-2 copy of the drafter's head.)"""
     target, drafter = sampling_pair
     tail = {} if tail_rank is None else dict(sampling_tail=0.5, sampling_tail_rank=tail_rank)
     assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16, **tail)

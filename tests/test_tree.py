@@ -561,19 +561,21 @@ def draw_tree(target, assistant, draws, tree=SAMPLING_SHAPES["tree"]):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting,shape,tail", [("full", "tree", False), ("routed", "tree", False),
-                                                ("routed", "chain", False), ("routed", "tree", True),
-                                                ("routed", "runner-ups", False), ("routed", "runner-ups", True),
-                                                ("routed", "automatic", False)])
+@pytest.mark.parametrize("setting,shape,tail", [("full", "tree", None), ("routed", "tree", None),
+                                                ("routed", "chain", None), ("routed", "tree", 2),
+                                                ("routed", "runner-ups", None), ("routed", "runner-ups", 0),
+                                                ("routed", "automatic", None)])
 def test_tree_sampling_keeps_target_distribution(sampling_pair, setting, shape, tail):
+    """(`tail` not None: a sampling tail of that rank, 0 the router's mass by corpus counts.)"""
     target, drafter = sampling_pair
-    assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16, sampling_tail=0.5 if tail else 0.0)
+    assistant = make_assistant(drafter, setting, num_clusters=8, core_size=16, sampling_tail=0.0 if tail is None
+                               else 0.5, sampling_tail_rank=tail or 0)
     if shape == "automatic":  # the probe tree's round, then chains: the switch happens inside the drawn tokens
         assistant.drafting.round_costs = VERIFICATION_BOUND
     first, second = exact_distributions(target)
     tokens = draw_tree(target, assistant, 3000, SAMPLING_SHAPES[shape])
     p_first, p_second = chi_square_p_value(tokens[:, 0], first), chi_square_p_value(tokens[:, 1], second)
-    print(f"{shape} {setting}{' + tail' if tail else ''}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
+    print(f"{shape} {setting}{'' if tail is None else f' + tail rank {tail}'}: p-value first token {p_first:.3g}, second token {p_second:.3g}")
     assert p_first > 1e-3 and p_second > 1e-3
 
 
