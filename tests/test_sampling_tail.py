@@ -69,11 +69,12 @@ def test_tail_gives_tokens_outside_the_shortlist_their_clusters_routed_mass(band
     torch.testing.assert_close(sampled[inside], expected_inside[inside])
 
 
-def test_graph_drafter_samples_what_eager_drafting_samples_with_the_tail(monkeypatch):
+@pytest.mark.parametrize("rank", [0, 4])
+def test_graph_drafter_samples_what_eager_drafting_samples_with_the_tail(rank):
     """The static-cache drafter (what CUDA graphs replay) reports the eager drafter's tail and draws the same
     tokens from the same seed, block after block."""
     _, drafter = tiny_pair("llama", seed=12)
-    assistant = make_assistant(drafter, "routed", sampling_tail=0.5)
+    assistant = make_assistant(drafter, "routed", sampling_tail=0.5, sampling_tail_rank=rank)
     engine = GraphDrafter(assistant, max_length=128)
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
     eager_cache, static_cache = None, None
