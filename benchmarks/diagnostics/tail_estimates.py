@@ -2,7 +2,7 @@
 
     dynaspec-hf demo                        # writes dynaspec-demo/{target,assistant} (CPU, ~4 min)
     python benchmarks/diagnostics/tail_estimates.py --target dynaspec-demo/target --assistant dynaspec-demo/assistant
-        [--clusters 4] [--ranks 0 4 8 16] [--text FILE ...] [--device cuda]   # default text: the demo's two sets
+        [--clusters 4] [--ranks 0 4 8 16] [--text FILE ...] [--device cuda]   # default: the demo's two text sets
 
 Exact per-token sampled acceptance, sum_x min(p(x), q(x)) at T = 1, teacher-forced (`calibrate.sampled_acceptance`)
 at a routed shortlist of `--clusters` clusters, for each tail rank and weight; then the rank-0 tail's two factors
@@ -57,17 +57,23 @@ def main(argv=None):
     parser.add_argument("--assistant", required=True)
     parser.add_argument("--clusters", type=int, default=4, help="routed clusters of the shortlist")
     parser.add_argument("--ranks", type=int, nargs="+", default=[0, 4, 8, 16])
-    parser.add_argument("--text", type=Path, nargs="*", help="text files, one set (default: the demo's two sets)")
-    parser.add_argument("--tokens", type=int, default=512, help="tokens read of each text")
+    parser.add_argument("--text", type=Path, nargs="*", help="text files, a set each (default: the demo's two sets)")
+    parser.add_argument("--tokens", type=int, default=512, help="tokens a window")
+    parser.add_argument("--windows", type=int, default=16, help="windows read of each --text file")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.target)
     target = AutoModelForCausalLM.from_pretrained(args.target).to(args.device).eval()
     assistant = DynaSpecAssistant.from_pretrained(args.assistant).to(args.device).eval()
-    sets = ({"given": [path.read_text() for path in args.text]} if args.text else
-            {"held-out stdlib": stdlib_texts(1_500_000)[::10], "unseen codecs": encoding_texts()[:8]})
-    for name, texts in sets.items():
-        sequences = [torch.tensor(tokenizer(text)["input_ids"])[: args.tokens] for text in texts]
+    if args.text:  # each file's first windows
+        sets = {}
+        for path in args.text:
+            ids = torch.tensor(tokenizer(path.read_text()[: 8 * args.tokens * args.windows])["input_ids"])
+            sets[path.name] = list(ids[: args.tokens * args.windows].split(args.tokens))
+    else:  # each text's first window
+        sets = {name: [torch.tensor(tokenizer(text)["input_ids"])[: args.tokens] for text in texts] for name, texts in
+                (("held-out stdlib", stdlib_texts(1_500_000)[::10]), ("unseen codecs", encoding_texts()[:8]))}
+    for name, sequences in sets.items():
         sequences = [ids for ids in sequences if ids.numel() > 64]
         print(f"\n{name}: {len(sequences)} texts, routed shortlist of {args.clusters} clusters\n")
         print("| tail | " + " | ".join(f"weight {w}" for w in TAIL_WEIGHTS) + " |")
