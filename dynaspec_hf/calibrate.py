@@ -645,7 +645,7 @@ def sampled_acceptance(target, assistant: DynaSpecAssistant, sequences: list[tor
         context_ids = assistant.context_tokens(ids[None].expand(len(tokens), -1).masked_fill(later, -1))
         cluster_ids, log_mass = assistant.routing(previous, tokens, k, tail=1.0)  # one router pass for every weight
         for weight in tail_weights:  # the step's own head, at each weight (no schedule change, no graph released)
-            tail = weight if log_mass is not None else 0.0  # no routed clusters: no tail (as `shortlist_at`)
+            tail = weight if 0 < k < assistant.config.num_clusters else 0.0  # as `shortlist_at`: routed clusters only
             q = assistant.draft_step(hidden, previous, tokens, Shortlist(core, k, context, tail), index, context_ids,
                                      routing=(cluster_ids, log_mass))
             q = (q / temperature).softmax(-1)

@@ -50,13 +50,15 @@ class DraftStepMixin:
     def routing(self, previous_hidden: torch.Tensor, token_ids: torch.Tensor, k: int, tail: float = 0.0
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The router's top-`k` cluster ids `[B, k]` for the next position (None: every cluster), and its
-        log-probability of every cluster `[B, C]` when `tail` (the tail's estimate in `draft_step`), else None."""
+        log-probability of every cluster `[B, C]` when `tail` reads it (the rank-0 tail's estimate in `draft_step`),
+        else None."""
         if k >= self.config.num_clusters:
             return None, None
         if k == 0:
             return token_ids.new_empty(token_ids.shape[0], 0), None
         scores = self.router(previous_hidden, self.get_input_embeddings()(token_ids))
-        return scores.topk(k, dim=-1).indices, scores.float().log_softmax(-1) if tail else None
+        return scores.topk(k, dim=-1).indices, scores.float().log_softmax(-1) if tail and not self.lm_head.tail_rank \
+            else None
 
     def check_token_ids(self, token_ids: torch.Tensor | list[int]) -> None:
         """Raise for token ids the drafter cannot read: beyond its vocabulary (the target's padding rows, or
